@@ -1,0 +1,119 @@
+//! The balancer's global outcome counters: one enum, so the data path, the
+//! metrics labels, the CLI and the tests share names.
+//!
+//! Each packet bumps exactly one `Action*` counter; drops also bump one `Drop*`
+//! reason, VIP packets one `Conn*` result (when the VIP is stateful), and the
+//! other counters mark the cases the issue asks to see.
+
+/// What a counter counts, for grouping into metrics families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterKind {
+    /// The XDP action returned (`lb_xdp_actions_total{action}`).
+    Action,
+    /// Why a packet was dropped (`lb_drops_total{reason}`).
+    Drop,
+    /// Connection-table lookup result (`lb_conntrack_lookups_total{result}`).
+    Conntrack,
+    /// Everything else (`lb_events_total{event}`).
+    Event,
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident = $kind:ident $label:literal,)+) => {
+        /// Index into the `STATS` per-CPU array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($(#[$doc])* $variant,)+ }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)+];
+
+            /// The metrics label (`snake_case`).
+            pub const fn label(self) -> &'static str {
+                match self { $(Counter::$variant => $label,)+ }
+            }
+
+            pub const fn kind(self) -> CounterKind {
+                match self { $(Counter::$variant => CounterKind::$kind,)+ }
+            }
+        }
+    };
+}
+
+counters! {
+    ActionPass = Action "pass",
+    ActionDrop = Action "drop",
+    ActionTx = Action "tx",
+    ActionRedirect = Action "redirect",
+
+    // Passed, not ours: counted so an operator can see what the balancer ignores.
+    PassNotIp = Event "pass_not_ip",
+    PassNotVip = Event "pass_not_vip",
+    /// Too short or malformed to tell whether it is for a VIP.
+    PassMalformed = Event "pass_malformed",
+    /// ICMP to a VIP address that is not an error about a VIP flow (e.g. echo).
+    PassIcmp = Event "pass_icmp",
+
+    DropTruncated = Drop "truncated",
+    DropBadHeader = Drop "bad_header",
+    DropNoBackend = Drop "no_backend",
+    DropBadBackend = Drop "bad_backend",
+    DropNoHeadroom = Drop "no_headroom",
+    DropFibFailed = Drop "fib_failed",
+    DropRedirectFailed = Drop "redirect_failed",
+    DropIcmpMalformed = Drop "icmp_malformed",
+
+    ConnHit = Conntrack "hit",
+    ConnMiss = Conntrack "miss",
+    /// An entry existed but was idle past its timeout (also a miss).
+    ConnExpired = Conntrack "expired",
+    /// An entry pointed at a backend that is gone or down (also a miss).
+    ConnStale = Conntrack "stale",
+    /// Table full or insert failed: the flow is forwarded without state.
+    ConnInsertFailed = Conntrack "insert_failed",
+
+    /// Backend without a resolved next hop: `bpf_fib_lookup` was used.
+    NexthopFib = Event "nexthop_fib",
+    /// The FIB has no neighbour yet: passed to the kernel to resolve it.
+    NexthopUnresolved = Event "nexthop_unresolved",
+    Ipv4Fragment = Event "ipv4_fragment",
+    IcmpFragNeeded = Event "icmp_frag_needed",
+    IcmpDestUnreach = Event "icmp_dest_unreach",
+    IcmpPacketTooBig = Event "icmpv6_packet_too_big",
+    Icmpv6DestUnreach = Event "icmpv6_dest_unreach",
+    /// ICMP error about a VIP flow whose VIP no longer exists.
+    IcmpUnknownFlow = Event "icmp_unknown_flow",
+}
+
+/// Size of the `STATS` array.
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+
+/// The decap program's counters (`DECAP_STATS` per-CPU array).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapCounter {
+    /// Tunnel packet to one of our addresses, inner packet handed to the stack.
+    Decapsulated,
+    /// Not a tunnel packet for us: passed unchanged.
+    Passed,
+    /// Tunnel packet for us that is malformed: dropped.
+    Malformed,
+}
+
+pub const DECAP_COUNTER_COUNT: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_labels_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            for d in &Counter::ALL[i + 1..] {
+                assert!(c.label() != d.label() || c.kind() != d.kind());
+            }
+        }
+    }
+}

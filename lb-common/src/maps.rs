@@ -1,0 +1,194 @@
+//! Map keys, values and limits shared by the balancer, the decap program and
+//! the loader. Addresses are stored as four `u32` words holding the packet's
+//! bytes in memory order (network byte order on the wire, untouched); an IPv4
+//! address uses word 0 and leaves the rest zero. Ports are kept in network byte
+//! order, exactly as they appear in the packet.
+
+use core::mem::size_of;
+
+/// Bumped whenever a map below changes layout or meaning. The loader pins maps
+/// under a directory named after it, so a daemon never adopts maps it cannot
+/// read.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// VIPs a balancer can hold (each has two Maglev table slots).
+pub const MAX_VIPS: u32 = 128;
+/// (VIP, backend) pairs; a backend id names one such pair.
+pub const MAX_BACKENDS: u32 = 16384;
+/// Largest Maglev table a VIP can have; also the default size. Prime.
+pub const MAGLEV_MAX_SIZE: u32 = 65537;
+/// Connection-table capacity (flows).
+pub const CONNTRACK_MAX: u32 = 1 << 20;
+/// Addresses the decap program accepts as tunnel endpoints.
+pub const MAX_DECAP_ADDRS: u32 = 64;
+/// Interfaces the balancer can redirect to.
+pub const MAX_TX_PORTS: u32 = 64;
+/// A Maglev slot holding this value has no backend (empty VIP).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// An IPv4 or IPv6 address in packet byte order.
+pub type Addr = [u32; 4];
+
+/// `VIPS` key: what a packet is addressed to. `port == 0` is the port-less
+/// entry that matches every port of the address and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+/// `VIPS` value. Replaced as a whole by user space, which is what makes a
+/// backend-set change atomic: the new table is written into the slot the data
+/// path is not reading, then this entry flips `table_slot`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into the per-VIP arrays (stats, Maglev slots).
+    pub vip_id: u32,
+    /// `VIP_F_*`.
+    pub flags: u32,
+    /// Prime size of the live Maglev table; 0 = no backend (drop).
+    pub table_size: u32,
+    /// Which of the VIP's two Maglev table slots is live (0 or 1).
+    pub table_slot: u32,
+}
+const _: () = assert!(size_of::<VipInfo>() == 16);
+
+/// Do not use the connection table for this VIP.
+pub const VIP_F_STATELESS: u32 = 1 << 0;
+/// Hash the source address only ("IP hash").
+pub const VIP_F_SRC_HASH: u32 = 1 << 1;
+/// Forward by rewriting the destination MAC (L2 DSR) instead of IPIP.
+pub const VIP_F_L2DSR: u32 = 1 << 2;
+
+/// Index of Maglev slot `slot` of table `table_slot` of VIP `vip_id` in the
+/// flat `MAGLEV` array.
+#[inline(always)]
+pub fn maglev_index(vip_id: u32, table_slot: u32, slot: u32) -> u32 {
+    (vip_id * 2 + (table_slot & 1)) * MAGLEV_MAX_SIZE + slot
+}
+
+/// `VIP_ADDRS` key: an address some VIP uses, so a malformed packet to it is
+/// dropped (and counted) instead of passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<AddrKey>() == 20);
+
+/// `BACKENDS` value, indexed by backend id. One entry per (VIP, backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Addr,
+    /// The VIP this entry belongs to; a connection-table hit whose backend now
+    /// belongs to another VIP (id reused) is treated as a miss.
+    pub vip_id: u32,
+    /// Egress interface; valid with `BACKEND_F_NEXTHOP`.
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// `BACKEND_F_*`.
+    pub flags: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Backend>() == 40);
+
+/// The entry is in use.
+pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
+/// `ifindex`, `dst_mac` and `src_mac` are resolved; no FIB lookup needed.
+pub const BACKEND_F_NEXTHOP: u8 = 1 << 1;
+/// Failed health checks: established flows are no longer sent to it.
+pub const BACKEND_F_DOWN: u8 = 1 << 2;
+
+/// `CONNTRACK` key and the input of the flow hash: the exact 5-tuple as the
+/// client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// `CONNTRACK` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet, refreshed at
+    /// most once per `CONN_TOUCH_NS` to keep the entry's cache line quiet.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<ConnEntry>() == 16);
+
+/// How stale `last_seen_ns` may get before a hit rewrites it.
+pub const CONN_TOUCH_NS: u64 = 1_000_000_000;
+
+/// `LB_CONFIG[0]`: balancer-wide settings that can change at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// Outer IPv4 source for `ipip`; with `src_v4_hostmask != 0`, the masked
+    /// bits are taken from the flow hash (a source prefix).
+    pub src_v4: u32,
+    /// Host bits of the IPv4 source prefix, in packet byte order.
+    pub src_v4_hostmask: u32,
+    /// Outer IPv6 source; the last word's `src_v6_hostmask` bits come from the
+    /// flow hash.
+    pub src_v6: Addr,
+    pub src_v6_hostmask: u32,
+}
+const _: () = assert!(size_of::<LbConfig>() == 28);
+
+/// Per-VIP and per-backend traffic (per CPU; user space sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<TrafficStats>() == 16);
+
+/// The outer source address for a flow: the configured address with its host
+/// bits (if a prefix is configured) replaced by bits of the flow hash (any
+/// bits of a good hash will do), so one
+/// flow always uses one source and different flows spread over the prefix.
+#[inline(always)]
+pub fn outer_source_v4(cfg: &LbConfig, flow_hash: u32) -> u32 {
+    (cfg.src_v4 & !cfg.src_v4_hostmask) | (flow_hash & cfg.src_v4_hostmask)
+}
+
+/// IPv6 counterpart of [`outer_source_v4`]; only the last word varies.
+#[inline(always)]
+pub fn outer_source_v6(cfg: &LbConfig, flow_hash: u32) -> Addr {
+    let mut a = cfg.src_v6;
+    a[3] = (a[3] & !cfg.src_v6_hostmask) | (flow_hash & cfg.src_v6_hostmask);
+    a
+}

@@ -1,0 +1,1 @@
+//! Test helpers: frame builder and network-namespace topology.
