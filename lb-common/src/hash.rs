@@ -26,7 +26,10 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -98,19 +101,37 @@ mod tests {
     #[test]
     fn modes_select_their_fields() {
         let (a, b) = (flow(1000), flow(1001));
-        assert_ne!(flow_hash(&a, HashMode::FiveTuple), flow_hash(&b, HashMode::FiveTuple));
-        assert_eq!(flow_hash(&a, HashMode::SourceAddr), flow_hash(&b, HashMode::SourceAddr));
-        assert_eq!(flow_hash(&a, HashMode::ThreeTuple), flow_hash(&b, HashMode::ThreeTuple));
+        assert_ne!(
+            flow_hash(&a, HashMode::FiveTuple),
+            flow_hash(&b, HashMode::FiveTuple)
+        );
+        assert_eq!(
+            flow_hash(&a, HashMode::SourceAddr),
+            flow_hash(&b, HashMode::SourceAddr)
+        );
+        assert_eq!(
+            flow_hash(&a, HashMode::ThreeTuple),
+            flow_hash(&b, HashMode::ThreeTuple)
+        );
         let mut c = a;
         c.dst[0] ^= 1;
-        assert_eq!(flow_hash(&a, HashMode::SourceAddr), flow_hash(&c, HashMode::SourceAddr));
-        assert_ne!(flow_hash(&a, HashMode::ThreeTuple), flow_hash(&c, HashMode::ThreeTuple));
+        assert_eq!(
+            flow_hash(&a, HashMode::SourceAddr),
+            flow_hash(&c, HashMode::SourceAddr)
+        );
+        assert_ne!(
+            flow_hash(&a, HashMode::ThreeTuple),
+            flow_hash(&c, HashMode::ThreeTuple)
+        );
     }
 
     #[test]
     fn hash_is_stable() {
         // Pinned: a change here moves every flow on an upgrade.
-        assert_eq!(flow_hash(&flow(1000), HashMode::FiveTuple), flow_hash(&flow(1000), HashMode::FiveTuple));
+        assert_eq!(
+            flow_hash(&flow(1000), HashMode::FiveTuple),
+            flow_hash(&flow(1000), HashMode::FiveTuple)
+        );
         assert_eq!(hash_words(1, &[1, 2, 3]), hash_words(1, &[1, 2, 3]));
         assert_ne!(hash_words(1, &[1, 2, 3]), hash_words(2, &[1, 2, 3]));
     }

@@ -82,14 +82,17 @@ pub fn maglev_index(vip_id: u32, table_slot: u32, slot: u32) -> u32 {
     (vip_id * 2 + (table_slot & 1)) * MAGLEV_MAX_SIZE + slot
 }
 
-/// `VIP_ADDRS` key: an address some VIP uses, so a malformed packet to it is
-/// dropped (and counted) instead of passed.
+/// `VIP_ADDRS` key: an (address, protocol) some VIP uses, so a malformed
+/// packet to it is dropped (and counted) instead of passed, and its IPv4
+/// fragments find their VIP without ports. Also the `DECAP_ADDRS` key, with
+/// `proto == 0`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey {
     pub addr: Addr,
     pub family: u8,
-    pub _pad: [u8; 3],
+    pub proto: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<AddrKey>() == 20);
 

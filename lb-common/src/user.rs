@@ -43,9 +43,14 @@ pub fn words_addr(addr: &Addr, family: u8) -> IpAddr {
 }
 
 impl AddrKey {
-    pub fn new(ip: IpAddr) -> Self {
+    pub fn new(ip: IpAddr, proto: u8) -> Self {
         let (addr, family) = addr_words(ip);
-        AddrKey { addr, family, _pad: [0; 3] }
+        AddrKey {
+            addr,
+            family,
+            proto,
+            _pad: [0; 2],
+        }
     }
 }
 
@@ -53,7 +58,12 @@ impl VipKey {
     /// `port` in host order; 0 = every port.
     pub fn new(ip: IpAddr, port: u16, proto: u8) -> Self {
         let (addr, family) = addr_words(ip);
-        VipKey { addr, port: port.to_be(), proto, family }
+        VipKey {
+            addr,
+            port: port.to_be(),
+            proto,
+            family,
+        }
     }
     pub fn ip(&self) -> IpAddr {
         words_addr(&self.addr, self.family)
@@ -65,7 +75,15 @@ impl FlowKey {
     pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> Self {
         let (s, family) = addr_words(src);
         let (d, _) = addr_words(dst);
-        FlowKey { src: s, dst: d, sport: sport.to_be(), dport: dport.to_be(), proto, family, _pad: [0; 2] }
+        FlowKey {
+            src: s,
+            dst: d,
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto,
+            family,
+            _pad: [0; 2],
+        }
     }
     pub fn src_ip(&self) -> IpAddr {
         words_addr(&self.src, self.family)

@@ -1,0 +1,241 @@
+//! Stage 5: rewrite the frame for its backend and send it.
+//!
+//! `ipip` puts a fresh outer IPv4 (IPv6) header in front of the untouched
+//! IPv4 (IPv6) datagram; `l2dsr` leaves the datagram alone and only changes
+//! the MAC addresses. The next hop comes from the backend's map entry when
+//! user space has resolved it, else from `bpf_fib_lookup`.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use lb_common::{
+    outer_source_v4, outer_source_v6, Addr, Backend, Counter, LbConfig, VipInfo, BACKEND_F_ACTIVE,
+    BACKEND_F_NEXTHOP, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, VIP_F_L2DSR,
+};
+use lb_ebpf::{ipv4_header_checksum, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
+
+use crate::{maps, parse::Packet, stats, Out};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const OUTER_TTL: u8 = 64;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+
+/// Where a frame leaves and with which MAC addresses.
+pub struct NextHop {
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
+/// Sends the packet to backend `backend_id` of `vip`, counting it against
+/// both. `hash` is the flow hash (it picks the outer source in a prefix).
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: &VipInfo,
+    backend_id: u32,
+    hash: u32,
+    frame_len: u64,
+) -> Result<Out, Out> {
+    let backend = match maps::backend(backend_id) {
+        Some(b) if b.flags & BACKEND_F_ACTIVE != 0 => *b,
+        _ => return Err(Out::Drop(Counter::DropBadBackend)),
+    };
+    let l2dsr = vip.flags & VIP_F_L2DSR != 0;
+    // IPIP carries IPv4 in IPv4 and IPv6 in IPv6 only; user space refuses
+    // other pairings, this guards against a racing update.
+    if !l2dsr && backend.family != pkt.flow.family {
+        return Err(Out::Drop(Counter::DropBadBackend));
+    }
+    let cfg = maps::config();
+    let nh = next_hop(ctx, pkt, &backend, &cfg, l2dsr, hash)?;
+    stats::add_traffic(&maps::VIP_STATS, vip.vip_id, frame_len);
+    stats::add_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
+    if l2dsr {
+        set_macs(ctx, &nh)?;
+    } else if pkt.flow.family == FAMILY_V4 {
+        trim_padding(ctx, pkt)?;
+        encap_v4(ctx, pkt, &outer_source_v4(&cfg, hash), &backend.addr, &nh)?;
+    } else {
+        trim_padding(ctx, pkt)?;
+        encap_v6(ctx, pkt, &outer_source_v6(&cfg, hash), &backend.addr, hash, &nh)?;
+    }
+    Ok(emit(ctx, nh.ifindex))
+}
+
+/// The resolved next hop from the backend entry, or a FIB lookup from the
+/// balancer's point of view (`BPF_FIB_LOOKUP_OUTPUT`: the outer packet is
+/// ours, so the ingress device's forwarding setting does not apply).
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    backend: &Backend,
+    cfg: &LbConfig,
+    l2dsr: bool,
+    hash: u32,
+) -> Result<NextHop, Out> {
+    if backend.flags & BACKEND_F_NEXTHOP != 0 {
+        return Ok(NextHop { ifindex: backend.ifindex, dst_mac: backend.dst_mac, src_mac: backend.src_mac });
+    }
+    stats::count(Counter::NexthopFib);
+    let v4 = backend.family == FAMILY_V4;
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = if v4 { AF_INET } else { AF_INET6 };
+    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let extra = if l2dsr { 0 } else if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    p.__bindgen_anon_1.tot_len = (pkt.ip_len + extra) as u16;
+    if l2dsr {
+        p.l4_protocol = pkt.flow.proto;
+    } else {
+        p.l4_protocol = if v4 { PROTO_IPIP } else { PROTO_IPV6 };
+    }
+    if v4 {
+        p.__bindgen_anon_3.ipv4_src = outer_source_v4(cfg, hash);
+        p.__bindgen_anon_4.ipv4_dst = backend.addr[0];
+    } else {
+        p.__bindgen_anon_3.ipv6_src = outer_source_v6(cfg, hash);
+        p.__bindgen_anon_4.ipv6_dst = backend.addr;
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(ctx.ctx as *mut _, &mut p, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_OUTPUT)
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop { ifindex: p.ifindex, dst_mac: p.dmac, src_mac: p.smac }),
+        // The kernel resolves the neighbour when it sees the packet; user
+        // space resolves it for the backend entry too.
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Out::Pass(Counter::NexthopUnresolved)),
+        _ => Err(Out::Drop(Counter::DropFibFailed)),
+    }
+}
+
+/// L2 DSR: the frame goes to the backend's MAC, from ours.
+#[inline(always)]
+fn set_macs(ctx: &XdpContext, nh: &NextHop) -> Result<(), Out> {
+    let macs: *mut [[u8; 6]; 2] = ptr_at(ctx, 0).ok_or(Out::Drop(Counter::DropTruncated))?;
+    unsafe { *macs = [nh.dst_mac, nh.src_mac] };
+    Ok(())
+}
+
+/// Drops Ethernet padding after the datagram, so the tunnel carries exactly
+/// the datagram and the outer length is right.
+#[inline(always)]
+fn trim_padding(ctx: &XdpContext, pkt: &Packet) -> Result<(), Out> {
+    let frame = ctx.data_end() - ctx.data();
+    let used = pkt.l2.l3_off + pkt.ip_len;
+    if frame > used {
+        let excess = (frame - used) as i32;
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -excess) } != 0 {
+            return Err(Out::Drop(Counter::DropNoHeadroom));
+        }
+    }
+    Ok(())
+}
+
+/// Makes room for an outer header of `len` bytes and writes the Ethernet
+/// header (and the VLAN tag the frame came with) in front of it.
+#[inline(always)]
+fn push_outer(ctx: &XdpContext, pkt: &Packet, len: usize, ether_type: u16, nh: &NextHop) -> Result<(), Out> {
+    let tagged = pkt.l2.l3_off > ETH_HLEN;
+    let mut tag = [0u8; 4];
+    if tagged {
+        let t: *const [u8; 4] = ptr_at(ctx, ETH_HLEN - 2).ok_or(Out::Drop(Counter::DropTruncated))?;
+        tag = unsafe { *t };
+    }
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(len as i32)) } != 0 {
+        return Err(Out::Drop(Counter::DropNoHeadroom));
+    }
+    let no_room = Out::Drop(Counter::DropNoHeadroom);
+    let macs: *mut [[u8; 6]; 2] = ptr_at(ctx, 0).ok_or(no_room)?;
+    unsafe { *macs = [nh.dst_mac, nh.src_mac] };
+    let type_off = if tagged {
+        let t: *mut [u8; 4] = ptr_at(ctx, ETH_HLEN - 2).ok_or(no_room)?;
+        unsafe { *t = tag };
+        ETH_HLEN + 2
+    } else {
+        ETH_HLEN - 2
+    };
+    let et: *mut [u8; 2] = ptr_at(ctx, type_off).ok_or(no_room)?;
+    unsafe { *et = ether_type.to_be_bytes() };
+    Ok(())
+}
+
+/// IPv4-in-IPv4 (RFC 2003): fresh TTL, the inner TOS and DF copied.
+#[inline(always)]
+fn encap_v4(ctx: &XdpContext, pkt: &Packet, src: &u32, dst: &Addr, nh: &NextHop) -> Result<(), Out> {
+    let mut h = [0u8; IPV4_HLEN];
+    h[0] = 0x45;
+    h[1] = pkt.tos;
+    let [l0, l1] = ((pkt.ip_len + IPV4_HLEN) as u16).to_be_bytes();
+    h[2] = l0;
+    h[3] = l1;
+    let [i0, i1] = pkt.ip_id.to_be_bytes();
+    h[4] = i0;
+    h[5] = i1;
+    h[6] = if pkt.df { 0x40 } else { 0 };
+    h[8] = OUTER_TTL;
+    h[9] = PROTO_IPIP;
+    let [s0, s1, s2, s3] = src.to_ne_bytes();
+    let [d0, d1, d2, d3] = dst[0].to_ne_bytes();
+    h[12] = s0;
+    h[13] = s1;
+    h[14] = s2;
+    h[15] = s3;
+    h[16] = d0;
+    h[17] = d1;
+    h[18] = d2;
+    h[19] = d3;
+    let [c0, c1] = ipv4_header_checksum(&h).to_be_bytes();
+    h[10] = c0;
+    h[11] = c1;
+    push_outer(ctx, pkt, IPV4_HLEN, ETH_P_IP, nh)?;
+    let outer: *mut [u8; IPV4_HLEN] = ptr_at(ctx, pkt.l2.l3_off).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
+    unsafe { *outer = h };
+    Ok(())
+}
+
+/// IPv6-in-IPv6 (RFC 2473): fresh hop limit, the inner traffic class copied,
+/// the flow label from the flow hash so the path can spread flows.
+#[inline(always)]
+fn encap_v6(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, hash: u32, nh: &NextHop) -> Result<(), Out> {
+    let label = hash & 0x000f_ffff;
+    let mut h = [0u32; IPV6_HLEN / 4];
+    h[0] = (6u32 << 28 | (pkt.tos as u32) << 20 | label).to_be();
+    h[1] = ((pkt.ip_len as u32) << 16 | (PROTO_IPV6 as u32) << 8 | OUTER_TTL as u32).to_be();
+    h[2] = src[0];
+    h[3] = src[1];
+    h[4] = src[2];
+    h[5] = src[3];
+    h[6] = dst[0];
+    h[7] = dst[1];
+    h[8] = dst[2];
+    h[9] = dst[3];
+    push_outer(ctx, pkt, IPV6_HLEN, ETH_P_IPV6, nh)?;
+    let outer: *mut [u32; IPV6_HLEN / 4] =
+        ptr_at(ctx, pkt.l2.l3_off).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
+    // The outer header may sit at an odd 2-byte boundary (after a 14-byte
+    // Ethernet header): write it unaligned.
+    unsafe { core::ptr::write_unaligned(outer, h) };
+    Ok(())
+}
+
+/// Out of the interface it came in on, or redirected to another.
+#[inline(always)]
+fn emit(ctx: &XdpContext, ifindex: u32) -> Out {
+    if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+        return Out::Tx;
+    }
+    match maps::TX_PORTS.redirect(ifindex, 0) {
+        Ok(_) => Out::Redirect,
+        Err(_) => Out::Drop(Counter::DropRedirectFailed),
+    }
+}

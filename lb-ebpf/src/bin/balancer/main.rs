@@ -1,0 +1,120 @@
+//! The balancer: an XDP program that finds the VIP a packet is for, keeps the
+//! flow on its backend, picks a backend for new flows with Maglev, and
+//! forwards the packet at the driver (IPIP/IP6IP6 or L2 DSR).
+//!
+//! Stages, each in its own module: `parse` → VIP lookup (here) → `conntrack`
+//! / `select` → `forward`; `icmp` is the path for ICMP errors about VIP flows.
+//! Every packet ends in exactly one [`Out`], which `stats` counts.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod forward;
+mod icmp;
+mod maps;
+mod parse;
+mod select;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{Counter, FlowKey, HashMode, VipInfo, VipKey, VIP_F_SRC_HASH, VIP_F_STATELESS};
+
+use crate::parse::Packet;
+
+/// How a packet leaves the program.
+#[derive(Clone, Copy)]
+pub enum Out {
+    /// To the kernel stack, with the reason counted.
+    Pass(Counter),
+    /// Dropped, with the reason counted.
+    Drop(Counter),
+    Tx,
+    Redirect,
+}
+
+#[xdp]
+pub fn lb_balancer(ctx: XdpContext) -> u32 {
+    let out = match balance(&ctx) {
+        Ok(out) | Err(out) => out,
+    };
+    stats::finish(out)
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext) -> Result<Out, Out> {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let pkt = parse::parse(ctx)?;
+    if pkt.flow.proto == lb_common::PROTO_ICMP || pkt.flow.proto == lb_common::PROTO_ICMPV6 {
+        return icmp::handle(ctx, &pkt, frame_len);
+    }
+    if pkt.fragment {
+        return serve_fragment(ctx, &pkt, frame_len);
+    }
+    let vip = find_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
+    let mode = hash_mode(&vip, HashMode::FiveTuple);
+    let hash = lb_common::flow_hash(&pkt.flow, mode);
+    let backend_id = if vip.flags & VIP_F_STATELESS != 0 {
+        select::by_table(&vip, hash)?
+    } else {
+        conntrack::lookup_or_select(&pkt.flow, &vip, hash, !pkt.tcp_rst)?
+    };
+    forward::to_backend(ctx, &pkt, &vip, backend_id, hash, frame_len)
+}
+
+/// An IPv4 fragment: later fragments carry no ports, so every fragment of a
+/// datagram is steered by addresses and protocol alone, through the VIP that
+/// user space designated for fragments of that address and protocol, and
+/// without the connection table (which is keyed by ports).
+#[inline(always)]
+fn serve_fragment(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out> {
+    stats::count(Counter::Ipv4Fragment);
+    let vip_key = maps::fragment_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
+    let vip = maps::vip(&vip_key).ok_or(Out::Pass(Counter::PassNotVip))?;
+    let hash = lb_common::flow_hash(&pkt.flow, hash_mode(&vip, HashMode::ThreeTuple));
+    let backend_id = select::by_table(&vip, hash)?;
+    forward::to_backend(ctx, pkt, &vip, backend_id, hash, frame_len)
+}
+
+/// The VIP for a flow: the exact (address, port, protocol) entry, else the
+/// address's port-less entry for that protocol.
+#[inline(always)]
+pub fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
+    let mut key = VipKey { addr: flow.dst, port: flow.dport, proto: flow.proto, family: flow.family };
+    if let Some(vip) = maps::vip(&key) {
+        return Some(vip);
+    }
+    key.port = 0;
+    maps::vip(&key)
+}
+
+/// Source-hash VIPs hash the client address whatever the caller's default.
+#[inline(always)]
+pub fn hash_mode(vip: &VipInfo, default: HashMode) -> HashMode {
+    if vip.flags & VIP_F_SRC_HASH != 0 {
+        HashMode::SourceAddr
+    } else {
+        default
+    }
+}
+
+#[inline(always)]
+pub fn action(out: Out) -> u32 {
+    match out {
+        Out::Pass(_) => xdp_action::XDP_PASS,
+        Out::Drop(_) => xdp_action::XDP_DROP,
+        Out::Tx => xdp_action::XDP_TX,
+        Out::Redirect => xdp_action::XDP_REDIRECT,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: the verifier rejects a program that could get here, and
+    // the code has no indexing or arithmetic that can panic.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

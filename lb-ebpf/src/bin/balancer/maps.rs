@@ -1,0 +1,97 @@
+//! The balancer's maps and the load-time settings. User space owns every
+//! write except the connection table's and the counters'.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    counters::COUNTER_COUNT, AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo, VipKey,
+    CONNTRACK_MAX, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS,
+};
+
+#[map]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// (address, protocol) of every VIP → the VIP that serves that address's IPv4
+/// fragments. Also answers "is this malformed packet for a VIP?".
+#[map]
+pub static VIP_ADDRS: HashMap<AddrKey, VipKey> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Two Maglev tables per VIP, flat: see `lb_common::maglev_index`.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * MAGLEV_MAX_SIZE, 0);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// One table shared by all CPUs rather than one per CPU: an ICMP error about a
+/// flow arrives from a router, hashes to another RX queue and CPU than the
+/// flow's own packets, and must still find the flow's entry; user space also
+/// reads it (`lbctl explain`, adoption after restart). `BPF_F_NO_COMMON_LRU`
+/// gives each CPU its own LRU list, so inserts do not contend on one lock;
+/// hits take no lock at all. `cargo xtask bench` measures the hit and miss
+/// paths.
+#[map]
+pub static CONNTRACK: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
+
+#[map]
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// Interfaces the balancer may redirect to, keyed by ifindex.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Idle timeouts of connection-table entries, set by the loader at load time
+/// (read-only globals, so the verifier folds them into the code).
+#[unsafe(no_mangle)]
+static TCP_IDLE_TIMEOUT_NS: u64 = 900 * 1_000_000_000;
+#[unsafe(no_mangle)]
+static UDP_IDLE_TIMEOUT_NS: u64 = 300 * 1_000_000_000;
+
+#[inline(always)]
+pub fn tcp_idle_timeout_ns() -> u64 {
+    unsafe { core::ptr::read_volatile(&TCP_IDLE_TIMEOUT_NS) }
+}
+
+#[inline(always)]
+pub fn udp_idle_timeout_ns() -> u64 {
+    unsafe { core::ptr::read_volatile(&UDP_IDLE_TIMEOUT_NS) }
+}
+
+#[inline(always)]
+pub fn vip(key: &VipKey) -> Option<VipInfo> {
+    unsafe { VIPS.get(key).copied() }
+}
+
+#[inline(always)]
+pub fn is_vip_addr(addr: &lb_common::Addr, family: u8, proto: u8) -> bool {
+    let key = AddrKey { addr: *addr, family, proto, _pad: [0; 2] };
+    unsafe { VIP_ADDRS.get(&key).is_some() }
+}
+
+#[inline(always)]
+pub fn fragment_vip(flow: &FlowKey) -> Option<VipKey> {
+    let key = AddrKey { addr: flow.dst, family: flow.family, proto: flow.proto, _pad: [0; 2] };
+    unsafe { VIP_ADDRS.get(&key).copied() }
+}
+
+#[inline(always)]
+pub fn backend(id: u32) -> Option<&'static Backend> {
+    BACKENDS.get(id)
+}
+
+#[inline(always)]
+pub fn config() -> LbConfig {
+    LB_CONFIG.get(0).copied().unwrap_or_default()
+}

@@ -1,0 +1,184 @@
+//! Stage 1: parse Ethernet (one optional VLAN tag), IPv4 (options allowed) or
+//! IPv6 (fixed header), then the TCP/UDP ports.
+//!
+//! A packet we cannot read far enough to know its destination passes
+//! unchanged. Once the destination is known, a malformed or truncated packet
+//! is dropped when its (address, protocol) belongs to a VIP and passed
+//! otherwise: the kernel, not the balancer, owns traffic that is not ours.
+
+use aya_ebpf::programs::XdpContext;
+use lb_ebpf::{parse_l2, ptr_at, L2, ETH_P_IP, ETH_P_IPV6};
+use lb_common::{Addr, Counter, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use network_types::{ip::Ipv4Hdr, ip::Ipv6Hdr};
+
+use crate::{maps, Out};
+
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const TCP_FLAG_RST: u8 = 0x04;
+const IPV4_MF: u16 = 0x2000;
+const IPV4_DF: u16 = 0x4000;
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+/// What the later stages need to know about a packet.
+pub struct Packet {
+    pub l2: L2,
+    /// Offset of the transport (or ICMP) header.
+    pub l4_off: usize,
+    /// Length of the IP datagram according to its header (frames may carry
+    /// Ethernet padding after it).
+    pub ip_len: usize,
+    /// The 5-tuple as sent; ports are zero for ICMP and non-first fragments.
+    pub flow: FlowKey,
+    pub tcp_rst: bool,
+    /// An IPv4 fragment (first or later).
+    pub fragment: bool,
+    /// IPv4 TOS / IPv6 traffic class, copied to the outer header.
+    pub tos: u8,
+    /// IPv4 "don't fragment", copied to the outer header.
+    pub df: bool,
+    /// IPv4 identification, reused for the outer header.
+    pub ip_id: u16,
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Out> {
+    let l2 = parse_l2(ctx).ok_or(Out::Pass(Counter::PassMalformed))?;
+    match l2.proto {
+        ETH_P_IP => parse_ipv4(ctx, l2),
+        ETH_P_IPV6 => parse_ipv6(ctx, l2),
+        _ => Err(Out::Pass(Counter::PassNotIp)),
+    }
+}
+
+/// The outcome for a packet to `dst` that is malformed for `reason`.
+#[inline(always)]
+pub fn malformed(dst: &Addr, family: u8, proto: u8, reason: Counter) -> Out {
+    if maps::is_vip_addr(dst, family, proto) {
+        Out::Drop(reason)
+    } else {
+        Out::Pass(Counter::PassMalformed)
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
+    let l3 = l2.l3_off;
+    let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Out::Pass(Counter::PassMalformed))?;
+    let ip = unsafe { &*ip };
+    let dst: Addr = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+    let proto = ip.proto;
+    let bad = |reason| malformed(&dst, FAMILY_V4, proto, reason);
+
+    let hlen = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4 || hlen < IPV4_HLEN {
+        return Err(bad(Counter::DropBadHeader));
+    }
+    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip_len < hlen {
+        return Err(bad(Counter::DropBadHeader));
+    }
+    if l3 + ip_len > ctx.data_end() - ctx.data() {
+        return Err(bad(Counter::DropTruncated));
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    let mut pkt = Packet {
+        l2,
+        l4_off: l3 + hlen,
+        ip_len,
+        flow: FlowKey {
+            src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+            dst,
+            sport: 0,
+            dport: 0,
+            proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        },
+        tcp_rst: false,
+        fragment: frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
+        tos: ip.tos,
+        df: frags & IPV4_DF != 0,
+        ip_id: u16::from_be_bytes(ip.id),
+    };
+    // Later fragments carry no transport header; ICMP is parsed by `icmp`.
+    if frags & IPV4_OFFSET_MASK != 0 || proto == PROTO_ICMP {
+        return Ok(pkt);
+    }
+    parse_ports(ctx, &mut pkt, ip_len - hlen)?;
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
+    let l3 = l2.l3_off;
+    let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Out::Pass(Counter::PassMalformed))?;
+    let ip = unsafe { &*ip };
+    let dst = words(&ip.dst_addr);
+    let proto = ip.next_hdr;
+    let bad = |reason| malformed(&dst, FAMILY_V6, proto, reason);
+
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(bad(Counter::DropBadHeader));
+    }
+    let ip_len = IPV6_HLEN + u16::from_be_bytes(ip.payload_len) as usize;
+    if l3 + ip_len > ctx.data_end() - ctx.data() {
+        return Err(bad(Counter::DropTruncated));
+    }
+    let mut pkt = Packet {
+        l2,
+        l4_off: l3 + IPV6_HLEN,
+        ip_len,
+        flow: FlowKey { src: words(&ip.src_addr), dst, sport: 0, dport: 0, proto, family: FAMILY_V6, _pad: [0; 2] },
+        tcp_rst: false,
+        fragment: false,
+        tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
+        df: false,
+        ip_id: 0,
+    };
+    if proto == PROTO_ICMPV6 {
+        return Ok(pkt);
+    }
+    parse_ports(ctx, &mut pkt, ip_len - IPV6_HLEN)?;
+    Ok(pkt)
+}
+
+/// Fills in the ports (and the RST flag) of a TCP or UDP packet whose
+/// transport header must fit in the `l4_len` bytes the IP header announces.
+/// Other protocols keep zero ports and find no VIP.
+#[inline(always)]
+fn parse_ports(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Result<(), Out> {
+    let f = pkt.flow;
+    let hlen = match f.proto {
+        PROTO_TCP => TCP_HLEN,
+        PROTO_UDP => UDP_HLEN,
+        _ => return Ok(()),
+    };
+    if l4_len < hlen {
+        return Err(malformed(&f.dst, f.family, f.proto, Counter::DropTruncated));
+    }
+    // The IP length was checked against the frame, but the verifier needs
+    // its own bounds check for this read.
+    let ports: *const [u8; 4] = ptr_at(ctx, pkt.l4_off).ok_or(Out::Pass(Counter::PassMalformed))?;
+    let ports = unsafe { *ports };
+    pkt.flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
+    pkt.flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+    if f.proto == PROTO_TCP {
+        let flags: *const u8 = ptr_at(ctx, pkt.l4_off + 13).ok_or(Out::Pass(Counter::PassMalformed))?;
+        pkt.tcp_rst = unsafe { *flags } & TCP_FLAG_RST != 0;
+    }
+    Ok(())
+}
+
+/// An IPv6 address as four packet-order words.
+#[inline(always)]
+pub fn words(a: &[u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
