@@ -10,7 +10,7 @@ pub mod counters;
 pub mod hash;
 pub mod maps;
 #[cfg(feature = "user")]
-mod user;
+pub mod user;
 
 pub use counters::Counter;
 pub use hash::{flow_hash, maglev_slot, HashMode};

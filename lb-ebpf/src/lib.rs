@@ -12,12 +12,20 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
+/// No header we read lies further into a frame than this.
+pub const MAX_OFFSET: usize = 0x3fff;
 
 /// A pointer to a `T` at byte `off` of the packet, or `None` when the packet
 /// is too short. Every read of packet memory goes through here (or
 /// [`byte_at`]), which is what the verifier needs to see.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    // An explicit upper bound: offsets computed from header fields (or
+    // spilled to the stack) can reach the verifier with no known maximum,
+    // and it refuses pointer arithmetic with an unbounded scalar.
+    if off > MAX_OFFSET {
+        return None;
+    }
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
@@ -49,9 +57,15 @@ pub fn parse_l2(ctx: &XdpContext) -> Option<L2> {
     let proto = be16_at(ctx, 12)?;
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
         let inner = be16_at(ctx, ETH_HLEN + 2)?;
-        return Some(L2 { l3_off: ETH_HLEN + VLAN_HLEN, proto: inner });
+        return Some(L2 {
+            l3_off: ETH_HLEN + VLAN_HLEN,
+            proto: inner,
+        });
     }
-    Some(L2 { l3_off: ETH_HLEN, proto })
+    Some(L2 {
+        l3_off: ETH_HLEN,
+        proto,
+    })
 }
 
 /// Internet checksum of a 20-byte IPv4 header held in memory we own (the

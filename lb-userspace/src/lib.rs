@@ -1,4 +1,8 @@
-//! lb's control-plane library: the Maglev table builder and the loader that
-//! owns the XDP programs and their maps.
+//! lb's control-plane library: the Maglev table builder, the operator-facing
+//! service model, and the loaders that own the XDP programs and their maps.
 
+pub mod decap;
 pub mod maglev;
+pub mod maps;
+pub mod objects;
+pub mod service;

@@ -3,7 +3,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    ConnEntry, Counter, FlowKey, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_DOWN, CONN_TOUCH_NS, PROTO_TCP,
+    ConnEntry, Counter, FlowKey, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_DOWN, CONN_TOUCH_NS,
+    PROTO_TCP,
 };
 
 use crate::{maps, select, stats, Out};
@@ -12,14 +13,23 @@ use crate::{maps, select, stats, Out};
 /// else the Maglev choice, recorded for the flow's next packets when `create`
 /// (a TCP RST ends a flow rather than starting one, so it records nothing).
 #[inline(always)]
-pub fn lookup_or_select(flow: &FlowKey, vip: &VipInfo, hash: u32, create: bool) -> Result<u32, Out> {
+pub fn lookup_or_select(
+    flow: &FlowKey,
+    vip: &VipInfo,
+    hash: u32,
+    create: bool,
+) -> Result<u32, Out> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(id) = lookup(flow, vip, now) {
         return Ok(id);
     }
     let id = select::by_table(vip, hash)?;
     if create {
-        let entry = ConnEntry { backend_id: id, _pad: 0, last_seen_ns: now };
+        let entry = ConnEntry {
+            backend_id: id,
+            _pad: 0,
+            last_seen_ns: now,
+        };
         if maps::CONNTRACK.insert(flow, &entry, 0).is_err() {
             stats::count(Counter::ConnInsertFailed);
         }
@@ -40,14 +50,21 @@ pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<u32> {
     // whole u32/u64 fields, so a torn read cannot produce an invalid value.
     let entry = unsafe { &mut *entry };
     let idle = now.saturating_sub(entry.last_seen_ns);
-    let timeout = if flow.proto == PROTO_TCP { maps::tcp_idle_timeout_ns() } else { maps::udp_idle_timeout_ns() };
+    let timeout = if flow.proto == PROTO_TCP {
+        maps::tcp_idle_timeout_ns()
+    } else {
+        maps::udp_idle_timeout_ns()
+    };
     if idle > timeout {
         stats::count(Counter::ConnExpired);
         return None;
     }
     let id = entry.backend_id;
     let valid = match maps::backend(id) {
-        Some(b) => b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE && b.vip_id == vip.vip_id,
+        Some(b) => {
+            b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE
+                && b.vip_id == vip.vip_id
+        }
         None => false,
     };
     if !valid {

@@ -9,7 +9,8 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_OUTPUT,
     },
     helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
@@ -67,7 +68,14 @@ pub fn to_backend(
         encap_v4(ctx, pkt, &outer_source_v4(&cfg, hash), &backend.addr, &nh)?;
     } else {
         trim_padding(ctx, pkt)?;
-        encap_v6(ctx, pkt, &outer_source_v6(&cfg, hash), &backend.addr, hash, &nh)?;
+        encap_v6(
+            ctx,
+            pkt,
+            &outer_source_v6(&cfg, hash),
+            &backend.addr,
+            hash,
+            &nh,
+        )?;
     }
     Ok(emit(ctx, nh.ifindex))
 }
@@ -85,14 +93,24 @@ fn next_hop(
     hash: u32,
 ) -> Result<NextHop, Out> {
     if backend.flags & BACKEND_F_NEXTHOP != 0 {
-        return Ok(NextHop { ifindex: backend.ifindex, dst_mac: backend.dst_mac, src_mac: backend.src_mac });
+        return Ok(NextHop {
+            ifindex: backend.ifindex,
+            dst_mac: backend.dst_mac,
+            src_mac: backend.src_mac,
+        });
     }
     stats::count(Counter::NexthopFib);
     let v4 = backend.family == FAMILY_V4;
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = if v4 { AF_INET } else { AF_INET6 };
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let extra = if l2dsr { 0 } else if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    let extra = if l2dsr {
+        0
+    } else if v4 {
+        IPV4_HLEN
+    } else {
+        IPV6_HLEN
+    };
     p.__bindgen_anon_1.tot_len = (pkt.ip_len + extra) as u16;
     if l2dsr {
         p.l4_protocol = pkt.flow.proto;
@@ -107,10 +125,19 @@ fn next_hop(
         p.__bindgen_anon_4.ipv6_dst = backend.addr;
     }
     let rc = unsafe {
-        bpf_fib_lookup(ctx.ctx as *mut _, &mut p, size_of::<FibParams>() as i32, BPF_FIB_LOOKUP_OUTPUT)
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop { ifindex: p.ifindex, dst_mac: p.dmac, src_mac: p.smac }),
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
+            ifindex: p.ifindex,
+            dst_mac: p.dmac,
+            src_mac: p.smac,
+        }),
         // The kernel resolves the neighbour when it sees the packet; user
         // space resolves it for the backend entry too.
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Out::Pass(Counter::NexthopUnresolved)),
@@ -144,11 +171,18 @@ fn trim_padding(ctx: &XdpContext, pkt: &Packet) -> Result<(), Out> {
 /// Makes room for an outer header of `len` bytes and writes the Ethernet
 /// header (and the VLAN tag the frame came with) in front of it.
 #[inline(always)]
-fn push_outer(ctx: &XdpContext, pkt: &Packet, len: usize, ether_type: u16, nh: &NextHop) -> Result<(), Out> {
+fn push_outer(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    len: usize,
+    ether_type: u16,
+    nh: &NextHop,
+) -> Result<(), Out> {
     let tagged = pkt.l2.l3_off > ETH_HLEN;
     let mut tag = [0u8; 4];
     if tagged {
-        let t: *const [u8; 4] = ptr_at(ctx, ETH_HLEN - 2).ok_or(Out::Drop(Counter::DropTruncated))?;
+        let t: *const [u8; 4] =
+            ptr_at(ctx, ETH_HLEN - 2).ok_or(Out::Drop(Counter::DropTruncated))?;
         tag = unsafe { *t };
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(len as i32)) } != 0 {
@@ -171,7 +205,13 @@ fn push_outer(ctx: &XdpContext, pkt: &Packet, len: usize, ether_type: u16, nh: &
 
 /// IPv4-in-IPv4 (RFC 2003): fresh TTL, the inner TOS and DF copied.
 #[inline(always)]
-fn encap_v4(ctx: &XdpContext, pkt: &Packet, src: &u32, dst: &Addr, nh: &NextHop) -> Result<(), Out> {
+fn encap_v4(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &u32,
+    dst: &Addr,
+    nh: &NextHop,
+) -> Result<(), Out> {
     let mut h = [0u8; IPV4_HLEN];
     h[0] = 0x45;
     h[1] = pkt.tos;
@@ -198,7 +238,8 @@ fn encap_v4(ctx: &XdpContext, pkt: &Packet, src: &u32, dst: &Addr, nh: &NextHop)
     h[10] = c0;
     h[11] = c1;
     push_outer(ctx, pkt, IPV4_HLEN, ETH_P_IP, nh)?;
-    let outer: *mut [u8; IPV4_HLEN] = ptr_at(ctx, pkt.l2.l3_off).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
+    let outer: *mut [u8; IPV4_HLEN] =
+        ptr_at(ctx, pkt.l2.l3_off).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
     unsafe { *outer = h };
     Ok(())
 }
@@ -206,7 +247,14 @@ fn encap_v4(ctx: &XdpContext, pkt: &Packet, src: &u32, dst: &Addr, nh: &NextHop)
 /// IPv6-in-IPv6 (RFC 2473): fresh hop limit, the inner traffic class copied,
 /// the flow label from the flow hash so the path can spread flows.
 #[inline(always)]
-fn encap_v6(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, hash: u32, nh: &NextHop) -> Result<(), Out> {
+fn encap_v6(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &Addr,
+    dst: &Addr,
+    hash: u32,
+    nh: &NextHop,
+) -> Result<(), Out> {
     let label = hash & 0x000f_ffff;
     let mut h = [0u32; IPV6_HLEN / 4];
     h[0] = (6u32 << 28 | (pkt.tos as u32) << 20 | label).to_be();

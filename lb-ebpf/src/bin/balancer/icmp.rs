@@ -11,7 +11,9 @@ use lb_common::{
 use lb_ebpf::ptr_at;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use crate::{conntrack, find_vip, forward, hash_mode, maps, parse::words, parse::Packet, select, Out};
+use crate::{
+    conntrack, find_vip, forward, hash_mode, maps, parse::words, parse::Packet, select, Out,
+};
 
 const ICMP_HLEN: usize = 8;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -71,7 +73,12 @@ fn quoted_flow(ctx: &XdpContext, pkt: &Packet) -> Result<FlowKey, Out> {
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or_else(|| malformed(pkt))?;
         let ip = unsafe { &*ip };
-        (words(&ip.src_addr), words(&ip.dst_addr), ip.next_hdr, off + 40)
+        (
+            words(&ip.src_addr),
+            words(&ip.dst_addr),
+            ip.next_hdr,
+            off + 40,
+        )
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Out::Pass(Counter::PassIcmp));
@@ -97,7 +104,9 @@ fn quoted_flow(ctx: &XdpContext, pkt: &Packet) -> Result<FlowKey, Out> {
 #[inline(always)]
 fn malformed(pkt: &Packet) -> Out {
     let f = &pkt.flow;
-    if maps::is_vip_addr(&f.dst, f.family, PROTO_TCP) || maps::is_vip_addr(&f.dst, f.family, PROTO_UDP) {
+    if maps::is_vip_addr(&f.dst, f.family, PROTO_TCP)
+        || maps::is_vip_addr(&f.dst, f.family, PROTO_UDP)
+    {
         Out::Drop(Counter::DropIcmpMalformed)
     } else {
         Out::Pass(Counter::PassMalformed)

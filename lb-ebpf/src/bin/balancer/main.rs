@@ -79,7 +79,12 @@ fn serve_fragment(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out,
 /// address's port-less entry for that protocol.
 #[inline(always)]
 pub fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
-    let mut key = VipKey { addr: flow.dst, port: flow.dport, proto: flow.proto, family: flow.family };
+    let mut key = VipKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+    };
     if let Some(vip) = maps::vip(&key) {
         return Some(vip);
     }

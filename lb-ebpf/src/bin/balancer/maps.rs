@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counters::COUNTER_COUNT, AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo, VipKey,
-    CONNTRACK_MAX, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS,
+    counters::COUNTER_COUNT, AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo,
+    VipKey, CONNTRACK_MAX, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS,
 };
 
 #[map]
@@ -34,7 +34,8 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// hits take no lock at all. `cargo xtask bench` measures the hit and miss
 /// paths.
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
+pub static CONNTRACK: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
 
 #[map]
 pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
@@ -50,7 +51,8 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT
 pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
 #[map]
-pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Idle timeouts of connection-table entries, set by the loader at load time
 /// (read-only globals, so the verifier folds them into the code).
@@ -76,13 +78,23 @@ pub fn vip(key: &VipKey) -> Option<VipInfo> {
 
 #[inline(always)]
 pub fn is_vip_addr(addr: &lb_common::Addr, family: u8, proto: u8) -> bool {
-    let key = AddrKey { addr: *addr, family, proto, _pad: [0; 2] };
+    let key = AddrKey {
+        addr: *addr,
+        family,
+        proto,
+        _pad: [0; 2],
+    };
     unsafe { VIP_ADDRS.get(&key).is_some() }
 }
 
 #[inline(always)]
 pub fn fragment_vip(flow: &FlowKey) -> Option<VipKey> {
-    let key = AddrKey { addr: flow.dst, family: flow.family, proto: flow.proto, _pad: [0; 2] };
+    let key = AddrKey {
+        addr: flow.dst,
+        family: flow.family,
+        proto: flow.proto,
+        _pad: [0; 2],
+    };
     unsafe { VIP_ADDRS.get(&key).copied() }
 }
 

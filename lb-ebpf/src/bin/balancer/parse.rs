@@ -7,8 +7,10 @@
 //! otherwise: the kernel, not the balancer, owns traffic that is not ours.
 
 use aya_ebpf::programs::XdpContext;
-use lb_ebpf::{parse_l2, ptr_at, L2, ETH_P_IP, ETH_P_IPV6};
-use lb_common::{Addr, Counter, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    Addr, Counter, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
+use lb_ebpf::{parse_l2, ptr_at, ETH_P_IP, ETH_P_IPV6, L2};
 use network_types::{ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{maps, Out};
@@ -131,7 +133,15 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
         l2,
         l4_off: l3 + IPV6_HLEN,
         ip_len,
-        flow: FlowKey { src: words(&ip.src_addr), dst, sport: 0, dport: 0, proto, family: FAMILY_V6, _pad: [0; 2] },
+        flow: FlowKey {
+            src: words(&ip.src_addr),
+            dst,
+            sport: 0,
+            dport: 0,
+            proto,
+            family: FAMILY_V6,
+            _pad: [0; 2],
+        },
         tcp_rst: false,
         fragment: false,
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
@@ -166,7 +176,8 @@ fn parse_ports(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Result<(), 
     pkt.flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
     pkt.flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
     if f.proto == PROTO_TCP {
-        let flags: *const u8 = ptr_at(ctx, pkt.l4_off + 13).ok_or(Out::Pass(Counter::PassMalformed))?;
+        let flags: *const u8 =
+            ptr_at(ctx, pkt.l4_off + 13).ok_or(Out::Pass(Counter::PassMalformed))?;
         pkt.tcp_rst = unsafe { *flags } & TCP_FLAG_RST != 0;
     }
     Ok(())

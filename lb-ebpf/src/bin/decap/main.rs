@@ -30,7 +30,14 @@ static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_COUNT
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     let (counter, action) = match decap(&ctx) {
         Ok(()) => (DecapCounter::Decapsulated, xdp_action::XDP_PASS),
-        Err(c) => (c, if c == DecapCounter::Malformed { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }),
+        Err(c) => (
+            c,
+            if c == DecapCounter::Malformed {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            },
+        ),
     };
     if let Some(v) = DECAP_STATS.get_ptr_mut(counter as u32) {
         unsafe { *v += 1 };
@@ -46,7 +53,9 @@ fn decap(ctx: &XdpContext) -> Result<(), DecapCounter> {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(DecapCounter::Passed)?;
             let ip = unsafe { &*ip };
-            if ip.proto != PROTO_IPIP || !ours([u32::from_ne_bytes(ip.dst_addr), 0, 0, 0], FAMILY_V4) {
+            if ip.proto != PROTO_IPIP
+                || !ours([u32::from_ne_bytes(ip.dst_addr), 0, 0, 0], FAMILY_V4)
+            {
                 return Err(DecapCounter::Passed);
             }
             let hlen = ((ip.vihl & 0x0f) as usize) * 4;
@@ -80,7 +89,12 @@ fn decap(ctx: &XdpContext) -> Result<(), DecapCounter> {
 
 #[inline(always)]
 fn ours(addr: lb_common::Addr, family: u8) -> bool {
-    let key = AddrKey { addr, family, proto: 0, _pad: [0; 2] };
+    let key = AddrKey {
+        addr,
+        family,
+        proto: 0,
+        _pad: [0; 2],
+    };
     unsafe { DECAP_ADDRS.get(&key).is_some() }
 }
 

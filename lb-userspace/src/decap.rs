@@ -1,0 +1,85 @@
+//! The backend-side decap program: load, configure tunnel addresses, attach.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+    Ebpf,
+};
+use lb_common::{counters::DecapCounter, AddrKey};
+
+use crate::{maps::AttachMode, objects};
+
+pub const PROGRAM_NAME: &str = "lb_decap";
+
+/// Decap counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapCounters {
+    pub decapsulated: u64,
+    pub passed: u64,
+    pub malformed: u64,
+}
+
+pub struct Decap {
+    ebpf: Ebpf,
+    addrs: HashMap<MapData, AddrKey, u32>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl Decap {
+    pub fn load() -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(objects::DECAP)?;
+        let addrs = ebpf
+            .take_map("DECAP_ADDRS")
+            .ok_or_else(|| anyhow::anyhow!("no DECAP_ADDRS map"))?
+            .try_into()?;
+        let stats = ebpf
+            .take_map("DECAP_STATS")
+            .ok_or_else(|| anyhow::anyhow!("no DECAP_STATS map"))?
+            .try_into()?;
+        let mut d = Decap { ebpf, addrs, stats };
+        d.program().load()?;
+        Ok(d)
+    }
+
+    pub fn program(&mut self) -> &mut Xdp {
+        let p = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .expect("object has the decap program");
+        p.try_into().expect("decap program is XDP")
+    }
+
+    /// Accepts tunnel packets whose outer destination is `addr`.
+    pub fn add_address(&mut self, addr: IpAddr) -> anyhow::Result<()> {
+        self.addrs.insert(AddrKey::new(addr, 0), 1, 0)?;
+        Ok(())
+    }
+
+    /// Attaches to `interface`; returns the mode that took.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> anyhow::Result<XdpMode> {
+        let prog = self.program();
+        let m = match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+            AttachMode::Auto => match prog.attach(interface, XdpMode::Driver) {
+                Ok(_) => return Ok(XdpMode::Driver),
+                Err(_) => XdpMode::Skb,
+            },
+        };
+        prog.attach(interface, m)?;
+        Ok(m)
+    }
+
+    pub fn counters(&self) -> anyhow::Result<DecapCounters> {
+        let get = |c: DecapCounter| -> anyhow::Result<u64> {
+            Ok(self.stats.get(&(c as u32), 0)?.iter().sum())
+        };
+        Ok(DecapCounters {
+            decapsulated: get(DecapCounter::Decapsulated)?,
+            passed: get(DecapCounter::Passed)?,
+            malformed: get(DecapCounter::Malformed)?,
+        })
+    }
+}

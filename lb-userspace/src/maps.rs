@@ -1,0 +1,742 @@
+//! The only module that touches the balancer's maps. It loads the program,
+//! keeps a mirror of what the maps hold (VIP and backend ids, both Maglev
+//! tables of every VIP) and applies changes so the data path never sees a
+//! half-made one:
+//!
+//! - a backend set is switched by writing the new table into the VIP's idle
+//!   table slot, then replacing the VIP's map entry (one atomic hash-map
+//!   update) to name that slot;
+//! - new backend entries are written before any table refers to them, and
+//!   removed ones are cleared only after no table does;
+//! - a freed backend id goes to the back of the free queue, so a connection
+//!   entry still naming it is far more likely to find it inactive (a miss)
+//!   than reused, and reuse by another VIP is caught by `Backend::vip_id`.
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap, VecDeque},
+    net::IpAddr,
+    time::Duration,
+};
+
+use aya::{
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    user::addr_words, AddrKey, Backend, ConnEntry, Counter, FlowKey, HashMode, LbConfig,
+    TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP,
+    MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_L2DSR, VIP_F_SRC_HASH,
+    VIP_F_STATELESS,
+};
+
+use crate::{
+    maglev::{self, MaglevBackend},
+    objects,
+    service::{self, BackendSpec, Forwarding, Scheduler, SpecError, VipId, VipSettings},
+};
+
+pub const PROGRAM_NAME: &str = "lb_balancer";
+
+/// Settings fixed when the program is loaded.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub tcp_idle_timeout: Duration,
+    pub udp_idle_timeout: Duration,
+    /// At most `lb_common::MAX_VIPS`; each VIP reserves two Maglev tables
+    /// (512 KiB), so tests load with fewer.
+    pub max_vips: u32,
+    pub conntrack_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            tcp_idle_timeout: Duration::from_secs(900),
+            udp_idle_timeout: Duration::from_secs(300),
+            max_vips: MAX_VIPS,
+            conntrack_size: lb_common::CONNTRACK_MAX,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("unknown VIP {0}")]
+    UnknownVip(VipId),
+    #[error("VIP {0} already exists")]
+    DuplicateVip(VipId),
+    #[error("no room for another VIP (limit {0})")]
+    TooManyVips(u32),
+    #[error("no room for {0} more backends (limit {limit} across all VIPs)", limit = MAX_BACKENDS)]
+    TooManyBackends(usize),
+    #[error("load_options: {0}")]
+    Options(String),
+    #[error("eBPF: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+}
+
+type Result<T> = std::result::Result<T, MapsError>;
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
+    move |source| MapsError::Map { map, source }
+}
+
+/// How to attach: `Auto` tries native (driver) mode, then generic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Where frames to a backend leave: resolved by the control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
+/// The outer source of `ipip` packets, per family: an address, or a prefix
+/// (the host bits then come from the flow hash).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapSources {
+    pub v4: Option<(std::net::Ipv4Addr, u8)>,
+    pub v6: Option<(std::net::Ipv6Addr, u8)>,
+}
+
+/// Summed counters.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub global: Vec<(Counter, u64)>,
+    pub vips: BTreeMap<VipId, TrafficStats>,
+    pub backends: BTreeMap<(VipId, IpAddr), TrafficStats>,
+}
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.global
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+/// Where user space predicts a flow goes, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prediction {
+    pub vip: VipId,
+    pub backend: Option<IpAddr>,
+    pub backend_id: u32,
+    pub hash: u32,
+    pub slot: u32,
+}
+
+struct VipState {
+    vip_id: u32,
+    settings: VipSettings,
+    /// Current backends and their ids, in the order given.
+    backends: Vec<(BackendSpec, u32)>,
+    /// Health: backends marked down (not in the table, entries ignored).
+    down: Vec<IpAddr>,
+    /// What each of the two table slots holds (`None`: unknown, rewrite all).
+    tables: [Option<Vec<u32>>; 2],
+    live_slot: u32,
+    /// Size of the live table, 0 when it has no backend.
+    live_size: u32,
+}
+
+/// A loaded balancer program and its maps.
+pub struct Balancer {
+    ebpf: Ebpf,
+    vip_map: HashMap<MapData, VipKey, VipInfo>,
+    vip_addrs: HashMap<MapData, AddrKey, VipKey>,
+    maglev: Array<MapData, u32>,
+    backend_map: Array<MapData, Backend>,
+    conntrack: HashMap<MapData, FlowKey, ConnEntry>,
+    config: Array<MapData, LbConfig>,
+    tx_ports: DevMapHash<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    vip_stats: PerCpuArray<MapData, TrafficStats>,
+    backend_stats: PerCpuArray<MapData, TrafficStats>,
+
+    vips: BTreeMap<VipId, VipState>,
+    free_vip_ids: VecDeque<u32>,
+    free_backend_ids: VecDeque<u32>,
+    next_hops: StdHashMap<IpAddr, NextHop>,
+    max_vips: u32,
+}
+
+macro_rules! take {
+    ($ebpf:expr, $name:literal) => {{
+        let map = $ebpf
+            .take_map($name)
+            .ok_or(MapsError::Options(format!("object has no map {}", $name)))?;
+        map.try_into().map_err(map_err($name))?
+    }};
+}
+
+impl Balancer {
+    /// Loads the embedded balancer object and verifies the program.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        if opts.max_vips == 0 || opts.max_vips > MAX_VIPS {
+            return Err(MapsError::Options(format!(
+                "max_vips must be 1..={MAX_VIPS}"
+            )));
+        }
+        let tcp = opts.tcp_idle_timeout.as_nanos() as u64;
+        let udp = opts.udp_idle_timeout.as_nanos() as u64;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TCP_IDLE_TIMEOUT_NS", &tcp, true)
+            .override_global("UDP_IDLE_TIMEOUT_NS", &udp, true)
+            .map_max_entries("MAGLEV", opts.max_vips * 2 * MAGLEV_MAX_SIZE)
+            .map_max_entries("VIPS", opts.max_vips)
+            .map_max_entries("VIP_ADDRS", opts.max_vips)
+            .map_max_entries("VIP_STATS", opts.max_vips)
+            .map_max_entries("CONNTRACK", opts.conntrack_size)
+            .load(objects::BALANCER)?;
+        let prog: &mut Xdp = program(&mut ebpf)?;
+        prog.load()?;
+        Ok(Balancer {
+            vip_map: take!(ebpf, "VIPS"),
+            vip_addrs: take!(ebpf, "VIP_ADDRS"),
+            maglev: take!(ebpf, "MAGLEV"),
+            backend_map: take!(ebpf, "BACKENDS"),
+            conntrack: take!(ebpf, "CONNTRACK"),
+            config: take!(ebpf, "LB_CONFIG"),
+            tx_ports: take!(ebpf, "TX_PORTS"),
+            stats: take!(ebpf, "STATS"),
+            vip_stats: take!(ebpf, "VIP_STATS"),
+            backend_stats: take!(ebpf, "BACKEND_STATS"),
+            ebpf,
+            vips: BTreeMap::new(),
+            free_vip_ids: (0..opts.max_vips).collect(),
+            free_backend_ids: (0..MAX_BACKENDS).collect(),
+            next_hops: StdHashMap::new(),
+            max_vips: opts.max_vips,
+        })
+    }
+
+    /// The loaded program (for attaching, pinning or `TestRun`).
+    pub fn program(&mut self) -> &mut Xdp {
+        program(&mut self.ebpf).expect("loaded at construction")
+    }
+
+    /// Attaches to `interface`; returns the mode that took.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<XdpMode> {
+        let prog = self.program();
+        let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach(interface, m).map(|_| m);
+        Ok(match mode {
+            AttachMode::Native => try_mode(prog, XdpMode::Driver)?,
+            AttachMode::Generic => try_mode(prog, XdpMode::Skb)?,
+            AttachMode::Auto => match try_mode(prog, XdpMode::Driver) {
+                Ok(m) => m,
+                Err(_) => try_mode(prog, XdpMode::Skb)?,
+            },
+        })
+    }
+
+    /// Sets the outer source addresses for `ipip`.
+    pub fn set_encap_sources(&mut self, src: &EncapSources) -> Result<()> {
+        let mut cfg = LbConfig::default();
+        if let Some((a, len)) = src.v4 {
+            cfg.src_v4 = u32::from_ne_bytes(a.octets());
+            cfg.src_v4_hostmask = host_mask(len.min(32), 32);
+        }
+        if let Some((a, len)) = src.v6 {
+            cfg.src_v6 = addr_words(IpAddr::V6(a)).0;
+            // Only the last 32 bits vary; a shorter prefix still uses them.
+            cfg.src_v6_hostmask = host_mask(len.clamp(96, 128) - 96, 32);
+        }
+        self.config.set(0, cfg, 0).map_err(map_err("LB_CONFIG"))
+    }
+
+    /// Lets the program redirect to `ifindex` (an egress other than the
+    /// interface a packet came in on).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| MapsError::Options(format!("TX_PORTS: {e}")))
+    }
+
+    /// Creates a VIP (with no backends) or changes its settings.
+    pub fn upsert_vip(&mut self, vip: VipId, settings: VipSettings) -> Result<()> {
+        service::validate_vip(&vip, &settings)?;
+        if let Some(state) = self.vips.get(&vip) {
+            let specs: Vec<BackendSpec> = state.backends.iter().map(|(b, _)| *b).collect();
+            service::validate_backends(&vip, &settings, &specs)?;
+            self.vips.get_mut(&vip).expect("present").settings = settings;
+            // A new table size or scheduler needs a new table; flags alone do not.
+            return self.set_backends(vip, &specs);
+        }
+        let vip_id = self
+            .free_vip_ids
+            .pop_front()
+            .ok_or(MapsError::TooManyVips(self.max_vips))?;
+        let state = VipState {
+            vip_id,
+            settings,
+            backends: Vec::new(),
+            down: Vec::new(),
+            tables: [None, None],
+            live_slot: 0,
+            live_size: 0,
+        };
+        let info = vip_info(&state);
+        if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
+            self.free_vip_ids.push_front(vip_id);
+            return Err(map_err("VIPS")(e));
+        }
+        self.vips.insert(vip, state);
+        self.sync_vip_addrs(&vip)
+    }
+
+    /// Removes a VIP: its packets pass to the kernel from now on.
+    pub fn remove_vip(&mut self, vip: &VipId) -> Result<()> {
+        let state = self.vips.get(vip).ok_or(MapsError::UnknownVip(*vip))?;
+        let ids: Vec<u32> = state.backends.iter().map(|(_, id)| *id).collect();
+        let vip_id = state.vip_id;
+        self.vip_map
+            .remove(&vip_key(vip))
+            .map_err(map_err("VIPS"))?;
+        self.vips.remove(vip);
+        for id in ids {
+            self.clear_backend(id)?;
+        }
+        self.free_vip_ids.push_back(vip_id);
+        self.sync_vip_addrs(vip)
+    }
+
+    /// Replaces a VIP's backend set: validated whole, then switched in one
+    /// step (see the module comment). Weight 0 keeps a backend's established
+    /// flows but gives it no new ones.
+    pub fn set_backends(&mut self, vip: VipId, backends: &[BackendSpec]) -> Result<()> {
+        let state = self.vips.get(&vip).ok_or(MapsError::UnknownVip(vip))?;
+        service::validate_backends(&vip, &state.settings, backends)?;
+        let vip_id = state.vip_id;
+
+        // Ids: a backend that stays keeps its id (its flows' entries stay valid).
+        let mut assigned = Vec::with_capacity(backends.len());
+        let mut fresh = Vec::new();
+        for b in backends {
+            match state.backends.iter().find(|(old, _)| old.addr == b.addr) {
+                Some((_, id)) => assigned.push((*b, *id)),
+                None => {
+                    let id = self
+                        .free_backend_ids
+                        .get(fresh.len())
+                        .copied()
+                        .ok_or(MapsError::TooManyBackends(backends.len() - assigned.len()))?;
+                    fresh.push(id);
+                    assigned.push((*b, id));
+                }
+            }
+        }
+        self.free_backend_ids.drain(..fresh.len());
+        let removed: Vec<u32> = state
+            .backends
+            .iter()
+            .filter(|(old, _)| !backends.iter().any(|b| b.addr == old.addr))
+            .map(|(_, id)| *id)
+            .collect();
+
+        let result = self.switch_table(vip, vip_id, &assigned, &fresh);
+        if let Err(e) = result {
+            // Nothing refers to the fresh ids: give them back.
+            for id in fresh.iter().rev() {
+                let _ = self.clear_backend(*id);
+                self.free_backend_ids.push_front(*id);
+            }
+            return Err(e);
+        }
+        for id in removed {
+            self.clear_backend(id)?;
+        }
+        Ok(())
+    }
+
+    fn switch_table(
+        &mut self,
+        vip: VipId,
+        vip_id: u32,
+        assigned: &[(BackendSpec, u32)],
+        fresh: &[u32],
+    ) -> Result<()> {
+        for (b, id) in assigned.iter().filter(|(_, id)| fresh.contains(id)) {
+            self.write_backend(*id, vip_id, b.addr, false)?;
+        }
+        let state = self.vips.get(&vip).expect("checked by caller");
+        let candidates: Vec<MaglevBackend> = assigned
+            .iter()
+            .filter(|(b, _)| !state.down.contains(&b.addr))
+            .map(|(b, id)| MaglevBackend {
+                id: *id,
+                key: addr_words(b.addr).0,
+                weight: b.weight,
+            })
+            .collect();
+        let size = state.settings.table_size;
+        let table = maglev::build_table(&candidates, size);
+        let has_backend = table.first().is_some_and(|id| *id != NO_BACKEND);
+        let slot = state.live_slot ^ 1;
+        if has_backend {
+            let written = write_table(
+                &mut self.maglev,
+                vip_id,
+                slot,
+                &table,
+                state.tables[slot as usize].as_deref(),
+            );
+            if let Err(e) = written {
+                // The slot now holds a mix: forget what it held so the next
+                // write rewrites all of it.
+                self.vips.get_mut(&vip).expect("present").tables[slot as usize] = None;
+                return Err(e);
+            }
+        }
+        let state = self.vips.get_mut(&vip).expect("checked by caller");
+        let previous = state.tables[slot as usize].take();
+        state.tables[slot as usize] = if has_backend { Some(table) } else { previous };
+        let (old_slot, old_size) = (state.live_slot, state.live_size);
+        state.live_slot = slot;
+        state.live_size = if has_backend { size } else { 0 };
+        let info = vip_info(state);
+        if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
+            let state = self.vips.get_mut(&vip).expect("present");
+            state.live_slot = old_slot;
+            state.live_size = old_size;
+            return Err(map_err("VIPS")(e));
+        }
+        let state = self.vips.get_mut(&vip).expect("present");
+        state.backends = assigned.to_vec();
+        Ok(())
+    }
+
+    fn write_backend(&mut self, id: u32, vip_id: u32, addr: IpAddr, down: bool) -> Result<()> {
+        let (words, family) = addr_words(addr);
+        let mut b = Backend {
+            addr: words,
+            vip_id,
+            family,
+            flags: BACKEND_F_ACTIVE,
+            ..Default::default()
+        };
+        if down {
+            b.flags |= BACKEND_F_DOWN;
+        }
+        if let Some(nh) = self.next_hops.get(&addr) {
+            b.flags |= BACKEND_F_NEXTHOP;
+            b.ifindex = nh.ifindex;
+            b.dst_mac = nh.dst_mac;
+            b.src_mac = nh.src_mac;
+        }
+        self.backend_map.set(id, b, 0).map_err(map_err("BACKENDS"))
+    }
+
+    fn clear_backend(&mut self, id: u32) -> Result<()> {
+        self.backend_map
+            .set(id, Backend::default(), 0)
+            .map_err(map_err("BACKENDS"))?;
+        if !self.free_backend_ids.contains(&id) {
+            self.free_backend_ids.push_back(id);
+        }
+        Ok(())
+    }
+
+    /// Marks a backend up or down (health). A down backend leaves the table
+    /// and its connection entries are ignored; its weight is kept.
+    pub fn set_backend_down(&mut self, vip: &VipId, addr: IpAddr, down: bool) -> Result<()> {
+        let state = self.vips.get_mut(vip).ok_or(MapsError::UnknownVip(*vip))?;
+        let was = state.down.contains(&addr);
+        if was == down {
+            return Ok(());
+        }
+        if down {
+            state.down.push(addr);
+        } else {
+            state.down.retain(|a| *a != addr);
+        }
+        let (vip_id, specs, id) = (
+            state.vip_id,
+            state.backends.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+            state
+                .backends
+                .iter()
+                .find(|(b, _)| b.addr == addr)
+                .map(|(_, id)| *id),
+        );
+        if let Some(id) = id {
+            self.write_backend(id, vip_id, addr, down)?;
+        }
+        self.set_backends(*vip, &specs)
+    }
+
+    /// Sets (or forgets) the resolved next hop of a backend address, for
+    /// every VIP that uses it.
+    pub fn set_next_hop(&mut self, addr: IpAddr, next_hop: Option<NextHop>) -> Result<()> {
+        match next_hop {
+            Some(nh) => {
+                self.next_hops.insert(addr, nh);
+            }
+            None => {
+                self.next_hops.remove(&addr);
+            }
+        }
+        let users: Vec<(u32, u32, bool)> = self
+            .vips
+            .values()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .filter(|(b, _)| b.addr == addr)
+                    .map(|(_, id)| (*id, s.vip_id, s.down.contains(&addr)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (id, vip_id, down) in users {
+            self.write_backend(id, vip_id, addr, down)?;
+        }
+        Ok(())
+    }
+
+    /// Points `VIP_ADDRS` for the VIP's (address, protocol) at the VIP that
+    /// takes its IPv4 fragments: the port-less one if any, else the lowest
+    /// port. Fragments after the first carry no port, so one VIP must serve
+    /// them all for a datagram to stay on one backend.
+    fn sync_vip_addrs(&mut self, vip: &VipId) -> Result<()> {
+        let key = AddrKey::new(vip.addr, vip.proto.number());
+        let designated = self
+            .vips
+            .keys()
+            .filter(|v| v.addr == vip.addr && v.proto == vip.proto)
+            .min_by_key(|v| v.port);
+        match designated {
+            Some(v) => self
+                .vip_addrs
+                .insert(key, vip_key(v), 0)
+                .map_err(map_err("VIP_ADDRS")),
+            None => match self.vip_addrs.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(map_err("VIP_ADDRS")(e)),
+            },
+        }
+    }
+
+    pub fn vips(&self) -> impl Iterator<Item = (&VipId, &VipSettings)> {
+        self.vips.iter().map(|(k, s)| (k, &s.settings))
+    }
+
+    /// A VIP's backends, in the order last given.
+    pub fn backends(&self, vip: &VipId) -> Option<Vec<BackendSpec>> {
+        self.vips
+            .get(vip)
+            .map(|s| s.backends.iter().map(|(b, _)| *b).collect())
+    }
+
+    /// The live Maglev table of a VIP as user space wrote it.
+    pub fn live_table(&self, vip: &VipId) -> Option<&[u32]> {
+        let s = self.vips.get(vip)?;
+        if s.live_size == 0 {
+            return None;
+        }
+        s.tables[s.live_slot as usize].as_deref()
+    }
+
+    /// The backend address a backend id stands for.
+    pub fn backend_addr(&self, id: u32) -> Option<(VipId, IpAddr)> {
+        self.vips.iter().find_map(|(v, s)| {
+            s.backends
+                .iter()
+                .find(|(_, i)| *i == id)
+                .map(|(b, _)| (*v, b.addr))
+        })
+    }
+
+    /// Where the Maglev table sends a new flow, computed with the data path's
+    /// own hash (`lb_common`) over user space's copy of the table.
+    pub fn predict(&self, flow: &FlowKey) -> Option<Prediction> {
+        let (vip, state) = self.find_vip(flow)?;
+        let mode = if state.settings.scheduler == Scheduler::SourceHash {
+            HashMode::SourceAddr
+        } else {
+            HashMode::FiveTuple
+        };
+        let hash = lb_common::flow_hash(flow, mode);
+        let table = self.live_table(&vip);
+        let size = state.live_size.max(1);
+        let slot = lb_common::maglev_slot(hash, size);
+        let backend_id = table.map_or(NO_BACKEND, |t| t[slot as usize]);
+        let backend = self.backend_addr(backend_id).map(|(_, a)| a);
+        Some(Prediction {
+            vip,
+            backend,
+            backend_id,
+            hash,
+            slot,
+        })
+    }
+
+    fn find_vip(&self, flow: &FlowKey) -> Option<(VipId, &VipState)> {
+        let proto = match flow.proto {
+            lb_common::PROTO_TCP => service::Proto::Tcp,
+            lb_common::PROTO_UDP => service::Proto::Udp,
+            _ => return None,
+        };
+        let addr = flow.dst_ip();
+        let port = u16::from_be(flow.dport);
+        [port, 0].into_iter().find_map(|p| {
+            let id = VipId {
+                addr,
+                port: p,
+                proto,
+            };
+            self.vips.get(&id).map(|s| (id, s))
+        })
+    }
+
+    /// The connection-table entry of a flow, if any.
+    pub fn conntrack_entry(&self, flow: &FlowKey) -> Option<ConnEntry> {
+        self.conntrack.get(flow, 0).ok()
+    }
+
+    /// Writes a connection-table entry (tests, and adoption of old state).
+    pub fn set_conntrack_entry(&mut self, flow: &FlowKey, entry: ConnEntry) -> Result<()> {
+        self.conntrack
+            .insert(flow, entry, 0)
+            .map_err(map_err("CONNTRACK"))
+    }
+
+    /// Number of entries in the connection table (walks it).
+    pub fn conntrack_len(&self) -> usize {
+        self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// The backend id user space assigned to `addr` in `vip`.
+    pub fn backend_id(&self, vip: &VipId, addr: IpAddr) -> Option<u32> {
+        self.vips
+            .get(vip)?
+            .backends
+            .iter()
+            .find(|(b, _)| b.addr == addr)
+            .map(|(_, id)| *id)
+    }
+
+    /// All counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut out = Counters::default();
+        for c in Counter::ALL {
+            let v = self.stats.get(&(*c as u32), 0).map_err(map_err("STATS"))?;
+            out.global.push((*c, v.iter().sum()));
+        }
+        let sum = |values: aya::maps::PerCpuValues<TrafficStats>| {
+            values
+                .iter()
+                .fold(TrafficStats::default(), |a, v| TrafficStats {
+                    packets: a.packets + v.packets,
+                    bytes: a.bytes + v.bytes,
+                })
+        };
+        for (vip, s) in &self.vips {
+            let v = self
+                .vip_stats
+                .get(&s.vip_id, 0)
+                .map_err(map_err("VIP_STATS"))?;
+            out.vips.insert(*vip, sum(v));
+            for (b, id) in &s.backends {
+                let v = self
+                    .backend_stats
+                    .get(id, 0)
+                    .map_err(map_err("BACKEND_STATS"))?;
+                out.backends.insert((*vip, b.addr), sum(v));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes `table` into a table slot, skipping entries that already hold the
+/// right value (a small change to a large table is a few writes).
+fn write_table(
+    maglev: &mut Array<MapData, u32>,
+    vip_id: u32,
+    slot: u32,
+    table: &[u32],
+    old: Option<&[u32]>,
+) -> Result<()> {
+    for (i, id) in table.iter().enumerate() {
+        if old.is_some_and(|o| o.get(i) == Some(id)) {
+            continue;
+        }
+        let index = lb_common::maglev_index(vip_id, slot, i as u32);
+        maglev.set(index, *id, 0).map_err(map_err("MAGLEV"))?;
+    }
+    Ok(())
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(MapsError::Options(format!(
+            "object has no program {PROGRAM_NAME}"
+        )))?;
+    Ok(prog.try_into()?)
+}
+
+pub fn vip_key(vip: &VipId) -> VipKey {
+    VipKey::new(vip.addr, vip.port, vip.proto.number())
+}
+
+fn vip_info(s: &VipState) -> VipInfo {
+    let mut flags = 0;
+    if s.settings.stateless {
+        flags |= VIP_F_STATELESS;
+    }
+    if s.settings.scheduler == Scheduler::SourceHash {
+        flags |= VIP_F_SRC_HASH;
+    }
+    if s.settings.forwarding == Forwarding::L2dsr {
+        flags |= VIP_F_L2DSR;
+    }
+    VipInfo {
+        vip_id: s.vip_id,
+        flags,
+        table_size: s.live_size,
+        table_slot: s.live_slot,
+    }
+}
+
+/// The host bits of a `prefix_len` prefix of a `bits`-bit word, in packet
+/// byte order.
+fn host_mask(prefix_len: u8, bits: u8) -> u32 {
+    let host = bits - prefix_len.min(bits);
+    let mask = if host >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << host) - 1
+    };
+    mask.to_be()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_masks() {
+        assert_eq!(host_mask(32, 32), 0);
+        assert_eq!(host_mask(24, 32), u32::from_ne_bytes([0, 0, 0, 255]));
+        assert_eq!(host_mask(0, 32), u32::MAX);
+        assert_eq!(u32::from_ne_bytes([0, 0, 0xff, 0xff]), host_mask(16, 32));
+    }
+}
