@@ -1,0 +1,593 @@
+//! Packet tests: each builds a frame, runs the real balancer program through
+//! BPF_PROG_TEST_RUN, and checks the action and the whole output frame (or
+//! every rewritten field and checksum).
+
+use std::net::IpAddr;
+
+use integration_test::{
+    frame::{self, expected_ipip, Frame, LB_MAC, TCP_ACK, TCP_RST},
+    harness::*,
+};
+use lb::maps::EncapSources;
+use lb::service::{BackendSpec, Forwarding, Proto, Scheduler, VipSettings};
+use lb_common::{ConnEntry, Counter, FlowKey};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn l2dsr() -> VipSettings {
+    VipSettings { forwarding: Forwarding::L2dsr, ..Default::default() }
+}
+
+fn flow_of(f: &Frame) -> FlowKey {
+    let (sport, dport) = match f.l4 {
+        frame::L4::Tcp { sport, dport, .. } | frame::L4::Udp { sport, dport } => (sport, dport),
+        _ => (0, 0),
+    };
+    FlowKey::new(f.src, sport, f.dst, dport, f.proto())
+}
+
+/// Checks an IPIP/IP6IP6 output against the frame the test expects.
+fn assert_ipip(out: &[u8], input: &Frame, outer_src: &str, backend: &str) {
+    let b = ip(backend);
+    let mut want = expected_ipip(input, ip(outer_src), b, backend_mac(b), LB_MAC);
+    if b.is_ipv6() {
+        // The outer flow label is the data path's flow hash; the rest of the
+        // frame must match exactly.
+        frame::set_flow_label(&mut want, frame::flow_label(out));
+    } else {
+        assert!(frame::ipv4_checksum_ok(out), "outer IPv4 checksum");
+    }
+    assert_eq!(out, &want[..], "encapsulated frame");
+}
+
+const V4_CLIENT: &str = "198.51.100.7";
+const V6_CLIENT: &str = "2001:db8:c::7";
+
+#[test]
+fn ipip_tcp_and_udp_ipv4_and_ipv6() {
+    let mut t = TestLb::new();
+    let cases = [
+        ("10.100.0.1", Proto::Tcp, V4_CLIENT, "10.0.0.2"),
+        ("10.100.0.1", Proto::Udp, V4_CLIENT, "10.0.0.3"),
+        ("2001:db8:100::1", Proto::Tcp, V6_CLIENT, "2001:db8:b::2"),
+        ("2001:db8:100::1", Proto::Udp, V6_CLIENT, "2001:db8:b::3"),
+    ];
+    for (vip_addr, proto, client, backend) in cases {
+        t.add_vip(vip(vip_addr, 80, proto), VipSettings::default(), &backends(&[backend]));
+        let input = match proto {
+            Proto::Tcp => Frame::tcp(client, 40000, vip_addr, 80),
+            Proto::Udp => Frame::udp(client, 40000, vip_addr, 80),
+        };
+        let (action, out) = t.run(&input.build());
+        assert_eq!(action, XDP_TX, "{vip_addr}/{proto}");
+        let src = if client.contains(':') { LB_SRC_V6 } else { LB_SRC_V4 };
+        assert_ipip(&out, &input, src, backend);
+    }
+    let c = t.lb.counters().unwrap();
+    assert_eq!(c.get(Counter::ActionTx), 4);
+    for (v, s) in &c.vips {
+        assert_eq!((s.packets, v.port), (1, 80));
+    }
+}
+
+#[test]
+fn l2dsr_rewrites_only_the_destination_mac() {
+    let mut t = TestLb::new();
+    for (vip_addr, client, backend) in [("10.100.0.1", V4_CLIENT, "10.0.0.2"), ("2001:db8:100::1", V6_CLIENT, "2001:db8:b::2")] {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            t.add_vip(vip(vip_addr, 443, proto), l2dsr(), &backends(&[backend]));
+            let input = match proto {
+                Proto::Tcp => Frame::tcp(client, 1234, vip_addr, 443),
+                Proto::Udp => Frame::udp(client, 1234, vip_addr, 443),
+            };
+            let mut want = input.clone();
+            want.dst_mac = backend_mac(ip(backend));
+            want.src_mac = LB_MAC;
+            let (action, out) = t.run(&input.build());
+            assert_eq!(action, XDP_TX);
+            assert_eq!(out, want.build(), "{vip_addr} {proto}: only the MACs change");
+        }
+    }
+}
+
+#[test]
+fn vlan_tagged_frames_keep_their_tag() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &backends(&["2001:db8:b::2"]));
+    let input = Frame::tcp(V4_CLIENT, 5000, "10.100.0.1", 80).with_vlan(0x2064);
+    let (action, out) = t.run(&input.build());
+    assert_eq!(action, XDP_TX);
+    assert_ipip(&out, &input, LB_SRC_V4, "10.0.0.2");
+    let input = Frame::tcp(V6_CLIENT, 5000, "2001:db8:100::1", 80).with_vlan(7);
+    let (action, out) = t.run(&input.build());
+    assert_eq!(action, XDP_TX);
+    assert_ipip(&out, &input, LB_SRC_V6, "2001:db8:b::2");
+}
+
+#[test]
+fn ipv4_options_are_honoured_and_carried() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    let mut input = Frame::tcp(V4_CLIENT, 5000, "10.100.0.1", 80);
+    // Router alert + NOP padding, then a record-route option: 12 bytes.
+    input.ip_options = vec![0x94, 0x04, 0, 0, 0x07, 0x07, 0x04, 0, 0, 0, 0, 0x01];
+    let (action, out) = t.run(&input.build());
+    assert_eq!(action, XDP_TX);
+    assert_ipip(&out, &input, LB_SRC_V4, "10.0.0.2");
+    // The same ports behind the options: a port mismatch would pass.
+    let mut other = input.clone();
+    other.l4 = frame::L4::Tcp { sport: 5000, dport: 81, flags: frame::TCP_SYN };
+    assert_eq!(t.run(&other.build()).0, XDP_PASS);
+}
+
+#[test]
+fn portless_vip_takes_every_port() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.9", 0, Proto::Udp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    for port in [1, 53, 8080, 65535] {
+        let input = Frame::udp(V4_CLIENT, 999, "10.100.0.9", port);
+        let (action, out) = t.run(&input.build());
+        assert_eq!(action, XDP_TX, "port {port}");
+        assert_ipip(&out, &input, LB_SRC_V4, "10.0.0.2");
+    }
+    // Another protocol to the same address is not this VIP.
+    let tcp = Frame::tcp(V4_CLIENT, 999, "10.100.0.9", 53).build();
+    assert_eq!(t.run(&tcp), (XDP_PASS, tcp));
+}
+
+#[test]
+fn a_port_vip_wins_over_the_portless_one() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.9", 0, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.add_vip(vip("10.100.0.9", 443, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.3"]));
+    let (_, out) = t.run(&Frame::tcp(V4_CLIENT, 1, "10.100.0.9", 443).build());
+    assert_eq!(frame::outer_dst(&out), ip("10.0.0.3"));
+    let (_, out) = t.run(&Frame::tcp(V4_CLIENT, 1, "10.100.0.9", 444).build());
+    assert_eq!(frame::outer_dst(&out), ip("10.0.0.2"));
+}
+
+fn ten_backends_v4() -> Vec<BackendSpec> {
+    (2..12).map(|i| BackendSpec { addr: ip(&format!("10.0.0.{i}")), weight: 100 }).collect()
+}
+
+#[test]
+fn source_hash_keeps_a_client_on_one_backend() {
+    let mut t = TestLb::new();
+    let settings = VipSettings { scheduler: Scheduler::SourceHash, ..Default::default() };
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, &ten_backends_v4());
+    let mut used = std::collections::BTreeSet::new();
+    for client in 1..=50u8 {
+        let src = format!("198.51.100.{client}");
+        let (a1, o1) = t.run(&Frame::tcp(&src, 10000, "10.100.0.1", 80).build());
+        let (a2, o2) = t.run(&Frame::tcp(&src, 20000 + client as u16, "10.100.0.1", 80).build());
+        assert_eq!((a1, a2), (XDP_TX, XDP_TX));
+        assert_eq!(frame::outer_dst(&o1), frame::outer_dst(&o2), "client {src}: two ports, one backend");
+        used.insert(frame::outer_dst(&o1));
+    }
+    // ...while different clients still spread.
+    assert!(used.len() >= 5, "50 clients landed on only {} backends", used.len());
+}
+
+#[test]
+fn stateless_vip_keeps_no_state() {
+    let mut t = TestLb::new();
+    let settings = VipSettings { stateless: true, ..Default::default() };
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, &backends(&["10.0.0.2"]));
+    let input = Frame::tcp(V4_CLIENT, 5000, "10.100.0.1", 80);
+    let (action, out) = t.run(&input.build());
+    assert_eq!(action, XDP_TX);
+    assert_ipip(&out, &input, LB_SRC_V4, "10.0.0.2");
+    assert_eq!(t.lb.conntrack_entry(&flow_of(&input)), None);
+    assert_eq!(t.lb.conntrack_len(), 0);
+    let c = t.lb.counters().unwrap();
+    assert_eq!(c.get(Counter::ConnHit) + c.get(Counter::ConnMiss), 0);
+}
+
+#[test]
+fn outer_source_comes_from_the_prefix_and_the_flow() {
+    let mut t = TestLb::new();
+    t.lb
+        .set_encap_sources(&EncapSources {
+            v4: Some(("192.0.2.0".parse().unwrap(), 24)),
+            v6: Some(("2001:db8:ffff::".parse().unwrap(), 112)),
+        })
+        .unwrap();
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &backends(&["2001:db8:b::2"]));
+    for (client, vip_addr) in [(V4_CLIENT, "10.100.0.1"), (V6_CLIENT, "2001:db8:100::1")] {
+        let mut sources = std::collections::BTreeSet::new();
+        for sport in 1000..1064 {
+            let input = Frame::tcp(client, sport, vip_addr, 80);
+            let (_, first) = t.run(&input.build());
+            let (_, again) = t.run(&input.clone().with_flags(TCP_ACK).build());
+            let src = frame::outer_src(&first);
+            assert_eq!(src, frame::outer_src(&again), "one flow, one outer source");
+            // The host bits are the flow hash's, as lb-common computes them.
+            let hash = t.lb.predict(&flow_of(&input)).unwrap().hash;
+            let want = match src {
+                IpAddr::V4(_) => {
+                    let host = hash & u32::from_ne_bytes([0, 0, 0, 0xff]);
+                    let base = u32::from_ne_bytes([192, 0, 2, 0]);
+                    IpAddr::from((base | host).to_ne_bytes())
+                }
+                IpAddr::V6(_) => {
+                    let mut o: [u8; 16] = "2001:db8:ffff::".parse::<std::net::Ipv6Addr>().unwrap().octets();
+                    let host = (hash & u32::from_ne_bytes([0, 0, 0xff, 0xff])).to_ne_bytes();
+                    o[14] = host[2];
+                    o[15] = host[3];
+                    IpAddr::from(o)
+                }
+            };
+            assert_eq!(src, want);
+            let mut expect_in = input.clone();
+            expect_in.l4 = input.l4.clone();
+            assert_ipip(&first, &input, &src.to_string(), if src.is_ipv4() { "10.0.0.2" } else { "2001:db8:b::2" });
+            sources.insert(src);
+        }
+        assert!(sources.len() > 16, "64 flows used only {} outer sources", sources.len());
+    }
+}
+
+#[test]
+fn traffic_not_for_a_vip_passes_untouched() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &backends(&["2001:db8:b::2"]));
+    let mut arp = frame::ethernet([0xff; 6], frame::CLIENT_MAC, None, 0x0806, &[0u8; 28]);
+    arp.truncate(42);
+    let frames = [
+        Frame::tcp(V4_CLIENT, 1000, "10.100.0.2", 80).build(), // another address
+        Frame::tcp(V4_CLIENT, 1000, "10.100.0.1", 81).build(), // another port
+        Frame::udp(V4_CLIENT, 1000, "10.100.0.1", 80).build(), // another protocol
+        Frame::tcp(V6_CLIENT, 1000, "2001:db8:100::2", 80).build(),
+        Frame::udp(V6_CLIENT, 1000, "2001:db8:100::1", 80).build(),
+        Frame::new(V4_CLIENT, "10.100.0.1", frame::L4::Raw { proto: 47, bytes: vec![0; 24] }).build(), // GRE
+        arp,
+    ];
+    for f in frames {
+        assert_eq!(t.run(&f), (XDP_PASS, f.clone()), "byte-identical pass");
+    }
+    let c = t.lb.counters().unwrap();
+    assert_eq!(c.get(Counter::ActionPass), 7);
+    assert_eq!(c.get(Counter::PassNotVip), 6);
+    assert_eq!(c.get(Counter::PassNotIp), 1);
+}
+
+#[test]
+fn truncated_vip_packets_are_never_forwarded() {
+    for input in [
+        Frame::tcp(V4_CLIENT, 1000, "10.100.0.1", 80),
+        Frame::udp(V4_CLIENT, 1000, "10.100.0.1", 80),
+        Frame::tcp(V6_CLIENT, 1000, "2001:db8:100::1", 80),
+        Frame::tcp(V4_CLIENT, 1000, "10.100.0.1", 80).with_vlan(5),
+    ] {
+        let mut t = TestLb::new();
+        t.add_vip(vip("10.100.0.1", 80, input_proto(&input)), VipSettings::default(), &backends(&["10.0.0.2"]));
+        t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &backends(&["2001:db8:b::2"]));
+        let full = input.build();
+        let l3 = frame::l3_offset(&full);
+        let dst_end = l3 + if input.src.is_ipv4() { 20 } else { 40 };
+        let mut refused = 0;
+        for len in 0..full.len() {
+            let cut = &full[..len];
+            let before = t.lb.counters().unwrap();
+            let Ok((action, out)) = try_run_xdp(t.lb.program(), cut) else {
+                // The kernel itself refuses frames shorter than an Ethernet
+                // header; no driver delivers them either.
+                assert!(len < 14, "test run refused a {len}-byte frame");
+                refused += 1;
+                continue;
+            };
+            let after = t.lb.counters().unwrap();
+            let delta = |c| after.get(c) - before.get(c);
+            assert_eq!(delta(Counter::ActionPass) + delta(Counter::ActionDrop), 1, "len {len}: counted once");
+            if len < dst_end {
+                // Too short to know it is for a VIP: the kernel's, unchanged.
+                assert_eq!((action, &out[..]), (XDP_PASS, cut), "len {len}");
+                assert_eq!(delta(Counter::PassMalformed), 1, "len {len}");
+            } else {
+                assert_eq!(action, XDP_DROP, "len {len}");
+                assert_eq!(delta(Counter::DropTruncated), 1, "len {len}");
+            }
+        }
+        assert_eq!(refused, 14);
+        // The full frame is still forwarded: the drops were about length.
+        assert_eq!(t.run(&full).0, XDP_TX);
+    }
+}
+
+fn input_proto(f: &Frame) -> Proto {
+    if f.proto() == 6 {
+        Proto::Tcp
+    } else {
+        Proto::Udp
+    }
+}
+
+#[test]
+fn bad_headers_to_a_vip_are_dropped_and_counted() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    let good = Frame::tcp(V4_CLIENT, 1000, "10.100.0.1", 80).build();
+    // IHL below 5.
+    let mut bad = good.clone();
+    bad[14] = 0x44;
+    assert_eq!(t.run(&bad).0, XDP_DROP);
+    // Total length shorter than the header.
+    let mut bad = good.clone();
+    bad[16..18].copy_from_slice(&10u16.to_be_bytes());
+    assert_eq!(t.run(&bad).0, XDP_DROP);
+    assert_eq!(t.counter(Counter::DropBadHeader), 2);
+    // The same damage to a non-VIP packet is the kernel's business.
+    let mut other = Frame::tcp(V4_CLIENT, 1000, "10.100.0.2", 80).build();
+    other[14] = 0x44;
+    assert_eq!(t.run(&other), (XDP_PASS, other.clone()));
+}
+
+/// The reply a backend sends for `f` (VIP → client), as a router would quote it.
+fn reply_of(f: &Frame) -> Vec<u8> {
+    let mut r = f.clone();
+    std::mem::swap(&mut r.src, &mut r.dst);
+    r.l4 = match f.l4 {
+        frame::L4::Tcp { sport, dport, .. } => frame::L4::Tcp { sport: dport, dport: sport, flags: TCP_ACK },
+        frame::L4::Udp { sport, dport } => frame::L4::Udp { sport: dport, dport: sport },
+        _ => unreachable!(),
+    };
+    r.payload = vec![0xab; 1400];
+    r.ip_packet()
+}
+
+#[test]
+fn icmp_errors_reach_the_flows_backend() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &ten_backends_v4());
+    let v6_backends: Vec<BackendSpec> =
+        (2..12).map(|i| BackendSpec { addr: ip(&format!("2001:db8:b::{i}")), weight: 100 }).collect();
+    t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &v6_backends);
+    let mut checked = 0;
+    for sport in 3000..3020 {
+        for (client, vip_addr, router) in
+            [(V4_CLIENT, "10.100.0.1", "203.0.113.1"), (V6_CLIENT, "2001:db8:100::1", "2001:db8:ee::1")]
+        {
+            let flow = Frame::tcp(client, sport, vip_addr, 80);
+            let (_, first) = t.run(&flow.build());
+            let owner = frame::outer_dst(&first);
+            let icmp = if client.contains(':') {
+                frame::icmp6_packet_too_big(router, vip_addr, 1280, &reply_of(&flow))
+            } else {
+                frame::icmp4_error(router, vip_addr, 3, 4, 1400, &reply_of(&flow))
+            };
+            let (action, out) = t.run(&icmp.build());
+            assert_eq!(action, XDP_TX);
+            assert_eq!(frame::outer_dst(&out), owner, "ICMP error follows flow {client}:{sport}");
+            // The ICMP message itself travels untouched inside the tunnel.
+            let l3 = frame::l3_offset(&out);
+            let outer = if owner.is_ipv4() { 20 } else { 40 };
+            assert_eq!(&out[l3 + outer..], &icmp.ip_packet()[..]);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 40);
+    assert_eq!(t.counter(Counter::IcmpFragNeeded), 20);
+    assert_eq!(t.counter(Counter::IcmpPacketTooBig), 20);
+}
+
+#[test]
+fn icmp_errors_follow_the_table_when_the_flow_has_no_entry() {
+    // A stateless VIP: the error must land where the table puts the flow.
+    let mut t = TestLb::new();
+    let settings = VipSettings { stateless: true, ..Default::default() };
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, &ten_backends_v4());
+    for sport in 100..120 {
+        let flow = Frame::tcp(V4_CLIENT, sport, "10.100.0.1", 80);
+        let want = t.lb.predict(&flow_of(&flow)).unwrap().backend.unwrap();
+        let icmp = frame::icmp4_error("203.0.113.1", "10.100.0.1", 3, 4, 1400, &reply_of(&flow));
+        let (action, out) = t.run(&icmp.build());
+        assert_eq!((action, frame::outer_dst(&out)), (XDP_TX, want));
+    }
+    // Echo requests to a VIP address are the kernel's.
+    let echo = frame::icmp4_error("203.0.113.1", "10.100.0.1", 8, 0, 0, &[0x45; 28]).build();
+    assert_eq!(t.run(&echo), (XDP_PASS, echo.clone()));
+}
+
+#[test]
+fn flows_stick_to_their_backend_across_table_changes() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2", "10.0.0.3"]));
+    let flows: Vec<Frame> = (0..200).map(|i| Frame::tcp(V4_CLIENT, 20000 + i, "10.100.0.1", 80)).collect();
+    let first: Vec<IpAddr> = flows.iter().map(|f| frame::outer_dst(&t.run(&f.build()).1)).collect();
+
+    // Eight more backends: most flows' slots now name another backend.
+    let mut more = backends(&["10.0.0.2", "10.0.0.3"]);
+    more.extend(ten_backends_v4().into_iter().skip(2));
+    t.add_vip(v, VipSettings::default(), &more);
+    let mut moved_in_table = 0;
+    for (f, was) in flows.iter().zip(&first) {
+        let (action, out) = t.run(&f.clone().with_flags(TCP_ACK).build());
+        assert_eq!((action, frame::outer_dst(&out)), (XDP_TX, *was), "established flow keeps its backend");
+        if t.lb.predict(&flow_of(f)).unwrap().backend != Some(*was) {
+            moved_in_table += 1;
+        }
+    }
+    assert!(moved_in_table > 100, "the new table must move most flows ({moved_in_table})");
+
+    // New flows follow the new table.
+    for i in 0..200 {
+        let f = Frame::tcp(V4_CLIENT, 40000 + i, "10.100.0.1", 80);
+        let want = t.lb.predict(&flow_of(&f)).unwrap().backend.unwrap();
+        assert_eq!(frame::outer_dst(&t.run(&f.build()).1), want);
+    }
+}
+
+#[test]
+fn idle_expired_entries_are_rehashed() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Udp);
+    t.add_vip(v, VipSettings::default(), &ten_backends_v4());
+    let f = Frame::udp(V4_CLIENT, 777, "10.100.0.1", 80);
+    let flow = flow_of(&f);
+    let predicted = t.lb.predict(&flow).unwrap().backend.unwrap();
+    let other = ten_backends_v4().into_iter().map(|b| b.addr).find(|a| *a != predicted).unwrap();
+    let other_id = t.lb.backend_id(&v, other).unwrap();
+
+    // A live entry naming another backend wins over the table...
+    let now = monotonic_ns();
+    t.lb.set_conntrack_entry(&flow, ConnEntry { backend_id: other_id, _pad: 0, last_seen_ns: now }).unwrap();
+    assert_eq!(frame::outer_dst(&t.run(&f.build()).1), other);
+    // ...but one idle for longer than the UDP timeout (300 s) is a miss.
+    let stale = now - 301 * 1_000_000_000;
+    t.lb.set_conntrack_entry(&flow, ConnEntry { backend_id: other_id, _pad: 0, last_seen_ns: stale }).unwrap();
+    assert_eq!(frame::outer_dst(&t.run(&f.build()).1), predicted);
+    assert_eq!(t.counter(Counter::ConnExpired), 1);
+    let e = t.lb.conntrack_entry(&flow).unwrap();
+    assert_eq!(e.backend_id, t.lb.backend_id(&v, predicted).unwrap());
+    assert!(e.last_seen_ns > stale);
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn tcp_rst_creates_no_entry() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    let rst = Frame::tcp(V4_CLIENT, 5555, "10.100.0.1", 80).with_flags(TCP_RST | TCP_ACK);
+    let (action, out) = t.run(&rst.build());
+    assert_eq!(action, XDP_TX);
+    assert_ipip(&out, &rst, LB_SRC_V4, "10.0.0.2");
+    assert_eq!(t.lb.conntrack_entry(&flow_of(&rst)), None);
+    let syn = Frame::tcp(V4_CLIENT, 5556, "10.100.0.1", 80);
+    t.run(&syn.build());
+    assert!(t.lb.conntrack_entry(&flow_of(&syn)).is_some());
+}
+
+#[test]
+fn removed_or_down_backends_lose_their_flows() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &ten_backends_v4());
+    let flows: Vec<Frame> = (0..100).map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80)).collect();
+    for f in &flows {
+        t.run(&f.build());
+    }
+    let gone = ip("10.0.0.5");
+    let rest: Vec<BackendSpec> = ten_backends_v4().into_iter().filter(|b| b.addr != gone).collect();
+    t.lb.set_backends(v, &rest).unwrap();
+    for f in &flows {
+        let (_, out) = t.run(&f.clone().with_flags(TCP_ACK).build());
+        assert_ne!(frame::outer_dst(&out), gone, "no packet to a removed backend");
+    }
+    // Health: a down backend's established flows move too.
+    let down = ip("10.0.0.6");
+    t.lb.set_backend_down(&v, down, true).unwrap();
+    for f in &flows {
+        let (_, out) = t.run(&f.clone().with_flags(TCP_ACK).build());
+        assert_ne!(frame::outer_dst(&out), down);
+    }
+}
+
+#[test]
+fn drained_backends_keep_established_flows() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &ten_backends_v4());
+    let flows: Vec<Frame> = (0..200).map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80)).collect();
+    let owners: Vec<IpAddr> = flows.iter().map(|f| frame::outer_dst(&t.run(&f.build()).1)).collect();
+    let drained = owners[0];
+    let set: Vec<BackendSpec> =
+        ten_backends_v4().into_iter().map(|b| if b.addr == drained { BackendSpec { weight: 0, ..b } } else { b }).collect();
+    t.lb.set_backends(v, &set).unwrap();
+    for (f, owner) in flows.iter().zip(&owners) {
+        assert_eq!(frame::outer_dst(&t.run(&f.clone().with_flags(TCP_ACK).build()).1), *owner);
+    }
+    for i in 0..300 {
+        let f = Frame::tcp(V4_CLIENT, 50000 + i, "10.100.0.1", 80);
+        assert_ne!(frame::outer_dst(&t.run(&f.build()).1), drained, "no new flow to a drained backend");
+    }
+}
+
+#[test]
+fn ipv4_fragments_of_a_datagram_share_a_backend() {
+    let mut t = TestLb::new();
+    t.add_vip(vip("10.100.0.1", 53, Proto::Udp), VipSettings::default(), &ten_backends_v4());
+    let mut used = std::collections::BTreeSet::new();
+    for id in 0..64u16 {
+        let client = format!("198.51.100.{}", id + 1);
+        let mut first = Frame::udp(&client, 5353, "10.100.0.1", 53).with_payload(&[7; 64]);
+        first.ip_id = id;
+        first.frag = 0x2000; // MF, offset 0
+        let mut later = Frame::new(&client, "10.100.0.1", frame::L4::Raw { proto: 17, bytes: vec![9; 40] });
+        later.ip_id = id;
+        later.frag = 9; // offset 72 bytes, last fragment
+        let (a1, o1) = t.run(&first.build());
+        let (a2, o2) = t.run(&later.build());
+        assert_eq!((a1, a2), (XDP_TX, XDP_TX));
+        assert_eq!(frame::outer_dst(&o1), frame::outer_dst(&o2), "datagram {id}");
+        assert_eq!(&o2[34..], &later.ip_packet()[..], "fragment carried untouched");
+        used.insert(frame::outer_dst(&o1));
+    }
+    assert!(used.len() >= 5);
+    assert_eq!(t.counter(Counter::Ipv4Fragment), 128);
+    assert_eq!(t.lb.conntrack_len(), 0, "fragments keep no state");
+}
+
+#[test]
+fn unresolved_next_hop_uses_the_fib_and_passes_without_neighbour() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.lb.set_next_hop(ip("10.0.0.2"), None).unwrap();
+    let f = Frame::tcp(V4_CLIENT, 1, "10.100.0.1", 80).build();
+    let (action, out) = t.run(&f);
+    // This test's network namespace has no route to the backend: the FIB
+    // says so and the packet is dropped, counted, never sent.
+    assert!(action == XDP_PASS || action == XDP_DROP, "action {action}");
+    if action == XDP_PASS {
+        assert_eq!(out, f);
+    }
+    let c = t.lb.counters().unwrap();
+    assert_eq!(c.get(Counter::NexthopFib), 1);
+    assert_eq!(c.get(Counter::NexthopUnresolved) + c.get(Counter::DropFibFailed), 1);
+}
+
+#[test]
+fn empty_vip_drops_and_counts() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &[]);
+    assert_eq!(t.run(&Frame::tcp(V4_CLIENT, 1, "10.100.0.1", 80).build()).0, XDP_DROP);
+    let zero = [BackendSpec { addr: ip("10.0.0.2"), weight: 0 }];
+    t.lb.set_backends(v, &zero).unwrap();
+    assert_eq!(t.run(&Frame::tcp(V4_CLIENT, 2, "10.100.0.1", 80).build()).0, XDP_DROP);
+    assert_eq!(t.counter(Counter::DropNoBackend), 2);
+    // Removing the VIP hands its traffic back to the kernel.
+    t.lb.remove_vip(&v).unwrap();
+    let f = Frame::tcp(V4_CLIENT, 3, "10.100.0.1", 80).build();
+    assert_eq!(t.run(&f), (XDP_PASS, f.clone()));
+}
+
+#[test]
+fn per_vip_and_per_backend_counters_add_up() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2", "10.0.0.3"]));
+    let mut bytes = 0;
+    for i in 0..50 {
+        let f = Frame::tcp(V4_CLIENT, 9000 + i, "10.100.0.1", 80).build();
+        bytes += f.len() as u64;
+        t.run(&f);
+    }
+    let c = t.lb.counters().unwrap();
+    assert_eq!((c.vips[&v].packets, c.vips[&v].bytes), (50, bytes));
+    let per_backend: u64 = c.backends.values().map(|s| s.packets).sum();
+    assert_eq!(per_backend, 50);
+    assert_eq!(c.get(Counter::ConnMiss), 50);
+    assert_eq!(c.get(Counter::ActionTx), 50);
+}
