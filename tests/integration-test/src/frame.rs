@@ -14,10 +14,20 @@ pub const TCP_ACK: u8 = 0x10;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// Raw bytes after the IP header, for ICMP and odd protocols.
-    Raw { proto: u8, bytes: Vec<u8> },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -40,7 +50,15 @@ pub struct Frame {
 
 impl Frame {
     pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Frame {
-        Frame::new(src, dst, L4::Tcp { sport, dport, flags: TCP_SYN })
+        Frame::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags: TCP_SYN,
+            },
+        )
     }
 
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Frame {
@@ -92,10 +110,26 @@ impl Frame {
     pub fn ip_packet(&self) -> Vec<u8> {
         let l4 = self.l4_bytes();
         match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                ipv4(s.octets(), d.octets(), self.proto(), self.ttl, self.tos, self.ip_id, self.frag, &self.ip_options, &l4)
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s.octets(), d.octets(), self.proto(), self.ttl, self.tos, 0, &l4),
+            (IpAddr::V4(s), IpAddr::V4(d)) => ipv4(
+                s.octets(),
+                d.octets(),
+                self.proto(),
+                self.ttl,
+                self.tos,
+                self.ip_id,
+                self.frag,
+                &self.ip_options,
+                &l4,
+            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(
+                s.octets(),
+                d.octets(),
+                self.proto(),
+                self.ttl,
+                self.tos,
+                0,
+                &l4,
+            ),
             _ => panic!("mixed address families"),
         }
     }
@@ -110,7 +144,11 @@ impl Frame {
 
     fn l4_bytes(&self) -> Vec<u8> {
         let mut out = match &self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut t = Vec::with_capacity(20);
                 t.extend_from_slice(&sport.to_be_bytes());
                 t.extend_from_slice(&dport.to_be_bytes());
@@ -134,13 +172,23 @@ impl Frame {
         };
         out.extend_from_slice(&self.payload);
         let sum = transport_checksum(self.src, self.dst, self.proto(), &out);
-        let at = if matches!(self.l4, L4::Tcp { .. }) { 16 } else { 6 };
+        let at = if matches!(self.l4, L4::Tcp { .. }) {
+            16
+        } else {
+            6
+        };
         out[at..at + 2].copy_from_slice(&sum.to_be_bytes());
         out
     }
 }
 
-pub fn ethernet(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, ether_type: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ethernet(
+    dst: [u8; 6],
+    src: [u8; 6],
+    vlan: Option<u16>,
+    ether_type: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(18 + payload.len());
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
@@ -185,7 +233,15 @@ pub fn ipv4(
     p
 }
 
-pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, hop: u8, tclass: u8, flow_label: u32, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    next: u8,
+    hop: u8,
+    tclass: u8,
+    flow_label: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut p = Vec::with_capacity(40 + payload.len());
     let vcf = 6u32 << 28 | (tclass as u32) << 20 | (flow_label & 0xfffff);
     p.extend_from_slice(&vcf.to_be_bytes());
@@ -202,7 +258,11 @@ pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, hop: u8, tclass: u8, flow_la
 pub fn checksum(data: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += w as u32;
     }
     while sum >> 16 != 0 {
@@ -257,19 +317,42 @@ pub fn icmp6_packet_too_big(router: &str, to: &str, mtu: u32, quoted: &[u8]) -> 
     let (s, d): (IpAddr, IpAddr) = (router.parse().unwrap(), to.parse().unwrap());
     let sum = transport_checksum(s, d, 58, &m);
     m[2..4].copy_from_slice(&sum.to_be_bytes());
-    Frame::new(router, to, L4::Raw { proto: 58, bytes: m })
+    Frame::new(
+        router,
+        to,
+        L4::Raw {
+            proto: 58,
+            bytes: m,
+        },
+    )
 }
 
 /// The frame an IPIP/IP6IP6 balancer must emit for `inner` (an Ethernet
 /// frame built by [`Frame::build`]): Ethernet from `src_mac` to `dst_mac`
 /// (keeping `inner`'s VLAN tag), a fresh outer header from `outer_src` to
 /// `outer_dst` with TTL 64, then `inner`'s IP datagram untouched.
-pub fn expected_ipip(inner: &Frame, outer_src: IpAddr, outer_dst: IpAddr, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+pub fn expected_ipip(
+    inner: &Frame,
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+) -> Vec<u8> {
     let datagram = inner.ip_packet();
     match (outer_src, outer_dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let df = inner.frag & 0x4000;
-            let outer = ipv4(s.octets(), d.octets(), 4, 64, inner.tos, inner.ip_id, df, &[], &datagram);
+            let outer = ipv4(
+                s.octets(),
+                d.octets(),
+                4,
+                64,
+                inner.tos,
+                inner.ip_id,
+                df,
+                &[],
+                &datagram,
+            );
             ethernet(dst_mac, src_mac, inner.vlan, 0x0800, &outer)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -345,7 +428,10 @@ mod tests {
         // A segment including its own checksum sums to zero.
         assert_eq!(transport_checksum(s, d, 6, &ip[20..]), 0);
         let f6 = Frame::udp("2001:db8::1", 5, "2001:db8::2", 53).build();
-        let (s, d): (IpAddr, IpAddr) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        let (s, d): (IpAddr, IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
         assert_eq!(transport_checksum(s, d, 17, &f6[54..]), 0);
     }
 }

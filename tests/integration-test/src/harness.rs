@@ -37,16 +37,30 @@ pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
 }
 
 pub fn vip(s: &str, port: u16, proto: Proto) -> VipId {
-    VipId { addr: s.parse().expect("VIP address"), port, proto }
+    VipId {
+        addr: s.parse().expect("VIP address"),
+        port,
+        proto,
+    }
 }
 
 pub fn backends(addrs: &[&str]) -> Vec<BackendSpec> {
-    addrs.iter().map(|a| BackendSpec { addr: a.parse().expect("backend address"), weight: 100 }).collect()
+    addrs
+        .iter()
+        .map(|a| BackendSpec {
+            addr: a.parse().expect("backend address"),
+            weight: 100,
+        })
+        .collect()
 }
 
 impl TestLb {
     pub fn new() -> TestLb {
-        Self::with_options(LoadOptions { max_vips: 8, conntrack_size: 1 << 18, ..Default::default() })
+        Self::with_options(LoadOptions {
+            max_vips: 8,
+            conntrack_size: 1 << 18,
+            ..Default::default()
+        })
     }
 
     pub fn with_options(opts: LoadOptions) -> TestLb {
@@ -64,7 +78,14 @@ impl TestLb {
     pub fn add_vip(&mut self, vip: VipId, settings: VipSettings, backends: &[BackendSpec]) {
         for b in backends {
             self.lb
-                .set_next_hop(b.addr, Some(NextHop { ifindex: TEST_IFINDEX, dst_mac: backend_mac(b.addr), src_mac: LB_MAC }))
+                .set_next_hop(
+                    b.addr,
+                    Some(NextHop {
+                        ifindex: TEST_IFINDEX,
+                        dst_mac: backend_mac(b.addr),
+                        src_mac: LB_MAC,
+                    }),
+                )
                 .unwrap();
         }
         self.lb.upsert_vip(vip, settings).unwrap();
@@ -94,9 +115,16 @@ pub fn run_xdp(prog: &aya::programs::Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
 
 /// Runs `frame` through an XDP program once; the kernel refuses frames it
 /// would never deliver (shorter than an Ethernet header).
-pub fn try_run_xdp(prog: &aya::programs::Xdp, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+pub fn try_run_xdp(
+    prog: &aya::programs::Xdp,
+    frame: &[u8],
+) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
     let mut out = vec![0u8; frame.len() + 128];
-    let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
     let r = prog.test_run(opts)?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, out))

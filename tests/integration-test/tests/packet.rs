@@ -17,7 +17,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn l2dsr() -> VipSettings {
-    VipSettings { forwarding: Forwarding::L2dsr, ..Default::default() }
+    VipSettings {
+        forwarding: Forwarding::L2dsr,
+        ..Default::default()
+    }
 }
 
 fn flow_of(f: &Frame) -> FlowKey {
@@ -55,14 +58,22 @@ fn ipip_tcp_and_udp_ipv4_and_ipv6() {
         ("2001:db8:100::1", Proto::Udp, V6_CLIENT, "2001:db8:b::3"),
     ];
     for (vip_addr, proto, client, backend) in cases {
-        t.add_vip(vip(vip_addr, 80, proto), VipSettings::default(), &backends(&[backend]));
+        t.add_vip(
+            vip(vip_addr, 80, proto),
+            VipSettings::default(),
+            &backends(&[backend]),
+        );
         let input = match proto {
             Proto::Tcp => Frame::tcp(client, 40000, vip_addr, 80),
             Proto::Udp => Frame::udp(client, 40000, vip_addr, 80),
         };
         let (action, out) = t.run(&input.build());
         assert_eq!(action, XDP_TX, "{vip_addr}/{proto}");
-        let src = if client.contains(':') { LB_SRC_V6 } else { LB_SRC_V4 };
+        let src = if client.contains(':') {
+            LB_SRC_V6
+        } else {
+            LB_SRC_V4
+        };
         assert_ipip(&out, &input, src, backend);
     }
     let c = t.lb.counters().unwrap();
@@ -75,7 +86,10 @@ fn ipip_tcp_and_udp_ipv4_and_ipv6() {
 #[test]
 fn l2dsr_rewrites_only_the_destination_mac() {
     let mut t = TestLb::new();
-    for (vip_addr, client, backend) in [("10.100.0.1", V4_CLIENT, "10.0.0.2"), ("2001:db8:100::1", V6_CLIENT, "2001:db8:b::2")] {
+    for (vip_addr, client, backend) in [
+        ("10.100.0.1", V4_CLIENT, "10.0.0.2"),
+        ("2001:db8:100::1", V6_CLIENT, "2001:db8:b::2"),
+    ] {
         for proto in [Proto::Tcp, Proto::Udp] {
             t.add_vip(vip(vip_addr, 443, proto), l2dsr(), &backends(&[backend]));
             let input = match proto {
@@ -87,7 +101,11 @@ fn l2dsr_rewrites_only_the_destination_mac() {
             want.src_mac = LB_MAC;
             let (action, out) = t.run(&input.build());
             assert_eq!(action, XDP_TX);
-            assert_eq!(out, want.build(), "{vip_addr} {proto}: only the MACs change");
+            assert_eq!(
+                out,
+                want.build(),
+                "{vip_addr} {proto}: only the MACs change"
+            );
         }
     }
 }
@@ -95,8 +113,16 @@ fn l2dsr_rewrites_only_the_destination_mac() {
 #[test]
 fn vlan_tagged_frames_keep_their_tag() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
-    t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &backends(&["2001:db8:b::2"]));
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
+    t.add_vip(
+        vip("2001:db8:100::1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["2001:db8:b::2"]),
+    );
     let input = Frame::tcp(V4_CLIENT, 5000, "10.100.0.1", 80).with_vlan(0x2064);
     let (action, out) = t.run(&input.build());
     assert_eq!(action, XDP_TX);
@@ -110,7 +136,11 @@ fn vlan_tagged_frames_keep_their_tag() {
 #[test]
 fn ipv4_options_are_honoured_and_carried() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
     let mut input = Frame::tcp(V4_CLIENT, 5000, "10.100.0.1", 80);
     // Router alert + NOP padding, then a record-route option: 12 bytes.
     input.ip_options = vec![0x94, 0x04, 0, 0, 0x07, 0x07, 0x04, 0, 0, 0, 0, 0x01];
@@ -119,14 +149,22 @@ fn ipv4_options_are_honoured_and_carried() {
     assert_ipip(&out, &input, LB_SRC_V4, "10.0.0.2");
     // The same ports behind the options: a port mismatch would pass.
     let mut other = input.clone();
-    other.l4 = frame::L4::Tcp { sport: 5000, dport: 81, flags: frame::TCP_SYN };
+    other.l4 = frame::L4::Tcp {
+        sport: 5000,
+        dport: 81,
+        flags: frame::TCP_SYN,
+    };
     assert_eq!(t.run(&other.build()).0, XDP_PASS);
 }
 
 #[test]
 fn portless_vip_takes_every_port() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.9", 0, Proto::Udp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.add_vip(
+        vip("10.100.0.9", 0, Proto::Udp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
     for port in [1, 53, 8080, 65535] {
         let input = Frame::udp(V4_CLIENT, 999, "10.100.0.9", port);
         let (action, out) = t.run(&input.build());
@@ -141,8 +179,16 @@ fn portless_vip_takes_every_port() {
 #[test]
 fn a_port_vip_wins_over_the_portless_one() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.9", 0, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
-    t.add_vip(vip("10.100.0.9", 443, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.3"]));
+    t.add_vip(
+        vip("10.100.0.9", 0, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
+    t.add_vip(
+        vip("10.100.0.9", 443, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.3"]),
+    );
     let (_, out) = t.run(&Frame::tcp(V4_CLIENT, 1, "10.100.0.9", 443).build());
     assert_eq!(frame::outer_dst(&out), ip("10.0.0.3"));
     let (_, out) = t.run(&Frame::tcp(V4_CLIENT, 1, "10.100.0.9", 444).build());
@@ -150,32 +196,59 @@ fn a_port_vip_wins_over_the_portless_one() {
 }
 
 fn ten_backends_v4() -> Vec<BackendSpec> {
-    (2..12).map(|i| BackendSpec { addr: ip(&format!("10.0.0.{i}")), weight: 100 }).collect()
+    (2..12)
+        .map(|i| BackendSpec {
+            addr: ip(&format!("10.0.0.{i}")),
+            weight: 100,
+        })
+        .collect()
 }
 
 #[test]
 fn source_hash_keeps_a_client_on_one_backend() {
     let mut t = TestLb::new();
-    let settings = VipSettings { scheduler: Scheduler::SourceHash, ..Default::default() };
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, &ten_backends_v4());
+    let settings = VipSettings {
+        scheduler: Scheduler::SourceHash,
+        ..Default::default()
+    };
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        settings,
+        &ten_backends_v4(),
+    );
     let mut used = std::collections::BTreeSet::new();
     for client in 1..=50u8 {
         let src = format!("198.51.100.{client}");
         let (a1, o1) = t.run(&Frame::tcp(&src, 10000, "10.100.0.1", 80).build());
         let (a2, o2) = t.run(&Frame::tcp(&src, 20000 + client as u16, "10.100.0.1", 80).build());
         assert_eq!((a1, a2), (XDP_TX, XDP_TX));
-        assert_eq!(frame::outer_dst(&o1), frame::outer_dst(&o2), "client {src}: two ports, one backend");
+        assert_eq!(
+            frame::outer_dst(&o1),
+            frame::outer_dst(&o2),
+            "client {src}: two ports, one backend"
+        );
         used.insert(frame::outer_dst(&o1));
     }
     // ...while different clients still spread.
-    assert!(used.len() >= 5, "50 clients landed on only {} backends", used.len());
+    assert!(
+        used.len() >= 5,
+        "50 clients landed on only {} backends",
+        used.len()
+    );
 }
 
 #[test]
 fn stateless_vip_keeps_no_state() {
     let mut t = TestLb::new();
-    let settings = VipSettings { stateless: true, ..Default::default() };
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, &backends(&["10.0.0.2"]));
+    let settings = VipSettings {
+        stateless: true,
+        ..Default::default()
+    };
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        settings,
+        &backends(&["10.0.0.2"]),
+    );
     let input = Frame::tcp(V4_CLIENT, 5000, "10.100.0.1", 80);
     let (action, out) = t.run(&input.build());
     assert_eq!(action, XDP_TX);
@@ -189,14 +262,21 @@ fn stateless_vip_keeps_no_state() {
 #[test]
 fn outer_source_comes_from_the_prefix_and_the_flow() {
     let mut t = TestLb::new();
-    t.lb
-        .set_encap_sources(&EncapSources {
-            v4: Some(("192.0.2.0".parse().unwrap(), 24)),
-            v6: Some(("2001:db8:ffff::".parse().unwrap(), 112)),
-        })
-        .unwrap();
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
-    t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &backends(&["2001:db8:b::2"]));
+    t.lb.set_encap_sources(&EncapSources {
+        v4: Some(("192.0.2.0".parse().unwrap(), 24)),
+        v6: Some(("2001:db8:ffff::".parse().unwrap(), 112)),
+    })
+    .unwrap();
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
+    t.add_vip(
+        vip("2001:db8:100::1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["2001:db8:b::2"]),
+    );
     for (client, vip_addr) in [(V4_CLIENT, "10.100.0.1"), (V6_CLIENT, "2001:db8:100::1")] {
         let mut sources = std::collections::BTreeSet::new();
         for sport in 1000..1064 {
@@ -214,7 +294,10 @@ fn outer_source_comes_from_the_prefix_and_the_flow() {
                     IpAddr::from((base | host).to_ne_bytes())
                 }
                 IpAddr::V6(_) => {
-                    let mut o: [u8; 16] = "2001:db8:ffff::".parse::<std::net::Ipv6Addr>().unwrap().octets();
+                    let mut o: [u8; 16] = "2001:db8:ffff::"
+                        .parse::<std::net::Ipv6Addr>()
+                        .unwrap()
+                        .octets();
                     let host = (hash & u32::from_ne_bytes([0, 0, 0xff, 0xff])).to_ne_bytes();
                     o[14] = host[2];
                     o[15] = host[3];
@@ -224,18 +307,39 @@ fn outer_source_comes_from_the_prefix_and_the_flow() {
             assert_eq!(src, want);
             let mut expect_in = input.clone();
             expect_in.l4 = input.l4.clone();
-            assert_ipip(&first, &input, &src.to_string(), if src.is_ipv4() { "10.0.0.2" } else { "2001:db8:b::2" });
+            assert_ipip(
+                &first,
+                &input,
+                &src.to_string(),
+                if src.is_ipv4() {
+                    "10.0.0.2"
+                } else {
+                    "2001:db8:b::2"
+                },
+            );
             sources.insert(src);
         }
-        assert!(sources.len() > 16, "64 flows used only {} outer sources", sources.len());
+        assert!(
+            sources.len() > 16,
+            "64 flows used only {} outer sources",
+            sources.len()
+        );
     }
 }
 
 #[test]
 fn traffic_not_for_a_vip_passes_untouched() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
-    t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &backends(&["2001:db8:b::2"]));
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
+    t.add_vip(
+        vip("2001:db8:100::1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["2001:db8:b::2"]),
+    );
     let mut arp = frame::ethernet([0xff; 6], frame::CLIENT_MAC, None, 0x0806, &[0u8; 28]);
     arp.truncate(42);
     let frames = [
@@ -244,7 +348,15 @@ fn traffic_not_for_a_vip_passes_untouched() {
         Frame::udp(V4_CLIENT, 1000, "10.100.0.1", 80).build(), // another protocol
         Frame::tcp(V6_CLIENT, 1000, "2001:db8:100::2", 80).build(),
         Frame::udp(V6_CLIENT, 1000, "2001:db8:100::1", 80).build(),
-        Frame::new(V4_CLIENT, "10.100.0.1", frame::L4::Raw { proto: 47, bytes: vec![0; 24] }).build(), // GRE
+        Frame::new(
+            V4_CLIENT,
+            "10.100.0.1",
+            frame::L4::Raw {
+                proto: 47,
+                bytes: vec![0; 24],
+            },
+        )
+        .build(), // GRE
         arp,
     ];
     for f in frames {
@@ -265,8 +377,16 @@ fn truncated_vip_packets_are_never_forwarded() {
         Frame::tcp(V4_CLIENT, 1000, "10.100.0.1", 80).with_vlan(5),
     ] {
         let mut t = TestLb::new();
-        t.add_vip(vip("10.100.0.1", 80, input_proto(&input)), VipSettings::default(), &backends(&["10.0.0.2"]));
-        t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &backends(&["2001:db8:b::2"]));
+        t.add_vip(
+            vip("10.100.0.1", 80, input_proto(&input)),
+            VipSettings::default(),
+            &backends(&["10.0.0.2"]),
+        );
+        t.add_vip(
+            vip("2001:db8:100::1", 80, Proto::Tcp),
+            VipSettings::default(),
+            &backends(&["2001:db8:b::2"]),
+        );
         let full = input.build();
         let l3 = frame::l3_offset(&full);
         let dst_end = l3 + if input.src.is_ipv4() { 20 } else { 40 };
@@ -283,7 +403,11 @@ fn truncated_vip_packets_are_never_forwarded() {
             };
             let after = t.lb.counters().unwrap();
             let delta = |c| after.get(c) - before.get(c);
-            assert_eq!(delta(Counter::ActionPass) + delta(Counter::ActionDrop), 1, "len {len}: counted once");
+            assert_eq!(
+                delta(Counter::ActionPass) + delta(Counter::ActionDrop),
+                1,
+                "len {len}: counted once"
+            );
             if len < dst_end {
                 // Too short to know it is for a VIP: the kernel's, unchanged.
                 assert_eq!((action, &out[..]), (XDP_PASS, cut), "len {len}");
@@ -310,7 +434,11 @@ fn input_proto(f: &Frame) -> Proto {
 #[test]
 fn bad_headers_to_a_vip_are_dropped_and_counted() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
     let good = Frame::tcp(V4_CLIENT, 1000, "10.100.0.1", 80).build();
     // IHL below 5.
     let mut bad = good.clone();
@@ -332,8 +460,15 @@ fn reply_of(f: &Frame) -> Vec<u8> {
     let mut r = f.clone();
     std::mem::swap(&mut r.src, &mut r.dst);
     r.l4 = match f.l4 {
-        frame::L4::Tcp { sport, dport, .. } => frame::L4::Tcp { sport: dport, dport: sport, flags: TCP_ACK },
-        frame::L4::Udp { sport, dport } => frame::L4::Udp { sport: dport, dport: sport },
+        frame::L4::Tcp { sport, dport, .. } => frame::L4::Tcp {
+            sport: dport,
+            dport: sport,
+            flags: TCP_ACK,
+        },
+        frame::L4::Udp { sport, dport } => frame::L4::Udp {
+            sport: dport,
+            dport: sport,
+        },
         _ => unreachable!(),
     };
     r.payload = vec![0xab; 1400];
@@ -343,15 +478,28 @@ fn reply_of(f: &Frame) -> Vec<u8> {
 #[test]
 fn icmp_errors_reach_the_flows_backend() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &ten_backends_v4());
-    let v6_backends: Vec<BackendSpec> =
-        (2..12).map(|i| BackendSpec { addr: ip(&format!("2001:db8:b::{i}")), weight: 100 }).collect();
-    t.add_vip(vip("2001:db8:100::1", 80, Proto::Tcp), VipSettings::default(), &v6_backends);
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &ten_backends_v4(),
+    );
+    let v6_backends: Vec<BackendSpec> = (2..12)
+        .map(|i| BackendSpec {
+            addr: ip(&format!("2001:db8:b::{i}")),
+            weight: 100,
+        })
+        .collect();
+    t.add_vip(
+        vip("2001:db8:100::1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &v6_backends,
+    );
     let mut checked = 0;
     for sport in 3000..3020 {
-        for (client, vip_addr, router) in
-            [(V4_CLIENT, "10.100.0.1", "203.0.113.1"), (V6_CLIENT, "2001:db8:100::1", "2001:db8:ee::1")]
-        {
+        for (client, vip_addr, router) in [
+            (V4_CLIENT, "10.100.0.1", "203.0.113.1"),
+            (V6_CLIENT, "2001:db8:100::1", "2001:db8:ee::1"),
+        ] {
             let flow = Frame::tcp(client, sport, vip_addr, 80);
             let (_, first) = t.run(&flow.build());
             let owner = frame::outer_dst(&first);
@@ -362,7 +510,11 @@ fn icmp_errors_reach_the_flows_backend() {
             };
             let (action, out) = t.run(&icmp.build());
             assert_eq!(action, XDP_TX);
-            assert_eq!(frame::outer_dst(&out), owner, "ICMP error follows flow {client}:{sport}");
+            assert_eq!(
+                frame::outer_dst(&out),
+                owner,
+                "ICMP error follows flow {client}:{sport}"
+            );
             // The ICMP message itself travels untouched inside the tunnel.
             let l3 = frame::l3_offset(&out);
             let outer = if owner.is_ipv4() { 20 } else { 40 };
@@ -379,8 +531,15 @@ fn icmp_errors_reach_the_flows_backend() {
 fn icmp_errors_follow_the_table_when_the_flow_has_no_entry() {
     // A stateless VIP: the error must land where the table puts the flow.
     let mut t = TestLb::new();
-    let settings = VipSettings { stateless: true, ..Default::default() };
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, &ten_backends_v4());
+    let settings = VipSettings {
+        stateless: true,
+        ..Default::default()
+    };
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        settings,
+        &ten_backends_v4(),
+    );
     for sport in 100..120 {
         let flow = Frame::tcp(V4_CLIENT, sport, "10.100.0.1", 80);
         let want = t.lb.predict(&flow_of(&flow)).unwrap().backend.unwrap();
@@ -397,9 +556,18 @@ fn icmp_errors_follow_the_table_when_the_flow_has_no_entry() {
 fn flows_stick_to_their_backend_across_table_changes() {
     let mut t = TestLb::new();
     let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2", "10.0.0.3"]));
-    let flows: Vec<Frame> = (0..200).map(|i| Frame::tcp(V4_CLIENT, 20000 + i, "10.100.0.1", 80)).collect();
-    let first: Vec<IpAddr> = flows.iter().map(|f| frame::outer_dst(&t.run(&f.build()).1)).collect();
+    t.add_vip(
+        v,
+        VipSettings::default(),
+        &backends(&["10.0.0.2", "10.0.0.3"]),
+    );
+    let flows: Vec<Frame> = (0..200)
+        .map(|i| Frame::tcp(V4_CLIENT, 20000 + i, "10.100.0.1", 80))
+        .collect();
+    let first: Vec<IpAddr> = flows
+        .iter()
+        .map(|f| frame::outer_dst(&t.run(&f.build()).1))
+        .collect();
 
     // Eight more backends: most flows' slots now name another backend.
     let mut more = backends(&["10.0.0.2", "10.0.0.3"]);
@@ -408,12 +576,19 @@ fn flows_stick_to_their_backend_across_table_changes() {
     let mut moved_in_table = 0;
     for (f, was) in flows.iter().zip(&first) {
         let (action, out) = t.run(&f.clone().with_flags(TCP_ACK).build());
-        assert_eq!((action, frame::outer_dst(&out)), (XDP_TX, *was), "established flow keeps its backend");
+        assert_eq!(
+            (action, frame::outer_dst(&out)),
+            (XDP_TX, *was),
+            "established flow keeps its backend"
+        );
         if t.lb.predict(&flow_of(f)).unwrap().backend != Some(*was) {
             moved_in_table += 1;
         }
     }
-    assert!(moved_in_table > 100, "the new table must move most flows ({moved_in_table})");
+    assert!(
+        moved_in_table > 100,
+        "the new table must move most flows ({moved_in_table})"
+    );
 
     // New flows follow the new table.
     for i in 0..200 {
@@ -431,16 +606,36 @@ fn idle_expired_entries_are_rehashed() {
     let f = Frame::udp(V4_CLIENT, 777, "10.100.0.1", 80);
     let flow = flow_of(&f);
     let predicted = t.lb.predict(&flow).unwrap().backend.unwrap();
-    let other = ten_backends_v4().into_iter().map(|b| b.addr).find(|a| *a != predicted).unwrap();
+    let other = ten_backends_v4()
+        .into_iter()
+        .map(|b| b.addr)
+        .find(|a| *a != predicted)
+        .unwrap();
     let other_id = t.lb.backend_id(&v, other).unwrap();
 
     // A live entry naming another backend wins over the table...
     let now = monotonic_ns();
-    t.lb.set_conntrack_entry(&flow, ConnEntry { backend_id: other_id, _pad: 0, last_seen_ns: now }).unwrap();
+    t.lb.set_conntrack_entry(
+        &flow,
+        ConnEntry {
+            backend_id: other_id,
+            _pad: 0,
+            last_seen_ns: now,
+        },
+    )
+    .unwrap();
     assert_eq!(frame::outer_dst(&t.run(&f.build()).1), other);
     // ...but one idle for longer than the UDP timeout (300 s) is a miss.
     let stale = now - 301 * 1_000_000_000;
-    t.lb.set_conntrack_entry(&flow, ConnEntry { backend_id: other_id, _pad: 0, last_seen_ns: stale }).unwrap();
+    t.lb.set_conntrack_entry(
+        &flow,
+        ConnEntry {
+            backend_id: other_id,
+            _pad: 0,
+            last_seen_ns: stale,
+        },
+    )
+    .unwrap();
     assert_eq!(frame::outer_dst(&t.run(&f.build()).1), predicted);
     assert_eq!(t.counter(Counter::ConnExpired), 1);
     let e = t.lb.conntrack_entry(&flow).unwrap();
@@ -449,7 +644,10 @@ fn idle_expired_entries_are_rehashed() {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -457,7 +655,11 @@ fn monotonic_ns() -> u64 {
 #[test]
 fn tcp_rst_creates_no_entry() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), VipSettings::default(), &backends(&["10.0.0.2"]));
+    t.add_vip(
+        vip("10.100.0.1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
     let rst = Frame::tcp(V4_CLIENT, 5555, "10.100.0.1", 80).with_flags(TCP_RST | TCP_ACK);
     let (action, out) = t.run(&rst.build());
     assert_eq!(action, XDP_TX);
@@ -473,16 +675,25 @@ fn removed_or_down_backends_lose_their_flows() {
     let mut t = TestLb::new();
     let v = vip("10.100.0.1", 80, Proto::Tcp);
     t.add_vip(v, VipSettings::default(), &ten_backends_v4());
-    let flows: Vec<Frame> = (0..100).map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80)).collect();
+    let flows: Vec<Frame> = (0..100)
+        .map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80))
+        .collect();
     for f in &flows {
         t.run(&f.build());
     }
     let gone = ip("10.0.0.5");
-    let rest: Vec<BackendSpec> = ten_backends_v4().into_iter().filter(|b| b.addr != gone).collect();
+    let rest: Vec<BackendSpec> = ten_backends_v4()
+        .into_iter()
+        .filter(|b| b.addr != gone)
+        .collect();
     t.lb.set_backends(v, &rest).unwrap();
     for f in &flows {
         let (_, out) = t.run(&f.clone().with_flags(TCP_ACK).build());
-        assert_ne!(frame::outer_dst(&out), gone, "no packet to a removed backend");
+        assert_ne!(
+            frame::outer_dst(&out),
+            gone,
+            "no packet to a removed backend"
+        );
     }
     // Health: a down backend's established flows move too.
     let down = ip("10.0.0.6");
@@ -498,39 +709,78 @@ fn drained_backends_keep_established_flows() {
     let mut t = TestLb::new();
     let v = vip("10.100.0.1", 80, Proto::Tcp);
     t.add_vip(v, VipSettings::default(), &ten_backends_v4());
-    let flows: Vec<Frame> = (0..200).map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80)).collect();
-    let owners: Vec<IpAddr> = flows.iter().map(|f| frame::outer_dst(&t.run(&f.build()).1)).collect();
+    let flows: Vec<Frame> = (0..200)
+        .map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80))
+        .collect();
+    let owners: Vec<IpAddr> = flows
+        .iter()
+        .map(|f| frame::outer_dst(&t.run(&f.build()).1))
+        .collect();
     let drained = owners[0];
-    let set: Vec<BackendSpec> =
-        ten_backends_v4().into_iter().map(|b| if b.addr == drained { BackendSpec { weight: 0, ..b } } else { b }).collect();
+    let set: Vec<BackendSpec> = ten_backends_v4()
+        .into_iter()
+        .map(|b| {
+            if b.addr == drained {
+                BackendSpec { weight: 0, ..b }
+            } else {
+                b
+            }
+        })
+        .collect();
     t.lb.set_backends(v, &set).unwrap();
     for (f, owner) in flows.iter().zip(&owners) {
-        assert_eq!(frame::outer_dst(&t.run(&f.clone().with_flags(TCP_ACK).build()).1), *owner);
+        assert_eq!(
+            frame::outer_dst(&t.run(&f.clone().with_flags(TCP_ACK).build()).1),
+            *owner
+        );
     }
     for i in 0..300 {
         let f = Frame::tcp(V4_CLIENT, 50000 + i, "10.100.0.1", 80);
-        assert_ne!(frame::outer_dst(&t.run(&f.build()).1), drained, "no new flow to a drained backend");
+        assert_ne!(
+            frame::outer_dst(&t.run(&f.build()).1),
+            drained,
+            "no new flow to a drained backend"
+        );
     }
 }
 
 #[test]
 fn ipv4_fragments_of_a_datagram_share_a_backend() {
     let mut t = TestLb::new();
-    t.add_vip(vip("10.100.0.1", 53, Proto::Udp), VipSettings::default(), &ten_backends_v4());
+    t.add_vip(
+        vip("10.100.0.1", 53, Proto::Udp),
+        VipSettings::default(),
+        &ten_backends_v4(),
+    );
     let mut used = std::collections::BTreeSet::new();
     for id in 0..64u16 {
         let client = format!("198.51.100.{}", id + 1);
         let mut first = Frame::udp(&client, 5353, "10.100.0.1", 53).with_payload(&[7; 64]);
         first.ip_id = id;
         first.frag = 0x2000; // MF, offset 0
-        let mut later = Frame::new(&client, "10.100.0.1", frame::L4::Raw { proto: 17, bytes: vec![9; 40] });
+        let mut later = Frame::new(
+            &client,
+            "10.100.0.1",
+            frame::L4::Raw {
+                proto: 17,
+                bytes: vec![9; 40],
+            },
+        );
         later.ip_id = id;
         later.frag = 9; // offset 72 bytes, last fragment
         let (a1, o1) = t.run(&first.build());
         let (a2, o2) = t.run(&later.build());
         assert_eq!((a1, a2), (XDP_TX, XDP_TX));
-        assert_eq!(frame::outer_dst(&o1), frame::outer_dst(&o2), "datagram {id}");
-        assert_eq!(&o2[34..], &later.ip_packet()[..], "fragment carried untouched");
+        assert_eq!(
+            frame::outer_dst(&o1),
+            frame::outer_dst(&o2),
+            "datagram {id}"
+        );
+        assert_eq!(
+            &o2[34..],
+            &later.ip_packet()[..],
+            "fragment carried untouched"
+        );
         used.insert(frame::outer_dst(&o1));
     }
     assert!(used.len() >= 5);
@@ -554,7 +804,10 @@ fn unresolved_next_hop_uses_the_fib_and_passes_without_neighbour() {
     }
     let c = t.lb.counters().unwrap();
     assert_eq!(c.get(Counter::NexthopFib), 1);
-    assert_eq!(c.get(Counter::NexthopUnresolved) + c.get(Counter::DropFibFailed), 1);
+    assert_eq!(
+        c.get(Counter::NexthopUnresolved) + c.get(Counter::DropFibFailed),
+        1
+    );
 }
 
 #[test]
@@ -562,10 +815,19 @@ fn empty_vip_drops_and_counts() {
     let mut t = TestLb::new();
     let v = vip("10.100.0.1", 80, Proto::Tcp);
     t.add_vip(v, VipSettings::default(), &[]);
-    assert_eq!(t.run(&Frame::tcp(V4_CLIENT, 1, "10.100.0.1", 80).build()).0, XDP_DROP);
-    let zero = [BackendSpec { addr: ip("10.0.0.2"), weight: 0 }];
+    assert_eq!(
+        t.run(&Frame::tcp(V4_CLIENT, 1, "10.100.0.1", 80).build()).0,
+        XDP_DROP
+    );
+    let zero = [BackendSpec {
+        addr: ip("10.0.0.2"),
+        weight: 0,
+    }];
     t.lb.set_backends(v, &zero).unwrap();
-    assert_eq!(t.run(&Frame::tcp(V4_CLIENT, 2, "10.100.0.1", 80).build()).0, XDP_DROP);
+    assert_eq!(
+        t.run(&Frame::tcp(V4_CLIENT, 2, "10.100.0.1", 80).build()).0,
+        XDP_DROP
+    );
     assert_eq!(t.counter(Counter::DropNoBackend), 2);
     // Removing the VIP hands its traffic back to the kernel.
     t.lb.remove_vip(&v).unwrap();
@@ -577,7 +839,11 @@ fn empty_vip_drops_and_counts() {
 fn per_vip_and_per_backend_counters_add_up() {
     let mut t = TestLb::new();
     let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2", "10.0.0.3"]));
+    t.add_vip(
+        v,
+        VipSettings::default(),
+        &backends(&["10.0.0.2", "10.0.0.3"]),
+    );
     let mut bytes = 0;
     for i in 0..50 {
         let f = Frame::tcp(V4_CLIENT, 9000 + i, "10.100.0.1", 80).build();
