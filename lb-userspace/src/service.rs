@@ -59,10 +59,10 @@ pub enum Forwarding {
     L2dsr,
 }
 
-/// A VIP's identity: address, port (0 = every port) and protocol.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+/// A VIP's identity: address, port (0 = every port) and protocol. Written
+/// and parsed as `ADDR[:PORT]/PROTO` (IPv6 in brackets when a port is given),
+/// also in JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipId {
     pub addr: IpAddr,
     pub port: u16,
@@ -78,6 +78,70 @@ impl fmt::Display for VipId {
             (IpAddr::V6(a), p) => write!(f, "[{a}]:{p}/{}", self.proto),
         }
     }
+}
+
+impl std::str::FromStr for VipId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_vip(s)
+    }
+}
+
+impl serde::Serialize for VipId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VipId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `ADDR[:PORT]/PROTO`, with IPv6 addresses in brackets when a port
+/// is given (`[2001:db8::1]:443/tcp`); a bare IPv6 address is port-less.
+fn parse_vip(s: &str) -> Result<VipId, String> {
+    let (addr_port, proto) = s
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{s:?}: expected ADDR[:PORT]/PROTO, e.g. 10.0.0.1:80/tcp"))?;
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => return Err(format!("{s:?}: protocol {other:?} is not tcp or udp")),
+    };
+    let bad_port = |p: &str| format!("{s:?}: port {p:?} is not a number in 1..=65535");
+    let (addr, port) = if let Some(rest) = addr_port.strip_prefix('[') {
+        let (a, p) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: missing ']'"))?;
+        let port = match p.strip_prefix(':') {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad_port(p))?,
+            None if p.is_empty() => 0,
+            None => return Err(format!("{s:?}: unexpected {p:?} after ']'")),
+        };
+        (a, port)
+    } else if addr_port.matches(':').count() == 1 {
+        let (a, p) = addr_port.split_once(':').expect("one colon");
+        (
+            a,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad_port(p))?,
+        )
+    } else {
+        (addr_port, 0)
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
+    Ok(VipId { addr, port, proto })
 }
 
 /// How a VIP treats its flows.

@@ -1,0 +1,159 @@
+//! The control API between lbd and lbctl: HTTP/1.1 with JSON bodies over the
+//! Unix socket (`curl --unix-socket /run/lb/lbd.sock http://lb/v1/status`).
+//!
+//! Reads are `GET`; every change is a `POST` of a [`Change`] to
+//! [`PATH_CHANGE`], so the daemon has one place that validates, applies,
+//! persists and audits changes. Errors come back as a non-2xx status with an
+//! [`ErrorBody`]: 400 invalid request, 403 not allowed, 404 unknown VIP or
+//! backend, 409 conflict (already exists), 500 the kernel refused.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::service::{Forwarding, Scheduler, VipId};
+
+pub const PATH_STATUS: &str = "/v1/status";
+pub const PATH_STATS: &str = "/v1/stats";
+/// `GET /v1/explain?src=ADDR&sport=PORT&vip=ADDR[:PORT]/PROTO[&dport=PORT]`
+pub const PATH_EXPLAIN: &str = "/v1/explain";
+pub const PATH_CHANGE: &str = "/v1/change";
+/// `POST` with a [`ReloadRequest`].
+pub const PATH_RELOAD: &str = "/v1/reload";
+
+/// A change an operator asks for. VIPs are named by `ADDR[:PORT]/PROTO` or by
+/// their configured name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Change {
+    VipAdd {
+        vip: VipId,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        scheduler: Scheduler,
+        #[serde(default)]
+        forwarding: Forwarding,
+        #[serde(default)]
+        stateless: bool,
+    },
+    VipDel {
+        vip: String,
+    },
+    BackendAdd {
+        vip: String,
+        addr: IpAddr,
+        #[serde(default)]
+        weight: Option<u32>,
+    },
+    BackendDel {
+        vip: String,
+        addr: IpAddr,
+    },
+    BackendSet {
+        vip: String,
+        addr: IpAddr,
+        weight: u32,
+    },
+    BackendDrain {
+        vip: String,
+        addr: IpAddr,
+    },
+    BackendUndrain {
+        vip: String,
+        addr: IpAddr,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeResult {
+    /// What changed, one line per effect, for the operator.
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResult {
+    /// The difference between the running state and the config file, one
+    /// line per change (`+ vip ...`, `- backend ...`, `~ weight ...`).
+    pub diff: Vec<String>,
+    pub applied: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub interface: String,
+    /// "native" or "generic".
+    pub xdp_mode: String,
+    pub program_id: u32,
+    pub uptime_secs: u64,
+    pub pin_dir: String,
+    pub vips: Vec<VipStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub vip: VipId,
+    pub name: String,
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    pub stateless: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Every backend is down and the VIP sends to all of them (fail open).
+    #[serde(default)]
+    pub fail_open: bool,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub addr: IpAddr,
+    /// The configured weight (kept while drained).
+    pub weight: u32,
+    /// "up", "down" (health) or "unchecked".
+    pub health: String,
+    pub drained: bool,
+    /// The next hop is resolved (interface and MACs known).
+    pub next_hop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Global counters by label (`lb_common::Counter::label`).
+    pub counters: Vec<(String, u64)>,
+    pub vips: Vec<TrafficRow>,
+    pub backends: Vec<TrafficRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrafficRow {
+    pub vip: VipId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<IpAddr>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explain {
+    pub vip: VipId,
+    pub flow: String,
+    /// "connection table" or "maglev table".
+    pub source: String,
+    pub backend: Option<IpAddr>,
+    /// Human-readable reasoning, line by line.
+    pub reasons: Vec<String>,
+}

@@ -1,0 +1,299 @@
+//! The one desired state every input changes (config file, lbctl, health
+//! checks), its validation, and its persistence in `state_dir`.
+//!
+//! A change is made on a copy, validated whole, applied to the maps, and only
+//! then becomes the daemon's state and is written to disk; a failure at any
+//! step leaves the previous state in place.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::service::{self, BackendSpec, SpecError, VipId, VipSettings, MAX_WEIGHT};
+
+/// Default weight of a backend added without one.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub vips: BTreeMap<VipId, VipDesired>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipDesired {
+    pub name: String,
+    pub settings: VipSettings,
+    pub backends: Vec<BackendDesired>,
+    /// Health-check settings (`[vip.health]`), kept opaque here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendDesired {
+    pub addr: IpAddr,
+    /// The operator's weight; kept while drained so undrain restores it.
+    pub weight: u32,
+    #[serde(default)]
+    pub drained: bool,
+}
+
+impl BackendDesired {
+    /// The weight the Maglev table gets: 0 while drained.
+    pub fn effective_weight(&self) -> u32 {
+        if self.drained {
+            0
+        } else {
+            self.weight
+        }
+    }
+}
+
+/// Why a change to the desired state is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("unknown VIP {0}")]
+    UnknownVip(String),
+    #[error("VIP {0} already exists")]
+    DuplicateVip(VipId),
+    #[error("VIP name {0:?} is used twice")]
+    DuplicateName(String),
+    #[error("VIP {vip} has no backend {backend}")]
+    UnknownBackend { vip: VipId, backend: IpAddr },
+    #[error("VIP {vip} already has backend {backend}")]
+    DuplicateBackend { vip: VipId, backend: IpAddr },
+    #[error("{0} VIPs configured; the balancer holds at most {max}", max = lb_common::MAX_VIPS)]
+    TooManyVips(usize),
+}
+
+impl DesiredState {
+    /// Checks the whole state: each VIP, each backend set, names unique.
+    pub fn validate(&self) -> Result<(), StateError> {
+        if self.vips.len() > lb_common::MAX_VIPS as usize {
+            return Err(StateError::TooManyVips(self.vips.len()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (id, v) in &self.vips {
+            if !names.insert(v.name.as_str()) {
+                return Err(StateError::DuplicateName(v.name.clone()));
+            }
+            service::validate_vip(id, &v.settings)?;
+            service::validate_backends(id, &v.settings, &v.backend_specs())?;
+        }
+        Ok(())
+    }
+
+    /// Finds a VIP by its identity (`ADDR[:PORT]/PROTO`) or its name.
+    pub fn resolve(&self, vip: &str) -> Result<VipId, StateError> {
+        if let Ok(id) = parse_vip(vip) {
+            if self.vips.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+        self.vips
+            .iter()
+            .find(|(_, v)| v.name == vip)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| StateError::UnknownVip(vip.to_string()))
+    }
+
+    pub fn add_vip(&mut self, id: VipId, desired: VipDesired) -> Result<(), StateError> {
+        if self.vips.contains_key(&id) {
+            return Err(StateError::DuplicateVip(id));
+        }
+        self.vips.insert(id, desired);
+        self.validate()
+    }
+
+    pub fn vip_mut(&mut self, id: &VipId) -> Result<&mut VipDesired, StateError> {
+        self.vips
+            .get_mut(id)
+            .ok_or_else(|| StateError::UnknownVip(id.to_string()))
+    }
+
+    pub fn add_backend(&mut self, id: &VipId, backend: BackendDesired) -> Result<(), StateError> {
+        let v = self.vip_mut(id)?;
+        if v.backends.iter().any(|b| b.addr == backend.addr) {
+            return Err(StateError::DuplicateBackend {
+                vip: *id,
+                backend: backend.addr,
+            });
+        }
+        v.backends.push(backend);
+        self.validate()
+    }
+
+    pub fn remove_backend(&mut self, id: &VipId, addr: IpAddr) -> Result<(), StateError> {
+        let v = self.vip_mut(id)?;
+        let before = v.backends.len();
+        v.backends.retain(|b| b.addr != addr);
+        if v.backends.len() == before {
+            return Err(StateError::UnknownBackend {
+                vip: *id,
+                backend: addr,
+            });
+        }
+        Ok(())
+    }
+
+    /// Changes one backend in place (weight, drain).
+    pub fn update_backend(
+        &mut self,
+        id: &VipId,
+        addr: IpAddr,
+        f: impl FnOnce(&mut BackendDesired),
+    ) -> Result<(), StateError> {
+        let v = self.vip_mut(id)?;
+        let b =
+            v.backends
+                .iter_mut()
+                .find(|b| b.addr == addr)
+                .ok_or(StateError::UnknownBackend {
+                    vip: *id,
+                    backend: addr,
+                })?;
+        f(b);
+        self.validate()
+    }
+}
+
+impl VipDesired {
+    /// The backend set the maps get (drained backends at weight 0).
+    pub fn backend_specs(&self) -> Vec<BackendSpec> {
+        self.backends
+            .iter()
+            .map(|b| BackendSpec {
+                addr: b.addr,
+                weight: b.effective_weight(),
+            })
+            .collect()
+    }
+}
+
+/// Parses `ADDR[:PORT]/PROTO` (see [`VipId`]'s `FromStr`).
+pub fn parse_vip(s: &str) -> Result<VipId, String> {
+    s.parse()
+}
+
+/// Where the daemon keeps its runtime state.
+pub fn state_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.json")
+}
+
+/// Reads persisted runtime state, if any.
+pub fn load(state_dir: &Path) -> anyhow::Result<Option<DesiredState>> {
+    let path = state_file(state_dir);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let s: DesiredState = serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!("{}: not a valid lbd state file: {e}", path.display())
+            })?;
+            s.validate()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(Some(s))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the state atomically: a temporary file, fsync, then rename over
+/// the old one, so a crash leaves either the old or the new state.
+pub fn save(state_dir: &Path, state: &DesiredState) -> anyhow::Result<()> {
+    fs::create_dir_all(state_dir)?;
+    let path = state_file(state_dir);
+    let tmp = state_dir.join(".state.json.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(state)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    if let Ok(dir) = fs::File::open(state_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Bounds for weights, for messages.
+pub const WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 0..=MAX_WEIGHT;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::Proto;
+
+    #[test]
+    fn parses_vips() {
+        let v = |s| parse_vip(s).unwrap();
+        assert_eq!(
+            v("10.0.0.1:80/tcp"),
+            VipId {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 80,
+                proto: Proto::Tcp
+            }
+        );
+        assert_eq!(v("10.0.0.1/udp").port, 0);
+        assert_eq!(v("[2001:db8::1]:443/tcp").port, 443);
+        assert_eq!(v("2001:db8::1/tcp").port, 0);
+        assert_eq!(v("[2001:db8::1]/udp").port, 0);
+        for bad in [
+            "10.0.0.1:80",
+            "10.0.0.1:0/tcp",
+            "10.0.0.1:99999/tcp",
+            "x:80/tcp",
+            "10.0.0.1:80/sctp",
+            "[::1:80/tcp",
+        ] {
+            assert!(parse_vip(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "10.0.0.1:80/tcp",
+            "10.0.0.1/udp",
+            "[2001:db8::1]:443/tcp",
+            "[2001:db8::1]/udp",
+        ] {
+            assert_eq!(parse_vip(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn persists_atomically() {
+        let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
+        let mut s = DesiredState::default();
+        let id = parse_vip("10.0.0.1:80/tcp").unwrap();
+        s.add_vip(
+            id,
+            VipDesired {
+                name: "web".into(),
+                settings: VipSettings::default(),
+                backends: vec![],
+                health: None,
+            },
+        )
+        .unwrap();
+        s.add_backend(
+            &id,
+            BackendDesired {
+                addr: "10.0.0.2".parse().unwrap(),
+                weight: 5,
+                drained: true,
+            },
+        )
+        .unwrap();
+        save(&dir, &s).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(s));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
