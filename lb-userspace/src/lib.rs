@@ -6,5 +6,6 @@ pub mod decap;
 pub mod maglev;
 pub mod maps;
 pub mod objects;
+pub mod pin;
 pub mod service;
 pub mod state;

@@ -15,12 +15,13 @@
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap, VecDeque},
     net::IpAddr,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -47,6 +48,9 @@ pub struct LoadOptions {
     /// (512 KiB), so tests load with fewer.
     pub max_vips: u32,
     pub conntrack_size: u32,
+    /// Pin maps, program and link here (see `pin`), adopting maps already
+    /// pinned there. `None`: nothing outlives this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -56,8 +60,50 @@ impl Default for LoadOptions {
             udp_idle_timeout: Duration::from_secs(300),
             max_vips: MAX_VIPS,
             conntrack_size: lb_common::CONNTRACK_MAX,
+            pin_dir: None,
         }
     }
+}
+
+/// Every map of the balancer with its (key size, value size, capacity), to
+/// pin them and to check that pinned ones have the layout this build expects.
+fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 10] {
+    use std::mem::size_of;
+    [
+        ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>(), opts.max_vips),
+        ("VIP_ADDRS", size_of::<AddrKey>(), size_of::<VipKey>(), opts.max_vips),
+        ("MAGLEV", 4, 4, opts.max_vips * 2 * MAGLEV_MAX_SIZE),
+        ("BACKENDS", 4, size_of::<Backend>(), MAX_BACKENDS),
+        ("CONNTRACK", size_of::<FlowKey>(), size_of::<ConnEntry>(), opts.conntrack_size),
+        ("LB_CONFIG", 4, size_of::<LbConfig>(), 1),
+        ("TX_PORTS", 4, 8, lb_common::MAX_TX_PORTS),
+        ("STATS", 4, 8, lb_common::counters::COUNTER_COUNT),
+        ("VIP_STATS", 4, size_of::<TrafficStats>(), opts.max_vips),
+        ("BACKEND_STATS", 4, size_of::<TrafficStats>(), MAX_BACKENDS),
+    ]
+}
+
+/// Refuses pinned maps whose shape differs from what this build would create.
+fn check_pinned_maps(dir: &Path, opts: &LoadOptions) -> Result<bool> {
+    let mut found = false;
+    for (name, key, value, max) in map_layout(opts) {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        found = true;
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let have = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        if have != (key, value, max) {
+            return Err(MapsError::Layout(format!(
+                "pinned map {} has key/value/entries {have:?}, this build expects {:?}; \
+                 it was made by another lbd version or with other limits (max_vips, conntrack size)",
+                path.display(),
+                (key, value, max)
+            )));
+        }
+    }
+    Ok(found)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +120,10 @@ pub enum MapsError {
     TooManyBackends(usize),
     #[error("load_options: {0}")]
     Options(String),
+    #[error("{0}")]
+    Layout(String),
+    #[error("pinning {path}: {error}")]
+    Pin { path: String, error: String },
     #[error("eBPF: {0}")]
     Ebpf(#[from] aya::EbpfError),
     #[error("map {map}: {source}")]
@@ -176,6 +226,8 @@ pub struct Balancer {
     free_backend_ids: VecDeque<u32>,
     next_hops: StdHashMap<IpAddr, NextHop>,
     max_vips: u32,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
 }
 
 macro_rules! take {
@@ -197,18 +249,27 @@ impl Balancer {
         }
         let tcp = opts.tcp_idle_timeout.as_nanos() as u64;
         let udp = opts.udp_idle_timeout.as_nanos() as u64;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("TCP_IDLE_TIMEOUT_NS", &tcp, true)
-            .override_global("UDP_IDLE_TIMEOUT_NS", &udp, true)
-            .map_max_entries("MAGLEV", opts.max_vips * 2 * MAGLEV_MAX_SIZE)
-            .map_max_entries("VIPS", opts.max_vips)
-            .map_max_entries("VIP_ADDRS", opts.max_vips)
-            .map_max_entries("VIP_STATS", opts.max_vips)
-            .map_max_entries("CONNTRACK", opts.conntrack_size)
-            .load(objects::BALANCER)?;
+            .override_global("UDP_IDLE_TIMEOUT_NS", &udp, true);
+        for (name, _, _, max) in map_layout(opts) {
+            loader.map_max_entries(name, max);
+        }
+        let maps_dir = opts.pin_dir.as_ref().map(|d| d.join("maps"));
+        let mut adopting = false;
+        if let Some(dir) = &maps_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| MapsError::Pin { path: dir.display().to_string(), error: e.to_string() })?;
+            adopting = check_pinned_maps(dir, opts)?;
+            for (name, _, _, _) in map_layout(opts) {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(objects::BALANCER)?;
         let prog: &mut Xdp = program(&mut ebpf)?;
         prog.load()?;
-        Ok(Balancer {
+        let mut balancer = Balancer {
             vip_map: take!(ebpf, "VIPS"),
             vip_addrs: take!(ebpf, "VIP_ADDRS"),
             maglev: take!(ebpf, "MAGLEV"),
@@ -225,7 +286,89 @@ impl Balancer {
             free_backend_ids: (0..MAX_BACKENDS).collect(),
             next_hops: StdHashMap::new(),
             max_vips: opts.max_vips,
-        })
+            pin_dir: opts.pin_dir.clone(),
+            adopted: adopting,
+        };
+        if adopting {
+            balancer.adopt()?;
+        }
+        Ok(balancer)
+    }
+
+    /// Whether the maps were adopted from a previous daemon (pinned).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Rebuilds the mirror from adopted maps: VIP and backend ids, which
+    /// table slot is live and what it holds, next hops. Weights are not in the
+    /// maps; the caller reconciles with its desired state right after, which
+    /// writes the idle slot and flips, so no VIP is ever without a table.
+    fn adopt(&mut self) -> Result<()> {
+        let mut vips = Vec::new();
+        for key in self.vip_map.keys() {
+            let key = key.map_err(map_err("VIPS"))?;
+            let info = self.vip_map.get(&key, 0).map_err(map_err("VIPS"))?;
+            vips.push((key, info));
+        }
+        let mut backends_of: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        for id in 0..MAX_BACKENDS {
+            let b = self.backend_map.get(&id, 0).map_err(map_err("BACKENDS"))?;
+            if b.flags & BACKEND_F_ACTIVE != 0 {
+                backends_of.entry(b.vip_id).or_default().push((id, b));
+            }
+        }
+        for (key, info) in vips {
+            let proto = match key.proto {
+                lb_common::PROTO_TCP => service::Proto::Tcp,
+                lb_common::PROTO_UDP => service::Proto::Udp,
+                p => return Err(MapsError::Layout(format!("adopted VIP with protocol {p}"))),
+            };
+            let id = VipId { addr: key.ip(), port: u16::from_be(key.port), proto };
+            let settings = VipSettings {
+                scheduler: if info.flags & VIP_F_SRC_HASH != 0 { Scheduler::SourceHash } else { Scheduler::Maglev },
+                forwarding: if info.flags & VIP_F_L2DSR != 0 { Forwarding::L2dsr } else { Forwarding::Ipip },
+                stateless: info.flags & VIP_F_STATELESS != 0,
+                table_size: if info.table_size == 0 { maglev::DEFAULT_TABLE_SIZE } else { info.table_size },
+            };
+            let mut table = Vec::with_capacity(info.table_size as usize);
+            for slot in 0..info.table_size {
+                let index = lb_common::maglev_index(info.vip_id, info.table_slot, slot);
+                table.push(self.maglev.get(&index, 0).map_err(map_err("MAGLEV"))?);
+            }
+            let mut state = VipState {
+                vip_id: info.vip_id,
+                settings,
+                backends: Vec::new(),
+                down: Vec::new(),
+                tables: [None, None],
+                live_slot: info.table_slot & 1,
+                live_size: info.table_size,
+            };
+            state.tables[state.live_slot as usize] = (info.table_size > 0).then_some(table);
+            for (bid, b) in backends_of.remove(&info.vip_id).unwrap_or_default() {
+                let addr = b.ip();
+                // Weight unknown until the caller's reconcile; only ids matter here.
+                state.backends.push((BackendSpec { addr, weight: 0 }, bid));
+                if b.flags & BACKEND_F_DOWN != 0 {
+                    state.down.push(addr);
+                }
+                if b.flags & BACKEND_F_NEXTHOP != 0 {
+                    self.next_hops
+                        .insert(addr, NextHop { ifindex: b.ifindex, dst_mac: b.dst_mac, src_mac: b.src_mac });
+                }
+                self.free_backend_ids.retain(|i| *i != bid);
+            }
+            self.free_vip_ids.retain(|i| *i != info.vip_id);
+            self.vips.insert(id, state);
+        }
+        // Active entries of no adopted VIP are leftovers: clear them.
+        for (_, orphans) in backends_of {
+            for (bid, _) in orphans {
+                self.clear_backend(bid)?;
+            }
+        }
+        Ok(())
     }
 
     /// The loaded program (for attaching, pinning or `TestRun`).
@@ -233,15 +376,57 @@ impl Balancer {
         program(&mut self.ebpf).expect("loaded at construction")
     }
 
-    /// Attaches to `interface`; returns the mode that took.
+    /// Attaches to `interface`; returns the mode that took. With a pin
+    /// directory, an XDP link pinned there by an earlier daemon is taken over
+    /// and its program replaced atomically (`bpf_link_update`): the interface
+    /// never runs without a balancer. A new link is pinned so the program
+    /// stays attached after this process exits.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<XdpMode> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return self.attach_unpinned(interface, mode).map(|(m, _)| m);
+        };
+        let pin_err = |path: &Path, e: &dyn std::fmt::Display| MapsError::Pin {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        };
+        for (name, m) in [("link-native", XdpMode::Driver), ("link-generic", XdpMode::Skb)] {
+            let path = dir.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let pinned = aya::programs::links::PinnedLink::from_pin(&path).map_err(|e| pin_err(&path, &e))?;
+            let link = aya::programs::xdp::XdpLink::try_from(aya::programs::links::FdLink::from(pinned))
+                .map_err(|e| pin_err(&path, &e))?;
+            self.program().attach_to_link(link)?;
+            self.pin_program(&dir)?;
+            return Ok(m);
+        }
+        let (m, id) = self.attach_unpinned(interface, mode)?;
+        let link = self.program().take_link(id)?;
+        let fd_link = aya::programs::links::FdLink::try_from(link).map_err(|e| pin_err(&dir, &e))?;
+        let path = dir.join(if m == XdpMode::Skb { "link-generic" } else { "link-native" });
+        fd_link.pin(&path).map_err(|e| pin_err(&path, &e))?;
+        self.pin_program(&dir)?;
+        Ok(m)
+    }
+
+    fn pin_program(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join("prog");
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| MapsError::Pin { path: path.display().to_string(), error: e.to_string() })?;
+        }
+        self.program().pin(&path).map_err(|e| MapsError::Pin { path: path.display().to_string(), error: e.to_string() })
+    }
+
+    /// Attaches without pinning; returns the mode and the link.
+    fn attach_unpinned(&mut self, interface: &str, mode: AttachMode) -> Result<(XdpMode, XdpLinkId)> {
         let prog = self.program();
-        let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach(interface, m).map(|_| m);
+        let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach(interface, m).map(|id| (m, id));
         Ok(match mode {
             AttachMode::Native => try_mode(prog, XdpMode::Driver)?,
             AttachMode::Generic => try_mode(prog, XdpMode::Skb)?,
             AttachMode::Auto => match try_mode(prog, XdpMode::Driver) {
-                Ok(m) => m,
+                Ok(r) => r,
                 Err(_) => try_mode(prog, XdpMode::Skb)?,
             },
         })
@@ -274,6 +459,9 @@ impl Balancer {
     pub fn upsert_vip(&mut self, vip: VipId, settings: VipSettings) -> Result<()> {
         service::validate_vip(&vip, &settings)?;
         if let Some(state) = self.vips.get(&vip) {
+            if state.settings == settings {
+                return Ok(());
+            }
             let specs: Vec<BackendSpec> = state.backends.iter().map(|(b, _)| *b).collect();
             service::validate_backends(&vip, &settings, &specs)?;
             self.vips.get_mut(&vip).expect("present").settings = settings;

@@ -310,6 +310,50 @@ fn parse_mac(text: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// Turns transmit checksum offload of `ifname` in `ns` on or off, like
+/// `ethtool -K <ifname> tx off`.
+///
+/// A veth leaves locally generated TCP/UDP checksums to "hardware"
+/// (`CHECKSUM_PARTIAL`); the peer's stack completes them, but a native XDP
+/// program on the peer sees only the bytes and a frame it redirects leaves
+/// with the checksum unfinished. Traffic that an XDP program forwards
+/// should therefore come from an interface with this off, as from a wire.
+pub fn set_tx_checksum(ns: &str, ifname: &str, on: bool) -> Result<()> {
+    /// `struct ethtool_value`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    check_ifname(ifname)?;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: on as u32,
+    };
+    let rc = in_netns(ns, || {
+        // SAFETY: an ioctl on a socket we own, with an `ifreq` naming the
+        // interface and pointing at `value`, which outlives the call.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut ifr: libc::ifreq = zeroed();
+            for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.bytes()) {
+                *d = s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = &mut value as *mut EthtoolValue as *mut libc::c_char;
+            if libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+    })?;
+    rc.with_context(|| format!("ETHTOOL_STXCSUM {ifname} in {ns}"))
+}
+
 /// Moves the calling thread into namespace `ns` (network namespace only).
 fn enter(ns: &str) -> Result<()> {
     let path = format!("{NETNS_RUN_DIR}/{ns}");

@@ -38,7 +38,7 @@ const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
 const BACKEND4: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 2);
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 100, 0, 0, 0, 0, 0, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 /// Outer sources: addresses no interface has, so they can only come from
 /// the balancer's configuration.
 const ENCAP4: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 1);
@@ -77,6 +77,9 @@ fn setup() -> anyhow::Result<Net> {
     topo.veth((&client, "c0"), (&lb, "lb0"))?;
     topo.veth((&lb, "lb1"), (&backend, "b0"))?;
 
+    // The client's frames must carry finished checksums, as from a wire
+    // (see `netns::set_tx_checksum`).
+    netns::set_tx_checksum(&client, "c0", false)?;
     topo.add_addr(&client, "c0", "10.0.1.2/24")?;
     topo.add_addr(&client, "c0", "fd00:1::2/64")?;
     topo.add_route(&client, &["default", "via", "10.0.1.1"])?;
@@ -130,7 +133,10 @@ fn setup() -> anyhow::Result<Net> {
         dst_mac: netns::mac(&backend, "b0")?,
         src_mac: netns::mac(&lb, "lb1")?,
     };
-    balancer.add_tx_port(lb1)?;
+    // The kernel resolves a devmap entry's ifindex in the namespace of the
+    // thread that writes it: from anywhere else this would name another
+    // device (in the root namespace, a real one).
+    in_netns(&lb, || balancer.add_tx_port(lb1))??;
     let settings = VipSettings {
         table_size: TABLE_SIZE,
         ..Default::default()
@@ -241,7 +247,7 @@ fn balancer_attached_natively_carries_real_traffic_to_a_decapsulating_backend() 
         } else {
             udp_exchange(&net.client, *vip)
         };
-        let reply = reply.unwrap_or_else(|e| panic!("{vip}: {e}"));
+        let reply = reply.unwrap_or_else(|e| panic!("{vip}: {e}\n{}", diagnostics(&net)));
         println!("{vip}: {} bytes back", reply.len());
     }
     for (vip, server) in servers {
@@ -314,7 +320,6 @@ fn capture_syn(net: &Net, capture: &Capture, vip: SocketAddr) -> Frame {
     let frame = capture
         .find(Duration::from_secs(2), 200, |f| {
             let d = &f.data;
-            eprintln!("captured {} {}", f.pkttype, hex(d));
             !f.outgoing()
                 && d.len() > ETH_HLEN + 40
                 && u16::from_be_bytes([d[12], d[13]]) == ether_type
@@ -325,14 +330,9 @@ fn capture_syn(net: &Net, capture: &Capture, vip: SocketAddr) -> Frame {
         })
         .unwrap();
     frame.unwrap_or_else(|| {
-        for (ns, i) in [(&net.lb, "lb1"), (&net.backend, "b0"), (&net.lb, "lb0")] {
-            eprintln!("{}", netns::ip(ns, &["-s", "-s", "-d", "link", "show", "dev", i]).unwrap());
-        }
-        let c = net.balancer.counters().unwrap();
-        let nonzero: Vec<_> = c.global.iter().filter(|(_, v)| *v > 0).collect();
         panic!(
-            "no tunnel frame for the SYN to {vip} arrived on b0; balancer: {nonzero:?}, decap: {:?}",
-            net.decap.counters()
+            "no tunnel frame for the SYN to {vip} arrived on b0\n{}",
+            diagnostics(net)
         )
     })
 }
@@ -377,6 +377,11 @@ fn check_encap_v4(net: &Net, frame: &Frame) {
     assert_eq!(be16(outer, 4), be16(inner, 4), "identification copied");
     assert_eq!(outer[6] & 0x40, inner[6] & 0x40, "DF copied");
     assert_eq!(be16(outer, 6) & 0x3fff, 0, "outer not fragmented");
+    let mut pseudo = inner[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, PROTO_TCP]);
+    pseudo.extend_from_slice(&((inner.len() - 20) as u16).to_be_bytes());
+    pseudo.extend_from_slice(&inner[20..]);
+    assert_eq!(checksum(&pseudo), 0, "inner TCP checksum");
     let sport = check_syn(&inner[20..]);
     check_flow_state(net, CLIENT4.into(), sport, VIP4.into(), BACKEND4.into());
 }
@@ -408,6 +413,11 @@ fn check_encap_v6(net: &Net, frame: &Frame) {
     assert_eq!(ipv6_at(inner, 24), VIP6, "inner destination");
     let class = |h: &[u8]| (be32(h, 0) >> 20) as u8;
     assert_eq!(class(outer), class(inner), "traffic class copied");
+    let mut pseudo = inner[8..40].to_vec();
+    pseudo.extend_from_slice(&((inner.len() - 40) as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, PROTO_TCP]);
+    pseudo.extend_from_slice(&inner[40..]);
+    assert_eq!(checksum(&pseudo), 0, "inner TCP checksum");
     let sport = check_syn(&inner[40..]);
     let hash = check_flow_state(net, CLIENT6.into(), sport, VIP6.into(), BACKEND6.into());
     assert_eq!(
@@ -590,6 +600,31 @@ fn topology_is_torn_down_when_a_test_panics() {
     }
     // Reaped, not a zombie: the pid is gone.
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// What the programs and interfaces counted, for failure messages.
+fn diagnostics(net: &Net) -> String {
+    let mut out = String::new();
+    match net.balancer.counters() {
+        Ok(c) => {
+            let nonzero: Vec<_> = c.global.iter().filter(|(_, v)| *v > 0).collect();
+            out += &format!("balancer: {nonzero:?}\nvips: {:?}\n", c.vips);
+        }
+        Err(e) => out += &format!("balancer counters: {e}\n"),
+    }
+    out += &format!("decap: {:?}\n", net.decap.counters());
+    for (ns, ifname) in [
+        (&net.client, "c0"),
+        (&net.lb, "lb0"),
+        (&net.lb, "lb1"),
+        (&net.backend, "b0"),
+    ] {
+        match netns::ip(ns, &["-s", "link", "show", "dev", ifname]) {
+            Ok(s) => out += &s,
+            Err(e) => out += &format!("{ifname}: {e}\n"),
+        }
+    }
+    out
 }
 
 fn be16(b: &[u8], off: usize) -> u16 {
