@@ -72,6 +72,46 @@ impl Decap {
         Ok(m)
     }
 
+    /// Attaches and pins the link under `dir`, so the program stays after
+    /// this process exits; a link pinned there before has its program
+    /// replaced atomically instead.
+    pub fn attach_pinned(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<XdpMode> {
+        use aya::programs::{links::FdLink, links::PinnedLink, xdp::XdpLink};
+        std::fs::create_dir_all(dir)?;
+        for (name, m) in [
+            ("link-native", XdpMode::Driver),
+            ("link-generic", XdpMode::Skb),
+        ] {
+            let path = dir.join(name);
+            if path.exists() {
+                let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&path)?))?;
+                self.program().attach_to_link(link)?;
+                return Ok(m);
+            }
+        }
+        let prog = self.program();
+        let (m, id) = match mode {
+            AttachMode::Native => (XdpMode::Driver, prog.attach(interface, XdpMode::Driver)?),
+            AttachMode::Generic => (XdpMode::Skb, prog.attach(interface, XdpMode::Skb)?),
+            AttachMode::Auto => match prog.attach(interface, XdpMode::Driver) {
+                Ok(id) => (XdpMode::Driver, id),
+                Err(_) => (XdpMode::Skb, prog.attach(interface, XdpMode::Skb)?),
+            },
+        };
+        let link = FdLink::try_from(self.program().take_link(id)?)?;
+        link.pin(dir.join(if m == XdpMode::Skb {
+            "link-generic"
+        } else {
+            "link-native"
+        }))?;
+        Ok(m)
+    }
+
     pub fn counters(&self) -> anyhow::Result<DecapCounters> {
         let get = |c: DecapCounter| -> anyhow::Result<u64> {
             Ok(self.stats.get(&(c as u32), 0)?.iter().sum())

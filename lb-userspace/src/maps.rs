@@ -70,11 +70,26 @@ impl Default for LoadOptions {
 fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 10] {
     use std::mem::size_of;
     [
-        ("VIPS", size_of::<VipKey>(), size_of::<VipInfo>(), opts.max_vips),
-        ("VIP_ADDRS", size_of::<AddrKey>(), size_of::<VipKey>(), opts.max_vips),
+        (
+            "VIPS",
+            size_of::<VipKey>(),
+            size_of::<VipInfo>(),
+            opts.max_vips,
+        ),
+        (
+            "VIP_ADDRS",
+            size_of::<AddrKey>(),
+            size_of::<VipKey>(),
+            opts.max_vips,
+        ),
         ("MAGLEV", 4, 4, opts.max_vips * 2 * MAGLEV_MAX_SIZE),
         ("BACKENDS", 4, size_of::<Backend>(), MAX_BACKENDS),
-        ("CONNTRACK", size_of::<FlowKey>(), size_of::<ConnEntry>(), opts.conntrack_size),
+        (
+            "CONNTRACK",
+            size_of::<FlowKey>(),
+            size_of::<ConnEntry>(),
+            opts.conntrack_size,
+        ),
         ("LB_CONFIG", 4, size_of::<LbConfig>(), 1),
         ("TX_PORTS", 4, 8, lb_common::MAX_TX_PORTS),
         ("STATS", 4, 8, lb_common::counters::COUNTER_COUNT),
@@ -93,7 +108,11 @@ fn check_pinned_maps(dir: &Path, opts: &LoadOptions) -> Result<bool> {
         }
         found = true;
         let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
-        let have = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        let have = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
         if have != (key, value, max) {
             return Err(MapsError::Layout(format!(
                 "pinned map {} has key/value/entries {have:?}, this build expects {:?}; \
@@ -142,7 +161,9 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
 }
 
 /// How to attach: `Auto` tries native (driver) mode, then generic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Auto,
@@ -259,8 +280,10 @@ impl Balancer {
         let maps_dir = opts.pin_dir.as_ref().map(|d| d.join("maps"));
         let mut adopting = false;
         if let Some(dir) = &maps_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| MapsError::Pin { path: dir.display().to_string(), error: e.to_string() })?;
+            std::fs::create_dir_all(dir).map_err(|e| MapsError::Pin {
+                path: dir.display().to_string(),
+                error: e.to_string(),
+            })?;
             adopting = check_pinned_maps(dir, opts)?;
             for (name, _, _, _) in map_layout(opts) {
                 loader.map_pin_path(name, dir.join(name));
@@ -324,12 +347,28 @@ impl Balancer {
                 lb_common::PROTO_UDP => service::Proto::Udp,
                 p => return Err(MapsError::Layout(format!("adopted VIP with protocol {p}"))),
             };
-            let id = VipId { addr: key.ip(), port: u16::from_be(key.port), proto };
+            let id = VipId {
+                addr: key.ip(),
+                port: u16::from_be(key.port),
+                proto,
+            };
             let settings = VipSettings {
-                scheduler: if info.flags & VIP_F_SRC_HASH != 0 { Scheduler::SourceHash } else { Scheduler::Maglev },
-                forwarding: if info.flags & VIP_F_L2DSR != 0 { Forwarding::L2dsr } else { Forwarding::Ipip },
+                scheduler: if info.flags & VIP_F_SRC_HASH != 0 {
+                    Scheduler::SourceHash
+                } else {
+                    Scheduler::Maglev
+                },
+                forwarding: if info.flags & VIP_F_L2DSR != 0 {
+                    Forwarding::L2dsr
+                } else {
+                    Forwarding::Ipip
+                },
                 stateless: info.flags & VIP_F_STATELESS != 0,
-                table_size: if info.table_size == 0 { maglev::DEFAULT_TABLE_SIZE } else { info.table_size },
+                table_size: if info.table_size == 0 {
+                    maglev::DEFAULT_TABLE_SIZE
+                } else {
+                    info.table_size
+                },
             };
             let mut table = Vec::with_capacity(info.table_size as usize);
             for slot in 0..info.table_size {
@@ -354,8 +393,14 @@ impl Balancer {
                     state.down.push(addr);
                 }
                 if b.flags & BACKEND_F_NEXTHOP != 0 {
-                    self.next_hops
-                        .insert(addr, NextHop { ifindex: b.ifindex, dst_mac: b.dst_mac, src_mac: b.src_mac });
+                    self.next_hops.insert(
+                        addr,
+                        NextHop {
+                            ifindex: b.ifindex,
+                            dst_mac: b.dst_mac,
+                            src_mac: b.src_mac,
+                        },
+                    );
                 }
                 self.free_backend_ids.retain(|i| *i != bid);
             }
@@ -389,22 +434,32 @@ impl Balancer {
             path: path.display().to_string(),
             error: e.to_string(),
         };
-        for (name, m) in [("link-native", XdpMode::Driver), ("link-generic", XdpMode::Skb)] {
+        for (name, m) in [
+            ("link-native", XdpMode::Driver),
+            ("link-generic", XdpMode::Skb),
+        ] {
             let path = dir.join(name);
             if !path.exists() {
                 continue;
             }
-            let pinned = aya::programs::links::PinnedLink::from_pin(&path).map_err(|e| pin_err(&path, &e))?;
-            let link = aya::programs::xdp::XdpLink::try_from(aya::programs::links::FdLink::from(pinned))
+            let pinned = aya::programs::links::PinnedLink::from_pin(&path)
                 .map_err(|e| pin_err(&path, &e))?;
+            let link =
+                aya::programs::xdp::XdpLink::try_from(aya::programs::links::FdLink::from(pinned))
+                    .map_err(|e| pin_err(&path, &e))?;
             self.program().attach_to_link(link)?;
             self.pin_program(&dir)?;
             return Ok(m);
         }
         let (m, id) = self.attach_unpinned(interface, mode)?;
         let link = self.program().take_link(id)?;
-        let fd_link = aya::programs::links::FdLink::try_from(link).map_err(|e| pin_err(&dir, &e))?;
-        let path = dir.join(if m == XdpMode::Skb { "link-generic" } else { "link-native" });
+        let fd_link =
+            aya::programs::links::FdLink::try_from(link).map_err(|e| pin_err(&dir, &e))?;
+        let path = dir.join(if m == XdpMode::Skb {
+            "link-generic"
+        } else {
+            "link-native"
+        });
         fd_link.pin(&path).map_err(|e| pin_err(&path, &e))?;
         self.pin_program(&dir)?;
         Ok(m)
@@ -413,13 +468,23 @@ impl Balancer {
     fn pin_program(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join("prog");
         if path.exists() {
-            std::fs::remove_file(&path).map_err(|e| MapsError::Pin { path: path.display().to_string(), error: e.to_string() })?;
+            std::fs::remove_file(&path).map_err(|e| MapsError::Pin {
+                path: path.display().to_string(),
+                error: e.to_string(),
+            })?;
         }
-        self.program().pin(&path).map_err(|e| MapsError::Pin { path: path.display().to_string(), error: e.to_string() })
+        self.program().pin(&path).map_err(|e| MapsError::Pin {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        })
     }
 
     /// Attaches without pinning; returns the mode and the link.
-    fn attach_unpinned(&mut self, interface: &str, mode: AttachMode) -> Result<(XdpMode, XdpLinkId)> {
+    fn attach_unpinned(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+    ) -> Result<(XdpMode, XdpLinkId)> {
         let prog = self.program();
         let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach(interface, m).map(|id| (m, id));
         Ok(match mode {
@@ -448,7 +513,9 @@ impl Balancer {
     }
 
     /// Lets the program redirect to `ifindex` (an egress other than the
-    /// interface a packet came in on).
+    /// interface a packet came in on). The kernel resolves `ifindex` in the
+    /// calling thread's network namespace: call this from the namespace of
+    /// the interfaces (lbd runs there).
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
@@ -739,6 +806,21 @@ impl Balancer {
             return None;
         }
         s.tables[s.live_slot as usize].as_deref()
+    }
+
+    /// The id of the loaded balancer program.
+    pub fn program_id(&mut self) -> Option<u32> {
+        self.program().info().ok().map(|i| i.id())
+    }
+
+    /// The resolved next hop of a backend address, if known.
+    pub fn next_hop(&self, addr: &IpAddr) -> Option<NextHop> {
+        self.next_hops.get(addr).copied()
+    }
+
+    /// A backend entry as the data path sees it.
+    pub fn backend_entry(&self, id: u32) -> Option<Backend> {
+        self.backend_map.get(&id, 0).ok()
     }
 
     /// The backend address a backend id stands for.

@@ -60,7 +60,13 @@ pub fn ensure_bpffs(path: &Path) -> anyhow::Result<()> {
         let fstype = std::ffi::CString::new("bpf").expect("no NUL");
         // SAFETY: valid NUL-terminated strings; no data argument.
         let rc = unsafe {
-            libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc == 0 && is_bpffs(path) {
             return Ok(());

@@ -30,9 +30,9 @@ pub struct VipDesired {
     pub name: String,
     pub settings: VipSettings,
     pub backends: Vec<BackendDesired>,
-    /// Health-check settings (`[vip.health]`), kept opaque here.
+    /// Health-check settings (`[vip.health]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<serde_json::Value>,
+    pub health: Option<crate::config::HealthSpec>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

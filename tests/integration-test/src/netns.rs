@@ -414,7 +414,7 @@ pub struct Frame {
 impl Frame {
     /// Whether the interface sent (rather than received) the frame.
     pub fn outgoing(&self) -> bool {
-        self.pkttype == libc::PACKET_OUTGOING as u8
+        self.pkttype == libc::PACKET_OUTGOING
     }
 }
 

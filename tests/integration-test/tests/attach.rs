@@ -56,8 +56,8 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_HLEN: usize = 14;
 
 struct Net {
-    // Dropped after the programs below (fields drop in order): detaching
-    // happens while the interfaces still exist.
+    // Fields drop in declaration order: the programs detach (their links
+    // close) before the topology deletes the namespaces.
     balancer: Balancer,
     decap: Decap,
     topo: Topology,
@@ -583,7 +583,7 @@ fn topology_is_torn_down_when_a_test_panics() {
         names = topo.namespaces().to_vec();
         assert!(netns::ifindex(&b, "y0").is_ok());
         assert!(topo.is_running(pid));
-        panic!("deliberate");
+        panic!("deliberate panic: the topology must still be torn down");
     }));
     assert!(result.is_err());
     assert_eq!(names.len(), 2);

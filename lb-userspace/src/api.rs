@@ -1,0 +1,282 @@
+//! The control socket: HTTP/JSON over a Unix socket (see `control` for the
+//! protocol). The socket is root's (mode 0600, or 0660 with the read group);
+//! on top of that every request is authorised by the peer's credentials
+//! (SO_PEERCRED): changes only from uid 0, reads also from members of the
+//! configured read group. Every change request is audited, refused or not.
+
+use std::{
+    net::IpAddr,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    body::Bytes,
+    extract::{connect_info::Connected, ConnectInfo, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    serve::IncomingStream,
+    Json, Router,
+};
+use serde::Deserialize;
+use tokio::net::UnixListener;
+
+use crate::{
+    audit::{AuditLog, Peer},
+    control::{self, Change, ErrorBody, ReloadRequest},
+    daemon::{ApplyError, Daemon},
+};
+
+pub type SharedDaemon = Arc<Mutex<Daemon>>;
+
+#[derive(Clone)]
+struct Api {
+    daemon: SharedDaemon,
+    audit: Arc<AuditLog>,
+    read_gid: Option<u32>,
+    /// Called after every applied change (metrics, health-check set).
+    on_change: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// The peer's credentials, taken when the connection is accepted.
+#[derive(Clone, Copy, Debug)]
+struct PeerCred(Option<Peer>);
+
+impl Connected<IncomingStream<'_, UnixListener>> for PeerCred {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        PeerCred(stream.io().peer_cred().ok().map(|c| Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid().unwrap_or(0),
+        }))
+    }
+}
+
+/// An error answer: status plus `{"error": "..."}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        let status = match e {
+            ApplyError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApplyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApplyError::Conflict(_) => StatusCode::CONFLICT,
+            ApplyError::Kernel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl Api {
+    fn allow_read(&self, peer: &PeerCred) -> Result<Peer, ApiError> {
+        match peer.0 {
+            Some(p) if p.uid == 0 => Ok(p),
+            Some(p) if self.read_gid.is_some_and(|g| in_group(p.uid, p.gid, g)) => Ok(p),
+            Some(p) => Err(ApiError(StatusCode::FORBIDDEN, format!("uid {} may not read lbd's state", p.uid))),
+            None => Err(ApiError(StatusCode::FORBIDDEN, "peer credentials unavailable".into())),
+        }
+    }
+
+    fn allow_change(&self, peer: &PeerCred, what: &serde_json::Value) -> Result<Peer, ApiError> {
+        match peer.0 {
+            Some(p) if p.uid == 0 => Ok(p),
+            Some(p) => {
+                let msg = format!("uid {} may not change lbd's state (only root may)", p.uid);
+                self.audit.record(&p, what, &format!("refused: {msg}"));
+                Err(ApiError(StatusCode::FORBIDDEN, msg))
+            }
+            None => Err(ApiError(StatusCode::FORBIDDEN, "peer credentials unavailable".into())),
+        }
+    }
+
+    fn daemon(&self) -> std::sync::MutexGuard<'_, Daemon> {
+        // A panic while holding the lock would poison it; the state it
+        // guards is only ever replaced whole, so carry on with it.
+        self.daemon.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether `uid` (primary group `gid`) is a member of group `group`.
+fn in_group(uid: u32, gid: u32, group: u32) -> bool {
+    if gid == group {
+        return true;
+    }
+    // SAFETY: getpwuid_r/getgrouplist with buffers we own and sizes we pass.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut result = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) != 0 || result.is_null() {
+            return false;
+        }
+        let mut groups = vec![0 as libc::gid_t; 256];
+        let mut n = groups.len() as libc::c_int;
+        if libc::getgrouplist(pwd.pw_name, gid, groups.as_mut_ptr(), &mut n) < 0 {
+            return false;
+        }
+        groups[..n as usize].contains(&group)
+    }
+}
+
+/// Looks up a group's id by name.
+pub fn group_id(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: getgrnam_r with buffers we own.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut result = std::ptr::null_mut();
+        if libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) != 0 || result.is_null() {
+            anyhow::bail!("read_group {name:?}: no such group");
+        }
+        Ok(grp.gr_gid)
+    }
+}
+
+/// Binds the control socket: stale socket removed, parent directory made,
+/// owner root, mode 0600 (0660 and group `read_gid` when one is set).
+pub fn bind(path: &Path, read_gid: Option<u32>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("removing stale socket {}: {e}", path.display()),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
+    let mode = if read_gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = read_gid {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+    }
+    Ok(listener)
+}
+
+/// Serves the API until the future is dropped.
+pub async fn serve(
+    listener: UnixListener,
+    daemon: SharedDaemon,
+    audit: Arc<AuditLog>,
+    read_gid: Option<u32>,
+    on_change: Arc<dyn Fn() + Send + Sync>,
+) -> anyhow::Result<()> {
+    let api = Api { daemon, audit, read_gid, on_change };
+    let app = Router::new()
+        .route(control::PATH_STATUS, get(status))
+        .route(control::PATH_STATS, get(stats))
+        .route(control::PATH_EXPLAIN, get(explain))
+        .route(control::PATH_CHANGE, post(change))
+        .route(control::PATH_RELOAD, post(reload))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
+        .with_state(api);
+    axum::serve(listener, app.into_make_service_with_connect_info::<PeerCred>()).await?;
+    Ok(())
+}
+
+async fn status(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<PeerCred>) -> Result<Response, ApiError> {
+    api.allow_read(&peer)?;
+    let s = api.daemon().status();
+    Ok(Json(s).into_response())
+}
+
+async fn stats(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<PeerCred>) -> Result<Response, ApiError> {
+    api.allow_read(&peer)?;
+    let s = api.daemon().stats()?;
+    Ok(Json(s).into_response())
+}
+
+#[derive(Deserialize)]
+struct ExplainQuery {
+    src: IpAddr,
+    sport: u16,
+    vip: String,
+    dport: Option<u16>,
+}
+
+async fn explain(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    api.allow_read(&peer)?;
+    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("explain: {e}")))?;
+    let e = api.daemon().explain(q.src, q.sport, &q.vip, q.dport)?;
+    Ok(Json(e).into_response())
+}
+
+/// Parses a JSON body ourselves, so a garbled one gets our error format.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<(T, serde_json::Value), ApiError> {
+    let raw: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body is not JSON: {e}")))?;
+    let typed = serde_json::from_value(raw.clone())
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?;
+    Ok((typed, raw))
+}
+
+async fn change(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let raw_for_audit = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let who = api.allow_change(&peer, &raw_for_audit)?;
+    let (change, raw) = match parse_body::<Change>(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            api.audit.record(&who, &raw_for_audit, &format!("refused: {}", e.1));
+            return Err(e);
+        }
+    };
+    let result = api.daemon().change(&change);
+    match result {
+        Ok(summary) => {
+            api.audit.record(&who, &raw, "ok");
+            (api.on_change)();
+            Ok(Json(control::ChangeResult { summary }).into_response())
+        }
+        Err(e) => {
+            api.audit.record(&who, &raw, &format!("refused: {e}"));
+            Err(e.into())
+        }
+    }
+}
+
+async fn reload(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (req, raw) = if body.is_empty() {
+        (ReloadRequest::default(), serde_json::json!({"op": "reload"}))
+    } else {
+        parse_body::<ReloadRequest>(&body)?
+    };
+    let audit_what = serde_json::json!({"op": "reload", "request": raw});
+    let who = if req.dry_run { api.allow_read(&peer)? } else { api.allow_change(&peer, &audit_what)? };
+    let result = api.daemon().reload(req.dry_run);
+    match result {
+        Ok(r) => {
+            if !req.dry_run {
+                api.audit.record(&who, &audit_what, "ok");
+                (api.on_change)();
+            }
+            Ok(Json(r).into_response())
+        }
+        Err(e) => {
+            if !req.dry_run {
+                api.audit.record(&who, &audit_what, &format!("refused: {e}"));
+            }
+            Err(e.into())
+        }
+    }
+}

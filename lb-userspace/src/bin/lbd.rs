@@ -1,0 +1,86 @@
+//! lbd: the lb daemon. Thin: argument parsing and logging here, the work in
+//! `lb::daemon` (state and maps), `lb::api` (control socket) and `lb::run`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "lbd", version, about = "The lb load balancer daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer in the foreground.
+    Run {
+        #[arg(long, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file without touching the system.
+    CheckConfig {
+        #[arg(long, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+    },
+    /// Remove the programs and everything pinned for an interface.
+    Detach {
+        #[arg(long)]
+        interface: String,
+    },
+    /// Attach the decap program on a backend host (stays after lbd exits).
+    Decap {
+        #[arg(long)]
+        interface: String,
+        /// Tunnel endpoint addresses of this host (outer destinations).
+        #[arg(long = "address", required = true, num_args = 1..)]
+        addresses: Vec<std::net::IpAddr>,
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: lb::maps::AttachMode,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LBD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
+            lb::run::run(&config)
+        }
+        Command::CheckConfig { config } => lb::run::check_config(&config),
+        Command::Detach { interface } => lb::run::detach(&interface),
+        Command::Decap {
+            interface,
+            addresses,
+            xdp_mode,
+        } => lb::run::decap(&interface, &addresses, xdp_mode),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

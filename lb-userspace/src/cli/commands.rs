@@ -1,0 +1,309 @@
+//! Each lbctl command: its request, then the daemon's answer printed as a
+//! table or, with `--json`, as it came.
+
+use std::{
+    io::{self, IsTerminal, Write},
+    time::Instant,
+};
+
+use clap::CommandFactory;
+
+use super::{
+    args::{BackendCommand, Cli, Command, ExplainArgs, StatsArgs, VipAddArgs, VipCommand},
+    client::{decode, with_query, Client},
+    output, CliError,
+};
+use crate::control::{
+    Change, ChangeResult, Explain, ReloadRequest, ReloadResult, Stats, Status, PATH_CHANGE,
+    PATH_EXPLAIN, PATH_RELOAD, PATH_STATS, PATH_STATUS,
+};
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let client = Client::new(&cli.socket);
+    let json = cli.json;
+    match cli.command {
+        Command::Status => status(&client, json).await,
+        Command::Vip(VipCommand::List) => vip_list(&client, json).await,
+        Command::Vip(VipCommand::Add(a)) => change(&client, json, vip_add(a)).await,
+        Command::Vip(VipCommand::Del { vip }) => {
+            change(&client, json, Change::VipDel { vip }).await
+        }
+        Command::Backend(BackendCommand::List { vip }) => backend_list(&client, json, &vip).await,
+        Command::Backend(b) => change(&client, json, backend_change(b)).await,
+        Command::Stats(a) if a.watch => stats_watch(&client, json, &a).await,
+        Command::Stats(_) => stats(&client, json).await,
+        Command::Explain(a) => explain(&client, json, &a).await,
+        Command::Reload { dry_run } => reload(&client, json, dry_run).await,
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lbctl", &mut out);
+            write_out(&String::from_utf8_lossy(&out))
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`lbctl ... | head`) ends lbctl quietly.
+fn write_out(s: &str) -> Result<(), CliError> {
+    let mut out = io::stdout().lock();
+    out.write_all(s.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe => CliError::BrokenPipe,
+            _ => CliError::Other(format!("writing to stdout: {e}")),
+        })
+}
+
+/// The daemon's JSON, as it came, indented.
+fn print_json(raw: &[u8]) -> Result<(), CliError> {
+    let text = output::reformat_json(raw, true)
+        .map_err(|e| CliError::Other(format!("lbd sent invalid JSON: {e}")))?;
+    write_out(&format!("{text}\n"))
+}
+
+/// A value lbctl picked out of a response, as JSON.
+fn print_value<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| CliError::Other(e.to_string()))?;
+    write_out(&format!("{text}\n"))
+}
+
+async fn status(client: &Client, json: bool) -> Result<(), CliError> {
+    let raw = client.get(PATH_STATUS).await?;
+    if json {
+        return print_json(&raw);
+    }
+    write_out(&output::render_status(&decode::<Status>(&raw)?))
+}
+
+async fn vip_list(client: &Client, json: bool) -> Result<(), CliError> {
+    let status: Status = decode(&client.get(PATH_STATUS).await?)?;
+    if json {
+        return print_value(&status.vips);
+    }
+    write_out(&output::render_vip_list(&status.vips))
+}
+
+async fn backend_list(client: &Client, json: bool, vip: &str) -> Result<(), CliError> {
+    let status: Status = decode(&client.get(PATH_STATUS).await?)?;
+    let v = output::find_vip(&status.vips, vip)
+        .ok_or_else(|| CliError::Other(format!("unknown VIP {vip}")))?;
+    if json {
+        return print_value(v);
+    }
+    write_out(&output::render_vip(v))
+}
+
+fn vip_add(a: VipAddArgs) -> Change {
+    Change::VipAdd {
+        vip: a.vip,
+        name: a.name,
+        scheduler: a.scheduler.into(),
+        forwarding: a.forwarding.into(),
+        stateless: a.stateless,
+    }
+}
+
+fn backend_change(b: BackendCommand) -> Change {
+    match b {
+        BackendCommand::List { .. } => unreachable!("listed, not changed"),
+        BackendCommand::Add { target, weight } => Change::BackendAdd {
+            vip: target.vip,
+            addr: target.addr,
+            weight,
+        },
+        BackendCommand::Del { target } => Change::BackendDel {
+            vip: target.vip,
+            addr: target.addr,
+        },
+        BackendCommand::Set { target, weight } => Change::BackendSet {
+            vip: target.vip,
+            addr: target.addr,
+            weight,
+        },
+        BackendCommand::Drain { target } => Change::BackendDrain {
+            vip: target.vip,
+            addr: target.addr,
+        },
+        BackendCommand::Undrain { target } => Change::BackendUndrain {
+            vip: target.vip,
+            addr: target.addr,
+        },
+    }
+}
+
+async fn change(client: &Client, json: bool, change: Change) -> Result<(), CliError> {
+    let raw = client.post(PATH_CHANGE, &change).await?;
+    if json {
+        return print_json(&raw);
+    }
+    write_out(&output::render_change(&decode::<ChangeResult>(&raw)?))
+}
+
+async fn stats(client: &Client, json: bool) -> Result<(), CliError> {
+    let raw = client.get(PATH_STATS).await?;
+    if json {
+        return print_json(&raw);
+    }
+    write_out(&output::render_stats(&decode::<Stats>(&raw)?, None))
+}
+
+/// Samples every interval until Ctrl-C: a redrawn table with rates, or one
+/// JSON object per line.
+async fn stats_watch(client: &Client, json: bool, a: &StatsArgs) -> Result<(), CliError> {
+    let tty = io::stdout().is_terminal();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut prev: Option<(Stats, Instant)> = None;
+    let mut next = tokio::time::Instant::now();
+    loop {
+        let raw = tokio::select! {
+            r = client.get(PATH_STATS) => r?,
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        let now = Instant::now();
+        if json {
+            let line = output::reformat_json(&raw, false)
+                .map_err(|e| CliError::Other(format!("lbd sent invalid JSON: {e}")))?;
+            write_out(&format!("{line}\n"))?;
+        } else {
+            let cur: Stats = decode(&raw)?;
+            let rates = match &prev {
+                Some((p, at)) => output::rates(p, &cur, now.duration_since(*at)),
+                None => output::Rates::default(),
+            };
+            let mut screen = String::new();
+            if tty {
+                // Home, clear screen.
+                screen.push_str("\x1b[H\x1b[2J");
+            } else if prev.is_some() {
+                screen.push('\n');
+            }
+            screen.push_str(&format!(
+                "Every {}: lbd stats on {} (Ctrl-C to quit)\n\n",
+                humantime::format_duration(a.interval),
+                client.socket().display()
+            ));
+            screen.push_str(&output::render_stats(&cur, Some(&rates)));
+            write_out(&screen)?;
+            prev = Some((cur, now));
+        }
+        // Fixed ticks, not interval-after-answer, so rates stay per interval.
+        next += a.interval;
+        let now = tokio::time::Instant::now();
+        if next < now {
+            next = now;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
+}
+
+/// The query of `GET /v1/explain`.
+pub fn explain_query(a: &ExplainArgs) -> String {
+    let mut params = vec![
+        ("src", a.src.ip().to_string()),
+        ("sport", a.src.port().to_string()),
+        ("vip", a.vip.clone()),
+    ];
+    if let Some(p) = a.dport {
+        params.push(("dport", p.to_string()));
+    }
+    with_query(PATH_EXPLAIN, &params)
+}
+
+async fn explain(client: &Client, json: bool, a: &ExplainArgs) -> Result<(), CliError> {
+    let raw = client.get(&explain_query(a)).await?;
+    if json {
+        return print_json(&raw);
+    }
+    write_out(&output::render_explain(&decode::<Explain>(&raw)?))
+}
+
+async fn reload(client: &Client, json: bool, dry_run: bool) -> Result<(), CliError> {
+    let raw = client.post(PATH_RELOAD, &ReloadRequest { dry_run }).await?;
+    if json {
+        return print_json(&raw);
+    }
+    write_out(&output::render_reload(
+        &decode::<ReloadResult>(&raw)?,
+        dry_run,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("lbctl").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn explain_queries_are_encoded() {
+        let Command::Explain(a) =
+            parse(&["explain", "198.51.100.7:40000", "10.100.0.1:80/tcp"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            explain_query(&a),
+            "/v1/explain?src=198.51.100.7&sport=40000&vip=10.100.0.1%3A80%2Ftcp"
+        );
+        let Command::Explain(a) = parse(&[
+            "explain",
+            "[2001:db8::7]:40000",
+            "2001:db8::1/udp",
+            "--dport",
+            "53",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            explain_query(&a),
+            "/v1/explain?src=2001%3Adb8%3A%3A7&sport=40000&vip=2001%3Adb8%3A%3A1%2Fudp&dport=53"
+        );
+    }
+
+    #[test]
+    fn changes_map_to_the_api() {
+        let Command::Backend(b) = parse(&["backend", "drain", "web", "10.0.0.2"]).command else {
+            panic!()
+        };
+        assert_eq!(
+            backend_change(b),
+            Change::BackendDrain {
+                vip: "web".into(),
+                addr: "10.0.0.2".parse().unwrap()
+            }
+        );
+        let Command::Backend(b) =
+            parse(&["backend", "add", "web", "10.0.0.2", "--weight", "0"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_value(backend_change(b)).unwrap(),
+            serde_json::json!({"op": "backend-add", "vip": "web", "addr": "10.0.0.2", "weight": 0})
+        );
+        let Command::Vip(VipCommand::Add(a)) = parse(&[
+            "vip",
+            "add",
+            "10.100.0.1:80/tcp",
+            "--scheduler",
+            "source-hash",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_value(vip_add(a)).unwrap(),
+            serde_json::json!({"op": "vip-add", "vip": "10.100.0.1:80/tcp", "name": null,
+                "scheduler": "source-hash", "forwarding": "ipip", "stateless": false})
+        );
+    }
+}

@@ -1,0 +1,920 @@
+//! What lbctl prints: pure functions from the control API's types to text,
+//! in the manner of `ipvsadm -Ln`: aligned columns and human units.
+
+use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
+
+use lb_common::counters::{Counter, CounterKind};
+
+use crate::control::{
+    BackendStatus, ChangeResult, Explain, ReloadResult, Stats, Status, TrafficRow, VipStatus,
+};
+use crate::service::{Forwarding, Scheduler, VipId};
+
+/// The loud line of a VIP whose backends are all down.
+pub const FAIL_OPEN_LINE: &str = "ALL BACKENDS DOWN: failing open, sending to all";
+
+// ---------------------------------------------------------------- units
+
+/// `v` in the largest unit that keeps it below `base`, one decimal.
+fn scaled(v: f64, base: f64, units: &[&str]) -> String {
+    let mut v = v;
+    for (i, unit) in units.iter().enumerate() {
+        let next = v / base;
+        // Round first so 999.96K becomes 1.0M, not 1000.0K.
+        if (v * 10.0).round() / 10.0 < base || i + 1 == units.len() {
+            return format!("{v:.1}{unit}");
+        }
+        v = next;
+    }
+    unreachable!("units is not empty")
+}
+
+/// A count: `999`, `1.2K`, `3.4M` (powers of 1000).
+pub fn human_count(n: u64) -> String {
+    if n < 1000 {
+        return n.to_string();
+    }
+    scaled(n as f64 / 1000.0, 1000.0, &["K", "M", "G", "T", "P", "E"])
+}
+
+/// A size: `512B`, `1.2KiB`, `3.4MiB` (powers of 1024).
+pub fn human_bytes(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    scaled(
+        n as f64 / 1024.0,
+        1024.0,
+        &["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"],
+    )
+}
+
+/// A per-second count: `0`, `0.5`, `12`, `1.2K`.
+pub fn human_count_rate(r: f64) -> String {
+    if r == 0.0 {
+        "0".into()
+    } else if r < 10.0 {
+        format!("{r:.1}")
+    } else if r < 999.5 {
+        format!("{r:.0}")
+    } else {
+        scaled(r / 1000.0, 1000.0, &["K", "M", "G", "T", "P", "E"])
+    }
+}
+
+/// A per-second size: `512B`, `1.2KiB`, `3.4MiB`.
+pub fn human_bytes_rate(r: f64) -> String {
+    if r < 1023.5 {
+        format!("{r:.0}B")
+    } else {
+        scaled(
+            r / 1024.0,
+            1024.0,
+            &["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"],
+        )
+    }
+}
+
+/// `45s`, `12m5s`, `3h12m`, `2d3h`.
+pub fn human_uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+pub fn scheduler_name(s: Scheduler) -> &'static str {
+    match s {
+        Scheduler::Maglev => "maglev",
+        Scheduler::SourceHash => "source-hash",
+    }
+}
+
+pub fn forwarding_name(f: Forwarding) -> &'static str {
+    match f {
+        Forwarding::Ipip => "ipip",
+        Forwarding::L2dsr => "l2dsr",
+    }
+}
+
+// ---------------------------------------------------------------- tables
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Columns separated by two spaces, each as wide as its widest cell; no
+/// trailing blanks.
+struct Table {
+    header: Vec<&'static str>,
+    align: Vec<Align>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, Align)]) -> Self {
+        Table {
+            header: columns.iter().map(|c| c.0).collect(),
+            align: columns.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.header.len());
+        self.rows.push(cells);
+    }
+
+    fn render(&self, indent: &str) -> String {
+        let width = |s: &str| s.chars().count();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| width(h)).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(width(cell));
+            }
+        }
+        let mut out = String::new();
+        let header = self
+            .header
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::from(indent);
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = " ".repeat(widths[i] - width(cell));
+                match self.align[i] {
+                    Align::Left => {
+                        line.push_str(cell);
+                        line.push_str(&pad);
+                    }
+                    Align::Right => {
+                        line.push_str(&pad);
+                        line.push_str(cell);
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+use Align::{Left, Right};
+
+// ---------------------------------------------------------------- status
+
+/// A backend's state word: drained wins over health.
+pub fn backend_state(b: &BackendStatus) -> String {
+    if b.drained {
+        if b.health == "down" {
+            "drained,down".into()
+        } else {
+            "drained".into()
+        }
+    } else {
+        b.health.clone()
+    }
+}
+
+/// `lbctl status`.
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    for (k, v) in [
+        ("Interface:", s.interface.clone()),
+        ("XDP mode:", s.xdp_mode.clone()),
+        ("Program id:", s.program_id.to_string()),
+        ("Uptime:", human_uptime(s.uptime_secs)),
+        ("Pin dir:", s.pin_dir.clone()),
+    ] {
+        let _ = writeln!(out, "{k:<12}{v}");
+    }
+    out.push('\n');
+    if s.vips.is_empty() {
+        out.push_str("No VIPs.\n");
+    }
+    for (i, v) in s.vips.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&render_vip(v));
+    }
+    out
+}
+
+/// One VIP: a header line, the fail-open alarm if raised, its backends.
+pub fn render_vip(v: &VipStatus) -> String {
+    let mut out = format!("VIP {}", v.vip);
+    if !v.name.is_empty() {
+        let _ = write!(out, " ({})", v.name);
+    }
+    let _ = writeln!(
+        out,
+        "  {}, {}, {}  {} packets, {}",
+        scheduler_name(v.scheduler),
+        forwarding_name(v.forwarding),
+        if v.stateless {
+            "stateless"
+        } else {
+            "conntrack"
+        },
+        human_count(v.packets),
+        human_bytes(v.bytes),
+    );
+    if v.fail_open {
+        let _ = writeln!(out, "  !!! {FAIL_OPEN_LINE} !!!");
+    }
+    if v.backends.is_empty() {
+        out.push_str("  (no backends)\n");
+        return out;
+    }
+    let mut t = Table::new(&[
+        ("BACKEND", Left),
+        ("WEIGHT", Right),
+        ("STATE", Left),
+        ("NEXT HOP", Left),
+        ("PACKETS", Right),
+        ("BYTES", Right),
+    ]);
+    for b in &v.backends {
+        t.row(vec![
+            b.addr.to_string(),
+            b.weight.to_string(),
+            backend_state(b),
+            if b.next_hop { "resolved" } else { "unresolved" }.into(),
+            human_count(b.packets),
+            human_bytes(b.bytes),
+        ]);
+    }
+    out.push_str(&t.render("  "));
+    out
+}
+
+/// `lbctl vip list`.
+pub fn render_vip_list(vips: &[VipStatus]) -> String {
+    if vips.is_empty() {
+        return "No VIPs.\n".into();
+    }
+    let mut t = Table::new(&[
+        ("VIP", Left),
+        ("NAME", Left),
+        ("SCHEDULER", Left),
+        ("FORWARDING", Left),
+        ("CONNTRACK", Left),
+        ("BACKENDS", Right),
+    ]);
+    for v in vips {
+        t.row(vec![
+            v.vip.to_string(),
+            if v.name.is_empty() { "-" } else { &v.name }.to_string(),
+            scheduler_name(v.scheduler).into(),
+            forwarding_name(v.forwarding).into(),
+            if v.stateless { "off" } else { "on" }.into(),
+            v.backends.len().to_string(),
+        ]);
+    }
+    t.render("")
+}
+
+/// Finds a VIP as lbd does: by `ADDR[:PORT]/PROTO`, else by name.
+pub fn find_vip<'a>(vips: &'a [VipStatus], vip: &str) -> Option<&'a VipStatus> {
+    if let Ok(id) = vip.parse::<VipId>() {
+        if let Some(v) = vips.iter().find(|v| v.vip == id) {
+            return Some(v);
+        }
+    }
+    vips.iter().find(|v| v.name == vip)
+}
+
+// ---------------------------------------------------------------- stats
+
+/// The group a global counter is shown in, from `lb_common`'s counter kinds;
+/// `other` for a label this lbctl does not know (a newer lbd).
+pub fn counter_group(label: &str) -> &'static str {
+    match Counter::ALL
+        .iter()
+        .find(|c| c.label() == label)
+        .map(|c| c.kind())
+    {
+        Some(CounterKind::Action) => "actions",
+        Some(CounterKind::Drop) => "drops",
+        Some(CounterKind::Conntrack) => "conntrack",
+        Some(CounterKind::Event) => "events",
+        None => "other",
+    }
+}
+
+const GROUPS: [&str; 5] = ["actions", "drops", "conntrack", "events", "other"];
+
+type TrafficKey = (VipId, Option<IpAddr>);
+
+/// Per-second rates between two samples; a counter that went backwards (lbd
+/// restarted) or is new has no rate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rates {
+    pub counters: HashMap<String, f64>,
+    /// (packets/s, bytes/s)
+    pub traffic: HashMap<TrafficKey, (f64, f64)>,
+}
+
+pub fn rates(prev: &Stats, cur: &Stats, elapsed: Duration) -> Rates {
+    let secs = elapsed.as_secs_f64();
+    let mut r = Rates::default();
+    if secs <= 0.0 {
+        return r;
+    }
+    let per_sec = |old: u64, new: u64| new.checked_sub(old).map(|d| d as f64 / secs);
+    let old: HashMap<&str, u64> = prev
+        .counters
+        .iter()
+        .map(|(l, v)| (l.as_str(), *v))
+        .collect();
+    for (label, v) in &cur.counters {
+        if let Some(rate) = old.get(label.as_str()).and_then(|o| per_sec(*o, *v)) {
+            r.counters.insert(label.clone(), rate);
+        }
+    }
+    let old: HashMap<TrafficKey, &TrafficRow> = prev
+        .vips
+        .iter()
+        .chain(&prev.backends)
+        .map(|t| ((t.vip, t.backend), t))
+        .collect();
+    for t in cur.vips.iter().chain(&cur.backends) {
+        let Some(o) = old.get(&(t.vip, t.backend)) else {
+            continue;
+        };
+        if let (Some(p), Some(b)) = (per_sec(o.packets, t.packets), per_sec(o.bytes, t.bytes)) {
+            r.traffic.insert((t.vip, t.backend), (p, b));
+        }
+    }
+    r
+}
+
+/// `lbctl stats`; with `rates` (from `--watch`) also per-second columns,
+/// `-` where there is no rate yet.
+pub fn render_stats(s: &Stats, rates: Option<&Rates>) -> String {
+    let mut out = String::new();
+    let mut cols = vec![("GROUP", Left), ("COUNTER", Left), ("TOTAL", Right)];
+    if rates.is_some() {
+        cols.push(("PER SEC", Right));
+    }
+    let mut t = Table::new(&cols);
+    for group in GROUPS {
+        let mut first = true;
+        for (label, v) in s.counters.iter().filter(|(l, _)| counter_group(l) == group) {
+            let mut row = vec![
+                if first { group } else { "" }.to_string(),
+                label.clone(),
+                human_count(*v),
+            ];
+            if let Some(r) = rates {
+                row.push(
+                    r.counters
+                        .get(label)
+                        .map_or("-".into(), |r| human_count_rate(*r)),
+                );
+            }
+            t.row(row);
+            first = false;
+        }
+    }
+    out.push_str(&t.render(""));
+
+    let traffic = |rows: &[TrafficRow], with_backend: bool| {
+        let mut cols = vec![("VIP", Left)];
+        if with_backend {
+            cols.push(("BACKEND", Left));
+        }
+        cols.extend([("PACKETS", Right), ("BYTES", Right)]);
+        if rates.is_some() {
+            cols.extend([("PKT/S", Right), ("BYTES/S", Right)]);
+        }
+        let mut t = Table::new(&cols);
+        for row in rows {
+            let mut cells = vec![row.vip.to_string()];
+            if with_backend {
+                cells.push(row.backend.map_or("-".into(), |b| b.to_string()));
+            }
+            cells.push(human_count(row.packets));
+            cells.push(human_bytes(row.bytes));
+            if let Some(r) = rates {
+                match r.traffic.get(&(row.vip, row.backend)) {
+                    Some((p, b)) => {
+                        cells.push(human_count_rate(*p));
+                        cells.push(human_bytes_rate(*b));
+                    }
+                    None => cells.extend(["-".to_string(), "-".to_string()]),
+                }
+            }
+            t.row(cells);
+        }
+        t.render("")
+    };
+    if !s.vips.is_empty() {
+        out.push('\n');
+        out.push_str(&traffic(&s.vips, false));
+    }
+    if !s.backends.is_empty() {
+        out.push('\n');
+        out.push_str(&traffic(&s.backends, true));
+    }
+    out
+}
+
+// ---------------------------------------------------------------- the rest
+
+/// `lbctl explain`.
+pub fn render_explain(e: &Explain) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<9}{}", "Flow:", e.flow);
+    let _ = writeln!(out, "{:<9}{}", "VIP:", e.vip);
+    match e.backend {
+        Some(b) => {
+            let _ = writeln!(out, "{:<9}{b} (from the {})", "Backend:", e.source);
+        }
+        None => {
+            let _ = writeln!(out, "{:<9}none", "Backend:");
+        }
+    }
+    if !e.reasons.is_empty() {
+        out.push_str("Why:\n");
+        for r in &e.reasons {
+            let _ = writeln!(out, "  - {r}");
+        }
+    }
+    out
+}
+
+/// `lbctl reload [--dry-run]`.
+pub fn render_reload(r: &ReloadResult, dry_run: bool) -> String {
+    let mut out = String::new();
+    if r.diff.is_empty() {
+        out.push_str("No changes: the running state matches the config file.\n");
+        return out;
+    }
+    for line in &r.diff {
+        let _ = writeln!(out, "{line}");
+    }
+    out.push_str(if dry_run {
+        "Dry run: nothing applied.\n"
+    } else if r.applied {
+        "Applied.\n"
+    } else {
+        "Not applied.\n"
+    });
+    out
+}
+
+/// A change's summary, one line per effect.
+pub fn render_change(c: &ChangeResult) -> String {
+    let s = c.summary.trim_end();
+    if s.is_empty() {
+        "OK\n".into()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+/// Re-lays out a JSON document exactly as sent (field order, numbers and
+/// unknown fields kept): indented by two spaces when `pretty`, else on one
+/// line. Fails if `raw` is not JSON.
+pub fn reformat_json(raw: &[u8], pretty: bool) -> Result<String, String> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(raw).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(raw.len() * 2);
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let newline = |out: &mut Vec<u8>, depth: usize| {
+        if pretty {
+            out.push(b'\n');
+            out.extend(std::iter::repeat_n(b' ', depth * 2));
+        }
+    };
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        i += 1;
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            b'"' => {
+                in_string = true;
+                out.push(c);
+            }
+            b'{' | b'[' => {
+                out.push(c);
+                let next = raw[i..].iter().find(|b| !b.is_ascii_whitespace());
+                if matches!(next, Some(b'}' | b']')) {
+                    // Empty: `{}` / `[]` on one line.
+                    let close = raw[i..].iter().position(|b| !b.is_ascii_whitespace());
+                    i += close.unwrap_or(0);
+                    out.push(raw[i]);
+                    i += 1;
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            b',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            b':' => {
+                out.push(c);
+                if pretty {
+                    out.push(b' ');
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(s: &str) -> VipId {
+        s.parse().unwrap()
+    }
+
+    fn backend(addr: &str, weight: u32, health: &str, drained: bool) -> BackendStatus {
+        BackendStatus {
+            addr: addr.parse().unwrap(),
+            weight,
+            health: health.into(),
+            drained,
+            next_hop: true,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    fn web() -> VipStatus {
+        VipStatus {
+            vip: vip("10.100.0.1:80/tcp"),
+            name: "web".into(),
+            scheduler: Scheduler::Maglev,
+            forwarding: Forwarding::Ipip,
+            stateless: false,
+            packets: 1_234_567,
+            bytes: 3_565_158,
+            fail_open: false,
+            backends: vec![
+                BackendStatus {
+                    packets: 1_200,
+                    bytes: 3_565_158,
+                    ..backend("10.0.0.2", 100, "up", false)
+                },
+                BackendStatus {
+                    next_hop: false,
+                    ..backend("10.0.0.3", 5, "up", true)
+                },
+                backend("10.0.0.14", 65535, "down", false),
+                backend("10.0.0.5", 1, "unchecked", false),
+            ],
+        }
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_count(0), "0");
+        assert_eq!(human_count(999), "999");
+        assert_eq!(human_count(1000), "1.0K");
+        assert_eq!(human_count(1234), "1.2K");
+        assert_eq!(human_count(3_400_000), "3.4M");
+        assert_eq!(human_count(999_999), "1.0M");
+        assert_eq!(human_count(u64::MAX), "18.4E");
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(1024), "1.0KiB");
+        assert_eq!(human_bytes(1229), "1.2KiB");
+        assert_eq!(human_bytes(3_565_158), "3.4MiB");
+        assert_eq!(human_bytes(1024 * 1024 - 1), "1.0MiB");
+        assert_eq!(human_bytes(5 << 30), "5.0GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0EiB");
+        assert_eq!(human_count_rate(0.0), "0");
+        assert_eq!(human_count_rate(0.5), "0.5");
+        assert_eq!(human_count_rate(42.4), "42");
+        assert_eq!(human_count_rate(999.7), "1.0K");
+        assert_eq!(human_count_rate(12_345.0), "12.3K");
+        assert_eq!(human_bytes_rate(100.0), "100B");
+        assert_eq!(human_bytes_rate(2048.0), "2.0KiB");
+    }
+
+    #[test]
+    fn uptimes() {
+        assert_eq!(human_uptime(0), "0s");
+        assert_eq!(human_uptime(45), "45s");
+        assert_eq!(human_uptime(725), "12m5s");
+        assert_eq!(human_uptime(3 * 3600 + 12 * 60 + 59), "3h12m");
+        assert_eq!(human_uptime(2 * 86400 + 3 * 3600 + 5), "2d3h");
+    }
+
+    #[test]
+    fn tables_align() {
+        let mut t = Table::new(&[("NAME", Left), ("N", Right), ("LAST", Left)]);
+        t.row(vec!["a".into(), "1".into(), "x".into()]);
+        t.row(vec!["longer".into(), "12345".into(), "".into()]);
+        t.row(vec!["é".into(), "7".into(), "yy".into()]);
+        assert_eq!(
+            t.render("  "),
+            "  NAME        N  LAST\n\
+            \x20 a           1  x\n\
+            \x20 longer  12345\n\
+            \x20 é           7  yy\n"
+        );
+    }
+
+    #[test]
+    fn status() {
+        let s = Status {
+            interface: "eth0".into(),
+            xdp_mode: "native".into(),
+            program_id: 42,
+            uptime_secs: 3 * 3600 + 12 * 60,
+            pin_dir: "/sys/fs/bpf/lb".into(),
+            vips: vec![web()],
+        };
+        let expected = "\
+Interface:  eth0
+XDP mode:   native
+Program id: 42
+Uptime:     3h12m
+Pin dir:    /sys/fs/bpf/lb
+
+VIP 10.100.0.1:80/tcp (web)  maglev, ipip, conntrack  1.2M packets, 3.4MiB
+  BACKEND    WEIGHT  STATE      NEXT HOP    PACKETS   BYTES
+  10.0.0.2      100  up         resolved       1.2K  3.4MiB
+  10.0.0.3        5  drained    unresolved        0      0B
+  10.0.0.14   65535  down       resolved          0      0B
+  10.0.0.5        1  unchecked  resolved          0      0B
+";
+        assert_eq!(render_status(&s), expected);
+        assert!(!render_status(&s).contains(FAIL_OPEN_LINE));
+    }
+
+    #[test]
+    fn fail_open_is_loud() {
+        let mut v = web();
+        v.fail_open = true;
+        v.stateless = true;
+        v.name.clear();
+        v.forwarding = Forwarding::L2dsr;
+        v.scheduler = Scheduler::SourceHash;
+        for b in &mut v.backends {
+            b.health = "down".into();
+        }
+        let out = render_vip(&v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "VIP 10.100.0.1:80/tcp  source-hash, l2dsr, stateless  1.2M packets, 3.4MiB"
+        );
+        assert_eq!(
+            lines[1],
+            "  !!! ALL BACKENDS DOWN: failing open, sending to all !!!"
+        );
+        // Drained keeps its weight, and says it is down too.
+        assert!(
+            lines[4].starts_with("  10.0.0.3        5  drained,down"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn empty_vip_and_list() {
+        let mut v = web();
+        v.backends.clear();
+        assert!(render_vip(&v).ends_with("\n  (no backends)\n"));
+        let mut v6 = web();
+        v6.vip = vip("[2001:db8::1]:443/tcp");
+        v6.name = String::new();
+        v6.stateless = true;
+        v6.backends.truncate(1);
+        assert_eq!(
+            render_vip_list(&[web(), v6]),
+            "\
+VIP                    NAME  SCHEDULER  FORWARDING  CONNTRACK  BACKENDS
+10.100.0.1:80/tcp      web   maglev     ipip        on                4
+[2001:db8::1]:443/tcp  -     maglev     ipip        off               1
+"
+        );
+        assert_eq!(render_vip_list(&[]), "No VIPs.\n");
+    }
+
+    #[test]
+    fn finds_vips_by_id_or_name() {
+        let vips = [web()];
+        assert!(find_vip(&vips, "10.100.0.1:80/tcp").is_some());
+        assert!(find_vip(&vips, "10.100.0.1:80/TCP").is_some());
+        assert!(find_vip(&vips, "web").is_some());
+        assert!(find_vip(&vips, "10.100.0.1:81/tcp").is_none());
+        assert!(find_vip(&vips, "db").is_none());
+    }
+
+    fn stats(scale: u64) -> Stats {
+        Stats {
+            counters: vec![
+                ("pass".into(), 10 * scale),
+                ("tx".into(), 2000 * scale),
+                ("no_backend".into(), scale),
+                ("hit".into(), 1500 * scale),
+                ("nexthop_fib".into(), 0),
+                ("from_the_future".into(), 1),
+            ],
+            vips: vec![TrafficRow {
+                vip: vip("10.100.0.1:80/tcp"),
+                backend: None,
+                packets: 2000 * scale,
+                bytes: 1_000_000 * scale,
+            }],
+            backends: vec![TrafficRow {
+                vip: vip("10.100.0.1:80/tcp"),
+                backend: Some("10.0.0.2".parse().unwrap()),
+                packets: 2000 * scale,
+                bytes: 1_000_000 * scale,
+            }],
+        }
+    }
+
+    #[test]
+    fn groups_counters() {
+        assert_eq!(counter_group("pass"), "actions");
+        assert_eq!(counter_group("drop"), "actions");
+        assert_eq!(counter_group("no_backend"), "drops");
+        assert_eq!(counter_group("hit"), "conntrack");
+        assert_eq!(counter_group("icmp_frag_needed"), "events");
+        assert_eq!(counter_group("nope"), "other");
+    }
+
+    #[test]
+    fn stats_without_rates() {
+        assert_eq!(
+            render_stats(&stats(1), None),
+            "\
+GROUP      COUNTER          TOTAL
+actions    pass                10
+           tx                2.0K
+drops      no_backend           1
+conntrack  hit               1.5K
+events     nexthop_fib          0
+other      from_the_future      1
+
+VIP                PACKETS     BYTES
+10.100.0.1:80/tcp     2.0K  976.6KiB
+
+VIP                BACKEND   PACKETS     BYTES
+10.100.0.1:80/tcp  10.0.0.2     2.0K  976.6KiB
+"
+        );
+    }
+
+    #[test]
+    fn stats_with_rates() {
+        let (a, mut b) = (stats(1), stats(3));
+        // A counter that went backwards (lbd restarted) has no rate.
+        b.counters[0].1 = 0;
+        let r = rates(&a, &b, Duration::from_secs(2));
+        assert_eq!(r.counters["tx"], 2000.0);
+        assert!(!r.counters.contains_key("pass"));
+        assert_eq!(
+            r.traffic[&(vip("10.100.0.1:80/tcp"), None)],
+            (2000.0, 1_000_000.0)
+        );
+        let out = render_stats(&b, Some(&r));
+        assert!(
+            out.starts_with("GROUP      COUNTER          TOTAL  PER SEC\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nactions    pass                 0        -\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\n           tx                6.0K     2.0K\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("10.100.0.1:80/tcp  10.0.0.2     6.0K  2.9MiB   2.0K  976.6KiB\n"),
+            "{out}"
+        );
+        // The first sample of --watch: columns, no numbers.
+        let out = render_stats(&a, Some(&Rates::default()));
+        assert!(
+            out.contains("\nactions    pass                10        -\n"),
+            "{out}"
+        );
+        assert!(rates(&a, &b, Duration::ZERO).counters.is_empty());
+    }
+
+    #[test]
+    fn explain() {
+        let e = Explain {
+            vip: vip("10.100.0.1:80/tcp"),
+            flow: "198.51.100.7:40000 -> 10.100.0.1:80/tcp".into(),
+            source: "maglev table".into(),
+            backend: Some("10.0.0.2".parse().unwrap()),
+            reasons: vec!["no connection entry".into(), "maglev slot 1234".into()],
+        };
+        assert_eq!(
+            render_explain(&e),
+            "\
+Flow:    198.51.100.7:40000 -> 10.100.0.1:80/tcp
+VIP:     10.100.0.1:80/tcp
+Backend: 10.0.0.2 (from the maglev table)
+Why:
+  - no connection entry
+  - maglev slot 1234
+"
+        );
+        let none = Explain {
+            backend: None,
+            reasons: vec![],
+            ..e
+        };
+        assert!(render_explain(&none).ends_with("Backend: none\n"));
+    }
+
+    #[test]
+    fn reload_and_change() {
+        let r = ReloadResult {
+            diff: vec![
+                "+ vip 10.0.0.1:80/tcp".into(),
+                "~ weight 10.0.0.2 5 -> 7".into(),
+            ],
+            applied: true,
+        };
+        assert_eq!(
+            render_reload(&r, false),
+            "+ vip 10.0.0.1:80/tcp\n~ weight 10.0.0.2 5 -> 7\nApplied.\n"
+        );
+        let dry = ReloadResult {
+            applied: false,
+            ..r.clone()
+        };
+        assert!(render_reload(&dry, true).ends_with("Dry run: nothing applied.\n"));
+        let none = ReloadResult {
+            diff: vec![],
+            applied: false,
+        };
+        assert!(render_reload(&none, false).starts_with("No changes"));
+        assert_eq!(
+            render_change(&ChangeResult {
+                summary: "added backend 10.0.0.2\n".into()
+            }),
+            "added backend 10.0.0.2\n"
+        );
+        assert_eq!(render_change(&ChangeResult { summary: "".into() }), "OK\n");
+    }
+
+    #[test]
+    fn json_keeps_order_and_reindents() {
+        let raw = br#"{"zeta":1, "alpha":{"s":"a, \"b\": {c}","e":[],"o":{ }},"n":[1,2.5e3,null]}"#;
+        assert_eq!(
+            reformat_json(raw, true).unwrap(),
+            "{\n  \"zeta\": 1,\n  \"alpha\": {\n    \"s\": \"a, \\\"b\\\": {c}\",\n    \"e\": [],\n    \
+             \"o\": {}\n  },\n  \"n\": [\n    1,\n    2.5e3,\n    null\n  ]\n}"
+        );
+        assert_eq!(
+            reformat_json(b"{\n \"a\" : [ 1 , 2 ] }\n", false).unwrap(),
+            r#"{"a":[1,2]}"#
+        );
+        // Matches serde_json's own pretty printer on typed values.
+        let v = serde_json::json!({"a": [1, {"b": "x y"}], "c": {}});
+        let compact = serde_json::to_vec(&v).unwrap();
+        assert_eq!(
+            reformat_json(&compact, true).unwrap(),
+            serde_json::to_string_pretty(&v).unwrap()
+        );
+        assert!(reformat_json(b"{\"a\":", true).is_err());
+    }
+}

@@ -1,0 +1,526 @@
+//! lbd's core: owns the balancer and the desired state, and is the only
+//! place changes are applied (validate whole → plan → apply per VIP →
+//! persist → audit). The API, the reload signal, the next-hop resolver and
+//! the health checker all call in here.
+
+use std::{
+    fs,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::Context;
+use aya::programs::XdpMode;
+use lb_common::{FlowKey, BACKEND_F_ACTIVE};
+
+use crate::{
+    config::{self, Config},
+    control::{BackendStatus, Change, Explain, ReloadResult, Stats, Status, TrafficRow, VipStatus},
+    maps::{Balancer, LoadOptions, NextHop},
+    pin, plan,
+    service::{Forwarding, VipId, VipSettings},
+    state::{self, BackendDesired, DesiredState, StateError, VipDesired, DEFAULT_WEIGHT},
+};
+
+/// Why a request failed, with the HTTP status class the API maps it to.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The request is invalid (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// It names a VIP or backend that does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// It would create something that exists (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The kernel refused; the previous state was restored (500).
+    #[error("{0}")]
+    Kernel(String),
+}
+
+impl From<StateError> for ApplyError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::UnknownVip(_) | StateError::UnknownBackend { .. } => ApplyError::NotFound(e.to_string()),
+            StateError::DuplicateVip(_) | StateError::DuplicateBackend { .. } | StateError::DuplicateName(_) => {
+                ApplyError::Conflict(e.to_string())
+            }
+            _ => ApplyError::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// Holds the per-interface lock for the daemon's lifetime.
+pub struct InterfaceLock {
+    _file: fs::File,
+    path: PathBuf,
+}
+
+impl InterfaceLock {
+    /// Takes `/run/lb/lbd-<interface>.lock`; a second daemon for the same
+    /// interface is refused, naming the holder.
+    pub fn take(run_dir: &Path, interface: &str) -> anyhow::Result<Self> {
+        fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let path = run_dir.join(format!("lbd-{interface}.lock"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: a valid fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another lbd is already running for interface {interface} (pid {}; lock {})",
+                holder.trim(),
+                path.display()
+            );
+        }
+        file.set_len(0)?;
+        fs::write(&path, format!("{}\n", std::process::id()))?;
+        Ok(InterfaceLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+pub struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    balancer: Balancer,
+    desired: DesiredState,
+    started: Instant,
+    xdp_mode: XdpMode,
+    program_id: u32,
+    pin_dir: PathBuf,
+}
+
+/// Where lbd keeps its lock files.
+pub const RUN_DIR: &str = "/run/lb";
+
+impl Daemon {
+    /// Loads the config, adopts or creates the pinned maps, reconciles them
+    /// with the desired state (the persisted runtime state if any, else the
+    /// config), then attaches (taking over a pinned link atomically).
+    pub fn start(config_path: &Path) -> anyhow::Result<Daemon> {
+        let config = config::load(config_path)?;
+        let from_config = config.desired_state()?;
+        let bpffs = Path::new(pin::BPFFS);
+        pin::ensure_bpffs(bpffs)?;
+        pin::check_layout(bpffs, &config.interface)?;
+        let pin_dir = pin::pin_dir(bpffs, &config.interface);
+        let opts = LoadOptions {
+            tcp_idle_timeout: config.tcp_idle_timeout,
+            udp_idle_timeout: config.udp_idle_timeout,
+            pin_dir: Some(pin_dir.clone()),
+            ..Default::default()
+        };
+        let mut balancer = Balancer::load(&opts).context("loading the balancer")?;
+        if balancer.adopted() {
+            tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
+        }
+        balancer.set_encap_sources(&config.encap)?;
+        let desired = match state::load(&config.state_dir)? {
+            Some(saved) => {
+                tracing::info!(
+                    "using runtime state from {} (config file changes apply on reload)",
+                    state::state_file(&config.state_dir).display()
+                );
+                saved
+            }
+            None => from_config,
+        };
+        check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
+        let mut daemon = Daemon {
+            config_path: config_path.to_path_buf(),
+            config,
+            balancer,
+            desired: DesiredState::default(),
+            started: Instant::now(),
+            xdp_mode: XdpMode::Driver,
+            program_id: 0,
+            pin_dir,
+        };
+        daemon.reconcile(&desired).context("writing the desired state to the maps")?;
+        daemon.desired = desired;
+        state::save(&daemon.config.state_dir, &daemon.desired)?;
+        let iface = daemon.config.interface.clone();
+        daemon.xdp_mode = daemon
+            .balancer
+            .attach(&iface, daemon.config.xdp_mode)
+            .with_context(|| format!("attaching to {iface}"))?;
+        daemon.program_id = daemon.balancer.program_id().unwrap_or(0);
+        tracing::info!(
+            interface = %iface,
+            mode = mode_name(daemon.xdp_mode),
+            program_id = daemon.program_id,
+            "balancer attached"
+        );
+        Ok(daemon)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    pub fn balancer_mut(&mut self) -> &mut Balancer {
+        &mut self.balancer
+    }
+
+    /// Makes the maps hold exactly `desired`: VIPs the maps have and it does
+    /// not are removed, every other VIP is (re)written. Each VIP switches to
+    /// its new table in one step.
+    fn reconcile(&mut self, desired: &DesiredState) -> Result<(), ApplyError> {
+        let in_maps: Vec<VipId> = self.balancer.vips().map(|(id, _)| *id).collect();
+        for id in in_maps.iter().filter(|id| !desired.vips.contains_key(id)) {
+            self.sync_vip(id, None)?;
+        }
+        for (id, v) in &desired.vips {
+            self.sync_vip(id, Some(v))?;
+        }
+        Ok(())
+    }
+
+    fn sync_vip(&mut self, id: &VipId, want: Option<&VipDesired>) -> Result<(), ApplyError> {
+        let kernel = |e: crate::maps::MapsError| ApplyError::Kernel(format!("VIP {id}: {e}"));
+        match want {
+            None => {
+                if self.balancer.backends(id).is_some() {
+                    self.balancer.remove_vip(id).map_err(kernel)?;
+                }
+            }
+            Some(v) => {
+                self.balancer.upsert_vip(*id, v.settings).map_err(kernel)?;
+                self.balancer.set_backends(*id, &v.backend_specs()).map_err(kernel)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a whole new desired state: validated first; on a kernel
+    /// failure midway the VIPs already changed are put back.
+    pub fn apply(&mut self, next: DesiredState) -> Result<plan::Plan, ApplyError> {
+        next.validate()?;
+        check_sources(&self.config, &next).map_err(ApplyError::Invalid)?;
+        let plan = plan::diff(&self.desired, &next);
+        let mut done = Vec::new();
+        let result = plan
+            .removed
+            .iter()
+            .map(|id| (id, None))
+            .chain(plan.upserted.iter().map(|id| (id, next.vips.get(id))))
+            .try_for_each(|(id, want)| {
+                done.push(*id);
+                self.sync_vip(id, want)
+            });
+        if let Err(e) = result {
+            let old = self.desired.clone();
+            for id in done.iter().rev() {
+                if let Err(undo) = self.sync_vip(id, old.vips.get(id)) {
+                    tracing::error!(vip = %id, "could not restore after a failed change: {undo}");
+                }
+            }
+            return Err(e);
+        }
+        self.desired = next;
+        if let Err(e) = state::save(&self.config.state_dir, &self.desired) {
+            tracing::error!("persisting state: {e:#}");
+        }
+        Ok(plan)
+    }
+
+    /// Applies one operator change; returns what changed.
+    pub fn change(&mut self, change: &Change) -> Result<String, ApplyError> {
+        let mut next = self.desired.clone();
+        match change {
+            Change::VipAdd { vip, name, scheduler, forwarding, stateless } => {
+                let settings = VipSettings {
+                    scheduler: *scheduler,
+                    forwarding: *forwarding,
+                    stateless: *stateless,
+                    ..Default::default()
+                };
+                let name = name.clone().unwrap_or_else(|| vip.to_string());
+                next.add_vip(*vip, VipDesired { name, settings, backends: Vec::new(), health: None })?;
+            }
+            Change::VipDel { vip } => {
+                let id = next.resolve(vip)?;
+                next.vips.remove(&id);
+            }
+            Change::BackendAdd { vip, addr, weight } => {
+                let id = next.resolve(vip)?;
+                let b = BackendDesired { addr: *addr, weight: weight.unwrap_or(DEFAULT_WEIGHT), drained: false };
+                next.add_backend(&id, b)?;
+            }
+            Change::BackendDel { vip, addr } => {
+                let id = next.resolve(vip)?;
+                next.remove_backend(&id, *addr)?;
+            }
+            Change::BackendSet { vip, addr, weight } => {
+                let id = next.resolve(vip)?;
+                next.update_backend(&id, *addr, |b| b.weight = *weight)?;
+            }
+            Change::BackendDrain { vip, addr } | Change::BackendUndrain { vip, addr } => {
+                let drain = matches!(change, Change::BackendDrain { .. });
+                let id = next.resolve(vip)?;
+                next.update_backend(&id, *addr, |b| b.drained = drain)?;
+            }
+        }
+        let plan = self.apply(next)?;
+        Ok(if plan.lines.is_empty() { "no change".into() } else { plan.lines.join("\n") })
+    }
+
+    /// Re-reads the config file; it replaces the running state (runtime
+    /// changes included). With `dry_run`, only says what would change.
+    pub fn reload(&mut self, dry_run: bool) -> Result<ReloadResult, ApplyError> {
+        let config = config::load(&self.config_path).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let next = config.desired_state().map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let restart_only = restart_only_changes(&self.config, &config);
+        if !restart_only.is_empty() {
+            return Err(ApplyError::Invalid(format!(
+                "{} changed in {}: restart lbd to apply (nothing was changed)",
+                restart_only.join(", "),
+                self.config_path.display()
+            )));
+        }
+        let mut diff = plan::diff(&self.desired, &next).lines;
+        if config.encap != self.config.encap {
+            diff.insert(0, format!("~ encap {:?} -> {:?}", self.config.encap, config.encap));
+        }
+        if dry_run {
+            return Ok(ReloadResult { diff, applied: false });
+        }
+        check_sources(&config, &next).map_err(ApplyError::Invalid)?;
+        let old_config = std::mem::replace(&mut self.config, config);
+        if let Err(e) = self.balancer.set_encap_sources(&self.config.encap) {
+            self.config = old_config;
+            return Err(ApplyError::Kernel(e.to_string()));
+        }
+        if let Err(e) = self.apply(next) {
+            let _ = self.balancer.set_encap_sources(&old_config.encap);
+            self.config = old_config;
+            return Err(e);
+        }
+        Ok(ReloadResult { diff, applied: true })
+    }
+
+    /// Records a backend's resolved next hop in the maps.
+    pub fn set_next_hop(&mut self, addr: IpAddr, nh: Option<NextHop>) -> anyhow::Result<()> {
+        if let Some(nh) = nh {
+            if nh.ifindex != 0 {
+                self.balancer.add_tx_port(nh.ifindex)?;
+            }
+        }
+        self.balancer.set_next_hop(addr, nh)?;
+        Ok(())
+    }
+
+    /// Every backend address of every VIP (what the resolver tracks).
+    pub fn backend_addrs(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> =
+            self.desired.vips.values().flat_map(|v| v.backends.iter().map(|b| b.addr)).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn status(&self) -> Status {
+        let counters = self.balancer.counters().unwrap_or_default();
+        let vips = self
+            .desired
+            .vips
+            .iter()
+            .map(|(id, v)| {
+                let traffic = counters.vips.get(id).copied().unwrap_or_default();
+                let backends = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let t = counters.backends.get(&(*id, b.addr)).copied().unwrap_or_default();
+                        BackendStatus {
+                            addr: b.addr,
+                            weight: b.weight,
+                            health: "unchecked".into(),
+                            drained: b.drained,
+                            next_hop: self.balancer.next_hop(&b.addr).is_some(),
+                            packets: t.packets,
+                            bytes: t.bytes,
+                        }
+                    })
+                    .collect();
+                VipStatus {
+                    vip: *id,
+                    name: v.name.clone(),
+                    scheduler: v.settings.scheduler,
+                    forwarding: v.settings.forwarding,
+                    stateless: v.settings.stateless,
+                    packets: traffic.packets,
+                    bytes: traffic.bytes,
+                    fail_open: false,
+                    backends,
+                }
+            })
+            .collect();
+        Status {
+            interface: self.config.interface.clone(),
+            xdp_mode: mode_name(self.xdp_mode).into(),
+            program_id: self.program_id,
+            uptime_secs: self.started.elapsed().as_secs(),
+            pin_dir: self.pin_dir.display().to_string(),
+            vips,
+        }
+    }
+
+    pub fn stats(&self) -> Result<Stats, ApplyError> {
+        let c = self.balancer.counters().map_err(|e| ApplyError::Kernel(e.to_string()))?;
+        Ok(Stats {
+            counters: c.global.iter().map(|(k, v)| (k.label().to_string(), *v)).collect(),
+            vips: c.vips.iter().map(|(v, t)| TrafficRow { vip: *v, backend: None, packets: t.packets, bytes: t.bytes }).collect(),
+            backends: c
+                .backends
+                .iter()
+                .map(|((v, b), t)| TrafficRow { vip: *v, backend: Some(*b), packets: t.packets, bytes: t.bytes })
+                .collect(),
+        })
+    }
+
+    /// Where a flow goes and why, from the maps: its connection-table entry
+    /// if it has a live one, else its Maglev slot.
+    pub fn explain(&self, src: IpAddr, sport: u16, vip: &str, dport: Option<u16>) -> Result<Explain, ApplyError> {
+        let id = self.desired.resolve(vip)?;
+        let dport = match (id.port, dport) {
+            (0, Some(p)) | (_, Some(p)) => p,
+            (0, None) => return Err(ApplyError::Invalid(format!("VIP {id} takes every port: give the destination port"))),
+            (p, None) => p,
+        };
+        if src.is_ipv4() != id.addr.is_ipv4() {
+            return Err(ApplyError::Invalid(format!("{src} and VIP {id} are of different address families")));
+        }
+        let flow = FlowKey::new(src, sport, id.addr, dport, id.proto.number());
+        let flow_text = flow_text(src, sport, &id, dport);
+        let mut reasons = Vec::new();
+        if let Some(entry) = self.balancer.conntrack_entry(&flow) {
+            let idle = monotonic_ns().saturating_sub(entry.last_seen_ns);
+            let timeout = if id.proto == crate::service::Proto::Tcp {
+                self.config.tcp_idle_timeout
+            } else {
+                self.config.udp_idle_timeout
+            };
+            let live = self.balancer.backend_entry(entry.backend_id).filter(|b| b.flags & BACKEND_F_ACTIVE != 0);
+            let addr = self.balancer.backend_addr(entry.backend_id).map(|(_, a)| a);
+            if idle <= timeout.as_nanos() as u64 && live.is_some() && addr.is_some() {
+                reasons.push(format!(
+                    "connection-table entry: backend id {} ({}), idle {:.1}s of {}s timeout",
+                    entry.backend_id,
+                    addr.map(|a| a.to_string()).unwrap_or_default(),
+                    idle as f64 / 1e9,
+                    timeout.as_secs()
+                ));
+                return Ok(Explain { vip: id, flow: flow_text, source: "connection table".into(), backend: addr, reasons });
+            }
+            reasons.push(format!(
+                "connection-table entry for backend id {} is {} and will be replaced",
+                entry.backend_id,
+                if idle > timeout.as_nanos() as u64 { "expired" } else { "stale (backend gone or down)" }
+            ));
+        } else if !self.desired.vips[&id].settings.stateless {
+            reasons.push("no connection-table entry: a new flow".into());
+        } else {
+            reasons.push("stateless VIP: no connection table".into());
+        }
+        let p = self.balancer.predict(&flow).ok_or_else(|| ApplyError::NotFound(format!("VIP {id} is not in the maps")))?;
+        reasons.push(format!(
+            "flow hash {:#010x} ({:?}) selects slot {} of {} in the Maglev table",
+            p.hash,
+            self.desired.vips[&id].settings.scheduler,
+            p.slot,
+            self.desired.vips[&id].settings.table_size
+        ));
+        match p.backend {
+            Some(b) => reasons.push(format!("slot {} holds backend id {} ({b})", p.slot, p.backend_id)),
+            None => reasons.push("the VIP has no backend with weight > 0: packets are dropped".into()),
+        }
+        Ok(Explain { vip: id, flow: flow_text, source: "maglev table".into(), backend: p.backend, reasons })
+    }
+}
+
+fn flow_text(src: IpAddr, sport: u16, vip: &VipId, dport: u16) -> String {
+    let dst = VipId { port: dport, ..*vip };
+    match src {
+        IpAddr::V4(a) => format!("{a}:{sport} -> {dst}"),
+        IpAddr::V6(a) => format!("[{a}]:{sport} -> {dst}"),
+    }
+}
+
+/// Every `ipip` VIP needs an outer source of its family.
+fn check_sources(config: &Config, desired: &DesiredState) -> Result<(), String> {
+    for (id, v) in &desired.vips {
+        if v.settings.forwarding != Forwarding::Ipip {
+            continue;
+        }
+        let missing = if id.addr.is_ipv4() { config.encap.v4.is_none() } else { config.encap.v6.is_none() };
+        if missing {
+            let key = if id.addr.is_ipv4() { "source_v4" } else { "source_v6" };
+            return Err(format!("VIP {id} ({}) forwards with ipip but [encap] has no {key} (or {key}_prefix)", v.name));
+        }
+    }
+    Ok(())
+}
+
+/// Settings a reload cannot change under a running daemon.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.interface != new.interface {
+        v.push("interface");
+    }
+    if old.xdp_mode != new.xdp_mode {
+        v.push("xdp_mode");
+    }
+    if old.control_socket != new.control_socket {
+        v.push("control_socket");
+    }
+    if old.metrics_listen != new.metrics_listen {
+        v.push("metrics_listen");
+    }
+    if old.state_dir != new.state_dir {
+        v.push("state_dir");
+    }
+    if old.tcp_idle_timeout != new.tcp_idle_timeout || old.udp_idle_timeout != new.udp_idle_timeout {
+        v.push("idle timeouts");
+    }
+    if old.read_group != new.read_group {
+        v.push("read_group");
+    }
+    v
+}
+
+pub fn mode_name(m: XdpMode) -> &'static str {
+    match m {
+        XdpMode::Skb => "generic",
+        XdpMode::Hardware => "offload",
+        _ => "native",
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
