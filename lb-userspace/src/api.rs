@@ -36,8 +36,14 @@ struct Api {
     daemon: SharedDaemon,
     audit: Arc<AuditLog>,
     read_gid: Option<u32>,
-    /// Called after every applied change (metrics, health-check set).
-    on_change: Arc<dyn Fn() + Send + Sync>,
+    hooks: Arc<Hooks>,
+}
+
+/// What the rest of the daemon wants to hear about changes.
+pub struct Hooks {
+    /// Notified after every applied change (the health checker reconciles).
+    pub changed: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The peer's credentials, taken when the connection is accepted.
@@ -80,8 +86,14 @@ impl Api {
         match peer.0 {
             Some(p) if p.uid == 0 => Ok(p),
             Some(p) if self.read_gid.is_some_and(|g| in_group(p.uid, p.gid, g)) => Ok(p),
-            Some(p) => Err(ApiError(StatusCode::FORBIDDEN, format!("uid {} may not read lbd's state", p.uid))),
-            None => Err(ApiError(StatusCode::FORBIDDEN, "peer credentials unavailable".into())),
+            Some(p) => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("uid {} may not read lbd's state", p.uid),
+            )),
+            None => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "peer credentials unavailable".into(),
+            )),
         }
     }
 
@@ -93,7 +105,10 @@ impl Api {
                 self.audit.record(&p, what, &format!("refused: {msg}"));
                 Err(ApiError(StatusCode::FORBIDDEN, msg))
             }
-            None => Err(ApiError(StatusCode::FORBIDDEN, "peer credentials unavailable".into())),
+            None => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "peer credentials unavailable".into(),
+            )),
         }
     }
 
@@ -114,7 +129,9 @@ fn in_group(uid: u32, gid: u32, group: u32) -> bool {
         let mut pwd: libc::passwd = std::mem::zeroed();
         let mut buf = vec![0 as libc::c_char; 4096];
         let mut result = std::ptr::null_mut();
-        if libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) != 0 || result.is_null() {
+        if libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) != 0
+            || result.is_null()
+        {
             return false;
         }
         let mut groups = vec![0 as libc::gid_t; 256];
@@ -134,7 +151,15 @@ pub fn group_id(name: &str) -> anyhow::Result<u32> {
         let mut grp: libc::group = std::mem::zeroed();
         let mut buf = vec![0 as libc::c_char; 4096];
         let mut result = std::ptr::null_mut();
-        if libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) != 0 || result.is_null() {
+        if libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        ) != 0
+            || result.is_null()
+        {
             anyhow::bail!("read_group {name:?}: no such group");
         }
         Ok(grp.gr_gid)
@@ -152,7 +177,8 @@ pub fn bind(path: &Path, read_gid: Option<u32>) -> anyhow::Result<UnixListener> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => anyhow::bail!("removing stale socket {}: {e}", path.display()),
     }
-    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
     let mode = if read_gid.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     if let Some(gid) = read_gid {
@@ -167,9 +193,14 @@ pub async fn serve(
     daemon: SharedDaemon,
     audit: Arc<AuditLog>,
     read_gid: Option<u32>,
-    on_change: Arc<dyn Fn() + Send + Sync>,
+    hooks: Arc<Hooks>,
 ) -> anyhow::Result<()> {
-    let api = Api { daemon, audit, read_gid, on_change };
+    let api = Api {
+        daemon,
+        audit,
+        read_gid,
+        hooks,
+    };
     let app = Router::new()
         .route(control::PATH_STATUS, get(status))
         .route(control::PATH_STATS, get(stats))
@@ -178,17 +209,27 @@ pub async fn serve(
         .route(control::PATH_RELOAD, post(reload))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(api);
-    axum::serve(listener, app.into_make_service_with_connect_info::<PeerCred>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<PeerCred>(),
+    )
+    .await?;
     Ok(())
 }
 
-async fn status(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<PeerCred>) -> Result<Response, ApiError> {
+async fn status(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+) -> Result<Response, ApiError> {
     api.allow_read(&peer)?;
     let s = api.daemon().status();
     Ok(Json(s).into_response())
 }
 
-async fn stats(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<PeerCred>) -> Result<Response, ApiError> {
+async fn stats(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+) -> Result<Response, ApiError> {
     api.allow_read(&peer)?;
     let s = api.daemon().stats()?;
     Ok(Json(s).into_response())
@@ -214,9 +255,15 @@ async fn explain(
 }
 
 /// Parses a JSON body ourselves, so a garbled one gets our error format.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<(T, serde_json::Value), ApiError> {
-    let raw: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body is not JSON: {e}")))?;
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &Bytes,
+) -> Result<(T, serde_json::Value), ApiError> {
+    let raw: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("request body is not JSON: {e}"),
+        )
+    })?;
     let typed = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?;
     Ok((typed, raw))
@@ -233,7 +280,8 @@ async fn change(
     let (change, raw) = match parse_body::<Change>(&body) {
         Ok(v) => v,
         Err(e) => {
-            api.audit.record(&who, &raw_for_audit, &format!("refused: {}", e.1));
+            api.audit
+                .record(&who, &raw_for_audit, &format!("refused: {}", e.1));
             return Err(e);
         }
     };
@@ -241,7 +289,7 @@ async fn change(
     match result {
         Ok(summary) => {
             api.audit.record(&who, &raw, "ok");
-            (api.on_change)();
+            api.hooks.changed.notify_one();
             Ok(Json(control::ChangeResult { summary }).into_response())
         }
         Err(e) => {
@@ -257,24 +305,34 @@ async fn reload(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (req, raw) = if body.is_empty() {
-        (ReloadRequest::default(), serde_json::json!({"op": "reload"}))
+        (
+            ReloadRequest::default(),
+            serde_json::json!({"op": "reload"}),
+        )
     } else {
         parse_body::<ReloadRequest>(&body)?
     };
     let audit_what = serde_json::json!({"op": "reload", "request": raw});
-    let who = if req.dry_run { api.allow_read(&peer)? } else { api.allow_change(&peer, &audit_what)? };
+    let who = if req.dry_run {
+        api.allow_read(&peer)?
+    } else {
+        api.allow_change(&peer, &audit_what)?
+    };
     let result = api.daemon().reload(req.dry_run);
     match result {
         Ok(r) => {
             if !req.dry_run {
                 api.audit.record(&who, &audit_what, "ok");
-                (api.on_change)();
+                api.hooks.metrics.reload(true);
+                api.hooks.changed.notify_one();
             }
             Ok(Json(r).into_response())
         }
         Err(e) => {
             if !req.dry_run {
-                api.audit.record(&who, &audit_what, &format!("refused: {e}"));
+                api.audit
+                    .record(&who, &audit_what, &format!("refused: {e}"));
+                api.hooks.metrics.reload(false);
             }
             Err(e.into())
         }

@@ -44,10 +44,12 @@ pub enum ApplyError {
 impl From<StateError> for ApplyError {
     fn from(e: StateError) -> Self {
         match e {
-            StateError::UnknownVip(_) | StateError::UnknownBackend { .. } => ApplyError::NotFound(e.to_string()),
-            StateError::DuplicateVip(_) | StateError::DuplicateBackend { .. } | StateError::DuplicateName(_) => {
-                ApplyError::Conflict(e.to_string())
+            StateError::UnknownVip(_) | StateError::UnknownBackend { .. } => {
+                ApplyError::NotFound(e.to_string())
             }
+            StateError::DuplicateVip(_)
+            | StateError::DuplicateBackend { .. }
+            | StateError::DuplicateName(_) => ApplyError::Conflict(e.to_string()),
             _ => ApplyError::Invalid(e.to_string()),
         }
     }
@@ -148,7 +150,9 @@ impl Daemon {
             program_id: 0,
             pin_dir,
         };
-        daemon.reconcile(&desired).context("writing the desired state to the maps")?;
+        daemon
+            .reconcile(&desired)
+            .context("writing the desired state to the maps")?;
         daemon.desired = desired;
         state::save(&daemon.config.state_dir, &daemon.desired)?;
         let iface = daemon.config.interface.clone();
@@ -206,7 +210,27 @@ impl Daemon {
             }
             Some(v) => {
                 self.balancer.upsert_vip(*id, v.settings).map_err(kernel)?;
-                self.balancer.set_backends(*id, &v.backend_specs()).map_err(kernel)?;
+                if checked(v) {
+                    // A backend under health checks starts down until it
+                    // passes `rise` checks.
+                    let known = self.balancer.backends(id).unwrap_or_default();
+                    let new: Vec<IpAddr> = v
+                        .backends
+                        .iter()
+                        .map(|b| b.addr)
+                        .filter(|a| !known.iter().any(|k| k.addr == *a))
+                        .collect();
+                    self.balancer.preset_down(id, &new).map_err(kernel)?;
+                } else {
+                    for b in &v.backends {
+                        if self.balancer.is_down(id, &b.addr) {
+                            self.balancer.preset_up(id, b.addr);
+                        }
+                    }
+                }
+                self.balancer
+                    .set_backends(*id, &v.backend_specs())
+                    .map_err(kernel)?;
             }
         }
         Ok(())
@@ -248,7 +272,13 @@ impl Daemon {
     pub fn change(&mut self, change: &Change) -> Result<String, ApplyError> {
         let mut next = self.desired.clone();
         match change {
-            Change::VipAdd { vip, name, scheduler, forwarding, stateless } => {
+            Change::VipAdd {
+                vip,
+                name,
+                scheduler,
+                forwarding,
+                stateless,
+            } => {
                 let settings = VipSettings {
                     scheduler: *scheduler,
                     forwarding: *forwarding,
@@ -256,7 +286,15 @@ impl Daemon {
                     ..Default::default()
                 };
                 let name = name.clone().unwrap_or_else(|| vip.to_string());
-                next.add_vip(*vip, VipDesired { name, settings, backends: Vec::new(), health: None })?;
+                next.add_vip(
+                    *vip,
+                    VipDesired {
+                        name,
+                        settings,
+                        backends: Vec::new(),
+                        health: None,
+                    },
+                )?;
             }
             Change::VipDel { vip } => {
                 let id = next.resolve(vip)?;
@@ -264,7 +302,11 @@ impl Daemon {
             }
             Change::BackendAdd { vip, addr, weight } => {
                 let id = next.resolve(vip)?;
-                let b = BackendDesired { addr: *addr, weight: weight.unwrap_or(DEFAULT_WEIGHT), drained: false };
+                let b = BackendDesired {
+                    addr: *addr,
+                    weight: weight.unwrap_or(DEFAULT_WEIGHT),
+                    drained: false,
+                };
                 next.add_backend(&id, b)?;
             }
             Change::BackendDel { vip, addr } => {
@@ -282,14 +324,21 @@ impl Daemon {
             }
         }
         let plan = self.apply(next)?;
-        Ok(if plan.lines.is_empty() { "no change".into() } else { plan.lines.join("\n") })
+        Ok(if plan.lines.is_empty() {
+            "no change".into()
+        } else {
+            plan.lines.join("\n")
+        })
     }
 
     /// Re-reads the config file; it replaces the running state (runtime
     /// changes included). With `dry_run`, only says what would change.
     pub fn reload(&mut self, dry_run: bool) -> Result<ReloadResult, ApplyError> {
-        let config = config::load(&self.config_path).map_err(|e| ApplyError::Invalid(e.to_string()))?;
-        let next = config.desired_state().map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let config =
+            config::load(&self.config_path).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        let next = config
+            .desired_state()
+            .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         let restart_only = restart_only_changes(&self.config, &config);
         if !restart_only.is_empty() {
             return Err(ApplyError::Invalid(format!(
@@ -300,10 +349,16 @@ impl Daemon {
         }
         let mut diff = plan::diff(&self.desired, &next).lines;
         if config.encap != self.config.encap {
-            diff.insert(0, format!("~ encap {:?} -> {:?}", self.config.encap, config.encap));
+            diff.insert(
+                0,
+                format!("~ encap {:?} -> {:?}", self.config.encap, config.encap),
+            );
         }
         if dry_run {
-            return Ok(ReloadResult { diff, applied: false });
+            return Ok(ReloadResult {
+                diff,
+                applied: false,
+            });
         }
         check_sources(&config, &next).map_err(ApplyError::Invalid)?;
         let old_config = std::mem::replace(&mut self.config, config);
@@ -316,7 +371,46 @@ impl Daemon {
             self.config = old_config;
             return Err(e);
         }
-        Ok(ReloadResult { diff, applied: true })
+        Ok(ReloadResult {
+            diff,
+            applied: true,
+        })
+    }
+
+    /// Applies a health verdict: a down backend leaves its VIP's table and
+    /// its established flows move; an up one returns.
+    pub fn set_backend_health(
+        &mut self,
+        vip: &VipId,
+        addr: IpAddr,
+        up: bool,
+    ) -> Result<(), ApplyError> {
+        self.balancer
+            .set_backend_down(vip, addr, !up)
+            .map_err(|e| ApplyError::Kernel(format!("VIP {vip} backend {addr}: {e}")))
+    }
+
+    /// Per VIP: each backend's (address, up, effective weight), and whether
+    /// the VIP fails open.
+    pub fn status_health(&self) -> Vec<(VipId, Vec<(IpAddr, bool, u32)>, bool)> {
+        self.desired
+            .vips
+            .iter()
+            .map(|(id, v)| {
+                let backends = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        (
+                            b.addr,
+                            !self.balancer.is_down(id, &b.addr),
+                            b.effective_weight(),
+                        )
+                    })
+                    .collect();
+                (*id, backends, self.balancer.fail_open(id))
+            })
+            .collect()
     }
 
     /// Records a backend's resolved next hop in the maps.
@@ -332,8 +426,12 @@ impl Daemon {
 
     /// Every backend address of every VIP (what the resolver tracks).
     pub fn backend_addrs(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> =
-            self.desired.vips.values().flat_map(|v| v.backends.iter().map(|b| b.addr)).collect();
+        let mut v: Vec<IpAddr> = self
+            .desired
+            .vips
+            .values()
+            .flat_map(|v| v.backends.iter().map(|b| b.addr))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -351,11 +449,19 @@ impl Daemon {
                     .backends
                     .iter()
                     .map(|b| {
-                        let t = counters.backends.get(&(*id, b.addr)).copied().unwrap_or_default();
+                        let t = counters
+                            .backends
+                            .get(&(*id, b.addr))
+                            .copied()
+                            .unwrap_or_default();
                         BackendStatus {
                             addr: b.addr,
                             weight: b.weight,
-                            health: "unchecked".into(),
+                            health: match (checked(v), self.balancer.is_down(id, &b.addr)) {
+                                (false, _) => "unchecked".into(),
+                                (true, true) => "down".into(),
+                                (true, false) => "up".into(),
+                            },
                             drained: b.drained,
                             next_hop: self.balancer.next_hop(&b.addr).is_some(),
                             packets: t.packets,
@@ -371,7 +477,7 @@ impl Daemon {
                     stateless: v.settings.stateless,
                     packets: traffic.packets,
                     bytes: traffic.bytes,
-                    fail_open: false,
+                    fail_open: self.balancer.fail_open(id),
                     backends,
                 }
             })
@@ -387,29 +493,62 @@ impl Daemon {
     }
 
     pub fn stats(&self) -> Result<Stats, ApplyError> {
-        let c = self.balancer.counters().map_err(|e| ApplyError::Kernel(e.to_string()))?;
+        let c = self
+            .balancer
+            .counters()
+            .map_err(|e| ApplyError::Kernel(e.to_string()))?;
         Ok(Stats {
-            counters: c.global.iter().map(|(k, v)| (k.label().to_string(), *v)).collect(),
-            vips: c.vips.iter().map(|(v, t)| TrafficRow { vip: *v, backend: None, packets: t.packets, bytes: t.bytes }).collect(),
+            counters: c
+                .global
+                .iter()
+                .map(|(k, v)| (k.label().to_string(), *v))
+                .collect(),
+            vips: c
+                .vips
+                .iter()
+                .map(|(v, t)| TrafficRow {
+                    vip: *v,
+                    backend: None,
+                    packets: t.packets,
+                    bytes: t.bytes,
+                })
+                .collect(),
             backends: c
                 .backends
                 .iter()
-                .map(|((v, b), t)| TrafficRow { vip: *v, backend: Some(*b), packets: t.packets, bytes: t.bytes })
+                .map(|((v, b), t)| TrafficRow {
+                    vip: *v,
+                    backend: Some(*b),
+                    packets: t.packets,
+                    bytes: t.bytes,
+                })
                 .collect(),
         })
     }
 
     /// Where a flow goes and why, from the maps: its connection-table entry
     /// if it has a live one, else its Maglev slot.
-    pub fn explain(&self, src: IpAddr, sport: u16, vip: &str, dport: Option<u16>) -> Result<Explain, ApplyError> {
+    pub fn explain(
+        &self,
+        src: IpAddr,
+        sport: u16,
+        vip: &str,
+        dport: Option<u16>,
+    ) -> Result<Explain, ApplyError> {
         let id = self.desired.resolve(vip)?;
         let dport = match (id.port, dport) {
             (0, Some(p)) | (_, Some(p)) => p,
-            (0, None) => return Err(ApplyError::Invalid(format!("VIP {id} takes every port: give the destination port"))),
+            (0, None) => {
+                return Err(ApplyError::Invalid(format!(
+                    "VIP {id} takes every port: give the destination port"
+                )))
+            }
             (p, None) => p,
         };
         if src.is_ipv4() != id.addr.is_ipv4() {
-            return Err(ApplyError::Invalid(format!("{src} and VIP {id} are of different address families")));
+            return Err(ApplyError::Invalid(format!(
+                "{src} and VIP {id} are of different address families"
+            )));
         }
         let flow = FlowKey::new(src, sport, id.addr, dport, id.proto.number());
         let flow_text = flow_text(src, sport, &id, dport);
@@ -421,7 +560,10 @@ impl Daemon {
             } else {
                 self.config.udp_idle_timeout
             };
-            let live = self.balancer.backend_entry(entry.backend_id).filter(|b| b.flags & BACKEND_F_ACTIVE != 0);
+            let live = self
+                .balancer
+                .backend_entry(entry.backend_id)
+                .filter(|b| b.flags & BACKEND_F_ACTIVE != 0);
             let addr = self.balancer.backend_addr(entry.backend_id).map(|(_, a)| a);
             if idle <= timeout.as_nanos() as u64 && live.is_some() && addr.is_some() {
                 reasons.push(format!(
@@ -431,19 +573,32 @@ impl Daemon {
                     idle as f64 / 1e9,
                     timeout.as_secs()
                 ));
-                return Ok(Explain { vip: id, flow: flow_text, source: "connection table".into(), backend: addr, reasons });
+                return Ok(Explain {
+                    vip: id,
+                    flow: flow_text,
+                    source: "connection table".into(),
+                    backend: addr,
+                    reasons,
+                });
             }
             reasons.push(format!(
                 "connection-table entry for backend id {} is {} and will be replaced",
                 entry.backend_id,
-                if idle > timeout.as_nanos() as u64 { "expired" } else { "stale (backend gone or down)" }
+                if idle > timeout.as_nanos() as u64 {
+                    "expired"
+                } else {
+                    "stale (backend gone or down)"
+                }
             ));
         } else if !self.desired.vips[&id].settings.stateless {
             reasons.push("no connection-table entry: a new flow".into());
         } else {
             reasons.push("stateless VIP: no connection table".into());
         }
-        let p = self.balancer.predict(&flow).ok_or_else(|| ApplyError::NotFound(format!("VIP {id} is not in the maps")))?;
+        let p = self
+            .balancer
+            .predict(&flow)
+            .ok_or_else(|| ApplyError::NotFound(format!("VIP {id} is not in the maps")))?;
         reasons.push(format!(
             "flow hash {:#010x} ({:?}) selects slot {} of {} in the Maglev table",
             p.hash,
@@ -452,19 +607,40 @@ impl Daemon {
             self.desired.vips[&id].settings.table_size
         ));
         match p.backend {
-            Some(b) => reasons.push(format!("slot {} holds backend id {} ({b})", p.slot, p.backend_id)),
-            None => reasons.push("the VIP has no backend with weight > 0: packets are dropped".into()),
+            Some(b) => reasons.push(format!(
+                "slot {} holds backend id {} ({b})",
+                p.slot, p.backend_id
+            )),
+            None => {
+                reasons.push("the VIP has no backend with weight > 0: packets are dropped".into())
+            }
         }
-        Ok(Explain { vip: id, flow: flow_text, source: "maglev table".into(), backend: p.backend, reasons })
+        Ok(Explain {
+            vip: id,
+            flow: flow_text,
+            source: "maglev table".into(),
+            backend: p.backend,
+            reasons,
+        })
     }
 }
 
 fn flow_text(src: IpAddr, sport: u16, vip: &VipId, dport: u16) -> String {
-    let dst = VipId { port: dport, ..*vip };
+    let dst = VipId {
+        port: dport,
+        ..*vip
+    };
     match src {
         IpAddr::V4(a) => format!("{a}:{sport} -> {dst}"),
         IpAddr::V6(a) => format!("[{a}]:{sport} -> {dst}"),
     }
+}
+
+/// Whether a VIP's backends are under active health checks.
+fn checked(v: &VipDesired) -> bool {
+    v.health
+        .as_ref()
+        .is_some_and(|h| h.kind != crate::config::HealthKind::None)
 }
 
 /// Every `ipip` VIP needs an outer source of its family.
@@ -473,10 +649,21 @@ fn check_sources(config: &Config, desired: &DesiredState) -> Result<(), String> 
         if v.settings.forwarding != Forwarding::Ipip {
             continue;
         }
-        let missing = if id.addr.is_ipv4() { config.encap.v4.is_none() } else { config.encap.v6.is_none() };
+        let missing = if id.addr.is_ipv4() {
+            config.encap.v4.is_none()
+        } else {
+            config.encap.v6.is_none()
+        };
         if missing {
-            let key = if id.addr.is_ipv4() { "source_v4" } else { "source_v6" };
-            return Err(format!("VIP {id} ({}) forwards with ipip but [encap] has no {key} (or {key}_prefix)", v.name));
+            let key = if id.addr.is_ipv4() {
+                "source_v4"
+            } else {
+                "source_v6"
+            };
+            return Err(format!(
+                "VIP {id} ({}) forwards with ipip but [encap] has no {key} (or {key}_prefix)",
+                v.name
+            ));
         }
     }
     Ok(())
@@ -500,7 +687,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.state_dir != new.state_dir {
         v.push("state_dir");
     }
-    if old.tcp_idle_timeout != new.tcp_idle_timeout || old.udp_idle_timeout != new.udp_idle_timeout {
+    if old.tcp_idle_timeout != new.tcp_idle_timeout || old.udp_idle_timeout != new.udp_idle_timeout
+    {
         v.push("idle timeouts");
     }
     if old.read_group != new.read_group {
@@ -519,7 +707,10 @@ pub fn mode_name(m: XdpMode) -> &'static str {
 
 /// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

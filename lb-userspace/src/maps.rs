@@ -226,6 +226,8 @@ struct VipState {
     live_slot: u32,
     /// Size of the live table, 0 when it has no backend.
     live_size: u32,
+    /// Every backend is down and the table holds all of them anyway.
+    fail_open: bool,
 }
 
 /// A loaded balancer program and its maps.
@@ -383,6 +385,7 @@ impl Balancer {
                 tables: [None, None],
                 live_slot: info.table_slot & 1,
                 live_size: info.table_size,
+                fail_open: false,
             };
             state.tables[state.live_slot as usize] = (info.table_size > 0).then_some(table);
             for (bid, b) in backends_of.remove(&info.vip_id).unwrap_or_default() {
@@ -547,6 +550,7 @@ impl Balancer {
             tables: [None, None],
             live_slot: 0,
             live_size: 0,
+            fail_open: false,
         };
         let info = vip_info(&state);
         if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
@@ -628,24 +632,37 @@ impl Balancer {
         assigned: &[(BackendSpec, u32)],
         fresh: &[u32],
     ) -> Result<()> {
-        for (b, id) in assigned.iter().filter(|(_, id)| fresh.contains(id)) {
-            self.write_backend(*id, vip_id, b.addr, false)?;
-        }
         let state = self.vips.get(&vip).expect("checked by caller");
+        // Fail open: when every backend that could take traffic is down,
+        // send to all of them rather than drop everything (Envoy's panic
+        // mode). Health checks may be wrong; a black hole is always wrong.
+        let weighted = || assigned.iter().filter(|(b, _)| b.weight > 0);
+        let fail_open =
+            weighted().count() > 0 && weighted().all(|(b, _)| state.down.contains(&b.addr));
+        let in_table = |b: &BackendSpec| fail_open || !state.down.contains(&b.addr);
         let candidates: Vec<MaglevBackend> = assigned
             .iter()
-            .filter(|(b, _)| !state.down.contains(&b.addr))
+            .filter(|(b, _)| in_table(b))
             .map(|(b, id)| MaglevBackend {
                 id: *id,
                 key: addr_words(b.addr).0,
                 weight: b.weight,
             })
             .collect();
+        let down_flags: Vec<(u32, IpAddr, bool)> = assigned
+            .iter()
+            .map(|(b, id)| (*id, b.addr, !in_table(b)))
+            .collect();
         let size = state.settings.table_size;
+        let slot = state.live_slot ^ 1;
+        // New entries first: the table about to go live refers to them.
+        for (id, addr, down) in down_flags.iter().filter(|(id, _, _)| fresh.contains(id)) {
+            self.write_backend(*id, vip_id, *addr, *down)?;
+        }
         let table = maglev::build_table(&candidates, size);
         let has_backend = table.first().is_some_and(|id| *id != NO_BACKEND);
-        let slot = state.live_slot ^ 1;
         if has_backend {
+            let state = self.vips.get(&vip).expect("checked by caller");
             let written = write_table(
                 &mut self.maglev,
                 vip_id,
@@ -675,6 +692,12 @@ impl Balancer {
         }
         let state = self.vips.get_mut(&vip).expect("present");
         state.backends = assigned.to_vec();
+        state.fail_open = fail_open;
+        // Then the down flags of entries that stay (after the switch, so a
+        // backend leaving is out of the table before its flows move).
+        for (id, addr, down) in down_flags.iter().filter(|(id, _, _)| !fresh.contains(id)) {
+            self.write_backend(*id, vip_id, *addr, *down)?;
+        }
         Ok(())
     }
 
@@ -713,8 +736,7 @@ impl Balancer {
     /// and its connection entries are ignored; its weight is kept.
     pub fn set_backend_down(&mut self, vip: &VipId, addr: IpAddr, down: bool) -> Result<()> {
         let state = self.vips.get_mut(vip).ok_or(MapsError::UnknownVip(*vip))?;
-        let was = state.down.contains(&addr);
-        if was == down {
+        if state.down.contains(&addr) == down {
             return Ok(());
         }
         if down {
@@ -722,19 +744,39 @@ impl Balancer {
         } else {
             state.down.retain(|a| *a != addr);
         }
-        let (vip_id, specs, id) = (
-            state.vip_id,
-            state.backends.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
-            state
-                .backends
-                .iter()
-                .find(|(b, _)| b.addr == addr)
-                .map(|(_, id)| *id),
-        );
-        if let Some(id) = id {
-            self.write_backend(id, vip_id, addr, down)?;
-        }
+        let specs: Vec<BackendSpec> = state.backends.iter().map(|(b, _)| *b).collect();
         self.set_backends(*vip, &specs)
+    }
+
+    /// Marks backends down before they are first added (a backend under
+    /// health checks starts down until it passes them); takes effect with
+    /// the next `set_backends`.
+    pub fn preset_down(&mut self, vip: &VipId, addrs: &[IpAddr]) -> Result<()> {
+        let state = self.vips.get_mut(vip).ok_or(MapsError::UnknownVip(*vip))?;
+        for a in addrs {
+            if !state.down.contains(a) {
+                state.down.push(*a);
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears a backend's down mark (health checks turned off); takes
+    /// effect with the next `set_backends`.
+    pub fn preset_up(&mut self, vip: &VipId, addr: IpAddr) {
+        if let Some(state) = self.vips.get_mut(vip) {
+            state.down.retain(|a| *a != addr);
+        }
+    }
+
+    /// Whether a backend is marked down (health).
+    pub fn is_down(&self, vip: &VipId, addr: &IpAddr) -> bool {
+        self.vips.get(vip).is_some_and(|s| s.down.contains(addr))
+    }
+
+    /// Whether every backend of the VIP is down and it sends to all of them.
+    pub fn fail_open(&self, vip: &VipId) -> bool {
+        self.vips.get(vip).is_some_and(|s| s.fail_open)
     }
 
     /// Sets (or forgets) the resolved next hop of a backend address, for
@@ -755,7 +797,7 @@ impl Balancer {
                 s.backends
                     .iter()
                     .filter(|(b, _)| b.addr == addr)
-                    .map(|(_, id)| (*id, s.vip_id, s.down.contains(&addr)))
+                    .map(|(_, id)| (*id, s.vip_id, !s.fail_open && s.down.contains(&addr)))
                     .collect::<Vec<_>>()
             })
             .collect();

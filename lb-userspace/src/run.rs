@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Notify,
+};
 
 use crate::{
     api,
@@ -18,7 +21,9 @@ use crate::{
     config,
     daemon::{self, Daemon, InterfaceLock},
     decap::Decap,
+    health::Checker,
     maps::AttachMode,
+    metrics::Metrics,
     nexthop, pin,
 };
 
@@ -42,10 +47,33 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let listener = api::bind(&socket_path, read_gid)?;
         tracing::info!(socket = %socket_path.display(), "control socket ready");
 
-        let nexthops = tokio::spawn(resolve_next_hops(shared.clone()));
-        let reloads = tokio::spawn(reload_on_sighup(shared.clone()));
-        let on_change: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
-        let server = api::serve(listener, shared.clone(), audit, read_gid, on_change);
+        let metrics = Arc::new(Metrics::new(shared.clone()));
+        let metrics_addr = shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config()
+            .metrics_listen;
+        let metrics_listener = crate::metrics::bind(metrics_addr).await?;
+        tracing::info!(listen = %metrics_listener.local_addr()?, "metrics ready at /metrics");
+        let changed = Arc::new(Notify::new());
+        let hooks = Arc::new(api::Hooks {
+            changed: changed.clone(),
+            metrics: metrics.clone(),
+        });
+
+        let tasks = [
+            tokio::spawn(resolve_next_hops(shared.clone())),
+            tokio::spawn(reload_on_sighup(shared.clone(), hooks.clone())),
+            tokio::spawn(async move { crate::metrics::serve(metrics_listener, metrics).await }),
+            tokio::spawn({
+                let checker = Checker::new(shared.clone(), hooks.metrics.clone());
+                async move {
+                    checker.run(changed).await;
+                    Ok(())
+                }
+            }),
+        ];
+        let server = api::serve(listener, shared.clone(), audit, read_gid, hooks);
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -54,8 +82,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = term.recv() => Ok(()),
             _ = int.recv() => Ok(()),
         };
-        nexthops.abort();
-        reloads.abort();
+        for t in tasks {
+            t.abort();
+        }
         let _ = std::fs::remove_file(&socket_path);
         // The link, program and maps stay pinned: forwarding goes on with
         // the last state until the next lbd adopts it.
@@ -64,10 +93,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     })
 }
 
-async fn reload_on_sighup(daemon: api::SharedDaemon) -> anyhow::Result<()> {
+async fn reload_on_sighup(daemon: api::SharedDaemon, hooks: Arc<api::Hooks>) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     while hup.recv().await.is_some() {
-        let result = daemon.lock().unwrap_or_else(|p| p.into_inner()).reload(false);
+        let result = daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reload(false);
+        hooks.metrics.reload(result.is_ok());
+        hooks.changed.notify_one();
         match result {
             Ok(r) if r.diff.is_empty() => tracing::info!("SIGHUP: config reloaded, no change"),
             Ok(r) => tracing::info!(changes = %r.diff.join("; "), "SIGHUP: config reloaded"),
@@ -82,7 +116,10 @@ async fn reload_on_sighup(daemon: api::SharedDaemon) -> anyhow::Result<()> {
 async fn resolve_next_hops(daemon: api::SharedDaemon) -> anyhow::Result<()> {
     let mut resolver = nexthop::Resolver::new().context("netlink")?;
     loop {
-        let addrs: Vec<IpAddr> = daemon.lock().unwrap_or_else(|p| p.into_inner()).backend_addrs();
+        let addrs: Vec<IpAddr> = daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .backend_addrs();
         resolver.track(&addrs);
         for (addr, nh) in resolver.refresh().await {
             let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,7 +136,11 @@ pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
     let cfg = config::load(config_path)?;
     let state = cfg.desired_state()?;
     let backends: usize = state.vips.values().map(|v| v.backends.len()).sum();
-    println!("{}: ok ({} VIPs, {backends} backends)", config_path.display(), state.vips.len());
+    println!(
+        "{}: ok ({} VIPs, {backends} backends)",
+        config_path.display(),
+        state.vips.len()
+    );
     Ok(())
 }
 
@@ -116,13 +157,18 @@ pub fn detach(interface: &str) -> anyhow::Result<()> {
     let decap_dir = decap_dir(interface);
     let decap = decap_dir.exists();
     if decap {
-        std::fs::remove_dir_all(&decap_dir).with_context(|| format!("removing {}", decap_dir.display()))?;
+        std::fs::remove_dir_all(&decap_dir)
+            .with_context(|| format!("removing {}", decap_dir.display()))?;
     }
     match (balancer, decap) {
         (false, false) => println!("nothing pinned for {interface}"),
         _ => println!(
             "detached from {interface}:{}{}",
-            if balancer { " balancer (program, link, maps)" } else { "" },
+            if balancer {
+                " balancer (program, link, maps)"
+            } else {
+                ""
+            },
             if decap { " decap" } else { "" }
         ),
     }
@@ -139,6 +185,10 @@ pub fn decap(interface: &str, addresses: &[IpAddr], mode: AttachMode) -> anyhow:
         .attach_pinned(interface, mode, &decap_dir(interface))
         .with_context(|| format!("attaching decap to {interface}"))?;
     let list: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
-    println!("decap attached to {interface} ({}) for {}", daemon::mode_name(m), list.join(", "));
+    println!(
+        "decap attached to {interface} ({}) for {}",
+        daemon::mode_name(m),
+        list.join(", ")
+    );
     Ok(())
 }

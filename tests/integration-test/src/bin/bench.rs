@@ -20,7 +20,12 @@
 //!
 //! The kernel's figure covers the program and the test loop around it (bottom
 //! halves off and on, the clock reads); an empty XDP program, loaded by hand,
-//! shows that floor, and the baseline carries it too.
+//! shows that floor, and the baseline carries it too. No program is attached
+//! to any interface.
+//!
+//! Every figure is the median of several rounds, and the rounds of all
+//! scenarios are interleaved, so a burst of other load on the machine spreads
+//! over all of them instead of skewing one.
 //!
 //! The bench runs in a network namespace of its own, so nothing it does can
 //! reach the host's network (test runs without live frames send nothing).
@@ -215,13 +220,14 @@ fn run_round(prog: &dyn Runner, loads: &[Load<'_>], m: Method, expect: u32) -> R
     })
 }
 
-/// The frames of round `r`: all of them when one frame serves every call.
+/// The frames of round `r`: all of them when one frame serves every call,
+/// else the round's own (a flow set is sized for all rounds).
 fn round_frames(frames: &[Vec<u8>], m: Method, r: usize) -> &[Vec<u8>] {
     if frames.len() == 1 {
         return frames;
     }
     let per = m.frames_per_round();
-    &frames[(r * per).min(frames.len())..((r + 1) * per).min(frames.len())]
+    &frames[r * per..(r + 1) * per]
 }
 
 /// `ROUNDS` rounds of one thread on CPU 0 (`one`) alternating with rounds of
