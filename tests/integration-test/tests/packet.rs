@@ -857,3 +857,34 @@ fn per_vip_and_per_backend_counters_add_up() {
     assert_eq!(c.get(Counter::ConnMiss), 50);
     assert_eq!(c.get(Counter::ActionTx), 50);
 }
+
+#[test]
+fn all_backends_down_fails_open() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2", "10.0.0.3", "10.0.0.4"]));
+    t.lb.set_backend_down(&v, ip("10.0.0.2"), true).unwrap();
+    t.lb.set_backend_down(&v, ip("10.0.0.3"), true).unwrap();
+    assert!(!t.lb.fail_open(&v));
+    for i in 0..50 {
+        let (_, out) = t.run(&Frame::tcp(V4_CLIENT, 100 + i, "10.100.0.1", 80).build());
+        assert_eq!(frame::outer_dst(&out), ip("10.0.0.4"), "only the healthy backend");
+    }
+    // The last one goes down too: rather than drop everything, send to all.
+    t.lb.set_backend_down(&v, ip("10.0.0.4"), true).unwrap();
+    assert!(t.lb.fail_open(&v));
+    let mut used = std::collections::BTreeSet::new();
+    for i in 0..100 {
+        let (action, out) = t.run(&Frame::tcp(V4_CLIENT, 1000 + i, "10.100.0.1", 80).build());
+        assert_eq!(action, XDP_TX);
+        used.insert(frame::outer_dst(&out));
+    }
+    assert_eq!(used.len(), 3, "fail open spreads over every backend");
+    // One comes back: fail open ends and only it takes new flows.
+    t.lb.set_backend_down(&v, ip("10.0.0.3"), false).unwrap();
+    assert!(!t.lb.fail_open(&v));
+    for i in 0..50 {
+        let (_, out) = t.run(&Frame::tcp(V4_CLIENT, 5000 + i, "10.100.0.1", 80).build());
+        assert_eq!(frame::outer_dst(&out), ip("10.0.0.3"));
+    }
+}
