@@ -55,6 +55,10 @@ impl From<StateError> for ApplyError {
     }
 }
 
+/// A VIP's backends as (address, up, effective weight), and whether it
+/// fails open.
+pub type VipHealth = (VipId, Vec<(IpAddr, bool, u32)>, bool);
+
 /// Holds the per-interface lock for the daemon's lifetime.
 pub struct InterfaceLock {
     _file: fs::File,
@@ -392,7 +396,7 @@ impl Daemon {
 
     /// Per VIP: each backend's (address, up, effective weight), and whether
     /// the VIP fails open.
-    pub fn status_health(&self) -> Vec<(VipId, Vec<(IpAddr, bool, u32)>, bool)> {
+    pub fn status_health(&self) -> Vec<VipHealth> {
         self.desired
             .vips
             .iter()

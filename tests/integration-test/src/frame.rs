@@ -213,7 +213,7 @@ pub fn ipv4(
     options: &[u8],
     payload: &[u8],
 ) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let hlen = 20 + options.len();
     let mut p = Vec::with_capacity(hlen + payload.len());
     p.push(0x40 | (hlen / 4) as u8);

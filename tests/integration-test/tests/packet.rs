@@ -862,13 +862,21 @@ fn per_vip_and_per_backend_counters_add_up() {
 fn all_backends_down_fails_open() {
     let mut t = TestLb::new();
     let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2", "10.0.0.3", "10.0.0.4"]));
+    t.add_vip(
+        v,
+        VipSettings::default(),
+        &backends(&["10.0.0.2", "10.0.0.3", "10.0.0.4"]),
+    );
     t.lb.set_backend_down(&v, ip("10.0.0.2"), true).unwrap();
     t.lb.set_backend_down(&v, ip("10.0.0.3"), true).unwrap();
     assert!(!t.lb.fail_open(&v));
     for i in 0..50 {
         let (_, out) = t.run(&Frame::tcp(V4_CLIENT, 100 + i, "10.100.0.1", 80).build());
-        assert_eq!(frame::outer_dst(&out), ip("10.0.0.4"), "only the healthy backend");
+        assert_eq!(
+            frame::outer_dst(&out),
+            ip("10.0.0.4"),
+            "only the healthy backend"
+        );
     }
     // The last one goes down too: rather than drop everything, send to all.
     t.lb.set_backend_down(&v, ip("10.0.0.4"), true).unwrap();

@@ -30,7 +30,7 @@ pub fn lookup_or_select(
             _pad: 0,
             last_seen_ns: now,
         };
-        if maps::CONNTRACK.insert(flow, &entry, 0).is_err() {
+        if maps::CONNTRACK.insert(flow, entry, 0).is_err() {
             stats::count(Counter::ConnInsertFailed);
         }
     }

@@ -89,7 +89,7 @@ pub fn is_vip_addr(addr: &lb_common::Addr, family: u8, proto: u8) -> bool {
         proto,
         _pad: [0; 2],
     };
-    unsafe { VIP_ADDRS.get(&key).is_some() }
+    unsafe { VIP_ADDRS.get(key).is_some() }
 }
 
 #[inline(always)]
@@ -100,7 +100,7 @@ pub fn fragment_vip(flow: &FlowKey) -> Option<VipKey> {
         proto: flow.proto,
         _pad: [0; 2],
     };
-    unsafe { VIP_ADDRS.get(&key).copied() }
+    unsafe { VIP_ADDRS.get(key).copied() }
 }
 
 #[inline(always)]

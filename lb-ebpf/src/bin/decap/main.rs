@@ -95,7 +95,7 @@ fn ours(addr: lb_common::Addr, family: u8) -> bool {
         proto: 0,
         _pad: [0; 2],
     };
-    unsafe { DECAP_ADDRS.get(&key).is_some() }
+    unsafe { DECAP_ADDRS.get(key).is_some() }
 }
 
 /// Moves the link-layer header (with its VLAN tag, if any) forward over the
