@@ -110,6 +110,11 @@ pub struct VipStatus {
     pub stateless: bool,
     pub packets: u64,
     pub bytes: u64,
+    /// Packets and bytes per second over the daemon's last sampling second.
+    #[serde(default)]
+    pub pps: f64,
+    #[serde(default)]
+    pub bps: f64,
     /// Every backend is down and the VIP sends to all of them (fail open).
     #[serde(default)]
     pub fail_open: bool,
@@ -128,6 +133,10 @@ pub struct BackendStatus {
     pub next_hop: bool,
     pub packets: u64,
     pub bytes: u64,
+    #[serde(default)]
+    pub pps: f64,
+    #[serde(default)]
+    pub bps: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -97,7 +97,16 @@ impl InterfaceLock {
     }
 }
 
+/// Per-second rates from two counter samples a second apart.
+#[derive(Default)]
+struct Rates {
+    last: Option<(Instant, crate::maps::Counters)>,
+    vips: std::collections::BTreeMap<VipId, (f64, f64)>,
+    backends: std::collections::BTreeMap<(VipId, IpAddr), (f64, f64)>,
+}
+
 pub struct Daemon {
+    rates: Rates,
     config_path: PathBuf,
     config: Config,
     balancer: Balancer,
@@ -145,6 +154,7 @@ impl Daemon {
         };
         check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
         let mut daemon = Daemon {
+            rates: Rates::default(),
             config_path: config_path.to_path_buf(),
             config,
             balancer,
@@ -441,6 +451,36 @@ impl Daemon {
         v
     }
 
+    /// Takes a counter sample and updates the per-second rates shown by
+    /// `status` (called once a second).
+    pub fn sample_rates(&mut self) {
+        let Ok(now) = self.balancer.counters() else {
+            return;
+        };
+        let at = Instant::now();
+        if let Some((then, prev)) = &self.rates.last {
+            let secs = at.duration_since(*then).as_secs_f64().max(1e-3);
+            let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+            self.rates.vips = now
+                .vips
+                .iter()
+                .map(|(k, t)| {
+                    let p = prev.vips.get(k).copied().unwrap_or(*t);
+                    (*k, (rate(p.packets, t.packets), rate(p.bytes, t.bytes)))
+                })
+                .collect();
+            self.rates.backends = now
+                .backends
+                .iter()
+                .map(|(k, t)| {
+                    let p = prev.backends.get(k).copied().unwrap_or(*t);
+                    (*k, (rate(p.packets, t.packets), rate(p.bytes, t.bytes)))
+                })
+                .collect();
+        }
+        self.rates.last = Some((at, now));
+    }
+
     pub fn status(&self) -> Status {
         let counters = self.balancer.counters().unwrap_or_default();
         let vips = self
@@ -470,6 +510,8 @@ impl Daemon {
                             next_hop: self.balancer.next_hop(&b.addr).is_some(),
                             packets: t.packets,
                             bytes: t.bytes,
+                            pps: self.rates.backends.get(&(*id, b.addr)).map_or(0.0, |r| r.0),
+                            bps: self.rates.backends.get(&(*id, b.addr)).map_or(0.0, |r| r.1),
                         }
                     })
                     .collect();
@@ -481,6 +523,8 @@ impl Daemon {
                     stateless: v.settings.stateless,
                     packets: traffic.packets,
                     bytes: traffic.bytes,
+                    pps: self.rates.vips.get(id).map_or(0.0, |r| r.0),
+                    bps: self.rates.vips.get(id).map_or(0.0, |r| r.1),
                     fail_open: self.balancer.fail_open(id),
                     backends,
                 }

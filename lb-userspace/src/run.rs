@@ -63,6 +63,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 
         let tasks = [
             tokio::spawn(resolve_next_hops(shared.clone())),
+            tokio::spawn(sample_rates(shared.clone())),
             tokio::spawn(reload_on_sighup(shared.clone(), hooks.clone())),
             tokio::spawn(async move { crate::metrics::serve(metrics_listener, metrics).await }),
             tokio::spawn({
@@ -91,6 +92,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!("lbd stopped; the balancer keeps forwarding with the last state");
         outcome
     })
+}
+
+/// Samples the counters once a second for the rates `lbctl status` shows.
+async fn sample_rates(daemon: api::SharedDaemon) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample_rates();
+    }
 }
 
 async fn reload_on_sighup(daemon: api::SharedDaemon, hooks: Arc<api::Hooks>) -> anyhow::Result<()> {

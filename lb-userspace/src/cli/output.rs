@@ -222,7 +222,7 @@ pub fn render_vip(v: &VipStatus) -> String {
     }
     let _ = writeln!(
         out,
-        "  {}, {}, {}  {} packets, {}",
+        "  {}, {}, {}  {} packets, {}  {} pkt/s, {}/s",
         scheduler_name(v.scheduler),
         forwarding_name(v.forwarding),
         if v.stateless {
@@ -232,6 +232,8 @@ pub fn render_vip(v: &VipStatus) -> String {
         },
         human_count(v.packets),
         human_bytes(v.bytes),
+        human_count_rate(v.pps),
+        human_bytes_rate(v.bps),
     );
     if v.fail_open {
         let _ = writeln!(out, "  !!! {FAIL_OPEN_LINE} !!!");
@@ -247,6 +249,8 @@ pub fn render_vip(v: &VipStatus) -> String {
         ("NEXT HOP", Left),
         ("PACKETS", Right),
         ("BYTES", Right),
+        ("PKT/S", Right),
+        ("BYTES/S", Right),
     ]);
     for b in &v.backends {
         t.row(vec![
@@ -256,6 +260,8 @@ pub fn render_vip(v: &VipStatus) -> String {
             if b.next_hop { "resolved" } else { "unresolved" }.into(),
             human_count(b.packets),
             human_bytes(b.bytes),
+            human_count_rate(b.pps),
+            human_bytes_rate(b.bps),
         ]);
     }
     out.push_str(&t.render("  "));
@@ -575,6 +581,8 @@ mod tests {
             next_hop: true,
             packets: 0,
             bytes: 0,
+            pps: 0.0,
+            bps: 0.0,
         }
     }
 
@@ -587,11 +595,15 @@ mod tests {
             stateless: false,
             packets: 1_234_567,
             bytes: 3_565_158,
+            pps: 1500.0,
+            bps: 2048.0,
             fail_open: false,
             backends: vec![
                 BackendStatus {
                     packets: 1_200,
                     bytes: 3_565_158,
+                    pps: 1500.0,
+                    bps: 2048.0,
                     ..backend("10.0.0.2", 100, "up", false)
                 },
                 BackendStatus {
@@ -671,12 +683,12 @@ Program id: 42
 Uptime:     3h12m
 Pin dir:    /sys/fs/bpf/lb
 
-VIP 10.100.0.1:80/tcp (web)  maglev, ipip, conntrack  1.2M packets, 3.4MiB
-  BACKEND    WEIGHT  STATE      NEXT HOP    PACKETS   BYTES
-  10.0.0.2      100  up         resolved       1.2K  3.4MiB
-  10.0.0.3        5  drained    unresolved        0      0B
-  10.0.0.14   65535  down       resolved          0      0B
-  10.0.0.5        1  unchecked  resolved          0      0B
+VIP 10.100.0.1:80/tcp (web)  maglev, ipip, conntrack  1.2M packets, 3.4MiB  1.5K pkt/s, 2.0KiB/s
+  BACKEND    WEIGHT  STATE      NEXT HOP    PACKETS   BYTES  PKT/S  BYTES/S
+  10.0.0.2      100  up         resolved       1.2K  3.4MiB   1.5K   2.0KiB
+  10.0.0.3        5  drained    unresolved        0      0B      0       0B
+  10.0.0.14   65535  down       resolved          0      0B      0       0B
+  10.0.0.5        1  unchecked  resolved          0      0B      0       0B
 ";
         assert_eq!(render_status(&s), expected);
         assert!(!render_status(&s).contains(FAIL_OPEN_LINE));
@@ -697,7 +709,7 @@ VIP 10.100.0.1:80/tcp (web)  maglev, ipip, conntrack  1.2M packets, 3.4MiB
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
-            "VIP 10.100.0.1:80/tcp  source-hash, l2dsr, stateless  1.2M packets, 3.4MiB"
+            "VIP 10.100.0.1:80/tcp  source-hash, l2dsr, stateless  1.2M packets, 3.4MiB  1.5K pkt/s, 2.0KiB/s"
         );
         assert_eq!(
             lines[1],

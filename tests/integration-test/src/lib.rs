@@ -1,6 +1,8 @@
-//! Test helpers: a frame builder, a balancer loaded for packet tests, and a
-//! network-namespace topology for tests with the real binaries.
+//! Test helpers: a frame builder, a balancer loaded for packet tests, a
+//! network-namespace topology for tests with the real binaries, and a lab
+//! running the real `lbd` and `lbctl` in one.
 
+pub mod daemon;
 pub mod frame;
 pub mod harness;
 pub mod netns;

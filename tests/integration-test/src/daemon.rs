@@ -1,0 +1,1609 @@
+//! A lab for acceptance tests of the real `lbd` and `lbctl` binaries: a
+//! one-armed balancer on a switched segment, in network namespaces.
+//!
+//! ```text
+//!                      switch ns: bridge br0 (MTU 1600)
+//!      ┌──────────────┬──────────────┬─────────────┬─────────────┐
+//!    pcl (1500)     plb [XDP pass]   pb1           pb2   ...     (bridge ports)
+//!      │              │              │             │
+//!   client ns       lb ns          b1 ns         b2 ns   ...
+//!   c0 10.10.0.2    <lb if> .1     <b1 if> .11   <b2 if> .12
+//!   fd10::2         fd10::1        fd10::11      fd10::12
+//!   VIPs via .1     lbd run        lbd decap, servers, VIPs on lo
+//! ```
+//!
+//! `lbd run` runs inside the lb namespace (with `nsenter --net`, which keeps
+//! the host's mount namespace and so its bpffs) and sends the encapsulated
+//! frames back out of the interface they came in on (`XDP_TX`); a frame
+//! sent by `XDP_TX` out of a veth reaches the peer only when the peer has a
+//! native XDP program, so the lb's bridge port gets a pass-through program
+//! (the decap program with no tunnel address: it passes everything). The
+//! backends run `lbd decap` and a small TCP server on ports 80 and 8080
+//! that greets each connection with the backend's name and then echoes
+//! lines.
+//!
+//! Everything global is named after a tag unique to the test process and
+//! lab (`lbdt<pid><n>`): interfaces (`lbdt<tag>lb`, `lbdt<tag>b1`, ...),
+//! hence pin directories (`/sys/fs/bpf/lb/<if>`, `/sys/fs/bpf/lb-decap/<if>`)
+//! and locks (`/run/lb/lbd-<if>.lock`), and the temporary directory. A lab
+//! removes all of it on drop, also when the test panics (then it prints the
+//! tail of lbd's log first); leftovers of test processes that were killed
+//! outright are swept by the next [`Lab::new`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fs,
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::fs::PermissionsExt, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use lb::{decap::Decap, maps::AttachMode};
+use lb_common::{ConnEntry, FlowKey, MAP_LAYOUT_VERSION, PROTO_TCP};
+
+use crate::netns::{self, in_netns, spawn_in_netns, Topology, NETNS_RUN_DIR};
+
+/// Prefix of everything global a lab names (interfaces, temp dirs).
+pub const TAG_PREFIX: &str = "lbdt";
+pub const BPFFS: &str = "/sys/fs/bpf";
+pub const RUN_DIR: &str = "/run/lb";
+
+pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 0, 0, 0, 0, 0, 1);
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0, 0, 0, 0, 0, 0, 2);
+/// The TCP:80 VIP.
+pub const VIP_WEB: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+/// The port-less TCP VIP.
+pub const VIP_ANY: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
+/// The IPv6 TCP:80 VIP.
+pub const VIP_WEB6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0x100, 0, 0, 0, 0, 0, 1);
+/// The ports the backends' servers listen on.
+pub const PORTS: [u16; 2] = [80, 8080];
+
+/// How long one connection attempt, or one answer, may take. A SYN lost
+/// once is retransmitted after 1 s, so this allows for one loss.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long lbd may take to answer on its control socket after starting.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+// ---------------------------------------------------------------- binaries
+
+/// `target/<profile>/<name>`, found from the test executable
+/// (`target/<profile>/deps/<test>-<hash>`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (`cargo xtask build` or `cargo build -p lb-userspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+pub fn lbd_bin() -> PathBuf {
+    bin("lbd")
+}
+
+pub fn lbctl_bin() -> PathBuf {
+    bin("lbctl")
+}
+
+/// What a finished command left.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}---",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to its end, at most `timeout`; killed after that.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out_reader = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    match status {
+        Some(s) => Ok(Output {
+            code: s.code(),
+            stdout,
+            stderr,
+        }),
+        None => {
+            bail!("{cmd:?} did not finish within {timeout:?}\nstdout: {stdout}\nstderr: {stderr}")
+        }
+    }
+}
+
+/// `nsenter --net=/var/run/netns/<ns> <prog> <args>`: the program runs in
+/// the namespace's network stack but sees the host's mounts (bpffs).
+pub fn nsenter(ns: &str, prog: &Path) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={NETNS_RUN_DIR}/{ns}")).arg(prog);
+    c
+}
+
+/// Kill the child when the thread that started it ends (a test process
+/// killed outright leaves no lbd behind).
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+// ---------------------------------------------------------------- names
+
+fn base36(mut n: u64, width: usize) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = vec![b'0'; width];
+    for d in out.iter_mut().rev() {
+        *d = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// `lbdt` + the pid (5 base-36 digits) + a per-process counter (2 digits).
+fn new_tag() -> String {
+    let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed) as u64;
+    format!(
+        "{TAG_PREFIX}{}{}",
+        base36(std::process::id() as u64, 5),
+        base36(n, 2)
+    )
+}
+
+/// The pid a tagged name was made by.
+fn tag_pid(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(TAG_PREFIX)?.get(..5)?;
+    u32::from_str_radix(digits, 36).ok()
+}
+
+/// Removes what labs of dead test processes left: pin directories, lock
+/// files, temp directories.
+pub fn sweep_stale() {
+    let dead =
+        |name: &str| tag_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+    let dirs = [
+        PathBuf::from(BPFFS).join("lb"),
+        PathBuf::from(BPFFS).join("lb-decap"),
+        std::env::temp_dir(),
+    ];
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dead(&name) && e.path().is_dir() {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(RUN_DIR) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name
+                .strip_prefix("lbd-")
+                .and_then(|n| n.strip_suffix(".lock"))
+            {
+                if dead(rest) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Removes what one interface name may have left globally: pins of every
+/// layout, the decap pin, the lock file.
+pub fn remove_interface_leftovers(ifname: &str) {
+    let _ = fs::remove_dir_all(Path::new(BPFFS).join("lb").join(ifname));
+    let _ = fs::remove_dir_all(Path::new(BPFFS).join("lb-decap").join(ifname));
+    let _ = fs::remove_file(Path::new(RUN_DIR).join(format!("lbd-{ifname}.lock")));
+}
+
+// ---------------------------------------------------------------- config
+
+/// One `[[vip]]` of a config file.
+#[derive(Clone, Debug)]
+pub struct VipSpec {
+    pub name: String,
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+    /// Address and weight (`None`: the default).
+    pub backends: Vec<(IpAddr, Option<u32>)>,
+}
+
+impl VipSpec {
+    pub fn new(
+        name: &str,
+        addr: impl Into<IpAddr>,
+        port: Option<u16>,
+        backends: &[IpAddr],
+    ) -> Self {
+        VipSpec {
+            name: name.into(),
+            addr: addr.into(),
+            port,
+            backends: backends.iter().map(|b| (*b, None)).collect(),
+        }
+    }
+
+    /// `ADDR[:PORT]/tcp`, as lbd writes it.
+    pub fn id(&self) -> String {
+        vip_id(self.addr, self.port)
+    }
+}
+
+pub fn vip_id(addr: IpAddr, port: Option<u16>) -> String {
+    match (addr, port) {
+        (IpAddr::V4(a), None) => format!("{a}/tcp"),
+        (IpAddr::V6(a), None) => format!("[{a}]/tcp"),
+        (IpAddr::V4(a), Some(p)) => format!("{a}:{p}/tcp"),
+        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}/tcp"),
+    }
+}
+
+// ---------------------------------------------------------------- the lab
+
+/// A backend host: its namespace, interface and addresses.
+#[derive(Clone, Debug)]
+pub struct BackendHost {
+    /// `b1`, `b2`, ...: what its server greets with.
+    pub name: String,
+    pub ns: String,
+    pub ifname: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+pub struct Lab {
+    pub tag: String,
+    /// Per-lab temporary directory (mode 0755): config, socket, state, log.
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub lb_if: String,
+    pub lb_ns: String,
+    pub client_ns: String,
+    pub switch_ns: String,
+    pub backends: Vec<BackendHost>,
+    lbd: Option<Child>,
+    lbd_starts: u32,
+    servers: Vec<Server>,
+    passthrough: Option<Decap>,
+    topo: Option<Topology>,
+}
+
+impl Lab {
+    /// Builds the topology with `n_backends` backends (b1..bn, all running
+    /// decap and servers). lbd is not started.
+    pub fn new(n_backends: usize) -> Result<Lab> {
+        sweep_stale();
+        let tag = new_tag();
+        let dir = std::env::temp_dir().join(&tag);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        // Traversable by others, so a non-root client is stopped by the
+        // socket's own mode, not by the directory's.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        let mut lab = Lab {
+            config_path: dir.join("lb.toml"),
+            socket: dir.join("lbd.sock"),
+            state_dir: dir.join("state"),
+            log_path: dir.join("lbd.log"),
+            dir,
+            lb_if: format!("{tag}lb"),
+            lb_ns: String::new(),
+            client_ns: String::new(),
+            switch_ns: String::new(),
+            backends: Vec::new(),
+            lbd: None,
+            lbd_starts: 0,
+            servers: Vec::new(),
+            passthrough: None,
+            topo: Some(Topology::new()?),
+            tag,
+        };
+        lab.build(n_backends)?;
+        Ok(lab)
+    }
+
+    fn topo(&mut self) -> &mut Topology {
+        self.topo.as_mut().expect("topology lives until drop")
+    }
+
+    fn build(&mut self, n_backends: usize) -> Result<()> {
+        let sw = self.topo().add_ns("sw")?;
+        let cl = self.topo().add_ns("cl")?;
+        let lb = self.topo().add_ns("lb")?;
+        self.switch_ns = sw.clone();
+        self.client_ns = cl.clone();
+        self.lb_ns = lb.clone();
+        self.topo().add_bridge(&sw, "br0")?;
+        netns::ip(
+            &sw,
+            &[
+                "link",
+                "set",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
+
+        // Client: MTU 1500, checksums finished in software (see
+        // `netns::set_tx_checksum`), the VIPs routed to the balancer.
+        self.topo().veth((&cl, "c0"), (&sw, "pcl"))?;
+        self.topo().set_master(&sw, "pcl", "br0")?;
+        netns::set_tx_checksum(&cl, "c0", false)?;
+        self.topo().add_addr(&cl, "c0", &format!("{CLIENT4}/24"))?;
+        self.topo().add_addr(&cl, "c0", &format!("{CLIENT6}/64"))?;
+        self.topo()
+            .add_route(&cl, &["10.100.0.0/24", "via", &LB4.to_string()])?;
+        self.topo()
+            .add_route(&cl, &["fd10:100::/64", "via", &LB6.to_string()])?;
+
+        // The balancer: one arm; its bridge port passes XDP_TX frames on.
+        let lb_if = self.lb_if.clone();
+        self.topo().veth((&lb, &lb_if), (&sw, "plb"))?;
+        self.topo().set_master(&sw, "plb", "br0")?;
+        mtu(&lb, &lb_if, 1600)?;
+        mtu(&sw, "plb", 1600)?;
+        self.topo().add_addr(&lb, &lb_if, &format!("{LB4}/24"))?;
+        self.topo().add_addr(&lb, &lb_if, &format!("{LB6}/64"))?;
+        let mut pass = Decap::load().context("loading the pass-through program")?;
+        let mode = in_netns(&sw, || pass.attach("plb", AttachMode::Native))??;
+        anyhow::ensure!(
+            mode == aya::programs::XdpMode::Driver,
+            "pass-through not native"
+        );
+        self.passthrough = Some(pass);
+
+        for i in 1..=n_backends {
+            let name = format!("b{i}");
+            let ns = self.topo().add_ns(&name)?;
+            let ifname = format!("{}{name}", self.tag);
+            let port = format!("p{name}");
+            let host = BackendHost {
+                name: name.clone(),
+                ns: ns.clone(),
+                ifname: ifname.clone(),
+                v4: Ipv4Addr::new(10, 10, 0, 10 + i as u8),
+                v6: format!("fd10::{}", 10 + i).parse().expect("IPv6"),
+            };
+            self.topo().veth((&ns, &ifname), (&sw, &port))?;
+            self.topo().set_master(&sw, &port, "br0")?;
+            mtu(&ns, &ifname, 1600)?;
+            mtu(&sw, &port, 1600)?;
+            self.topo()
+                .add_addr(&ns, &ifname, &format!("{}/24", host.v4))?;
+            self.topo()
+                .add_addr(&ns, &ifname, &format!("{}/64", host.v6))?;
+            self.topo().add_addr(&ns, "lo", &format!("{VIP_WEB}/32"))?;
+            self.topo().add_addr(&ns, "lo", &format!("{VIP_ANY}/32"))?;
+            self.topo()
+                .add_addr(&ns, "lo", &format!("{VIP_WEB6}/128"))?;
+            for key in [
+                "net.ipv4.conf.all.rp_filter".to_string(),
+                "net.ipv4.conf.default.rp_filter".to_string(),
+                "net.ipv4.conf.lo.rp_filter".to_string(),
+                format!("net.ipv4.conf.{ifname}.rp_filter"),
+            ] {
+                self.topo().sysctl(&ns, &key, "0")?;
+            }
+            let out = run_bounded(
+                nsenter(&ns, &lbd_bin()).args([
+                    "decap",
+                    "--interface",
+                    &ifname,
+                    "--address",
+                    &host.v4.to_string(),
+                    "--address",
+                    &host.v6.to_string(),
+                ]),
+                Duration::from_secs(20),
+            )?;
+            anyhow::ensure!(out.ok(), "lbd decap on {ifname} in {ns}: {out}");
+            self.servers.push(Server::start(&ns, &name)?);
+            self.backends.push(host);
+        }
+        mtu(&sw, "br0", 1600)?;
+        Ok(())
+    }
+
+    pub fn backend(&self, name: &str) -> &BackendHost {
+        self.backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no backend {name}"))
+    }
+
+    /// The backend's name for an address.
+    pub fn backend_name(&self, addr: IpAddr) -> Option<&str> {
+        self.backends
+            .iter()
+            .find(|b| IpAddr::V4(b.v4) == addr || IpAddr::V6(b.v6) == addr)
+            .map(|b| b.name.as_str())
+    }
+
+    /// The three standard VIPs, each with backends `names` (`b1`, ...).
+    pub fn standard_vips(&self, names: &[&str]) -> Vec<VipSpec> {
+        let v4: Vec<IpAddr> = names.iter().map(|n| self.backend(n).v4.into()).collect();
+        let v6: Vec<IpAddr> = names.iter().map(|n| self.backend(n).v6.into()).collect();
+        vec![
+            VipSpec::new("web", VIP_WEB, Some(80), &v4),
+            VipSpec::new("any", VIP_ANY, None, &v4),
+            VipSpec::new("web6", VIP_WEB6, Some(80), &v6),
+        ]
+    }
+
+    /// The config file's text for `vips`.
+    pub fn config_text(&self, vips: &[VipSpec]) -> String {
+        let mut t = format!(
+            "# lbd acceptance test {tag}\n\
+             interface = \"{lb_if}\"\n\
+             xdp_mode = \"native\"\n\
+             control_socket = \"{socket}\"\n\
+             # In the lb namespace's own loopback: no other test shares it.\n\
+             metrics_listen = \"127.0.0.1:9469\"\n\
+             state_dir = \"{state}\"\n\
+             \n\
+             [encap]\n\
+             source_v4 = \"{LB4}\"\n\
+             source_v6 = \"{LB6}\"\n",
+            tag = self.tag,
+            lb_if = self.lb_if,
+            socket = self.socket.display(),
+            state = self.state_dir.display(),
+        );
+        for v in vips {
+            t += &format!(
+                "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\n",
+                v.name, v.addr
+            );
+            if let Some(p) = v.port {
+                t += &format!("port = {p}\n");
+            }
+            t += "protocol = \"tcp\"\nbackends = [\n";
+            for (addr, weight) in &v.backends {
+                match weight {
+                    Some(w) => t += &format!("  {{ address = \"{addr}\", weight = {w} }},\n"),
+                    None => t += &format!("  {{ address = \"{addr}\" }},\n"),
+                }
+            }
+            t += "]\n";
+        }
+        t
+    }
+
+    pub fn write_config(&self, text: &str) {
+        fs::write(&self.config_path, text).expect("writing the config");
+    }
+
+    // ------------------------------------------------------------ lbd
+
+    /// Starts `lbd run` in the lb namespace and waits (bounded) until it
+    /// answers `lbctl status`.
+    pub fn start_lbd(&mut self) -> Result<()> {
+        anyhow::ensure!(self.lbd.is_none(), "lbd already running");
+        let child = self.spawn_lbd_run()?;
+        self.lbd = Some(child);
+        self.wait_ready()
+    }
+
+    /// Spawns `lbd run --config <config>` in the lb namespace, its output
+    /// appended to the log; does not wait.
+    pub fn spawn_lbd_run(&mut self) -> Result<Child> {
+        self.lbd_starts += 1;
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        writeln!(log, "===== lbd start #{} =====", self.lbd_starts)?;
+        let mut cmd = nsenter(&self.lb_ns, &lbd_bin());
+        cmd.args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("LBD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        cmd.spawn().context("spawning lbd run")
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.lbd.as_mut().expect("started").try_wait()? {
+                self.lbd = None;
+                bail!(
+                    "lbd exited ({status}) before its control socket answered\n{}",
+                    self.log_tail(40)
+                );
+            }
+            if self.socket.exists() && self.lbctl(&["status"]).ok() {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "lbd did not answer on {} within {READY_TIMEOUT:?}\n{}",
+                    self.socket.display(),
+                    self.log_tail(40)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9` lbd (and reap it).
+    pub fn kill_lbd(&mut self) {
+        if let Some(mut c) = self.lbd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn lbd_pid(&self) -> Option<u32> {
+        self.lbd.as_ref().map(|c| c.id())
+    }
+
+    /// Whether lbd is still running.
+    pub fn lbd_running(&mut self) -> bool {
+        self.lbd
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The last `n` lines of lbd's log (all its starts), for messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(n);
+        format!(
+            "--- last {} lines of {}\n{}\n---",
+            lines.len() - from,
+            self.log_path.display(),
+            lines[from..].join("\n")
+        )
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(BPFFS)
+            .join("lb")
+            .join(&self.lb_if)
+            .join(format!("v{MAP_LAYOUT_VERSION}"))
+    }
+
+    // ------------------------------------------------------------ lbctl
+
+    /// `lbctl --socket <socket> <args>` as root, from the root namespace.
+    pub fn lbctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(lbctl_bin());
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        run_bounded(&mut cmd, Duration::from_secs(20)).expect("running lbctl")
+    }
+
+    /// `lbctl`, which must succeed.
+    pub fn lbctl_ok(&self, args: &[&str]) -> String {
+        let out = self.lbctl(args);
+        assert!(
+            out.ok(),
+            "lbctl {args:?} failed: {out}\n{}",
+            self.log_tail(30)
+        );
+        out.stdout
+    }
+
+    /// `lbctl --json status`, parsed.
+    pub fn status(&self) -> Json {
+        let text = self.lbctl_ok(&["--json", "status"]);
+        Json::parse(&text).unwrap_or_else(|e| panic!("lbctl --json status: {e}:\n{text}"))
+    }
+
+    /// The VIP/backend sets of `lbctl --json status`, without traffic,
+    /// health, next hops or uptime: what a refused change must not touch.
+    pub fn config_view(&self) -> String {
+        config_view(&self.status())
+    }
+
+    pub fn state_json(&self) -> String {
+        fs::read_to_string(self.state_dir.join("state.json")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until every backend of every VIP has a resolved next
+    /// hop in `lbctl --json status`.
+    pub fn wait_next_hops(&self, timeout: Duration) -> Result<Json> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            let unresolved: Vec<String> = s
+                .get("vips")
+                .arr()
+                .iter()
+                .flat_map(|v| {
+                    v.get("backends")
+                        .arr()
+                        .iter()
+                        .filter(|b| b.get("next_hop").as_bool() != Some(true))
+                        .map(|b| format!("{} {}", v.get("vip").str(), b.get("addr").str()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if unresolved.is_empty() {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "next hops still unresolved after {timeout:?}: {unresolved:?}\n{}",
+                    self.log_tail(30)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // ------------------------------------------------------------ traffic
+
+    /// Runs `f` in the client namespace.
+    pub fn in_client<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> T {
+        in_netns(&self.client_ns, f).expect("entering the client namespace")
+    }
+
+    /// One connection from the client: the greeting's backend name.
+    pub fn greet(&self, to: SocketAddr) -> Result<String, String> {
+        self.in_client(|| greet(to).map(|(name, _)| name))
+    }
+
+    /// `n` connections from the client to `to`: how many reached each
+    /// backend; the first failure ends it.
+    pub fn spread(&self, to: SocketAddr, n: usize) -> Result<BTreeMap<String, usize>, String> {
+        self.in_client(|| {
+            let mut by = BTreeMap::new();
+            for i in 0..n {
+                let (name, _) =
+                    greet(to).map_err(|e| format!("connection {i} of {n} to {to}: {e}"))?;
+                *by.entry(name).or_insert(0) += 1;
+            }
+            Ok(by)
+        })
+    }
+
+    /// A connection from the client that exchanges a line every `every`
+    /// until stopped.
+    pub fn long_lived(&self, to: SocketAddr, every: Duration) -> Result<LongLived> {
+        LongLived::start(&self.client_ns, to, every)
+    }
+
+    /// Connections from the client, one after another, round robin over
+    /// `targets`, until stopped.
+    pub fn stream(&self, targets: &[SocketAddr]) -> ConnStream {
+        ConnStream::start(&self.client_ns, targets.to_vec())
+    }
+
+    /// Server-side counts of accepted connections, by backend.
+    pub fn accepted(&self) -> BTreeMap<String, u64> {
+        self.servers
+            .iter()
+            .map(|s| (s.name.clone(), s.accepted.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ maps
+
+    /// The balancer's connection table, read from its pinned map.
+    pub fn conntrack(&self) -> Result<HashMap<FlowKey, ConnEntry>> {
+        read_conntrack(&self.pin_dir().join("maps").join("CONNTRACK"))
+    }
+
+    /// Interface counters of every lab interface, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let mut links = vec![
+            (self.client_ns.clone(), "c0".to_string()),
+            (self.lb_ns.clone(), self.lb_if.clone()),
+            (self.switch_ns.clone(), "plb".to_string()),
+        ];
+        for b in &self.backends {
+            links.push((b.ns.clone(), b.ifname.clone()));
+        }
+        for (ns, ifname) in links {
+            match netns::ip(&ns, &["-s", "-d", "link", "show", "dev", &ifname]) {
+                Ok(s) => out += &s,
+                Err(e) => out += &format!("{ifname}: {e}\n"),
+            }
+        }
+        if let Ok(n) = netns::ip(&self.lb_ns, &["neigh", "show"]) {
+            out += &format!("lb neighbours:\n{n}");
+        }
+        out += &format!("accepted: {:?}\n", self.accepted());
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("lab {} failed; lbd log:\n{}", self.tag, self.log_tail(60));
+        }
+        for s in &mut self.servers {
+            s.stop_flag();
+        }
+        for s in self.servers.drain(..) {
+            s.join();
+        }
+        self.kill_lbd();
+        // Unpin everything (lbd detach, as an operator would), falling back
+        // to removing the directories.
+        let mut ifs = vec![self.lb_if.clone()];
+        ifs.extend(self.backends.iter().map(|b| b.ifname.clone()));
+        for ifname in ifs {
+            let mut cmd = Command::new(lbd_bin());
+            cmd.args(["detach", "--interface", &ifname]);
+            match run_bounded(&mut cmd, Duration::from_secs(20)) {
+                Ok(o) if o.ok() => {}
+                Ok(o) => eprintln!("lab {}: lbd detach --interface {ifname}: {o}", self.tag),
+                Err(e) => eprintln!("lab {}: lbd detach --interface {ifname}: {e:#}", self.tag),
+            }
+            remove_interface_leftovers(&ifname);
+        }
+        self.passthrough = None;
+        self.topo = None;
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn mtu(ns: &str, ifname: &str, mtu: u32) -> Result<()> {
+    netns::ip(ns, &["link", "set", "dev", ifname, "mtu", &mtu.to_string()])?;
+    Ok(())
+}
+
+/// Every entry of a pinned connection table.
+pub fn read_conntrack(path: &Path) -> Result<HashMap<FlowKey, ConnEntry>> {
+    let data = aya::maps::MapData::from_pin(path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map =
+        aya::maps::HashMap::<_, FlowKey, ConnEntry>::try_from(aya::maps::Map::LruHashMap(data))
+            .context("CONNTRACK as an LRU hash")?;
+    let mut out = HashMap::new();
+    for item in map.iter() {
+        // An entry evicted between getting its key and its value is
+        // skipped by the iterator's error; nothing is evicted in these tests.
+        let (k, v) = item.context("reading CONNTRACK")?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// The connection-table key of a client connection.
+pub fn flow_key(local: SocketAddr, vip: SocketAddr) -> FlowKey {
+    FlowKey::new(local.ip(), local.port(), vip.ip(), vip.port(), PROTO_TCP)
+}
+
+// ---------------------------------------------------------------- clients
+
+/// Connects to `to`, reads the greeting line; the backend's name and the
+/// connection's local address. Must run in the client namespace.
+pub fn greet(to: SocketAddr) -> Result<(String, SocketAddr), String> {
+    let mut s =
+        TcpStream::connect_timeout(&to, IO_TIMEOUT).map_err(|e| format!("connect {to}: {e}"))?;
+    let local = s.local_addr().map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let line = read_line(&mut s).map_err(|e| format!("greeting from {to} (local {local}): {e}"))?;
+    Ok((line, local))
+}
+
+/// Reads one `\n`-terminated line byte by byte (no buffering past it).
+fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b)? {
+            0 => {
+                return Err(std::io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "closed before a full line",
+                ))
+            }
+            _ if b[0] == b'\n' => break,
+            _ => line.push(b[0]),
+        }
+        if line.len() > 1024 {
+            return Err(std::io::Error::other("line too long"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// What a [`LongLived`] connection did.
+#[derive(Clone, Debug)]
+pub struct LongLivedReport {
+    pub backend: String,
+    pub exchanges: u64,
+    pub error: Option<String>,
+    /// The longest time between two completed exchanges.
+    pub max_gap: Duration,
+}
+
+/// One TCP connection from the client exchanging a line every interval in
+/// a background thread.
+pub struct LongLived {
+    pub backend: String,
+    pub local: SocketAddr,
+    pub to: SocketAddr,
+    stop: Arc<AtomicBool>,
+    exchanges: Arc<AtomicU64>,
+    handle: Option<JoinHandle<Result<LongLivedReport>>>,
+}
+
+impl LongLived {
+    pub fn start(client_ns: &str, to: SocketAddr, every: Duration) -> Result<LongLived> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let exchanges = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let (stop2, ex2) = (stop.clone(), exchanges.clone());
+        let handle = spawn_in_netns(client_ns, move || -> LongLivedReport {
+            let mut s = match TcpStream::connect_timeout(&to, IO_TIMEOUT) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("connect {to}: {e}")));
+                    return LongLivedReport {
+                        backend: String::new(),
+                        exchanges: 0,
+                        error: Some(e.to_string()),
+                        max_gap: Duration::ZERO,
+                    };
+                }
+            };
+            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = s.set_nodelay(true);
+            let local = s.local_addr().expect("local address");
+            let backend = match read_line(&mut s) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("greeting: {e}")));
+                    return LongLivedReport {
+                        backend: String::new(),
+                        exchanges: 0,
+                        error: Some(e.to_string()),
+                        max_gap: Duration::ZERO,
+                    };
+                }
+            };
+            let _ = tx.send(Ok((backend.clone(), local)));
+            let mut report = LongLivedReport {
+                backend,
+                exchanges: 0,
+                error: None,
+                max_gap: Duration::ZERO,
+            };
+            let mut last = Instant::now();
+            let mut i = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                thread::sleep(every);
+                i += 1;
+                let msg = format!("ping {i}");
+                let result = s
+                    .write_all(format!("{msg}\n").as_bytes())
+                    .and_then(|_| read_line(&mut s));
+                match result {
+                    Ok(echo) if echo == msg => {
+                        report.exchanges += 1;
+                        ex2.fetch_add(1, Ordering::Relaxed);
+                        report.max_gap = report.max_gap.max(last.elapsed());
+                        last = Instant::now();
+                    }
+                    Ok(other) => {
+                        report.error = Some(format!("exchange {i}: sent {msg:?}, got {other:?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        report.error = Some(format!(
+                            "exchange {i} after {} good ones: {e}",
+                            report.exchanges
+                        ));
+                        break;
+                    }
+                }
+            }
+            report
+        });
+        match rx.recv_timeout(IO_TIMEOUT * 2) {
+            Ok(Ok((backend, local))) => Ok(LongLived {
+                backend,
+                local,
+                to,
+                stop,
+                exchanges,
+                handle: Some(handle),
+            }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                bail!("long-lived connection to {to}: {e}")
+            }
+            Err(_) => {
+                stop.store(true, Ordering::Relaxed);
+                bail!("long-lived connection to {to}: no greeting")
+            }
+        }
+    }
+
+    /// Exchanges so far.
+    pub fn exchanges(&self) -> u64 {
+        self.exchanges.load(Ordering::Relaxed)
+    }
+
+    /// Whether the thread ended (on an error: it only ends when stopped).
+    pub fn broken(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished()) && !self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(mut self) -> LongLivedReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let h = self.handle.take().expect("joined once");
+        match h.join() {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => LongLivedReport {
+                backend: self.backend.clone(),
+                exchanges: 0,
+                error: Some(format!("{e:#}")),
+                max_gap: Duration::ZERO,
+            },
+            Err(_) => LongLivedReport {
+                backend: self.backend.clone(),
+                exchanges: 0,
+                error: Some("thread panicked".into()),
+                max_gap: Duration::ZERO,
+            },
+        }
+    }
+}
+
+impl Drop for LongLived {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One connection of a [`ConnStream`].
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// Since the stream started.
+    pub at: Duration,
+    pub to: SocketAddr,
+    /// The local address, when the connection was made.
+    pub local: Option<SocketAddr>,
+    /// The backend's name, or why it failed.
+    pub result: Result<String, String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StreamReport {
+    pub attempts: Vec<Attempt>,
+}
+
+impl StreamReport {
+    pub fn ok(&self) -> usize {
+        self.attempts.iter().filter(|a| a.result.is_ok()).count()
+    }
+
+    pub fn failures(&self) -> Vec<&Attempt> {
+        self.attempts.iter().filter(|a| a.result.is_err()).collect()
+    }
+
+    /// Connection-table keys of the connections made.
+    pub fn flows(&self) -> BTreeSet<FlowKeyOrd> {
+        self.attempts
+            .iter()
+            .filter_map(|a| a.local.map(|l| FlowKeyOrd(flow_key(l, a.to))))
+            .collect()
+    }
+}
+
+/// A [`FlowKey`] with an order, for sets that print in a stable order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKeyOrd(pub FlowKey);
+
+impl FlowKeyOrd {
+    fn tuple(&self) -> (IpAddr, u16, IpAddr, u16) {
+        let k = &self.0;
+        (
+            k.src_ip(),
+            u16::from_be(k.sport),
+            k.dst_ip(),
+            u16::from_be(k.dport),
+        )
+    }
+}
+
+impl PartialOrd for FlowKeyOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for FlowKeyOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.tuple(), self.0.proto).cmp(&(other.tuple(), other.0.proto))
+    }
+}
+
+impl std::fmt::Display for FlowKeyOrd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (s, sp, d, dp) = self.tuple();
+        write!(f, "{s}:{sp}->{d}:{dp}/{}", self.0.proto)
+    }
+}
+
+/// New connections from the client, back to back (a few ms apart), in a
+/// background thread until stopped.
+pub struct ConnStream {
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicU64>,
+    handle: Option<JoinHandle<Result<StreamReport>>>,
+}
+
+impl ConnStream {
+    fn start(client_ns: &str, targets: Vec<SocketAddr>) -> ConnStream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let made = Arc::new(AtomicU64::new(0));
+        let (stop2, made2) = (stop.clone(), made.clone());
+        let handle = spawn_in_netns(client_ns, move || {
+            let started = Instant::now();
+            let mut report = StreamReport::default();
+            // Bounded: a stream is stopped within a minute by every test.
+            let give_up = started + Duration::from_secs(120);
+            let mut i = 0usize;
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < give_up {
+                let to = targets[i % targets.len()];
+                i += 1;
+                let at = started.elapsed();
+                let attempt = match greet(to) {
+                    Ok((name, local)) => Attempt {
+                        at,
+                        to,
+                        local: Some(local),
+                        result: Ok(name),
+                    },
+                    Err(e) => Attempt {
+                        at,
+                        to,
+                        local: None,
+                        result: Err(e),
+                    },
+                };
+                report.attempts.push(attempt);
+                made2.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(5));
+            }
+            report
+        });
+        ConnStream {
+            stop,
+            made,
+            handle: Some(handle),
+        }
+    }
+
+    /// Connections attempted so far.
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(mut self) -> StreamReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let h = self.handle.take().expect("joined once");
+        h.join()
+            .expect("stream thread panicked")
+            .expect("entering the client namespace")
+    }
+}
+
+impl Drop for ConnStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- servers
+
+/// A backend's TCP server on [::]:80 and [::]:8080 (dual stack): greets
+/// every connection with the backend's name, then echoes lines until the
+/// peer closes. Stops within a fraction of a second of being told.
+struct Server {
+    name: String,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &str, name: &str) -> Result<Server> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for port in PORTS {
+            let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+            let listener = in_netns(ns, || TcpListener::bind(addr))?
+                .with_context(|| format!("listening on {addr} in {ns}"))?;
+            listener.set_nonblocking(true)?;
+            let (stop, accepted, greeting) = (stop.clone(), accepted.clone(), format!("{name}\n"));
+            threads.push(thread::spawn(move || {
+                accept_loop(listener, stop, accepted, greeting)
+            }));
+        }
+        Ok(Server {
+            name: name.to_string(),
+            stop,
+            accepted,
+            threads,
+        })
+    }
+
+    fn stop_flag(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn join(mut self) {
+        self.stop_flag();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    greeting: String,
+) {
+    let handlers: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        match listener.accept() {
+            Ok((s, _)) => {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let (stop, greeting) = (stop.clone(), greeting.clone());
+                let mut hs = handlers.lock().expect("not poisoned");
+                hs.retain(|h| !h.is_finished());
+                hs.push(thread::spawn(move || serve(s, stop, greeting)));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    for h in handlers.into_inner().expect("not poisoned") {
+        let _ = h.join();
+    }
+}
+
+fn serve(mut s: TcpStream, stop: Arc<AtomicBool>, greeting: String) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_nodelay(true);
+    if s.write_all(greeting.as_bytes()).is_err() {
+        return;
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    let Ok(read_half) = s.try_clone() else { return };
+    let mut reader = BufReader::new(read_half);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) if line.ends_with('\n') => {
+                if s.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- status views
+
+/// The VIP/backend sets of a status document, one line per VIP and
+/// backend, sorted: VIP identity, name, scheduler, forwarding, stateless;
+/// backend address, weight, drained.
+pub fn config_view(status: &Json) -> String {
+    let mut lines = Vec::new();
+    for v in status.get("vips").arr() {
+        let vip = v.get("vip").str().to_string();
+        lines.push(format!(
+            "vip {vip} name={} scheduler={} forwarding={} stateless={:?}",
+            v.get("name").str(),
+            v.get("scheduler").str(),
+            v.get("forwarding").str(),
+            v.get("stateless").as_bool()
+        ));
+        for b in v.get("backends").arr() {
+            lines.push(format!(
+                "  backend {vip} {} weight={:?} drained={:?}",
+                b.get("addr").str(),
+                b.get("weight").as_f64(),
+                b.get("drained").as_bool()
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
+/// The backends of one VIP in a status document: address → (weight, drained).
+pub fn backends_of(status: &Json, vip: &str) -> BTreeMap<String, (u64, bool)> {
+    let v = status
+        .get("vips")
+        .arr()
+        .iter()
+        .find(|v| v.get("vip").str() == vip || v.get("name").str() == vip)
+        .unwrap_or_else(|| panic!("no VIP {vip} in status"));
+    v.get("backends")
+        .arr()
+        .iter()
+        .map(|b| {
+            (
+                b.get("addr").str().to_string(),
+                (
+                    b.get("weight").as_f64().unwrap_or(-1.0) as u64,
+                    b.get("drained").as_bool().unwrap_or(false),
+                ),
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- JSON
+
+/// A JSON value (this crate has no serde_json): enough to read lbctl's
+/// output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+static NULL: Json = Json::Null;
+
+impl Json {
+    pub fn parse(text: &str) -> Result<Json, String> {
+        let mut p = JsonParser {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let v = p.value(0)?;
+        p.ws();
+        if p.i != p.s.len() {
+            return Err(format!("trailing data at byte {}", p.i));
+        }
+        Ok(v)
+    }
+
+    /// The member `key` of an object; `Null` if absent or not an object.
+    pub fn get(&self, key: &str) -> &Json {
+        match self {
+            Json::Obj(m) => m.iter().find(|(k, _)| k == key).map_or(&NULL, |(_, v)| v),
+            _ => &NULL,
+        }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        matches!(self, Json::Obj(m) if m.iter().any(|(k, _)| k == key))
+    }
+
+    pub fn arr(&self) -> &[Json] {
+        match self {
+            Json::Arr(a) => a,
+            _ => &[],
+        }
+    }
+
+    /// The string, or "" for anything else.
+    pub fn str(&self) -> &str {
+        match self {
+            Json::Str(s) => s,
+            _ => "",
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Json::Num(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Json::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+struct JsonParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn err<T>(&self, what: &str) -> Result<T, String> {
+        Err(format!("JSON: {what} at byte {}", self.i))
+    }
+
+    fn eat(&mut self, lit: &str) -> bool {
+        if self.s[self.i..].starts_with(lit.as_bytes()) {
+            self.i += lit.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json, String> {
+        if depth > 64 {
+            return self.err("nested too deep");
+        }
+        self.ws();
+        let Some(&c) = self.s.get(self.i) else {
+            return self.err("unexpected end");
+        };
+        match c {
+            b'{' => {
+                self.i += 1;
+                let mut m = Vec::new();
+                self.ws();
+                if self.eat("}") {
+                    return Ok(Json::Obj(m));
+                }
+                loop {
+                    self.ws();
+                    let Json::Str(k) = self.string()? else {
+                        unreachable!()
+                    };
+                    self.ws();
+                    if !self.eat(":") {
+                        return self.err("expected ':'");
+                    }
+                    let v = self.value(depth + 1)?;
+                    m.push((k, v));
+                    self.ws();
+                    if self.eat(",") {
+                        continue;
+                    }
+                    if self.eat("}") {
+                        return Ok(Json::Obj(m));
+                    }
+                    return self.err("expected ',' or '}'");
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                let mut a = Vec::new();
+                self.ws();
+                if self.eat("]") {
+                    return Ok(Json::Arr(a));
+                }
+                loop {
+                    a.push(self.value(depth + 1)?);
+                    self.ws();
+                    if self.eat(",") {
+                        continue;
+                    }
+                    if self.eat("]") {
+                        return Ok(Json::Arr(a));
+                    }
+                    return self.err("expected ',' or ']'");
+                }
+            }
+            b'"' => self.string(),
+            b't' if self.eat("true") => Ok(Json::Bool(true)),
+            b'f' if self.eat("false") => Ok(Json::Bool(false)),
+            b'n' if self.eat("null") => Ok(Json::Null),
+            b'-' | b'0'..=b'9' => {
+                let start = self.i;
+                while self.i < self.s.len()
+                    && matches!(
+                        self.s[self.i],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
+                {
+                    self.i += 1;
+                }
+                let text = std::str::from_utf8(&self.s[start..self.i]).expect("ASCII");
+                text.parse()
+                    .map(Json::Num)
+                    .or_else(|_| self.err("bad number"))
+            }
+            _ => self.err("unexpected character"),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, String> {
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or("JSON: short \\u escape")?;
+        let v = u32::from_str_radix(std::str::from_utf8(h).map_err(|e| e.to_string())?, 16)
+            .map_err(|e| format!("JSON: \\u escape: {e}"))?;
+        self.i += 4;
+        Ok(v)
+    }
+
+    fn string(&mut self) -> Result<Json, String> {
+        if !self.eat("\"") {
+            return self.err("expected a string");
+        }
+        let mut out = Vec::new();
+        loop {
+            let Some(&c) = self.s.get(self.i) else {
+                return self.err("unterminated string");
+            };
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    let Some(&e) = self.s.get(self.i) else {
+                        return self.err("unterminated escape");
+                    };
+                    self.i += 1;
+                    let ch = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let mut v = self.hex4()?;
+                            if (0xd800..0xdc00).contains(&v) && self.eat("\\u") {
+                                let lo = self.hex4()?;
+                                v = 0x10000
+                                    + ((v - 0xd800) << 10)
+                                    + (lo.wrapping_sub(0xdc00) & 0x3ff);
+                            }
+                            char::from_u32(v).unwrap_or('\u{fffd}')
+                        }
+                        _ => return self.err("bad escape"),
+                    };
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                }
+                _ => out.push(c),
+            }
+        }
+        String::from_utf8(out)
+            .map(Json::Str)
+            .map_err(|e| format!("JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_parses_what_lbctl_prints() {
+        let v = Json::parse(
+            r#"{ "a": [1, -2.5e3, true, false, null], "s": "x\"\\\u00e9\ud83d\ude00", "o": {} }"#,
+        )
+        .unwrap();
+        assert_eq!(v.get("a").arr().len(), 5);
+        assert_eq!(v.get("a").arr()[1].as_f64(), Some(-2500.0));
+        assert_eq!(v.get("s").str(), "x\"\\é😀");
+        assert_eq!(v.get("o"), &Json::Obj(vec![]));
+        assert_eq!(v.get("missing"), &Json::Null);
+        assert!(Json::parse("{").is_err());
+        assert!(Json::parse("[1,]").is_err());
+        assert!(Json::parse("1 2").is_err());
+    }
+
+    #[test]
+    fn tags_name_their_process() {
+        let t = new_tag();
+        assert!(
+            t.len() + 4 <= 15,
+            "{t}: room for a role suffix in an interface name"
+        );
+        assert_eq!(tag_pid(&format!("{t}lb")), Some(std::process::id()));
+        assert_eq!(tag_pid("eth0"), None);
+    }
+}
