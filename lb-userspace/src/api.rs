@@ -41,9 +41,19 @@ struct Api {
 
 /// What the rest of the daemon wants to hear about changes.
 pub struct Hooks {
-    /// Notified after every applied change (the health checker reconciles).
+    /// Notified after every applied change: the health checker reconciles.
     pub changed: Arc<tokio::sync::Notify>,
+    /// Notified after every applied change: the next-hop resolver picks up
+    /// new backends at once.
+    pub nexthops: Arc<tokio::sync::Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Hooks {
+    pub fn notify_changed(&self) {
+        self.changed.notify_one();
+        self.nexthops.notify_one();
+    }
 }
 
 /// The peer's credentials, taken when the connection is accepted.
@@ -172,6 +182,14 @@ pub fn bind(path: &Path, read_gid: Option<u32>) -> anyhow::Result<UnixListener> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // A socket someone answers on belongs to a running lbd: never take it
+    // over (its daemon would keep running, unreachable).
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "{} is in use by a running lbd; give this one another control_socket",
+            path.display()
+        );
+    }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -289,7 +307,7 @@ async fn change(
     match result {
         Ok(summary) => {
             api.audit.record(&who, &raw, "ok");
-            api.hooks.changed.notify_one();
+            api.hooks.notify_changed();
             Ok(Json(control::ChangeResult { summary }).into_response())
         }
         Err(e) => {
@@ -304,17 +322,28 @@ async fn reload(
     ConnectInfo(peer): ConnectInfo<PeerCred>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // Everyone who may reload may read: check that before looking at the body.
+    let reader = api.allow_read(&peer)?;
     let (req, raw) = if body.is_empty() {
         (
             ReloadRequest::default(),
             serde_json::json!({"op": "reload"}),
         )
     } else {
-        parse_body::<ReloadRequest>(&body)?
+        match parse_body::<ReloadRequest>(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                let what =
+                    serde_json::json!({"op": "reload", "request": String::from_utf8_lossy(&body)});
+                api.audit
+                    .record(&reader, &what, &format!("refused: {}", e.1));
+                return Err(e);
+            }
+        }
     };
     let audit_what = serde_json::json!({"op": "reload", "request": raw});
     let who = if req.dry_run {
-        api.allow_read(&peer)?
+        reader
     } else {
         api.allow_change(&peer, &audit_what)?
     };
@@ -324,7 +353,7 @@ async fn reload(
             if !req.dry_run {
                 api.audit.record(&who, &audit_what, "ok");
                 api.hooks.metrics.reload(true);
-                api.hooks.changed.notify_one();
+                api.hooks.notify_changed();
             }
             Ok(Json(r).into_response())
         }

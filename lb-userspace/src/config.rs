@@ -58,6 +58,8 @@ pub const HEALTH_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(3600));
 /// Bounds of `rise` and `fall`.
 pub const HEALTH_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=100;
+/// Bounds of an HTTP check's `expect_status`.
+pub const HEALTH_STATUS_RANGE: std::ops::RangeInclusive<u16> = 100..=599;
 
 /// The daemon's configuration, as read from the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,29 +103,240 @@ pub struct VipLines {
     pub backends: Vec<usize>,
 }
 
-/// A VIP's health check (`[vip.health]`), with every default filled in.
-/// Persisted in the desired state (JSON), durations as humantime strings.
+/// A health check (a VIP's `[vip.health]`, or a backend's own `health =
+/// {...}` merged over it), with every default filled in. Persisted in the
+/// desired state (JSON), durations as humantime strings; also the body of
+/// the `vip-health` and `backend-health` changes, where omitted keys take
+/// the config file's defaults.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthSpec {
     pub kind: HealthKind,
     /// The port probed; the VIP's port unless set (0 only with kind `none`
-    /// on a port-less VIP).
+    /// on a port-less VIP). 0 in a request means "the VIP's port".
+    #[serde(default)]
     pub port: u16,
     /// HTTP request path (`/` by default); empty for other kinds.
+    #[serde(default)]
     pub path: String,
     /// HTTP only; `None` = any 2xx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_status: Option<u16>,
-    #[serde(with = "humantime_str")]
+    #[serde(with = "humantime_str", default = "default_interval")]
     pub interval: Duration,
     /// Always shorter than `interval`.
-    #[serde(with = "humantime_str")]
+    #[serde(with = "humantime_str", default = "default_timeout")]
     pub timeout: Duration,
     /// Consecutive successes that bring a backend up.
+    #[serde(default = "default_rise")]
     pub rise: u32,
     /// Consecutive failures that take a backend down.
+    #[serde(default = "default_fall")]
     pub fall: u32,
 }
+
+fn default_interval() -> Duration {
+    DEFAULT_HEALTH_INTERVAL
+}
+fn default_timeout() -> Duration {
+    DEFAULT_HEALTH_TIMEOUT
+}
+fn default_rise() -> u32 {
+    DEFAULT_HEALTH_RISE
+}
+fn default_fall() -> u32 {
+    DEFAULT_HEALTH_FALL
+}
+
+impl HealthSpec {
+    /// A check of `kind` with the config file's defaults: the VIP's port,
+    /// path `/` for http, interval 1s, timeout 500ms, rise 2, fall 3.
+    pub fn new(kind: HealthKind) -> Self {
+        HealthSpec {
+            kind,
+            port: 0,
+            path: if kind == HealthKind::Http {
+                "/".into()
+            } else {
+                String::new()
+            },
+            expect_status: None,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            rise: DEFAULT_HEALTH_RISE,
+            fall: DEFAULT_HEALTH_FALL,
+        }
+    }
+
+    /// Whether it probes at all (kind `none` does not).
+    pub fn is_active(&self) -> bool {
+        self.kind != HealthKind::None
+    }
+
+    /// Fills in what comes from the VIP (port 0 = the VIP's port `vip_port`,
+    /// an empty http path = `/`), then [`validate`](Self::validate)s: the
+    /// spec as lbd stores it.
+    pub fn resolve(mut self, vip_port: u16) -> Result<HealthSpec, HealthError> {
+        if self.port == 0 {
+            self.port = vip_port;
+        }
+        if self.kind == HealthKind::Http && self.path.is_empty() {
+            self.path = "/".into();
+        }
+        self.validate(vip_port)?;
+        Ok(self)
+    }
+
+    /// The config file's rules for a health check of a VIP with port
+    /// `vip_port` (0 = every port): a port to probe unless kind `none`, and
+    /// [`validate_settings`](Self::validate_settings).
+    pub fn validate(&self, vip_port: u16) -> Result<(), HealthError> {
+        if self.port == 0 && self.kind != HealthKind::None {
+            return Err(HealthError::PortRequired {
+                kind: self.kind,
+                vip_port,
+            });
+        }
+        self.validate_settings()
+    }
+
+    /// The rules that do not depend on the VIP: `path` and `expect_status`
+    /// only for http (the path starting with '/', no whitespace), the
+    /// status 100..=599, the interval 10ms..=1h, 0 < timeout < interval,
+    /// rise and fall 1..=100.
+    pub fn validate_settings(&self) -> Result<(), HealthError> {
+        let kind = self.kind;
+        if kind == HealthKind::Http {
+            let p = &self.path;
+            if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(HealthError::Path(p.clone()));
+            }
+        } else if !self.path.is_empty() {
+            return Err(HealthError::OnlyHttp { key: "path", kind });
+        }
+        match self.expect_status {
+            Some(_) if kind != HealthKind::Http => {
+                return Err(HealthError::OnlyHttp {
+                    key: "expect_status",
+                    kind,
+                })
+            }
+            Some(s) if !HEALTH_STATUS_RANGE.contains(&s) => {
+                return Err(HealthError::ExpectStatus(s))
+            }
+            _ => {}
+        }
+        let (min, max) = HEALTH_INTERVAL_RANGE;
+        if self.interval < min || self.interval > max {
+            return Err(HealthError::Interval(self.interval));
+        }
+        if self.timeout.is_zero() || self.timeout >= self.interval {
+            return Err(HealthError::Timeout {
+                timeout: self.timeout,
+                interval: self.interval,
+            });
+        }
+        for (key, value) in [("rise", self.rise), ("fall", self.fall)] {
+            if !HEALTH_COUNT_RANGE.contains(&value) {
+                return Err(HealthError::Count { key, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a health check is refused; [`key`](Self::key) names the key at
+/// fault (the config file's, which lbctl's flags follow).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthError {
+    /// Port 0 for a check that probes (on a VIP without a port, when
+    /// `vip_port` is 0).
+    PortRequired {
+        kind: HealthKind,
+        vip_port: u16,
+    },
+    /// `path` or `expect_status` on a check that is not http.
+    OnlyHttp {
+        key: &'static str,
+        kind: HealthKind,
+    },
+    Path(String),
+    ExpectStatus(u16),
+    Interval(Duration),
+    Timeout {
+        timeout: Duration,
+        interval: Duration,
+    },
+    /// `rise` or `fall` out of range.
+    Count {
+        key: &'static str,
+        value: u32,
+    },
+}
+
+impl HealthError {
+    pub fn key(&self) -> &'static str {
+        match self {
+            HealthError::PortRequired { .. } => "port",
+            HealthError::OnlyHttp { key, .. } | HealthError::Count { key, .. } => key,
+            HealthError::Path(_) => "path",
+            HealthError::ExpectStatus(_) => "expect_status",
+            HealthError::Interval(_) => "interval",
+            HealthError::Timeout { .. } => "timeout",
+        }
+    }
+
+    /// What is wrong, without the key.
+    pub fn detail(&self) -> String {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        match self {
+            HealthError::PortRequired { kind, vip_port: 0 } => format!(
+                "required: the VIP has no port (it takes every port), so the {kind} check needs one"
+            ),
+            HealthError::PortRequired { kind, .. } => {
+                format!("required: the {kind} check has port 0")
+            }
+            HealthError::OnlyHttp { kind, .. } => {
+                format!("only for kind = \"http\" (this check is \"{kind}\")")
+            }
+            HealthError::Path(p) => format!("{p:?} must start with '/' and have no whitespace"),
+            HealthError::ExpectStatus(s) => format!(
+                "{s} is out of range {}..={}",
+                HEALTH_STATUS_RANGE.start(),
+                HEALTH_STATUS_RANGE.end()
+            ),
+            HealthError::Interval(i) => {
+                let (min, max) = HEALTH_INTERVAL_RANGE;
+                format!("{} is out of range {}..={}", d(i), d(&min), d(&max))
+            }
+            HealthError::Timeout { timeout, interval } => format!(
+                "the timeout {} must be more than 0 and less than the interval {}",
+                d(timeout),
+                d(interval)
+            ),
+            HealthError::Count { value, .. } => format!(
+                "{value} is out of range {}..={}",
+                HEALTH_COUNT_RANGE.start(),
+                HEALTH_COUNT_RANGE.end()
+            ),
+        }
+    }
+}
+
+/// In the config file's words: ``key `port` is required: ...``,
+/// ``key `rise`: 0 is out of range 1..=100``.
+impl fmt::Display for HealthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let detail = self.detail();
+        match self {
+            HealthError::PortRequired { .. } | HealthError::OnlyHttp { .. } => {
+                write!(f, "key `{}` is {detail}", self.key())
+            }
+            _ => write!(f, "key `{}`: {detail}", self.key()),
+        }
+    }
+}
+
+impl std::error::Error for HealthError {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -416,8 +629,11 @@ struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<i64>>,
     drained: Option<bool>,
+    /// The backend's own health check, merged over `[vip.health]`.
+    health: Option<Spanned<RawHealthKeys>>,
 }
 
+/// `[vip.health]`: `kind` is required.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
@@ -429,6 +645,66 @@ struct RawHealth {
     timeout: Option<Spanned<String>>,
     rise: Option<Spanned<i64>>,
     fall: Option<Spanned<i64>>,
+}
+
+/// A backend's `health = { ... }`: the same keys, any of them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthKeys {
+    kind: Option<HealthKind>,
+    port: Option<Spanned<i64>>,
+    path: Option<Spanned<String>>,
+    expect_status: Option<Spanned<i64>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+}
+
+/// One table of health keys (`[vip.health]` or a backend's `health`), with
+/// where it is.
+struct HealthLayer<'a> {
+    span: Range<usize>,
+    kind: Option<HealthKind>,
+    port: Option<&'a Spanned<i64>>,
+    path: Option<&'a Spanned<String>>,
+    expect_status: Option<&'a Spanned<i64>>,
+    interval: Option<&'a Spanned<String>>,
+    timeout: Option<&'a Spanned<String>>,
+    rise: Option<&'a Spanned<i64>>,
+    fall: Option<&'a Spanned<i64>>,
+}
+
+impl<'a> HealthLayer<'a> {
+    fn vip(h: &'a Spanned<RawHealth>) -> Self {
+        let r = h.get_ref();
+        HealthLayer {
+            span: h.span(),
+            kind: Some(r.kind),
+            port: r.port.as_ref(),
+            path: r.path.as_ref(),
+            expect_status: r.expect_status.as_ref(),
+            interval: r.interval.as_ref(),
+            timeout: r.timeout.as_ref(),
+            rise: r.rise.as_ref(),
+            fall: r.fall.as_ref(),
+        }
+    }
+
+    fn backend(h: &'a Spanned<RawHealthKeys>) -> Self {
+        let r = h.get_ref();
+        HealthLayer {
+            span: h.span(),
+            kind: r.kind,
+            port: r.port.as_ref(),
+            path: r.path.as_ref(),
+            expect_status: r.expect_status.as_ref(),
+            interval: r.interval.as_ref(),
+            timeout: r.timeout.as_ref(),
+            rise: r.rise.as_ref(),
+            fall: r.fall.as_ref(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -872,14 +1148,24 @@ impl Source<'_> {
                 addr,
                 weight,
                 drained: b.drained.unwrap_or(false),
+                health: None,
             });
             backend_lines.push(line(sb.span()));
         }
 
-        let health = match &v.health {
+        let vip_layer = v.health.as_ref().map(HealthLayer::vip);
+        let health = match &vip_layer {
             None => None,
-            Some(h) => Some(self.health(&format!("{ctx}: [vip.health]"), port, h)?),
+            Some(h) => Some(self.health(&format!("{ctx}: [vip.health]"), port, h, None)?),
         };
+        // Each backend's own check: its keys over the VIP's.
+        for (sb, desired) in v.backends.iter().zip(&mut backends) {
+            if let Some(h) = &sb.get_ref().health {
+                let bctx = format!("{ctx}: backend {}: [vip.backends.health]", desired.addr);
+                let layer = HealthLayer::backend(h);
+                desired.health = Some(self.health(&bctx, port, &layer, vip_layer.as_ref())?);
+            }
+        }
 
         Ok(VipConfig {
             id,
@@ -900,110 +1186,126 @@ impl Source<'_> {
         })
     }
 
-    fn health(&self, ctx: &str, vip_port: u16, sh: &Spanned<RawHealth>) -> Checked<HealthSpec> {
-        let h = sh.get_ref();
-        let kind = h.kind;
-        let port = match &h.port {
-            Some(p) => self.int(p, ctx, "port", 1..=u16::MAX)?,
-            None if vip_port == 0 && kind != HealthKind::None => {
-                return Err(self.at(
-                    sh.span(),
-                    ctx,
-                    format!(
-                        "key `port` is required: the VIP has no port (it takes every port), \
-                         so the {kind} check needs one"
-                    ),
-                ))
-            }
-            None => vip_port,
-        };
-        let only_http = |key: &str, span: Range<usize>| {
-            self.at(
-                span,
-                ctx,
-                format!("key `{key}` is only for kind = \"http\" (this check is \"{kind}\")"),
-            )
-        };
-        let path = match (&h.path, kind) {
-            (Some(p), HealthKind::Http) => {
-                let s = p.get_ref();
-                if !s.starts_with('/') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(self.at(
-                        p.span(),
-                        ctx,
-                        format!("key `path`: {s:?} must start with '/' and have no whitespace"),
-                    ));
-                }
-                s.clone()
-            }
-            (None, HealthKind::Http) => "/".to_string(),
-            (Some(p), _) => return Err(only_http("path", p.span())),
-            (None, _) => String::new(),
-        };
-        let expect_status = match (&h.expect_status, kind) {
-            (Some(s), HealthKind::Http) => Some(self.int(s, ctx, "expect_status", 100..=599)?),
-            (Some(s), _) => return Err(only_http("expect_status", s.span())),
-            (None, _) => None,
-        };
-        let interval = match &h.interval {
-            None => DEFAULT_HEALTH_INTERVAL,
-            Some(v) => {
-                let d = self.duration(v, ctx, "interval")?;
-                let (min, max) = HEALTH_INTERVAL_RANGE;
-                if d < min || d > max {
-                    return Err(self.at(
-                        v.span(),
-                        ctx,
-                        format!(
-                            "key `interval`: {} is out of range {}..={}",
-                            v.get_ref(),
-                            humantime::format_duration(min),
-                            humantime::format_duration(max)
-                        ),
-                    ));
-                }
-                d
-            }
-        };
-        let timeout = match &h.timeout {
-            None => DEFAULT_HEALTH_TIMEOUT,
-            Some(v) => self.duration(v, ctx, "timeout")?,
-        };
-        if timeout.is_zero() || timeout >= interval {
-            let (span, key) = match (&h.timeout, &h.interval) {
-                (Some(t), _) => (t.span(), "timeout"),
-                (None, Some(i)) => (i.span(), "interval"),
-                (None, None) => (sh.span(), "timeout"),
-            };
-            let default = if h.timeout.is_none() {
-                " (the default)"
-            } else {
-                ""
-            };
+    /// A health check from its table `over` and, for a backend's own check,
+    /// the VIP's table `base` under it (`over`'s keys win; the VIP's
+    /// http-only keys are not inherited by a check of another kind). Each
+    /// value is read where it is; the rules ([`HealthSpec::validate`]) are
+    /// then told at the key that breaks them.
+    fn health(
+        &self,
+        ctx: &str,
+        vip_port: u16,
+        over: &HealthLayer,
+        base: Option<&HealthLayer>,
+    ) -> Checked<HealthSpec> {
+        let Some(kind) = over.kind.or(base.and_then(|b| b.kind)) else {
             return Err(self.at(
-                span,
+                over.span.clone(),
                 ctx,
-                format!(
-                    "key `{key}`: the timeout {}{default} must be more than 0 and less than \
-                     the interval {}",
-                    humantime::format_duration(timeout),
-                    humantime::format_duration(interval)
-                ),
+                "key `kind` is required: the VIP has no [vip.health] to take it from",
             ));
-        }
-        let count = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
-            None => Ok(default),
-            Some(v) => self.int(v, ctx, key, HEALTH_COUNT_RANGE),
         };
-        Ok(HealthSpec {
+        let http = kind == HealthKind::Http;
+        // Each key's value and whether the VIP's table gave it.
+        macro_rules! pick {
+            ($key:ident, $inherit:expr) => {
+                match (over.$key, base.and_then(|b| b.$key).filter(|_| $inherit)) {
+                    (Some(v), _) => Some((v, false)),
+                    (None, Some(v)) => Some((v, true)),
+                    (None, None) => None,
+                }
+            };
+        }
+        let port_v = pick!(port, true);
+        let path_v = pick!(path, http);
+        let status_v = pick!(expect_status, http);
+        let interval_v = pick!(interval, true);
+        let timeout_v = pick!(timeout, true);
+        let rise_v = pick!(rise, true);
+        let fall_v = pick!(fall, true);
+
+        let port = match port_v {
+            Some((p, _)) => self.int(p, ctx, "port", 1..=u16::MAX)?,
+            None => 0,
+        };
+        let expect_status = match status_v {
+            // Not http: refused below as only for http, whatever its value.
+            Some((s, _)) if !http => Some(self.int(s, ctx, "expect_status", 0..=u16::MAX)?),
+            Some((s, _)) => Some(self.int(s, ctx, "expect_status", HEALTH_STATUS_RANGE)?),
+            None => None,
+        };
+        let interval = match interval_v {
+            None => DEFAULT_HEALTH_INTERVAL,
+            Some((v, _)) => self.duration(v, ctx, "interval")?,
+        };
+        let timeout = match timeout_v {
+            None => DEFAULT_HEALTH_TIMEOUT,
+            Some((v, _)) => self.duration(v, ctx, "timeout")?,
+        };
+        let count = |v: Option<(&Spanned<i64>, bool)>, key: &str, default: u32| match v {
+            None => Ok(default),
+            Some((v, _)) => self.int(v, ctx, key, HEALTH_COUNT_RANGE),
+        };
+        let spec = HealthSpec {
             kind,
             port,
-            path,
+            path: path_v.map(|(p, _)| p.get_ref().clone()).unwrap_or_default(),
             expect_status,
             interval,
             timeout,
-            rise: count(&h.rise, "rise", DEFAULT_HEALTH_RISE)?,
-            fall: count(&h.fall, "fall", DEFAULT_HEALTH_FALL)?,
+            rise: count(rise_v, "rise", DEFAULT_HEALTH_RISE)?,
+            fall: count(fall_v, "fall", DEFAULT_HEALTH_FALL)?,
+        };
+        // A key's place: where it was given, else the table's.
+        let span_of = |given: Option<Range<usize>>| given.unwrap_or_else(|| over.span.clone());
+        spec.resolve(vip_port).map_err(|e| match &e {
+            HealthError::PortRequired { .. } => self.at(over.span.clone(), ctx, &e),
+            HealthError::OnlyHttp { key, .. } => {
+                let given = match *key {
+                    "path" => over.path.map(|p| p.span()),
+                    _ => over.expect_status.map(|s| s.span()),
+                };
+                self.at(span_of(given), ctx, &e)
+            }
+            HealthError::Path(_) => self.at(span_of(path_v.map(|(p, _)| p.span())), ctx, &e),
+            HealthError::ExpectStatus(_) => {
+                self.at(span_of(status_v.map(|(s, _)| s.span())), ctx, &e)
+            }
+            HealthError::Interval(_) => {
+                self.at(span_of(interval_v.map(|(i, _)| i.span())), ctx, &e)
+            }
+            HealthError::Count { key, .. } => {
+                let given = if *key == "rise" { rise_v } else { fall_v };
+                self.at(span_of(given.map(|(v, _)| v.span())), ctx, &e)
+            }
+            HealthError::Timeout { timeout, interval } => {
+                // Blame what this table set: its timeout, else its interval;
+                // for a backend's own check, the VIP's table comes last.
+                let (span, key) = [
+                    (over.timeout, "timeout"),
+                    (over.interval, "interval"),
+                    (base.and_then(|b| b.timeout), "timeout"),
+                    (base.and_then(|b| b.interval), "interval"),
+                ]
+                .into_iter()
+                .find_map(|(v, key)| v.map(|v| (v.span(), key)))
+                .unwrap_or((over.span.clone(), "timeout"));
+                let from = match timeout_v {
+                    None => " (the default)",
+                    Some((_, true)) => " (from [vip.health])",
+                    Some((_, false)) => "",
+                };
+                self.at(
+                    span,
+                    ctx,
+                    format!(
+                        "key `{key}`: the timeout {}{from} must be more than 0 and less than \
+                         the interval {}",
+                        humantime::format_duration(*timeout),
+                        humantime::format_duration(*interval)
+                    ),
+                )
+            }
         })
     }
 }
@@ -1272,11 +1574,13 @@ fall = 3
                             addr: "10.0.0.2".parse().unwrap(),
                             weight: 100,
                             drained: false,
+                            health: None,
                         },
                         BackendDesired {
                             addr: "10.0.0.3".parse().unwrap(),
                             weight: DEFAULT_WEIGHT,
                             drained: false,
+                            health: None,
                         },
                     ],
                     health: Some(HealthSpec {
@@ -1341,7 +1645,8 @@ port = 53
             vec![BackendDesired {
                 addr: "10.0.0.2".parse().unwrap(),
                 weight: DEFAULT_WEIGHT,
-                drained: true
+                drained: true,
+                health: None,
             }]
         );
         let h = v.desired.health.as_ref().unwrap();
@@ -1433,7 +1738,7 @@ backends = [{ address = "2001:db8:1::4" }]
             21,
             &[
                 "vip[0] \"web\": backend 10.0.0.2: key `weigth` is not allowed \
-                 (expected one of address, weight, drained)",
+                 (expected one of address, weight, drained, health)",
             ],
         );
         bad(
@@ -1446,14 +1751,17 @@ backends = [{ address = "2001:db8:1::4" }]
             10,
             &["[encap]: key `source_v5` is not allowed"],
         );
-        // Per-backend health overrides are not supported.
+        // A backend's own health check takes the [vip.health] keys only.
         bad(
             &example_with(
                 "{ address = \"10.0.0.3\" }",
-                "{ address = \"10.0.0.3\", health = { port = 8080 } }",
+                "{ address = \"10.0.0.3\", health = { port = 8080, raise = 3 } }",
             ),
             21,
-            &["backend 10.0.0.3: key `health` is not allowed"],
+            &[
+                "vip[0] \"web\": backend 10.0.0.3: [vip.backends.health]: key `raise` is not \
+                 allowed (expected one of kind, port, path",
+            ],
         );
     }
 
@@ -1752,6 +2060,253 @@ protocol = "tcp"
             26,
             &["key `expect_status`", "100..=599"],
         );
+    }
+
+    /// `EXAMPLE` with the backends one per line: 10.0.0.2 on line 22 with
+    /// `b2`'s keys, 10.0.0.3 on line 23 with `b3`'s.
+    fn example_backends(b2: &str, b3: &str) -> String {
+        example_with(
+            "backends = [ { address = \"10.0.0.2\", weight = 100 }, { address = \"10.0.0.3\" } ]",
+            &format!(
+                "backends = [\n  {{ address = \"10.0.0.2\"{b2} }},\n  {{ address = \"10.0.0.3\"{b3} }},\n]"
+            ),
+        )
+    }
+
+    #[test]
+    fn backend_health_overrides() {
+        // The backend's keys over the VIP's; the rest inherited.
+        let c = ok(&example_backends(
+            "",
+            ", health = { port = 8080, path = \"/ready\", rise = 5 }",
+        ));
+        let v = &c.vips[0].desired;
+        let vip = v.health.clone().unwrap();
+        assert_eq!(v.backends[0].health, None);
+        assert_eq!(
+            v.backends[1].health,
+            Some(HealthSpec {
+                port: 8080,
+                path: "/ready".into(),
+                rise: 5,
+                ..vip.clone()
+            })
+        );
+        assert_eq!(v.health_of(&v.backends[0]), Some(&vip));
+        assert_eq!(v.health_of(&v.backends[1]).unwrap().port, 8080);
+        // It survives the state file.
+        let state = c.desired_state().unwrap();
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<DesiredState>(&json).unwrap(), state);
+
+        // Another kind does not inherit the VIP's http-only keys; `none`
+        // leaves the backend unchecked.
+        let c = ok(&example_backends(
+            ", health = { kind = \"tcp\" }",
+            ", health = { kind = \"none\" }",
+        ));
+        let v = &c.vips[0].desired;
+        let tcp = v.backends[0].health.clone().unwrap();
+        assert_eq!(
+            (tcp.kind, tcp.port, tcp.path.as_str()),
+            (HealthKind::Tcp, 80, "")
+        );
+        assert_eq!(tcp.expect_status, None);
+        assert_eq!(tcp.interval, vip.interval);
+        assert!(v.active_check(&v.backends[0]).is_some());
+        assert_eq!(v.active_check(&v.backends[1]), None);
+
+        // Without [vip.health], the backend's own check needs a kind...
+        let no_vip_health = |b3: &str| {
+            example_backends("", b3).replace(&EXAMPLE[EXAMPLE.find("[vip.health]").unwrap()..], "")
+        };
+        bad(
+            &no_vip_health(", health = { port = 8080 }"),
+            23,
+            &[
+                "vip \"web\": backend 10.0.0.3: [vip.backends.health]: key `kind` is required: \
+                 the VIP has no [vip.health]",
+            ],
+        );
+        // ... and then has the defaults, and the VIP's port.
+        let c = ok(&no_vip_health(", health = { kind = \"http\" }"));
+        let v = &c.vips[0].desired;
+        assert_eq!(v.health, None);
+        assert_eq!(v.active_check(&v.backends[0]), None);
+        let h = v.backends[1].health.clone().unwrap();
+        assert_eq!(
+            h,
+            HealthSpec {
+                port: 80,
+                ..HealthSpec::new(HealthKind::Http)
+            }
+        );
+
+        // The same rules, told at the backend's line and key.
+        bad(
+            &example_backends("", ", health = { timeout = \"2s\" }"),
+            23,
+            &[
+                "vip \"web\": backend 10.0.0.3: [vip.backends.health]: key `timeout`: the \
+                 timeout 2s must be more than 0 and less than the interval 1s",
+            ],
+        );
+        bad(
+            &example_backends("", ", health = { interval = \"300ms\" }"),
+            23,
+            &["key `interval`: the timeout 500ms (from [vip.health]) must be more than 0"],
+        );
+        bad(
+            &no_vip_health(", health = { kind = \"tcp\", interval = \"300ms\" }"),
+            23,
+            &["key `interval`: the timeout 500ms (the default) must be"],
+        );
+        bad(
+            &example_backends(", health = { kind = \"udp\", path = \"/x\" }", ""),
+            22,
+            &[
+                "backend 10.0.0.2: [vip.backends.health]: key `path` is only for kind = \"http\" \
+               (this check is \"udp\")",
+            ],
+        );
+        bad(
+            &example_backends("", ", health = { path = \"ready\" }"),
+            23,
+            &["key `path`: \"ready\" must start with '/'"],
+        );
+        bad(
+            &example_backends("", ", health = { fall = 0 }"),
+            23,
+            &["backend 10.0.0.3: [vip.backends.health]: key `fall`: 0 is out of range 1..=100"],
+        );
+        bad(
+            &example_backends("", ", health = { port = 0 }"),
+            23,
+            &["key `port`: 0 is out of range 1..=65535"],
+        );
+        bad(
+            &example_backends("", ", health = { kind = \"ping\" }"),
+            23,
+            &["key `kind`", "ping"],
+        );
+        // A port-less VIP: the backend's own check needs a port unless the
+        // VIP's check gives one.
+        let portless = example_backends("", ", health = { kind = \"tcp\" }")
+            .replace("port = 80\nprotocol", "protocol");
+        ok(&portless);
+        bad(
+            &portless.replace("port = 80\npath", "path"),
+            24,
+            &["[vip.health]: key `port` is required"],
+        );
+        bad(
+            &no_vip_health(", health = { kind = \"tcp\" }")
+                .replace("port = 80\nprotocol", "protocol"),
+            22,
+            &[
+                "backend 10.0.0.3: [vip.backends.health]: key `port` is required: the VIP \
+                 has no port",
+            ],
+        );
+    }
+
+    #[test]
+    fn health_specs_validate_like_the_file() {
+        let tcp = HealthSpec::new(HealthKind::Tcp);
+        // Port 0 is the VIP's; a port-less VIP needs one.
+        assert_eq!(tcp.clone().resolve(80).unwrap().port, 80);
+        assert_eq!(
+            tcp.clone().resolve(0).unwrap_err().to_string(),
+            "key `port` is required: the VIP has no port (it takes every port), so the tcp \
+             check needs one"
+        );
+        assert_eq!(tcp.validate(80).unwrap_err().key(), "port");
+        let none = HealthSpec::new(HealthKind::None).resolve(0).unwrap();
+        assert_eq!(none.port, 0);
+        // An empty http path is `/`.
+        let http = HealthSpec {
+            path: String::new(),
+            ..HealthSpec::new(HealthKind::Http)
+        };
+        assert_eq!(http.resolve(80).unwrap().path, "/");
+
+        let bad = |f: &dyn Fn(&mut HealthSpec), kind: HealthKind| {
+            let mut h = HealthSpec::new(kind);
+            f(&mut h);
+            h.resolve(8080).unwrap_err()
+        };
+        let ms = Duration::from_millis;
+        use HealthKind::{Http, Tcp};
+        for (e, key, text) in [
+            (
+                bad(&|h| h.interval = ms(5), Tcp),
+                "interval",
+                "5ms is out of range 10ms..=1h",
+            ),
+            (
+                bad(&|h| h.interval = ms(3_600_001), Tcp),
+                "interval",
+                "out of range",
+            ),
+            (
+                bad(&|h| h.timeout = ms(1000), Tcp),
+                "timeout",
+                "the timeout 1s must be more than 0 and less than the interval 1s",
+            ),
+            (bad(&|h| h.timeout = ms(0), Tcp), "timeout", "more than 0"),
+            (
+                bad(&|h| h.rise = 0, Tcp),
+                "rise",
+                "0 is out of range 1..=100",
+            ),
+            (
+                bad(&|h| h.fall = 101, Tcp),
+                "fall",
+                "101 is out of range 1..=100",
+            ),
+            (
+                bad(&|h| h.path = "/x".into(), Tcp),
+                "path",
+                "only for kind = \"http\" (this check is \"tcp\")",
+            ),
+            (
+                bad(&|h| h.expect_status = Some(200), HealthKind::Udp),
+                "expect_status",
+                "only for kind",
+            ),
+            (
+                bad(&|h| h.expect_status = Some(600), Http),
+                "expect_status",
+                "600 is out of range 100..=599",
+            ),
+            (
+                bad(&|h| h.path = "x".into(), Http),
+                "path",
+                "must start with '/'",
+            ),
+            (
+                bad(&|h| h.path = "/a b".into(), Http),
+                "path",
+                "no whitespace",
+            ),
+        ] {
+            assert_eq!(e.key(), key, "{e}");
+            assert!(e.to_string().contains(text), "{e}: should say {text}");
+        }
+        // The rules that need no VIP (what lbctl checks before asking).
+        assert!(HealthSpec::new(Tcp).validate_settings().is_ok());
+
+        // Requests may leave out what has a default.
+        let h: HealthSpec = serde_json::from_str(r#"{"kind":"http","port":8080}"#).unwrap();
+        assert_eq!(
+            h,
+            HealthSpec {
+                port: 8080,
+                path: String::new(),
+                ..HealthSpec::new(Http)
+            }
+        );
+        assert_eq!(h.resolve(80).unwrap().path, "/");
     }
 
     #[test]

@@ -11,7 +11,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::{Forwarding, Scheduler, VipId};
+use crate::{
+    config::HealthSpec,
+    service::{Forwarding, Scheduler, VipId},
+};
 
 pub const PATH_STATUS: &str = "/v1/status";
 pub const PATH_STATS: &str = "/v1/stats";
@@ -62,6 +65,22 @@ pub enum Change {
     BackendUndrain {
         vip: String,
         addr: IpAddr,
+    },
+    /// Sets the VIP's health check (`None`: no checks; its backends without
+    /// their own check become "unchecked" and are put back up). Port 0 is
+    /// the VIP's port; checked with the config file's rules.
+    VipHealth {
+        vip: String,
+        #[serde(default)]
+        health: Option<HealthSpec>,
+    },
+    /// Gives a backend its own health check, in place of the VIP's (kind
+    /// `none`: not checked), or with `None` drops it (the VIP's applies).
+    BackendHealth {
+        vip: String,
+        addr: IpAddr,
+        #[serde(default)]
+        health: Option<HealthSpec>,
     },
 }
 
@@ -118,6 +137,9 @@ pub struct VipStatus {
     /// Every backend is down and the VIP sends to all of them (fail open).
     #[serde(default)]
     pub fail_open: bool,
+    /// The VIP's health check, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HealthSpec>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -128,6 +150,9 @@ pub struct BackendStatus {
     pub weight: u32,
     /// "up", "down" (health) or "unchecked".
     pub health: String,
+    /// The backend's own health check, in place of the VIP's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HealthSpec>,
     pub drained: bool,
     /// The next hop is resolved (interface and MACs known).
     pub next_hop: bool,

@@ -142,7 +142,7 @@ impl Daemon {
             tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
         }
         balancer.set_encap_sources(&config.encap)?;
-        let desired = match state::load(&config.state_dir)? {
+        let desired = match state::load(&config.state_dir, &config.interface)? {
             Some(saved) => {
                 tracing::info!(
                     "using runtime state from {} (config file changes apply on reload)",
@@ -168,7 +168,11 @@ impl Daemon {
             .reconcile(&desired)
             .context("writing the desired state to the maps")?;
         daemon.desired = desired;
-        state::save(&daemon.config.state_dir, &daemon.desired)?;
+        state::save(
+            &daemon.config.state_dir,
+            &daemon.config.interface,
+            &daemon.desired,
+        )?;
         let iface = daemon.config.interface.clone();
         daemon.xdp_mode = daemon
             .balancer
@@ -224,24 +228,23 @@ impl Daemon {
             }
             Some(v) => {
                 self.balancer.upsert_vip(*id, v.settings).map_err(kernel)?;
-                if checked(v) {
-                    // A backend under health checks starts down until it
-                    // passes `rise` checks.
-                    let known = self.balancer.backends(id).unwrap_or_default();
-                    let new: Vec<IpAddr> = v
-                        .backends
-                        .iter()
-                        .map(|b| b.addr)
-                        .filter(|a| !known.iter().any(|k| k.addr == *a))
-                        .collect();
-                    self.balancer.preset_down(id, &new).map_err(kernel)?;
-                } else {
-                    for b in &v.backends {
-                        if self.balancer.is_down(id, &b.addr) {
-                            self.balancer.preset_up(id, b.addr);
+                // Per backend, by the check it gets (its own or the VIP's):
+                // a new backend under health checks starts down until it
+                // passes `rise` checks; one no longer checked is up.
+                let known = self.balancer.backends(id).unwrap_or_default();
+                let mut new_checked = Vec::new();
+                for b in &v.backends {
+                    if checked(v, b) {
+                        if !known.iter().any(|k| k.addr == b.addr) {
+                            new_checked.push(b.addr);
                         }
+                    } else if self.balancer.is_down(id, &b.addr) {
+                        self.balancer.preset_up(id, b.addr);
                     }
                 }
+                self.balancer
+                    .preset_down(id, &new_checked)
+                    .map_err(kernel)?;
                 self.balancer
                     .set_backends(*id, &v.backend_specs())
                     .map_err(kernel)?;
@@ -276,7 +279,11 @@ impl Daemon {
             return Err(e);
         }
         self.desired = next;
-        if let Err(e) = state::save(&self.config.state_dir, &self.desired) {
+        if let Err(e) = state::save(
+            &self.config.state_dir,
+            &self.config.interface,
+            &self.desired,
+        ) {
             tracing::error!("persisting state: {e:#}");
         }
         Ok(plan)
@@ -320,6 +327,7 @@ impl Daemon {
                     addr: *addr,
                     weight: weight.unwrap_or(DEFAULT_WEIGHT),
                     drained: false,
+                    health: None,
                 };
                 next.add_backend(&id, b)?;
             }
@@ -335,6 +343,16 @@ impl Daemon {
                 let drain = matches!(change, Change::BackendDrain { .. });
                 let id = next.resolve(vip)?;
                 next.update_backend(&id, *addr, |b| b.drained = drain)?;
+            }
+            Change::VipHealth { vip, health } => {
+                let id = next.resolve(vip)?;
+                let spec = resolve_health(&id, None, health)?;
+                next.vip_mut(&id)?.health = spec;
+            }
+            Change::BackendHealth { vip, addr, health } => {
+                let id = next.resolve(vip)?;
+                let spec = resolve_health(&id, Some(*addr), health)?;
+                next.update_backend(&id, *addr, |b| b.health = spec)?;
             }
         }
         let plan = self.apply(next)?;
@@ -392,13 +410,24 @@ impl Daemon {
     }
 
     /// Applies a health verdict: a down backend leaves its VIP's table and
-    /// its established flows move; an up one returns.
+    /// its established flows move; an up one returns. A down verdict for a
+    /// backend no longer under checks (one that raced a change removing
+    /// them, before the checker stopped its probe) is ignored.
     pub fn set_backend_health(
         &mut self,
         vip: &VipId,
         addr: IpAddr,
         up: bool,
     ) -> Result<(), ApplyError> {
+        let still_checked = self
+            .desired
+            .vips
+            .get(vip)
+            .and_then(|v| Some((v, v.backends.iter().find(|b| b.addr == addr)?)))
+            .is_some_and(|(v, b)| checked(v, b));
+        if !up && !still_checked {
+            return Ok(());
+        }
         self.balancer
             .set_backend_down(vip, addr, !up)
             .map_err(|e| ApplyError::Kernel(format!("VIP {vip} backend {addr}: {e}")))
@@ -501,11 +530,12 @@ impl Daemon {
                         BackendStatus {
                             addr: b.addr,
                             weight: b.weight,
-                            health: match (checked(v), self.balancer.is_down(id, &b.addr)) {
+                            health: match (checked(v, b), self.balancer.is_down(id, &b.addr)) {
                                 (false, _) => "unchecked".into(),
                                 (true, true) => "down".into(),
                                 (true, false) => "up".into(),
                             },
+                            check: b.health.clone(),
                             drained: b.drained,
                             next_hop: self.balancer.next_hop(&b.addr).is_some(),
                             packets: t.packets,
@@ -526,6 +556,7 @@ impl Daemon {
                     pps: self.rates.vips.get(id).map_or(0.0, |r| r.0),
                     bps: self.rates.vips.get(id).map_or(0.0, |r| r.1),
                     fail_open: self.balancer.fail_open(id),
+                    check: v.health.clone(),
                     backends,
                 }
             })
@@ -684,11 +715,28 @@ fn flow_text(src: IpAddr, sport: u16, vip: &VipId, dport: u16) -> String {
     }
 }
 
-/// Whether a VIP's backends are under active health checks.
-fn checked(v: &VipDesired) -> bool {
-    v.health
-        .as_ref()
-        .is_some_and(|h| h.kind != crate::config::HealthKind::None)
+/// Whether a backend is under active health checks: by its own check if
+/// it has one, else by its VIP's.
+fn checked(v: &VipDesired, b: &BackendDesired) -> bool {
+    v.active_check(b).is_some()
+}
+
+/// A requested health check as lbd keeps it (the VIP's port filled in),
+/// checked with the config file's rules.
+fn resolve_health(
+    id: &VipId,
+    backend: Option<IpAddr>,
+    health: &Option<config::HealthSpec>,
+) -> Result<Option<config::HealthSpec>, ApplyError> {
+    let Some(h) = health else { return Ok(None) };
+    h.clone().resolve(id.port).map(Some).map_err(|error| {
+        StateError::Health {
+            vip: *id,
+            backend,
+            error,
+        }
+        .into()
+    })
 }
 
 /// Every `ipip` VIP needs an outer source of its family.

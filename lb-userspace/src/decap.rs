@@ -90,8 +90,14 @@ impl Decap {
             let path = dir.join(name);
             if path.exists() {
                 let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&path)?))?;
-                self.program().attach_to_link(link)?;
-                return Ok(m);
+                match self.program().attach_to_link(link) {
+                    Ok(_) => return Ok(m),
+                    // Severed: its interface is gone. Attach anew below.
+                    Err(e) => {
+                        tracing::warn!(link = %path.display(), "pinned XDP link is stale ({e}); attaching anew");
+                        std::fs::remove_file(&path)?;
+                    }
+                }
             }
         }
         let prog = self.program();

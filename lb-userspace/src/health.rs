@@ -273,8 +273,10 @@ impl Checker {
         let d = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
         let mut wanted: HashMap<(VipId, IpAddr), HealthSpec> = HashMap::new();
         for (id, v) in &d.desired().vips {
-            if let Some(spec) = v.health.as_ref().filter(|h| h.kind != HealthKind::None) {
-                for b in &v.backends {
+            // Each backend by its own check if it has one, else the VIP's;
+            // kind `none` is not probed.
+            for b in &v.backends {
+                if let Some(spec) = v.active_check(b) {
                     wanted.insert((*id, b.addr), spec.clone());
                 }
             }

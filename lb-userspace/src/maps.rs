@@ -450,9 +450,19 @@ impl Balancer {
             let link =
                 aya::programs::xdp::XdpLink::try_from(aya::programs::links::FdLink::from(pinned))
                     .map_err(|e| pin_err(&path, &e))?;
-            self.program().attach_to_link(link)?;
-            self.pin_program(&dir)?;
-            return Ok(m);
+            match self.program().attach_to_link(link) {
+                Ok(_) => {
+                    self.pin_program(&dir)?;
+                    return Ok(m);
+                }
+                // The interface the link was made for is gone (deleted and
+                // perhaps re-created): the link is severed. Drop only its
+                // pin; the maps stay adopted.
+                Err(e) => {
+                    tracing::warn!(link = %path.display(), "pinned XDP link is stale ({e}); attaching anew");
+                    std::fs::remove_file(&path).map_err(|e| pin_err(&path, &e))?;
+                }
+            }
         }
         let (m, id) = self.attach_unpinned(interface, mode)?;
         let link = self.program().take_link(id)?;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::{
     service::VipId,
-    state::{DesiredState, VipDesired},
+    state::{BackendDesired, DesiredState, VipDesired},
 };
 
 /// What to do to the maps to get from one state to another.
@@ -41,10 +41,11 @@ pub fn diff(from: &DesiredState, to: &DesiredState) -> Plan {
                     .push(format!("+ vip {id} ({}) {}", new.name, describe(new)));
                 for b in &new.backends {
                     plan.lines.push(format!(
-                        "+ backend {id} {} weight {}{}",
+                        "+ backend {id} {} weight {}{}{}",
                         b.addr,
                         b.weight,
-                        drained(b.drained)
+                        drained(b.drained),
+                        own_check(b)
                     ));
                 }
                 plan.upserted.push(*id);
@@ -77,10 +78,11 @@ fn diff_vip(id: &VipId, old: &VipDesired, new: &VipDesired, lines: &mut Vec<Stri
     for b in &new.backends {
         match old.backends.iter().find(|o| o.addr == b.addr) {
             None => lines.push(format!(
-                "+ backend {id} {} weight {}{}",
+                "+ backend {id} {} weight {}{}{}",
                 b.addr,
                 b.weight,
-                drained(b.drained)
+                drained(b.drained),
+                own_check(b)
             )),
             Some(o) => {
                 if o.weight != b.weight {
@@ -92,6 +94,9 @@ fn diff_vip(id: &VipId, old: &VipDesired, new: &VipDesired, lines: &mut Vec<Stri
                 if o.drained != b.drained {
                     let what = if b.drained { "drained" } else { "undrained" };
                     lines.push(format!("~ backend {id} {} {what}", b.addr));
+                }
+                if o.health != b.health {
+                    lines.push(format!("~ backend {id} {} health check changed", b.addr));
                 }
             }
         }
@@ -108,6 +113,15 @@ fn describe(v: &VipDesired) -> String {
         s.table_size
     )
     .to_lowercase()
+}
+
+/// Marks a backend with its own health check.
+fn own_check(b: &BackendDesired) -> &'static str {
+    if b.health.is_some() {
+        " (own health check)"
+    } else {
+        ""
+    }
 }
 
 fn drained(d: bool) -> &'static str {
@@ -133,6 +147,7 @@ mod tests {
                     addr: a.parse().unwrap(),
                     weight: *w,
                     drained: false,
+                    health: None,
                 })
                 .collect(),
             health: None,
@@ -158,6 +173,7 @@ mod tests {
             addr: "10.1.0.3".parse().unwrap(),
             weight: 1,
             drained: false,
+            health: None,
         });
         let p = diff(&from, &to);
         assert_eq!(p.removed, vec![b]);
@@ -174,5 +190,60 @@ mod tests {
             ]
         );
         assert!(diff(&to, &to).is_empty());
+    }
+
+    #[test]
+    fn diffs_health_checks() {
+        use crate::config::{HealthKind, HealthSpec};
+        let a: VipId = "10.0.0.1:80/tcp".parse().unwrap();
+        let mut from = DesiredState::default();
+        from.vips
+            .insert(a, vip("a", &[("10.1.0.1", 100), ("10.1.0.2", 100)]));
+        let tcp = HealthSpec {
+            port: 80,
+            ..HealthSpec::new(HealthKind::Tcp)
+        };
+
+        // A backend's own check, set, changed and dropped.
+        let mut to = from.clone();
+        to.vips.get_mut(&a).unwrap().backends[1].health = Some(tcp.clone());
+        let p = diff(&from, &to);
+        assert_eq!(p.upserted, vec![a]);
+        assert_eq!(
+            p.lines,
+            vec!["~ backend 10.0.0.1:80/tcp 10.1.0.2 health check changed"]
+        );
+        let mut again = to.clone();
+        again.vips.get_mut(&a).unwrap().backends[1]
+            .health
+            .as_mut()
+            .unwrap()
+            .port = 8080;
+        assert_eq!(
+            diff(&to, &again).lines,
+            vec!["~ backend 10.0.0.1:80/tcp 10.1.0.2 health check changed"]
+        );
+        assert_eq!(
+            diff(&to, &from).lines,
+            vec!["~ backend 10.0.0.1:80/tcp 10.1.0.2 health check changed"]
+        );
+
+        // The VIP's check; a new backend with its own says so.
+        let mut vip_check = from.clone();
+        let v = vip_check.vips.get_mut(&a).unwrap();
+        v.health = Some(tcp.clone());
+        v.backends.push(BackendDesired {
+            addr: "10.1.0.3".parse().unwrap(),
+            weight: 1,
+            drained: false,
+            health: Some(HealthSpec::new(HealthKind::None)),
+        });
+        assert_eq!(
+            diff(&from, &vip_check).lines,
+            vec![
+                "~ vip 10.0.0.1:80/tcp health check changed",
+                "+ backend 10.0.0.1:80/tcp 10.1.0.3 weight 1 (own health check)",
+            ]
+        );
     }
 }

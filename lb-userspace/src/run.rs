@@ -56,13 +56,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let metrics_listener = crate::metrics::bind(metrics_addr).await?;
         tracing::info!(listen = %metrics_listener.local_addr()?, "metrics ready at /metrics");
         let changed = Arc::new(Notify::new());
+        let nexthops_changed = Arc::new(Notify::new());
         let hooks = Arc::new(api::Hooks {
             changed: changed.clone(),
+            nexthops: nexthops_changed.clone(),
             metrics: metrics.clone(),
         });
 
         let tasks = [
-            tokio::spawn(resolve_next_hops(shared.clone())),
+            tokio::spawn(resolve_next_hops(shared.clone(), nexthops_changed)),
             tokio::spawn(sample_rates(shared.clone())),
             tokio::spawn(reload_on_sighup(shared.clone(), hooks.clone())),
             tokio::spawn(async move { crate::metrics::serve(metrics_listener, metrics).await }),
@@ -114,7 +116,7 @@ async fn reload_on_sighup(daemon: api::SharedDaemon, hooks: Arc<api::Hooks>) -> 
             .unwrap_or_else(|p| p.into_inner())
             .reload(false);
         hooks.metrics.reload(result.is_ok());
-        hooks.changed.notify_one();
+        hooks.notify_changed();
         match result {
             Ok(r) if r.diff.is_empty() => tracing::info!("SIGHUP: config reloaded, no change"),
             Ok(r) => tracing::info!(changes = %r.diff.join("; "), "SIGHUP: config reloaded"),
@@ -124,9 +126,10 @@ async fn reload_on_sighup(daemon: api::SharedDaemon, hooks: Arc<api::Hooks>) -> 
     Ok(())
 }
 
-/// Keeps every backend's next hop (egress interface, MACs) current: on
-/// netlink route/neighbour/link events and every `NEXTHOP_REFRESH`.
-async fn resolve_next_hops(daemon: api::SharedDaemon) -> anyhow::Result<()> {
+/// Keeps every backend's next hop (egress interface, MACs) current: at once
+/// when the backend set changes, on netlink route/neighbour/link events, and
+/// every `NEXTHOP_REFRESH`.
+async fn resolve_next_hops(daemon: api::SharedDaemon, changed: Arc<Notify>) -> anyhow::Result<()> {
     let mut resolver = nexthop::Resolver::new().context("netlink")?;
     loop {
         let addrs: Vec<IpAddr> = daemon
@@ -137,11 +140,34 @@ async fn resolve_next_hops(daemon: api::SharedDaemon) -> anyhow::Result<()> {
         for (addr, nh) in resolver.refresh().await {
             let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
             match d.set_next_hop(addr, nh) {
-                Ok(()) => tracing::info!(backend = %addr, next_hop = ?nh, "next hop updated"),
+                Ok(()) => {
+                    tracing::info!(backend = %addr, next_hop = %show_next_hop(nh), "next hop updated")
+                }
                 Err(e) => tracing::warn!(backend = %addr, "next hop update failed: {e:#}"),
             }
         }
-        resolver.wait_for_change(NEXTHOP_REFRESH).await;
+        tokio::select! {
+            _ = resolver.wait_for_change(NEXTHOP_REFRESH) => {}
+            _ = changed.notified() => {}
+        }
+    }
+}
+
+fn show_next_hop(nh: Option<crate::maps::NextHop>) -> String {
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match nh {
+        Some(nh) => format!(
+            "ifindex {} {} -> {}",
+            nh.ifindex,
+            mac(nh.src_mac),
+            mac(nh.dst_mac)
+        ),
+        None => "unresolved".into(),
     }
 }
 
@@ -163,8 +189,16 @@ fn decap_dir(interface: &str) -> std::path::PathBuf {
 }
 
 pub fn detach(interface: &str) -> anyhow::Result<()> {
-    let _lock = InterfaceLock::take(Path::new(daemon::RUN_DIR), interface)
-        .context("lbd is running for this interface: stop it first")?;
+    // Only a running lbd holds the lock; without a lock file none ever ran.
+    let lock_file = Path::new(daemon::RUN_DIR).join(format!("lbd-{interface}.lock"));
+    let _lock = if lock_file.exists() {
+        Some(
+            InterfaceLock::take(Path::new(daemon::RUN_DIR), interface)
+                .context("lbd is running for this interface: stop it first")?,
+        )
+    } else {
+        None
+    };
     pin::ensure_bpffs(Path::new(pin::BPFFS))?;
     let balancer = pin::remove_all(Path::new(pin::BPFFS), interface)?;
     let decap_dir = decap_dir(interface);

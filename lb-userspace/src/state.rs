@@ -15,7 +15,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::{self, BackendSpec, SpecError, VipId, VipSettings, MAX_WEIGHT};
+use crate::{
+    config::{HealthError, HealthSpec},
+    service::{self, BackendSpec, SpecError, VipId, VipSettings, MAX_WEIGHT},
+};
 
 /// Default weight of a backend added without one.
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -30,18 +33,22 @@ pub struct VipDesired {
     pub name: String,
     pub settings: VipSettings,
     pub backends: Vec<BackendDesired>,
-    /// Health-check settings (`[vip.health]`).
+    /// Health-check settings (`[vip.health]`); a backend may have its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<crate::config::HealthSpec>,
+    pub health: Option<HealthSpec>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendDesired {
     pub addr: IpAddr,
     /// The operator's weight; kept while drained so undrain restores it.
     pub weight: u32,
     #[serde(default)]
     pub drained: bool,
+    /// The backend's own health check (resolved: merged over the VIP's in
+    /// the config file); `None` = the VIP's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
 }
 
 impl BackendDesired {
@@ -72,6 +79,13 @@ pub enum StateError {
     DuplicateBackend { vip: VipId, backend: IpAddr },
     #[error("{0} VIPs configured; the balancer holds at most {max}", max = lb_common::MAX_VIPS)]
     TooManyVips(usize),
+    #[error("VIP {vip}{}: health check: {error}", backend.map(|b| format!(" backend {b}")).unwrap_or_default())]
+    Health {
+        vip: VipId,
+        /// `None`: the VIP's own check.
+        backend: Option<IpAddr>,
+        error: HealthError,
+    },
 }
 
 impl DesiredState {
@@ -87,6 +101,17 @@ impl DesiredState {
             }
             service::validate_vip(id, &v.settings)?;
             service::validate_backends(id, &v.settings, &v.backend_specs())?;
+            let checks = std::iter::once((None, &v.health))
+                .chain(v.backends.iter().map(|b| (Some(b.addr), &b.health)));
+            for (backend, spec) in checks {
+                if let Some(spec) = spec {
+                    spec.validate(id.port).map_err(|error| StateError::Health {
+                        vip: *id,
+                        backend,
+                        error,
+                    })?;
+                }
+            }
         }
         Ok(())
     }
@@ -144,7 +169,7 @@ impl DesiredState {
         Ok(())
     }
 
-    /// Changes one backend in place (weight, drain).
+    /// Changes one backend in place (weight, drain, health check).
     pub fn update_backend(
         &mut self,
         id: &VipId,
@@ -166,6 +191,17 @@ impl DesiredState {
 }
 
 impl VipDesired {
+    /// The health check a backend gets: its own, else the VIP's.
+    pub fn health_of<'a>(&'a self, b: &'a BackendDesired) -> Option<&'a HealthSpec> {
+        b.health.as_ref().or(self.health.as_ref())
+    }
+
+    /// The check a backend is probed with, if it is probed at all (its
+    /// check is not of kind `none`).
+    pub fn active_check<'a>(&'a self, b: &'a BackendDesired) -> Option<&'a HealthSpec> {
+        self.health_of(b).filter(|h| h.is_active())
+    }
+
     /// The backend set the maps get (drained backends at weight 0).
     pub fn backend_specs(&self) -> Vec<BackendSpec> {
         self.backends
@@ -188,14 +224,33 @@ pub fn state_file(state_dir: &Path) -> PathBuf {
     state_dir.join("state.json")
 }
 
-/// Reads persisted runtime state, if any.
-pub fn load(state_dir: &Path) -> anyhow::Result<Option<DesiredState>> {
+/// The state file: the desired state and the interface whose daemon owns
+/// it, so two daemons given one `state_dir` cannot take each other's state.
+#[derive(Serialize, Deserialize)]
+struct Persisted<'a> {
+    #[serde(default)]
+    interface: std::borrow::Cow<'a, str>,
+    #[serde(flatten)]
+    state: std::borrow::Cow<'a, DesiredState>,
+}
+
+/// Reads the runtime state persisted by the daemon of `interface`, if any.
+pub fn load(state_dir: &Path, interface: &str) -> anyhow::Result<Option<DesiredState>> {
     let path = state_file(state_dir);
     match fs::read(&path) {
         Ok(bytes) => {
-            let s: DesiredState = serde_json::from_slice(&bytes).map_err(|e| {
+            let p: Persisted = serde_json::from_slice(&bytes).map_err(|e| {
                 anyhow::anyhow!("{}: not a valid lbd state file: {e}", path.display())
             })?;
+            if !p.interface.is_empty() && p.interface != interface {
+                anyhow::bail!(
+                    "{} holds the runtime state of the lbd on interface {}, not {interface}: \
+                     give each lbd its own state_dir",
+                    path.display(),
+                    p.interface
+                );
+            }
+            let s = p.state.into_owned();
             s.validate()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             Ok(Some(s))
@@ -207,12 +262,16 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<DesiredState>> {
 
 /// Writes the state atomically: a temporary file, fsync, then rename over
 /// the old one, so a crash leaves either the old or the new state.
-pub fn save(state_dir: &Path, state: &DesiredState) -> anyhow::Result<()> {
+pub fn save(state_dir: &Path, interface: &str, state: &DesiredState) -> anyhow::Result<()> {
     fs::create_dir_all(state_dir)?;
     let path = state_file(state_dir);
     let tmp = state_dir.join(".state.json.tmp");
     let mut f = fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(state)?)?;
+    let p = Persisted {
+        interface: interface.into(),
+        state: std::borrow::Cow::Borrowed(state),
+    };
+    f.write_all(&serde_json::to_vec_pretty(&p)?)?;
     f.sync_all()?;
     fs::rename(&tmp, &path)?;
     if let Ok(dir) = fs::File::open(state_dir) {
@@ -289,11 +348,79 @@ mod tests {
                 addr: "10.0.0.2".parse().unwrap(),
                 weight: 5,
                 drained: true,
+                health: None,
             },
         )
         .unwrap();
-        save(&dir, &s).unwrap();
-        assert_eq!(load(&dir).unwrap(), Some(s));
+        let tcp = |port| HealthSpec {
+            port,
+            ..HealthSpec::new(crate::config::HealthKind::Tcp)
+        };
+        s.vips.get_mut(&id).unwrap().health = Some(tcp(80));
+        s.add_backend(
+            &id,
+            BackendDesired {
+                addr: "10.0.0.3".parse().unwrap(),
+                weight: 1,
+                drained: false,
+                health: Some(tcp(8080)),
+            },
+        )
+        .unwrap();
+        save(&dir, "eth0", &s).unwrap();
+        let json = fs::read_to_string(state_file(&dir)).unwrap();
+        // No override, no key: files of an older lbd read the same.
+        assert_eq!(json.matches("\"health\"").count(), 2, "{json}");
+        assert_eq!(load(&dir, "eth0").unwrap(), Some(s.clone()));
+        // Another interface's daemon does not take this state.
+        let other = load(&dir, "eth1").unwrap_err().to_string();
+        assert!(other.contains("interface eth0, not eth1"), "{other}");
+
+        // A bad check in a state file is refused like any other value.
+        s.vips.get_mut(&id).unwrap().backends[1].health = Some(tcp(0));
+        save(&dir, "eth0", &s).unwrap();
+        let e = load(&dir, "eth0").unwrap_err().to_string();
+        assert!(
+            e.contains("VIP 10.0.0.1:80/tcp backend 10.0.0.3: health check: key `port`"),
+            "{e}"
+        );
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn backends_use_their_own_check_or_the_vips() {
+        use crate::config::HealthKind;
+        let b = |addr: &str, health: Option<HealthSpec>| BackendDesired {
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            drained: false,
+            health,
+        };
+        let mut v = VipDesired {
+            name: "web".into(),
+            settings: VipSettings::default(),
+            backends: vec![
+                b("10.0.0.2", None),
+                b("10.0.0.3", Some(HealthSpec::new(HealthKind::Http))),
+                b("10.0.0.4", Some(HealthSpec::new(HealthKind::None))),
+            ],
+            health: None,
+        };
+        let kinds = |v: &VipDesired| {
+            v.backends
+                .iter()
+                .map(|b| v.active_check(b).map(|h| h.kind))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&v), [None, Some(HealthKind::Http), None]);
+        v.health = Some(HealthSpec::new(HealthKind::Tcp));
+        assert_eq!(
+            kinds(&v),
+            [Some(HealthKind::Tcp), Some(HealthKind::Http), None]
+        );
+        assert_eq!(
+            v.health_of(&v.backends[2]).map(|h| h.kind),
+            Some(HealthKind::None)
+        );
     }
 }

@@ -53,8 +53,26 @@ enum Command {
     },
 }
 
+/// Does nothing: installed for SIGINT/SIGTERM so xtask outlives its child.
+extern "C" fn wait_for_child(_: libc::c_int) {}
+
 fn main() {
     let cli = Cli::parse();
+    // Ctrl-C reaches the whole process group: let the child (a test run, the
+    // demo) clean up and exit, and report its status, instead of returning
+    // to the shell while it still prints. A handler (unlike SIG_IGN) is reset
+    // to the default in the child at exec.
+    // SAFETY: the handler is async-signal-safe (it does nothing).
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            wait_for_child as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            wait_for_child as *const () as libc::sighandler_t,
+        );
+    }
     if let Err(e) = dispatch(cli.command) {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);

@@ -8,7 +8,10 @@ use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::service::{Forwarding, Scheduler, VipId, MAX_WEIGHT};
+use crate::{
+    config::{HealthError, HealthKind, HealthSpec, HEALTH_COUNT_RANGE, HEALTH_STATUS_RANGE},
+    service::{Forwarding, Scheduler, VipId, MAX_WEIGHT},
+};
 
 /// Where lbd listens unless told otherwise (the config file's default).
 pub const DEFAULT_SOCKET: &str = crate::config::DEFAULT_CONTROL_SOCKET;
@@ -67,6 +70,16 @@ pub enum VipCommand {
         /// ADDR[:PORT]/PROTO or the VIP's name.
         #[arg(value_parser = parse_vip_ref)]
         vip: String,
+    },
+    /// Set the VIP's health check (`--kind none`: no checks; its backends
+    /// are put back up). Backends with their own check keep it.
+    #[command(mut_arg("kind", |a| a.required(true)))]
+    Health {
+        /// ADDR[:PORT]/PROTO or the VIP's name.
+        #[arg(value_parser = parse_vip_ref)]
+        vip: String,
+        #[command(flatten)]
+        check: HealthArgs,
     },
 }
 
@@ -129,6 +142,126 @@ pub enum BackendCommand {
         #[command(flatten)]
         target: BackendTarget,
     },
+    /// Give a backend its own health check in place of the VIP's
+    /// (`--kind none`: not checked), or drop it with --clear.
+    #[command(mut_arg("kind", |a| a.required_unless_present("clear")))]
+    Health {
+        #[command(flatten)]
+        target: BackendTarget,
+        #[command(flatten)]
+        check: HealthArgs,
+        /// Drop the backend's own check: the VIP's applies again.
+        #[arg(long, conflicts_with = "HealthArgs")]
+        clear: bool,
+    },
+}
+
+/// A health check's settings; what is left out takes the config file's
+/// defaults.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// What a check does; `none` turns checks off.
+    #[arg(long, value_enum)]
+    pub kind: Option<HealthKindArg>,
+    /// The port probed [default: the VIP's port].
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// The HTTP request path (http only) [default: /].
+    #[arg(long, value_name = "PATH", value_parser = parse_health_path)]
+    pub path: Option<String>,
+    /// The HTTP status that passes (http only) [default: any 2xx].
+    #[arg(long, value_name = "CODE", value_parser = status_parser())]
+    pub expect_status: Option<u16>,
+    /// Time between checks, 10ms..=1h (e.g. 1s, 500ms) [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// How long a check may take, less than the interval [default: 500ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Consecutive passes that bring a backend up, 1..=100 [default: 2].
+    #[arg(long, value_name = "N", value_parser = count_parser())]
+    pub rise: Option<u32>,
+    /// Consecutive failures that take a backend down, 1..=100 [default: 3].
+    #[arg(long, value_name = "N", value_parser = count_parser())]
+    pub fall: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HealthKindArg {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP GET answers with the expected status.
+    Http,
+    /// A UDP probe is not refused (no ICMP port unreachable).
+    Udp,
+    /// No check.
+    None,
+}
+
+impl From<HealthKindArg> for HealthKind {
+    fn from(k: HealthKindArg) -> Self {
+        match k {
+            HealthKindArg::Tcp => HealthKind::Tcp,
+            HealthKindArg::Http => HealthKind::Http,
+            HealthKindArg::Udp => HealthKind::Udp,
+            HealthKindArg::None => HealthKind::None,
+        }
+    }
+}
+
+impl HealthArgs {
+    /// Whether any setting besides the kind was given.
+    fn has_settings(&self) -> bool {
+        self.port.is_some()
+            || self.path.is_some()
+            || self.expect_status.is_some()
+            || self.interval.is_some()
+            || self.timeout.is_some()
+            || self.rise.is_some()
+            || self.fall.is_some()
+    }
+
+    /// The check asked for, with the config file's defaults (port 0: the
+    /// VIP's), checked by the rules that need no VIP; `None` without
+    /// `--kind`. A refusal is a usage error, with the flag at fault.
+    pub fn spec(&self) -> Result<Option<HealthSpec>, String> {
+        let Some(kind) = self.kind.map(HealthKind::from) else {
+            return Ok(None);
+        };
+        if kind == HealthKind::None && self.has_settings() {
+            return Err("--kind none takes no other check settings".into());
+        }
+        let mut h = HealthSpec::new(kind);
+        if let Some(p) = self.port {
+            h.port = p;
+        }
+        if let Some(p) = &self.path {
+            h.path = p.clone();
+        }
+        h.expect_status = self.expect_status;
+        if let Some(i) = self.interval {
+            h.interval = i;
+        }
+        if let Some(t) = self.timeout {
+            h.timeout = t;
+        }
+        if let Some(r) = self.rise {
+            h.rise = r;
+        }
+        if let Some(f) = self.fall {
+            h.fall = f;
+        }
+        h.validate_settings().map_err(|e| match e {
+            // Broken by the default timeout: the interval is at fault.
+            HealthError::Timeout { timeout, interval } if self.timeout.is_none() => format!(
+                "--interval: the timeout {} (the default) must be less than the interval {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+            e => format!("--{}: {}", e.key().replace('_', "-"), e.detail()),
+        })?;
+        Ok(Some(h))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +363,37 @@ pub fn parse_source(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         format!("expected ADDR:PORT, e.g. 198.51.100.7:40000 or [2001:db8::7]:40000 (got {s:?})")
     })
+}
+
+fn status_parser() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16)
+        .range(i64::from(*HEALTH_STATUS_RANGE.start())..=i64::from(*HEALTH_STATUS_RANGE.end()))
+}
+
+fn count_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32)
+        .range(i64::from(*HEALTH_COUNT_RANGE.start())..=i64::from(*HEALTH_COUNT_RANGE.end()))
+}
+
+/// An HTTP check's path: `/` and no whitespace.
+fn parse_health_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{s:?} must start with '/' and have no whitespace"));
+    }
+    Ok(s.to_string())
+}
+
+/// A duration above zero: `1s`, `500ms`, `1m 30s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if (0.0..1e9).contains(&secs) => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("{s:?} is not a positive duration")),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?,
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: the duration must be more than 0"));
+    }
+    Ok(d)
 }
 
 /// A positive duration: `1s`, `500ms`, `2m`; a bare number is seconds.
@@ -354,6 +518,41 @@ mod tests {
             &["explain", "198.51.100.7", "10.100.0.1:80/tcp"],
             &["explain", "198.51.100.7:40000", "web", "--dport", "0"],
             &["completions", "tcsh"],
+            &["vip", "health", "web"],
+            &["vip", "health", "web", "--kind", "icmp"],
+            &["vip", "health", "web", "--kind", "tcp", "--port", "0"],
+            &[
+                "vip",
+                "health",
+                "web",
+                "--kind",
+                "tcp",
+                "--interval",
+                "soon",
+            ],
+            &["vip", "health", "web", "--kind", "tcp", "--timeout", "0s"],
+            &["vip", "health", "web", "--kind", "tcp", "--rise", "0"],
+            &["vip", "health", "web", "--kind", "tcp", "--fall", "101"],
+            &[
+                "vip", "health", "web", "--kind", "http", "--path", "healthz",
+            ],
+            &[
+                "vip",
+                "health",
+                "web",
+                "--kind",
+                "http",
+                "--expect-status",
+                "600",
+            ],
+            &["vip", "health", "web", "--clear"],
+            &["backend", "health", "web", "10.0.0.3"],
+            &[
+                "backend", "health", "web", "10.0.0.3", "--clear", "--kind", "tcp",
+            ],
+            &[
+                "backend", "health", "web", "10.0.0.3", "--clear", "--port", "80",
+            ],
             &[],
         ] {
             let e = parse(args).expect_err(&format!("{args:?}"));
@@ -382,6 +581,116 @@ mod tests {
         assert_eq!(target.vip, "10.100.0.1:80/tcp");
         assert!(target.addr.is_ipv6());
         assert_eq!(weight, None);
+    }
+
+    fn health_args(args: &[&str]) -> HealthArgs {
+        match parse(args).unwrap().command {
+            Command::Vip(VipCommand::Health { check, .. })
+            | Command::Backend(BackendCommand::Health { check, .. }) => check,
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn health_commands() {
+        // The config file's defaults; port 0 is the VIP's.
+        let h = health_args(&["vip", "health", "web", "--kind", "http"]);
+        assert_eq!(h.spec().unwrap(), Some(HealthSpec::new(HealthKind::Http)));
+        assert_eq!(h.spec().unwrap().unwrap().path, "/");
+
+        let h = health_args(&[
+            "backend",
+            "health",
+            "web",
+            "10.0.0.3",
+            "--kind",
+            "http",
+            "--port",
+            "8080",
+            "--path",
+            "/ready",
+            "--expect-status",
+            "204",
+            "--interval",
+            "2s",
+            "--timeout",
+            "1.5",
+            "--rise",
+            "1",
+            "--fall",
+            "100",
+        ]);
+        assert_eq!(
+            h.spec().unwrap(),
+            Some(HealthSpec {
+                kind: HealthKind::Http,
+                port: 8080,
+                path: "/ready".into(),
+                expect_status: Some(204),
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_millis(1500),
+                rise: 1,
+                fall: 100,
+            })
+        );
+
+        let c = parse(&["backend", "health", "web", "10.0.0.3", "--clear"]).unwrap();
+        let Command::Backend(BackendCommand::Health {
+            target,
+            check,
+            clear,
+        }) = c.command
+        else {
+            panic!("{c:?}")
+        };
+        assert!(clear);
+        assert_eq!(target.addr, "10.0.0.3".parse::<IpAddr>().unwrap());
+        assert_eq!(check.spec().unwrap(), None);
+
+        let h = health_args(&["vip", "health", "web", "--kind", "none"]);
+        assert_eq!(h.spec().unwrap().unwrap().kind, HealthKind::None);
+    }
+
+    /// What clap takes flag by flag but the rules refuse together (a usage
+    /// error too, see `commands`).
+    #[test]
+    fn health_rules_name_the_flag() {
+        let refused = |args: &[&str]| {
+            let mut all = vec!["vip", "health", "web"];
+            all.extend_from_slice(args);
+            health_args(&all).spec().unwrap_err()
+        };
+        assert_eq!(
+            refused(&["--kind", "tcp", "--interval", "200ms"]),
+            "--interval: the timeout 500ms (the default) must be less than the interval 200ms"
+        );
+        assert_eq!(
+            refused(&["--kind", "tcp", "--timeout", "2s"]),
+            "--timeout: the timeout 2s must be more than 0 and less than the interval 1s"
+        );
+        assert!(
+            refused(&["--kind", "udp", "--interval", "5ms", "--timeout", "1ms"])
+                .starts_with("--interval: 5ms is out of range 10ms..=1h")
+        );
+        assert!(refused(&["--kind", "tcp", "--interval", "2h"]).starts_with("--interval: "));
+        assert!(refused(&["--kind", "tcp", "--path", "/x"])
+            .starts_with("--path: only for kind = \"http\""));
+        assert!(refused(&["--kind", "udp", "--expect-status", "200"])
+            .starts_with("--expect-status: only for kind"));
+        assert_eq!(
+            refused(&["--kind", "none", "--rise", "3"]),
+            "--kind none takes no other check settings"
+        );
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("10ms").unwrap(), Duration::from_millis(10));
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("0.25").unwrap(), Duration::from_millis(250));
+        for bad in ["0", "0s", "-1", "soon", "inf", "NaN", "1e300", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,16 +6,21 @@ use std::{
     time::Instant,
 };
 
-use clap::CommandFactory;
+use clap::{error::ErrorKind, CommandFactory};
 
 use super::{
-    args::{BackendCommand, Cli, Command, ExplainArgs, StatsArgs, VipAddArgs, VipCommand},
+    args::{
+        BackendCommand, Cli, Command, ExplainArgs, HealthArgs, StatsArgs, VipAddArgs, VipCommand,
+    },
     client::{decode, with_query, Client},
     output, CliError,
 };
-use crate::control::{
-    Change, ChangeResult, Explain, ReloadRequest, ReloadResult, Stats, Status, PATH_CHANGE,
-    PATH_EXPLAIN, PATH_RELOAD, PATH_STATS, PATH_STATUS,
+use crate::{
+    config::HealthKind,
+    control::{
+        Change, ChangeResult, Explain, ReloadRequest, ReloadResult, Stats, Status, PATH_CHANGE,
+        PATH_EXPLAIN, PATH_RELOAD, PATH_STATS, PATH_STATUS,
+    },
 };
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -28,8 +33,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Vip(VipCommand::Del { vip }) => {
             change(&client, json, Change::VipDel { vip }).await
         }
+        Command::Vip(VipCommand::Health { vip, check }) => {
+            change(&client, json, vip_health(vip, &check)?).await
+        }
         Command::Backend(BackendCommand::List { vip }) => backend_list(&client, json, &vip).await,
-        Command::Backend(b) => change(&client, json, backend_change(b)).await,
+        Command::Backend(b) => change(&client, json, backend_change(b)?).await,
         Command::Stats(a) if a.watch => stats_watch(&client, json, &a).await,
         Command::Stats(_) => stats(&client, json).await,
         Command::Explain(a) => explain(&client, json, &a).await,
@@ -102,8 +110,34 @@ fn vip_add(a: VipAddArgs) -> Change {
     }
 }
 
-fn backend_change(b: BackendCommand) -> Change {
-    match b {
+/// `vip health`: `--kind none` is no checks.
+fn vip_health(vip: String, check: &HealthArgs) -> Result<Change, CliError> {
+    let health = check
+        .spec()
+        .map_err(usage("vip"))?
+        .filter(|h| h.kind != HealthKind::None);
+    Ok(Change::VipHealth { vip, health })
+}
+
+/// A usage error of `lbctl GROUP health` found after parsing, told as clap
+/// tells its own (with the subcommand's usage).
+fn usage(group: &str) -> impl Fn(String) -> CliError + '_ {
+    move |message| {
+        let mut cli = Cli::command();
+        cli.build();
+        let error = match cli
+            .find_subcommand_mut(group)
+            .and_then(|g| g.find_subcommand_mut("health"))
+        {
+            Some(cmd) => cmd.error(ErrorKind::ValueValidation, &message),
+            None => cli.error(ErrorKind::ValueValidation, &message),
+        };
+        CliError::Usage(error)
+    }
+}
+
+fn backend_change(b: BackendCommand) -> Result<Change, CliError> {
+    Ok(match b {
         BackendCommand::List { .. } => unreachable!("listed, not changed"),
         BackendCommand::Add { target, weight } => Change::BackendAdd {
             vip: target.vip,
@@ -127,7 +161,14 @@ fn backend_change(b: BackendCommand) -> Change {
             vip: target.vip,
             addr: target.addr,
         },
-    }
+        // `--kind none` stays: the backend is not checked, whatever the
+        // VIP's check. `--clear` (no kind) drops the backend's own check.
+        BackendCommand::Health { target, check, .. } => Change::BackendHealth {
+            vip: target.vip,
+            addr: target.addr,
+            health: check.spec().map_err(usage("backend"))?,
+        },
+    })
 }
 
 async fn change(client: &Client, json: bool, change: Change) -> Result<(), CliError> {
@@ -274,7 +315,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            backend_change(b),
+            backend_change(b).unwrap(),
             Change::BackendDrain {
                 vip: "web".into(),
                 addr: "10.0.0.2".parse().unwrap()
@@ -286,7 +327,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            serde_json::to_value(backend_change(b)).unwrap(),
+            serde_json::to_value(backend_change(b).unwrap()).unwrap(),
             serde_json::json!({"op": "backend-add", "vip": "web", "addr": "10.0.0.2", "weight": 0})
         );
         let Command::Vip(VipCommand::Add(a)) = parse(&[
@@ -305,5 +346,80 @@ mod tests {
             serde_json::json!({"op": "vip-add", "vip": "10.100.0.1:80/tcp", "name": null,
                 "scheduler": "source-hash", "forwarding": "ipip", "stateless": false})
         );
+    }
+
+    fn vip_health_of(args: &[&str]) -> Result<Change, CliError> {
+        let Command::Vip(VipCommand::Health { vip, check }) = parse(args).command else {
+            panic!()
+        };
+        vip_health(vip, &check)
+    }
+
+    fn backend_health_of(args: &[&str]) -> Result<Change, CliError> {
+        let Command::Backend(b) = parse(args).command else {
+            panic!()
+        };
+        backend_change(b)
+    }
+
+    #[test]
+    fn health_changes_map_to_the_api() {
+        let c = vip_health_of(&["vip", "health", "web", "--kind", "tcp", "--rise", "3"]).unwrap();
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::json!({"op": "vip-health", "vip": "web", "health": {
+                "kind": "tcp", "port": 0, "path": "", "interval": "1s",
+                "timeout": "500ms", "rise": 3, "fall": 3}})
+        );
+        // No checks at all for the VIP...
+        assert_eq!(
+            vip_health_of(&["vip", "health", "web", "--kind", "none"]).unwrap(),
+            Change::VipHealth {
+                vip: "web".into(),
+                health: None
+            }
+        );
+        // ... but a backend's `none` is its own check (not checked), and
+        // --clear drops its own check.
+        let Change::BackendHealth { health, .. } =
+            backend_health_of(&["backend", "health", "web", "10.0.0.2", "--kind", "none"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(health.unwrap().kind, HealthKind::None);
+        assert_eq!(
+            serde_json::to_value(
+                backend_health_of(&["backend", "health", "web", "10.0.0.2", "--clear"]).unwrap()
+            )
+            .unwrap(),
+            serde_json::json!({"op": "backend-health", "vip": "web", "addr": "10.0.0.2",
+                "health": null})
+        );
+
+        // Rules broken together are usage errors (exit 2), with the
+        // subcommand's usage.
+        let e = vip_health_of(&[
+            "vip",
+            "health",
+            "web",
+            "--kind",
+            "tcp",
+            "--interval",
+            "100ms",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let shown = e.to_string();
+        assert!(
+            shown.contains("--interval: the timeout 500ms (the default)"),
+            "{shown}"
+        );
+        assert!(shown.contains("lbctl vip health"), "{shown}");
+        let e = backend_health_of(&[
+            "backend", "health", "web", "10.0.0.2", "--kind", "udp", "--path", "/",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("lbctl backend health"), "{e}");
     }
 }

@@ -30,6 +30,9 @@ pub enum CliError {
     Other(String),
     /// stdout was closed under us (`lbctl stats --watch | head`).
     BrokenPipe,
+    /// Arguments clap accepted one by one but not together (a health check
+    /// whose timeout is not below its interval): a usage error, exit 2.
+    Usage(clap::Error),
 }
 
 impl std::fmt::Display for CliError {
@@ -41,6 +44,7 @@ impl std::fmt::Display for CliError {
             CliError::Daemon { message, .. } => f.write_str(message),
             CliError::Other(m) => f.write_str(m),
             CliError::BrokenPipe => f.write_str("stdout closed"),
+            CliError::Usage(e) => write!(f, "{}", e.render()),
         }
     }
 }
@@ -51,6 +55,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::BrokenPipe => 0,
+            CliError::Usage(_) => 2,
             // Argument errors are clap's (exit 2) before any request; the
             // daemon's own 400 is a refusal like any other.
             CliError::Connect { .. } | CliError::Daemon { .. } | CliError::Other(_) => 1,
@@ -63,6 +68,11 @@ pub async fn run(cli: Cli) -> ExitCode {
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
+        Err(CliError::Usage(e)) => {
+            // As clap prints its own usage errors.
+            let _ = e.print();
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("lbctl: {e}");
             ExitCode::from(e.exit_code())

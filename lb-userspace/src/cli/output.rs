@@ -5,6 +5,7 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 
 use lb_common::counters::{Counter, CounterKind};
 
+use crate::config::{HealthKind, HealthSpec};
 use crate::control::{
     BackendStatus, ChangeResult, Explain, ReloadResult, Stats, Status, TrafficRow, VipStatus,
 };
@@ -176,9 +177,10 @@ use Align::{Left, Right};
 
 // ---------------------------------------------------------------- status
 
-/// A backend's state word: drained wins over health.
+/// A backend's state word: drained wins over health; `*` marks a backend
+/// with its own health check.
 pub fn backend_state(b: &BackendStatus) -> String {
-    if b.drained {
+    let mut s = if b.drained {
         if b.health == "down" {
             "drained,down".into()
         } else {
@@ -186,7 +188,38 @@ pub fn backend_state(b: &BackendStatus) -> String {
         }
     } else {
         b.health.clone()
+    };
+    if b.check.is_some() {
+        s.push('*');
     }
+    s
+}
+
+/// A health check in one line: `http :80 /healthz status 200, every 1s,
+/// timeout 500ms, rise 2, fall 3`.
+pub fn describe_check(h: &HealthSpec) -> String {
+    if h.kind == HealthKind::None {
+        return "none (not checked)".into();
+    }
+    let mut out = format!("{} :{}", h.kind, h.port);
+    if h.kind == HealthKind::Http {
+        let _ = write!(out, " {}", h.path);
+        match h.expect_status {
+            Some(s) => {
+                let _ = write!(out, " status {s}");
+            }
+            None => out.push_str(" status 2xx"),
+        }
+    }
+    let _ = write!(
+        out,
+        ", every {}, timeout {}, rise {}, fall {}",
+        humantime::format_duration(h.interval),
+        humantime::format_duration(h.timeout),
+        h.rise,
+        h.fall
+    );
+    out
 }
 
 /// `lbctl status`.
@@ -238,6 +271,9 @@ pub fn render_vip(v: &VipStatus) -> String {
     if v.fail_open {
         let _ = writeln!(out, "  !!! {FAIL_OPEN_LINE} !!!");
     }
+    if let Some(h) = &v.check {
+        let _ = writeln!(out, "  health check: {}", describe_check(h));
+    }
     if v.backends.is_empty() {
         out.push_str("  (no backends)\n");
         return out;
@@ -265,6 +301,16 @@ pub fn render_vip(v: &VipStatus) -> String {
         ]);
     }
     out.push_str(&t.render("  "));
+    for b in &v.backends {
+        if let Some(h) = &b.check {
+            let _ = writeln!(
+                out,
+                "  * {} has its own health check: {}",
+                b.addr,
+                describe_check(h)
+            );
+        }
+    }
     out
 }
 
@@ -577,6 +623,7 @@ mod tests {
             addr: addr.parse().unwrap(),
             weight,
             health: health.into(),
+            check: None,
             drained,
             next_hop: true,
             packets: 0,
@@ -598,6 +645,7 @@ mod tests {
             pps: 1500.0,
             bps: 2048.0,
             fail_open: false,
+            check: None,
             backends: vec![
                 BackendStatus {
                     packets: 1_200,
@@ -720,6 +768,49 @@ VIP 10.100.0.1:80/tcp (web)  maglev, ipip, conntrack  1.2M packets, 3.4MiB  1.5K
             lines[4].starts_with("  10.0.0.3        5  drained,down"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn health_checks_are_shown() {
+        let http = HealthSpec {
+            port: 80,
+            path: "/healthz".into(),
+            ..HealthSpec::new(HealthKind::Http)
+        };
+        let mut v = web();
+        v.check = Some(http.clone());
+        v.backends[0].check = Some(HealthSpec {
+            port: 8080,
+            interval: Duration::from_millis(1500),
+            ..HealthSpec::new(HealthKind::Tcp)
+        });
+        v.backends[1].check = Some(HealthSpec::new(HealthKind::None));
+        let out = render_vip(&v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[1],
+            "  health check: http :80 /healthz status 2xx, every 1s, timeout 500ms, rise 2, fall 3"
+        );
+        assert!(lines[3].starts_with("  10.0.0.2      100  up*  "), "{out}");
+        assert!(
+            lines[4].starts_with("  10.0.0.3        5  drained*  "),
+            "{out}"
+        );
+        assert!(lines[5].starts_with("  10.0.0.14   65535  down  "), "{out}");
+        assert_eq!(
+            &lines[7..],
+            [
+                "  * 10.0.0.2 has its own health check: tcp :8080, every 1s 500ms, timeout \
+                 500ms, rise 2, fall 3",
+                "  * 10.0.0.3 has its own health check: none (not checked)",
+            ]
+        );
+        let mut v = web();
+        v.check = Some(HealthSpec {
+            expect_status: Some(204),
+            ..http
+        });
+        assert!(render_vip(&v).contains("http :80 /healthz status 204, every"));
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub const VIP_WEB: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 pub const VIP_ANY: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
 /// The IPv6 TCP:80 VIP.
 pub const VIP_WEB6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0x100, 0, 0, 0, 0, 0, 1);
+/// An address every backend has on `lo`, for VIPs made at run time.
+pub const VIP_EXTRA: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 3);
 /// The ports the backends' servers listen on.
 pub const PORTS: [u16; 2] = [80, 8080];
 
@@ -75,6 +77,10 @@ pub const PORTS: [u16; 2] = [80, 8080];
 pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long lbd may take to answer on its control socket after starting.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest any background loop (server, stream, long-lived
+/// connection) runs, whether or not it is told to stop.
+pub const MAX_BACKGROUND: Duration = Duration::from_secs(300);
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -454,6 +460,8 @@ impl Lab {
             self.topo().add_addr(&ns, "lo", &format!("{VIP_WEB}/32"))?;
             self.topo().add_addr(&ns, "lo", &format!("{VIP_ANY}/32"))?;
             self.topo()
+                .add_addr(&ns, "lo", &format!("{VIP_EXTRA}/32"))?;
+            self.topo()
                 .add_addr(&ns, "lo", &format!("{VIP_WEB6}/128"))?;
             for key in [
                 "net.ipv4.conf.all.rp_filter".to_string(),
@@ -576,6 +584,7 @@ impl Lab {
         cmd.args(["run", "--config"])
             .arg(&self.config_path)
             .env("LBD_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -951,7 +960,8 @@ impl LongLived {
             };
             let mut last = Instant::now();
             let mut i = 0u64;
-            while !stop2.load(Ordering::Relaxed) {
+            let give_up = Instant::now() + MAX_BACKGROUND;
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < give_up {
                 thread::sleep(every);
                 i += 1;
                 let msg = format!("ping {i}");
@@ -1126,10 +1136,9 @@ impl ConnStream {
         let handle = spawn_in_netns(client_ns, move || {
             let started = Instant::now();
             let mut report = StreamReport::default();
-            // Bounded: a stream is stopped within a minute by every test.
-            let give_up = started + Duration::from_secs(120);
+            let give_up = started + MAX_BACKGROUND;
             let mut i = 0usize;
-            while !stop2.load(Ordering::Relaxed) && Instant::now() < give_up {
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < give_up && i < 100_000 {
                 let to = targets[i % targets.len()];
                 i += 1;
                 let at = started.elapsed();
@@ -1237,7 +1246,8 @@ fn accept_loop(
     greeting: String,
 ) {
     let handlers: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
-    while !stop.load(Ordering::Relaxed) {
+    let give_up = Instant::now() + MAX_BACKGROUND;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
         let mut pfd = libc::pollfd {
             fd: listener.as_raw_fd(),
             events: libc::POLLIN,
@@ -1272,7 +1282,8 @@ fn serve(mut s: TcpStream, stop: Arc<AtomicBool>, greeting: String) {
     let Ok(read_half) = s.try_clone() else { return };
     let mut reader = BufReader::new(read_half);
     let mut line = String::new();
-    while !stop.load(Ordering::Relaxed) {
+    let give_up = Instant::now() + MAX_BACKGROUND;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
         match reader.read_line(&mut line) {
             Ok(0) => return,
             Ok(_) if line.ends_with('\n') => {

@@ -138,8 +138,10 @@ fn next_hop(
             dst_mac: p.dmac,
             src_mac: p.smac,
         }),
-        // The kernel resolves the neighbour when it sees the packet; user
-        // space resolves it for the backend entry too.
+        // No neighbour entry yet: hand the packet to the kernel (counted)
+        // rather than guess a MAC. lbd's resolver solicits the backend's
+        // neighbour (NTF_USE) as soon as the backend is configured and then
+        // fills in the entry, after which this path is not taken.
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Out::Pass(Counter::NexthopUnresolved)),
         _ => Err(Out::Drop(Counter::DropFibFailed)),
     }
