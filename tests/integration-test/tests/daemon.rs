@@ -19,9 +19,8 @@
 //! 5. [`pinned_state_and_locks`]: pinned maps of an older layout are
 //!    refused with advice; `lbd detach` clears them.
 //!
-//! Two `#[ignore]`d tests pin down lbd bugs found here and pass once they
-//! are fixed (`-- --ignored`): [`new_backend_is_reachable_at_once`] (which
-//! [`changes_through_lbctl`] works around by waiting for the next hop) and
+//! Two more pin down lbd bugs found while writing these (now fixed):
+//! [`new_backend_is_reachable_at_once`] and
 //! [`a_running_daemons_socket_is_not_taken_over`].
 //!
 //! Needs root and the binaries (`cargo xtask build`). Run:
@@ -425,21 +424,19 @@ fn changes_through_lbctl() {
     // 5. Add b4, an address lbd has never seen: it gets new connections,
     // and every one is answered.
     //
-    // Workaround for an lbd bug (see `new_backend_is_reachable_at_once`):
-    // wait until its next hop is resolved before connecting.
     let before = counts(&[&main, &on_z]);
     lab.lbctl_ok(&["backend", "add", WEB, &b4]);
     expect_backends(
         "add b4",
         &[(&x, 100, false), (&z, 200, false), ("b4", 100, false)],
     );
+    // lbd resolves a new backend's next hop as soon as it is added.
     let waited = wait_resolved(&lab, WEB, &b4, Duration::from_secs(15));
     println!("b4's next hop resolved {waited:?} after it was added");
-    if waited > Duration::from_secs(1) {
-        println!(
-            "KNOWN LBD BUG: a backend added at run time waits for the periodic next-hop refresh"
-        );
-    }
+    assert!(
+        waited < Duration::from_secs(3),
+        "b4's next hop took {waited:?}"
+    );
     let by = spread(&lab, web(), "after adding b4");
     println!("after adding b4: {by:?}");
     assert!(by.contains_key("b4"), "after adding b4: {by:?}");
@@ -524,7 +521,6 @@ fn changes_through_lbctl() {
 /// neighbour). New connections to the added backend time out for up to
 /// ~10 s.
 #[test]
-#[ignore = "lbd bug: a new backend's next hop is only resolved on the periodic refresh"]
 fn new_backend_is_reachable_at_once() {
     let lab = lab_with_lbd(4, &["b1", "b2", "b3"]);
     lab.lbctl_ok(&["backend", "add", WEB, &v4(&lab, "b4")]);
@@ -1251,7 +1247,6 @@ impl Drop for Reap {
 /// reached at all. Both configs naming the default `/run/lb/lbd.sock` is
 /// enough for this (the per-interface lock allows the two daemons).
 #[test]
-#[ignore = "lbd bug: a second lbd takes over a running lbd's control socket"]
 fn a_running_daemons_socket_is_not_taken_over() {
     let first = lab_with_lbd(1, &["b1"]);
     let mut second = Lab::new(1).expect("building the second lab");
