@@ -180,7 +180,10 @@ struct Jitter(u64);
 
 impl Jitter {
     fn new(seed: &str) -> Self {
-        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ Instant::now().elapsed().as_nanos() as u64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ now;
         for b in seed.bytes().chain(std::process::id().to_le_bytes()) {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
@@ -222,8 +225,10 @@ fn spawn_task(
             if tx.send(obs).await.is_err() {
                 return;
             }
+            // Checks start an interval apart (±10%), however long each took:
+            // a backend that stops answering is probed as often as a live one.
             let next = spec.interval.mul_f64(0.9 + 0.2 * jitter.next());
-            tokio::time::sleep(next.saturating_sub(at.elapsed())).await;
+            tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
         }
     })
 }
@@ -295,6 +300,7 @@ impl Checker {
             // Start from what the maps say: a new backend was added down,
             // one adopted from a previous lbd keeps its state.
             let up = !d.balancer().is_down(&key.0, &key.1);
+            self.metrics.start_checking(&key.0, &key.1);
             let task = spawn_task(key.0, key.1, spec.clone(), self.tx.clone());
             self.checked.insert(
                 key,
@@ -340,7 +346,13 @@ impl Checker {
                 );
             }
             Err(e) => {
-                tracing::error!(vip = %obs.vip, backend = %obs.addr, "applying health state failed: {e}")
+                tracing::error!(vip = %obs.vip, backend = %obs.addr, "applying health state failed: {e}");
+                // The maps did not change: neither did the state. The next
+                // result retries the transition.
+                if let Some(c) = self.checked.get_mut(&key) {
+                    c.tracker = Tracker::new(!up);
+                }
+                return;
             }
         }
         self.metrics.transition(&obs.vip, &obs.addr, up);

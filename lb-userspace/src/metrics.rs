@@ -73,6 +73,10 @@ impl Metrics {
             failover.clone(),
         );
         let reloads = Family::<Labels, Counter>::default();
+        // Present at zero from the start, so "no reload failed" reads as 0.
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&labels(&[("result", result.into())]));
+        }
         registry.register(
             "lb_config_reloads",
             "Config reloads, by result (ok or error)",
@@ -110,6 +114,24 @@ impl Metrics {
             ]))
             .inc();
         self.check_duration.observe(took.as_secs_f64());
+    }
+
+    /// Makes a newly checked backend's series exist at zero.
+    pub fn start_checking(&self, vip: &VipId, backend: &IpAddr) {
+        for result in ["ok", "fail"] {
+            let _ = self.checks.get_or_create(&labels(&[
+                ("vip", vip.to_string()),
+                ("backend", backend.to_string()),
+                ("result", result.into()),
+            ]));
+        }
+        for state in ["up", "down"] {
+            let _ = self.transitions.get_or_create(&labels(&[
+                ("vip", vip.to_string()),
+                ("backend", backend.to_string()),
+                ("state", state.into()),
+            ]));
+        }
     }
 
     pub fn observe_failover(&self, took: Duration) {

@@ -22,6 +22,16 @@
 //! that greets each connection with the backend's name and then echoes
 //! lines.
 //!
+//! For health checks, each backend's services ([`Service`]: the greeter,
+//! an HTTP `/healthz` endpoint that can be made to answer 503, a UDP
+//! server answering with the backend's name) can be started and stopped
+//! one by one, a stop returning the moment the socket closed; configs can
+//! have UDP VIPs and `[vip.health]` tables ([`HealthCheck`]);
+//! [`Lab::wait_status`] polls `lbctl --json status` every 50 ms;
+//! [`Lab::flows`] runs a stream of new TCP or UDP flows whose client ports
+//! are known also when they fail (for `lbctl explain`); [`Lab::scrape`]
+//! reads lbd's `/metrics` from inside the lb namespace.
+//!
 //! Everything global is named after a tag unique to the test process and
 //! lab (`lbdt<pid><n>`): interfaces (`lbdt<tag>lb`, `lbdt<tag>b1`, ...),
 //! hence pin directories (`/sys/fs/bpf/lb/<if>`, `/sys/fs/bpf/lb-decap/<if>`)
@@ -34,8 +44,12 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     io::{BufRead, BufReader, ErrorKind, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::fs::PermissionsExt, unix::process::CommandExt},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::fs::PermissionsExt,
+        unix::process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -81,6 +95,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest any background loop (server, stream, long-lived
 /// connection) runs, whether or not it is told to stop.
 pub const MAX_BACKGROUND: Duration = Duration::from_secs(300);
+/// How often [`Lab::wait_status`] asks `lbctl --json status`.
+pub const STATUS_POLL: Duration = Duration::from_millis(50);
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -445,7 +461,10 @@ pub struct Lab {
     pub backends: Vec<BackendHost>,
     lbd: Option<Child>,
     lbd_starts: u32,
-    servers: Vec<Server>,
+    /// The running services.
+    servers: Mutex<Vec<Server>>,
+    /// Stopped ones, joined on drop (and counted by `accepted`).
+    stopped: Mutex<Vec<Server>>,
     passthrough: Option<Decap>,
     topo: Option<Topology>,
 }
@@ -475,7 +494,8 @@ impl Lab {
             backends: Vec::new(),
             lbd: None,
             lbd_starts: 0,
-            servers: Vec::new(),
+            servers: Mutex::new(Vec::new()),
+            stopped: Mutex::new(Vec::new()),
             passthrough: None,
             topo: Some(Topology::new()?),
             tag,
@@ -584,7 +604,10 @@ impl Lab {
                 Duration::from_secs(20),
             )?;
             anyhow::ensure!(out.ok(), "lbd decap on {ifname} in {ns}: {out}");
-            self.servers.push(Server::start(&ns, &name)?);
+            for port in PORTS {
+                let server = Server::start(&host, Service::Greeter(port))?;
+                self.servers.lock().expect("not poisoned").push(server);
+            }
             self.backends.push(host);
         }
         mtu(&sw, "br0", 1600)?;
@@ -864,12 +887,201 @@ impl Lab {
         ConnStream::start(&self.client_ns, targets.to_vec())
     }
 
-    /// Server-side counts of accepted connections, by backend.
+    /// Server-side counts of connections accepted by the greeters, by
+    /// backend (every backend is listed).
     pub fn accepted(&self) -> BTreeMap<String, u64> {
+        let mut by: BTreeMap<String, u64> =
+            self.backends.iter().map(|b| (b.name.clone(), 0)).collect();
+        let running = self.servers.lock().expect("not poisoned");
+        let stopped = self.stopped.lock().expect("not poisoned");
+        for s in running.iter().chain(stopped.iter()) {
+            if matches!(s.service, Service::Greeter(_)) {
+                *by.entry(s.backend.clone()).or_insert(0) += s.served();
+            }
+        }
+        by
+    }
+
+    // ------------------------------------------------------------ services
+
+    /// Starts `service` on backend `backend` (it must not be running);
+    /// returns the moment it began to accept.
+    pub fn start_service(&self, backend: &str, service: Service) -> Result<Instant> {
+        let host = self.backend(backend).clone();
+        let mut servers = self.servers.lock().expect("not poisoned");
+        anyhow::ensure!(
+            !servers
+                .iter()
+                .any(|s| s.backend == backend && s.service == service),
+            "{backend} {service:?} is already running"
+        );
+        servers.push(Server::start(&host, service)?);
+        Ok(Instant::now())
+    }
+
+    /// Stops `service` on backend `backend` (it must be running); returns
+    /// once its socket is closed, with the moment it was.
+    pub fn stop_service(&self, backend: &str, service: Service) -> Instant {
+        let server = {
+            let mut servers = self.servers.lock().expect("not poisoned");
+            let i = servers
+                .iter()
+                .position(|s| s.backend == backend && s.service == service)
+                .unwrap_or_else(|| panic!("{backend} {service:?} is not running"));
+            servers.remove(i)
+        };
+        let at = server.stop();
+        self.stopped.lock().expect("not poisoned").push(server);
+        at
+    }
+
+    /// Whether `service` runs on backend `backend`.
+    pub fn service_running(&self, backend: &str, service: Service) -> bool {
         self.servers
+            .lock()
+            .expect("not poisoned")
             .iter()
-            .map(|s| (s.name.clone(), s.accepted.load(Ordering::Relaxed)))
-            .collect()
+            .any(|s| s.backend == backend && s.service == service)
+    }
+
+    /// Makes backend `backend`'s running HTTP service on `port` answer
+    /// `/healthz` with 200 (`true`) or 503.
+    pub fn set_http_healthy(&self, backend: &str, port: u16, healthy: bool) {
+        let servers = self.servers.lock().expect("not poisoned");
+        let s = servers
+            .iter()
+            .find(|s| s.backend == backend && s.service == Service::Http(port))
+            .unwrap_or_else(|| panic!("{backend} serves no HTTP on {port}"));
+        s.ctl.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Connections (TCP) or datagrams (UDP) served by `service` of
+    /// `backend`, over all its starts.
+    pub fn served(&self, backend: &str, service: Service) -> u64 {
+        let running = self.servers.lock().expect("not poisoned");
+        let stopped = self.stopped.lock().expect("not poisoned");
+        running
+            .iter()
+            .chain(stopped.iter())
+            .filter(|s| s.backend == backend && s.service == service)
+            .map(|s| s.served())
+            .sum()
+    }
+
+    /// Sets sysctl `key` to `value` in every backend's namespace.
+    pub fn backend_sysctl(&self, key: &str, value: &str) -> Result<()> {
+        for b in &self.backends {
+            netns::sysctl(&b.ns, key, value)?;
+        }
+        Ok(())
+    }
+
+    /// Plugs (`true`) or pulls the cable of backend `backend`: its bridge
+    /// port goes up or down, so it neither receives nor answers anything,
+    /// while its own interface and addresses stay as they are.
+    pub fn set_backend_cable(&self, backend: &str, plugged: bool) -> Result<()> {
+        let port = format!("p{backend}");
+        let state = if plugged { "up" } else { "down" };
+        netns::ip(&self.switch_ns, &["link", "set", "dev", &port, state])?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ health
+
+    /// Polls `lbctl --json status` (one poll every [`STATUS_POLL`]) until
+    /// `cond` holds, at most `timeout`; the moment the answer that
+    /// satisfied it arrived, and that answer.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Json) -> bool,
+    ) -> Result<(Instant, Json)> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut polls = 0u32;
+        loop {
+            let asked = Instant::now();
+            let s = self.status();
+            let now = Instant::now();
+            polls += 1;
+            if cond(&s) {
+                return Ok((now, s));
+            }
+            if now > deadline {
+                bail!(
+                    "{what}: not within {timeout:?} ({polls} polls); last status:\n{}\n{}",
+                    health_view(&s),
+                    self.log_tail(30)
+                );
+            }
+            thread::sleep(STATUS_POLL.saturating_sub(asked.elapsed()));
+        }
+    }
+
+    /// Waits until backend `addr` of `vip` reports health `want`; the moment
+    /// `lbctl` said so.
+    pub fn wait_health(
+        &self,
+        vip: &str,
+        addr: &str,
+        want: &str,
+        timeout: Duration,
+    ) -> Result<Instant> {
+        let (at, _) = self.wait_status(&format!("{vip} {addr} {want}"), timeout, |s| {
+            health_of(s, vip).get(addr).map(String::as_str) == Some(want)
+        })?;
+        Ok(at)
+    }
+
+    /// Waits until every backend of `vip` is "up".
+    pub fn wait_all_up(&self, vip: &str, timeout: Duration) -> Result<Instant> {
+        let (at, _) = self.wait_status(&format!("{vip}: all backends up"), timeout, |s| {
+            let h = health_of(s, vip);
+            !h.is_empty() && h.values().all(|v| v == "up")
+        })?;
+        Ok(at)
+    }
+
+    /// `lbctl --json explain SRC VIP`: the backend address it names (None
+    /// when it names none) and its source ("connection table" or "maglev
+    /// table").
+    pub fn explain(&self, src: SocketAddr, vip: &str) -> (Option<String>, String) {
+        let text = self.lbctl_ok(&["--json", "explain", &src.to_string(), vip]);
+        let j = Json::parse(&text).unwrap_or_else(|e| panic!("lbctl explain: {e}:\n{text}"));
+        let backend = match j.get("backend") {
+            Json::Str(s) => Some(s.clone()),
+            _ => None,
+        };
+        (backend, j.get("source").str().to_string())
+    }
+
+    // ------------------------------------------------------------ metrics
+
+    /// `GET path` (HTTP/1.0) from lbd's metrics listener, from inside the
+    /// lb namespace.
+    pub fn metrics_get(&self, path: &str) -> Result<HttpReply> {
+        let path = path.to_string();
+        in_netns(&self.lb_ns, move || http10_get(METRICS_ADDR, &path))?
+    }
+
+    /// The text of `GET /metrics`, which must answer 200.
+    pub fn scrape(&self) -> String {
+        let r = self
+            .metrics_get("/metrics")
+            .unwrap_or_else(|e| panic!("scraping {METRICS_ADDR}/metrics: {e:#}"));
+        assert_eq!(r.status, 200, "GET /metrics: {r:?}");
+        r.body
+    }
+
+    // ------------------------------------------------------------ flows
+
+    /// New flows from the client, one after another (a few ms apart),
+    /// round robin over `targets`, until stopped: TCP connections that
+    /// read the greeting, or UDP sockets that send one datagram and read
+    /// the answer. Each flow's local port is known, also when it fails.
+    pub fn flows(&self, proto: FlowProto, targets: &[SocketAddr]) -> FlowStream {
+        FlowStream::start(&self.client_ns, proto, targets.to_vec())
     }
 
     // ------------------------------------------------------------ maps
@@ -909,10 +1121,12 @@ impl Drop for Lab {
         if thread::panicking() {
             eprintln!("lab {} failed; lbd log:\n{}", self.tag, self.log_tail(60));
         }
-        for s in &mut self.servers {
+        let mut servers = std::mem::take(self.servers.get_mut().unwrap_or_else(|p| p.into_inner()));
+        servers.append(self.stopped.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for s in &servers {
             s.stop_flag();
         }
-        for s in self.servers.drain(..) {
+        for s in servers {
             s.join();
         }
         self.kill_lbd();
@@ -1295,6 +1509,389 @@ impl Drop for ConnStream {
     }
 }
 
+// ---------------------------------------------------------------- flows
+
+/// What a [`FlowStream`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowProto {
+    Tcp,
+    Udp,
+}
+
+/// How long a UDP flow waits for its answer.
+pub const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One flow of a [`FlowStream`].
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub started: Instant,
+    pub ended: Instant,
+    pub to: SocketAddr,
+    /// The client's address and port (known also when the flow failed,
+    /// unless the socket could not even be made).
+    pub local: Option<SocketAddr>,
+    /// The answering backend's name, or why there was none.
+    pub result: Result<String, String>,
+}
+
+/// New flows from the client in a background thread, until stopped.
+pub struct FlowStream {
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicU64>,
+    handle: Option<JoinHandle<Result<Vec<Flow>>>>,
+}
+
+impl FlowStream {
+    fn start(client_ns: &str, proto: FlowProto, targets: Vec<SocketAddr>) -> FlowStream {
+        assert!(!targets.is_empty(), "a flow stream needs a target");
+        let stop = Arc::new(AtomicBool::new(false));
+        let made = Arc::new(AtomicU64::new(0));
+        let (stop2, made2) = (stop.clone(), made.clone());
+        let handle = spawn_in_netns(client_ns, move || {
+            let give_up = Instant::now() + MAX_BACKGROUND;
+            let mut flows = Vec::new();
+            let mut i = 0usize;
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < give_up && i < 100_000 {
+                let to = targets[i % targets.len()];
+                i += 1;
+                let started = Instant::now();
+                let (local, result) = match proto {
+                    FlowProto::Tcp => tcp_flow(to),
+                    FlowProto::Udp => udp_flow(to, i),
+                };
+                flows.push(Flow {
+                    started,
+                    ended: Instant::now(),
+                    to,
+                    local,
+                    result,
+                });
+                made2.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(5));
+            }
+            flows
+        });
+        FlowStream {
+            stop,
+            made,
+            handle: Some(handle),
+        }
+    }
+
+    /// Flows attempted so far.
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(mut self) -> Vec<Flow> {
+        self.stop.store(true, Ordering::Relaxed);
+        let h = self.handle.take().expect("joined once");
+        h.join()
+            .expect("flow thread panicked")
+            .expect("entering the client namespace")
+    }
+}
+
+impl Drop for FlowStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The client ports of flows: below the kernel's ephemeral range
+/// (32768..), so they never clash with ports it picks, and handed out in
+/// turn, so each flow of the process has a port of its own (until 22000
+/// flows later): its connection-table entry is its own, not one a reused
+/// port overwrote.
+const FLOW_PORTS: std::ops::Range<u32> = 10_000..32_000;
+static NEXT_FLOW_PORT: AtomicU32 = AtomicU32::new(0);
+
+fn next_flow_port() -> u16 {
+    let n = NEXT_FLOW_PORT.fetch_add(1, Ordering::Relaxed) % FLOW_PORTS.len() as u32;
+    (FLOW_PORTS.start + n) as u16
+}
+
+fn unspecified(like: SocketAddr, port: u16) -> SocketAddr {
+    match like {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, port).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, port).into(),
+    }
+}
+
+/// A TCP connection to `to` that reads the greeting.
+fn tcp_flow(to: SocketAddr) -> (Option<SocketAddr>, Result<String, String>) {
+    let from = unspecified(to, next_flow_port());
+    let (local, conn) = tcp_connect(Some(from), to, IO_TIMEOUT);
+    let result = conn
+        .map_err(|e| format!("connect {to}: {e}"))
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(IO_TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            read_line(&mut s).map_err(|e| format!("greeting from {to}: {e}"))
+        });
+    (local, result)
+}
+
+/// One datagram to `to` from a new socket, and its answer.
+fn udp_flow(to: SocketAddr, i: usize) -> (Option<SocketAddr>, Result<String, String>) {
+    let bind = unspecified(to, next_flow_port());
+    let s = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return (None, Err(format!("bind: {e}"))),
+    };
+    // Connected, the socket has the source address its datagrams carry.
+    if let Err(e) = s.connect(to) {
+        return (None, Err(format!("connect: {e}")));
+    }
+    let local = s.local_addr().ok();
+    let result = (|| {
+        s.send(format!("flow {i}\n").as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        s.set_read_timeout(Some(UDP_REPLY_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 256];
+        let n = s
+            .recv(&mut buf)
+            .map_err(|e| format!("answer from {to}: {e}"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_string())
+    })();
+    (local, result)
+}
+
+/// `sockaddr_in`/`sockaddr_in6` for `a`.
+fn to_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says it is a sockaddr_in.
+            let sin = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::from((
+                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it is a sockaddr_in6.
+            let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::from((
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// A TCP connection to `to` within `timeout`, from `from` if given (with
+/// `SO_REUSEADDR`), and its local address, which (unlike with
+/// `TcpStream::connect_timeout`) is known also when the connection fails.
+pub fn tcp_connect(
+    from: Option<SocketAddr>,
+    to: SocketAddr,
+    timeout: Duration,
+) -> (Option<SocketAddr>, std::io::Result<TcpStream>) {
+    let last = std::io::Error::last_os_error;
+    let domain = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: a plain syscall; the descriptor is owned from here on.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return (None, Err(last()));
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(from) = from {
+        let one: libc::c_int = 1;
+        let (sa, len) = to_sockaddr(from);
+        // SAFETY: an int option of its size; a sockaddr of `len` bytes.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len)
+        };
+        if r != 0 {
+            return (None, Err(last()));
+        }
+    }
+    let (sa, len) = to_sockaddr(to);
+    // SAFETY: a sockaddr of `len` bytes.
+    let r = unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) };
+    let connect_err = (r != 0).then(last);
+    let local = {
+        // SAFETY: getsockname into a sockaddr_storage of the size given.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut l = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let r = unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut l) };
+        if r == 0 {
+            from_sockaddr(&ss).filter(|a| a.port() != 0)
+        } else {
+            None
+        }
+    };
+    if let Some(e) = connect_err {
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return (local, Err(e));
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if n == 0 {
+            return (
+                local,
+                Err(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    "connect timed out",
+                )),
+            );
+        }
+        if n < 0 {
+            return (local, Err(last()));
+        }
+        let mut err: libc::c_int = 0;
+        let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR into an int of the size given.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut _ as *mut libc::c_void,
+                &mut l,
+            )
+        };
+        if r != 0 {
+            return (local, Err(last()));
+        }
+        if err != 0 {
+            return (local, Err(std::io::Error::from_raw_os_error(err)));
+        }
+    }
+    let stream = TcpStream::from(sock);
+    if let Err(e) = stream.set_nonblocking(false) {
+        return (local, Err(e));
+    }
+    (local, Ok(stream))
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/// Where lbd serves metrics in the lb namespace (the lab's config).
+pub const METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9469);
+
+/// A parsed HTTP response.
+#[derive(Clone, Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path HTTP/1.0` to `to`; the whole response (the server closes
+/// the connection after it). Must run in the right namespace.
+pub fn http10_get(to: SocketAddr, path: &str) -> Result<HttpReply> {
+    let mut s =
+        TcpStream::connect_timeout(&to, IO_TIMEOUT).with_context(|| format!("connect {to}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer to GET {path}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            anyhow::anyhow!("no end of the header: {:?}", String::from_utf8_lossy(&raw))
+        })?;
+    let head = std::str::from_utf8(&raw[..split]).context("header not UTF-8")?;
+    let body = String::from_utf8(raw[split + 4..].to_vec()).context("body not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad status line {status_line:?}"))?;
+    let mut headers = Vec::new();
+    for l in lines {
+        let (n, v) = l
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("bad header line {l:?}"))?;
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let reply = HttpReply {
+        status,
+        headers,
+        body,
+    };
+    if let Some(te) = reply.header("transfer-encoding") {
+        bail!("unexpected transfer-encoding {te} in an HTTP/1.0 answer");
+    }
+    if let Some(cl) = reply.header("content-length") {
+        let cl: usize = cl.parse().context("content-length")?;
+        anyhow::ensure!(
+            cl == reply.body.len(),
+            "content-length {cl}, body {} bytes",
+            reply.body.len()
+        );
+    }
+    Ok(reply)
+}
+
 // ---------------------------------------------------------------- servers
 
 /// What a backend serves. Each service of each backend can be stopped and
@@ -1669,6 +2266,55 @@ pub fn backends_of(status: &Json, vip: &str) -> BTreeMap<String, (u64, bool)> {
         .collect()
 }
 
+/// A VIP of a status document, by identity or name.
+pub fn vip_of<'a>(status: &'a Json, vip: &str) -> &'a Json {
+    status
+        .get("vips")
+        .arr()
+        .iter()
+        .find(|v| v.get("vip").str() == vip || v.get("name").str() == vip)
+        .unwrap_or_else(|| panic!("no VIP {vip} in status"))
+}
+
+/// The health of each backend of `vip`: address → "up", "down" or
+/// "unchecked".
+pub fn health_of(status: &Json, vip: &str) -> BTreeMap<String, String> {
+    vip_of(status, vip)
+        .get("backends")
+        .arr()
+        .iter()
+        .map(|b| {
+            (
+                b.get("addr").str().to_string(),
+                b.get("health").str().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Whether `vip` fails open.
+pub fn fail_open_of(status: &Json, vip: &str) -> bool {
+    vip_of(status, vip).get("fail_open").as_bool() == Some(true)
+}
+
+/// One line per VIP with its backends' health, for messages.
+pub fn health_view(status: &Json) -> String {
+    status
+        .get("vips")
+        .arr()
+        .iter()
+        .map(|v| {
+            let vip = v.get("vip").str();
+            format!(
+                "{vip} fail_open={:?} {:?}",
+                v.get("fail_open").as_bool(),
+                health_of(status, vip)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 // ---------------------------------------------------------------- JSON
 
 /// A JSON value (this crate has no serde_json): enough to read lbctl's
@@ -1924,6 +2570,29 @@ mod tests {
         assert!(Json::parse("{").is_err());
         assert!(Json::parse("[1,]").is_err());
         assert!(Json::parse("1 2").is_err());
+    }
+
+    #[test]
+    fn health_tables_and_bounds() {
+        let h = HealthCheck::new(
+            "http",
+            Duration::from_millis(300),
+            Duration::from_millis(200),
+            2,
+            3,
+        )
+        .port(8081)
+        .path("/healthz");
+        assert_eq!(
+            h.toml(),
+            "[vip.health]\nkind = \"http\"\nport = 8081\npath = \"/healthz\"\n\
+             interval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 3\n"
+        );
+        assert_eq!(h.down_bound(), Duration::from_millis(3 * 300 + 200 + 300));
+        assert_eq!(h.up_bound(), Duration::from_millis(2 * 300 + 300));
+        let v = VipSpec::new("dns", VIP_EXTRA, Some(53), &[]).udp();
+        assert_eq!(v.id(), "10.100.0.3:53/udp");
+        assert_eq!(vip_id(VIP_WEB6.into(), None), "[fd10:100::1]/tcp");
     }
 
     #[test]
