@@ -26,7 +26,6 @@
 
 use std::{
     fs,
-    io::Read,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -146,48 +145,12 @@ impl Output {
 /// process group of its own so that a Ctrl-C on the terminal reaches only
 /// the demo, which then cleans up in order.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out_reader = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(2));
-    };
-    let text = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
-    let stdout = text(out_reader.join().unwrap_or_default());
-    let stderr = text(err_reader.join().unwrap_or_default());
-    match status {
-        Some(s) => Ok(Output {
-            ok: s.success(),
-            stdout,
-            stderr,
-        }),
-        None => bail!("{cmd:?} did not finish within {timeout:?}: {stderr}"),
-    }
+    let out = integration_test::daemon::run_bounded(cmd.process_group(0), timeout)?;
+    Ok(Output {
+        ok: out.ok(),
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
 }
 
 /// Runs `cmd`; its stdout, or an error naming the command and its message.
