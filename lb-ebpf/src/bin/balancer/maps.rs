@@ -31,12 +31,13 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 ///   another RX queue and CPU than the flow's own packets, and must still
 ///   find the flow's entry; user space reads it too (`lbctl explain`, the
 ///   entry count after a restart);
-/// - measurement (`cargo xtask bench`, concurrency table): the hit path and
-///   the miss+insert path cost the same per packet on 2 CPUs at once as on
-///   one (2-CPU/1-CPU 1.00-1.01x), also with both CPUs hitting one entry.
-///   Hits take no lock and write the entry at most once a second;
-///   `BPF_F_NO_COMMON_LRU` gives each CPU its own LRU list, so inserts do
-///   not contend on one lock either.
+/// - measurement (`cargo xtask bench`, concurrency table, 2 CPUs at once
+///   against one): hits cost the same (1.00-1.01x), also with both CPUs
+///   hitting one entry, since a hit takes no lock and writes the entry at
+///   most once a second; miss+insert measured 1.00-1.23x over runs, which
+///   `BPF_F_NO_COMMON_LRU` (a free list per CPU) keeps from becoming a
+///   global-lock convoy. Per-CPU tables would only save part of the insert
+///   cost of a new flow, and would break the first point.
 /// The price: each CPU's LRU list holds `CONNTRACK_MAX / possible CPUs`.
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, ConnEntry> =
