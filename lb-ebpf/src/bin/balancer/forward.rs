@@ -19,15 +19,13 @@ use lb_common::{
     outer_source_v4, outer_source_v6, Addr, Backend, Counter, LbConfig, VipInfo, BACKEND_F_ACTIVE,
     BACKEND_F_NEXTHOP, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, VIP_F_L2DSR,
 };
-use lb_ebpf::{ipv4_header_checksum, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
+use lb_ebpf::{ipv4_header_checksum, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN};
 
 use crate::{maps, parse::Packet, stats, Out};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const OUTER_TTL: u8 = 64;
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
 
 /// Where a frame leaves and with which MAC addresses.
 pub struct NextHop {

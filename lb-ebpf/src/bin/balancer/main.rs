@@ -112,14 +112,6 @@ pub fn action(out: Out) -> u32 {
     }
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable: the verifier rejects a program that could get here, and
-    // the code has no indexing or arithmetic that can panic.
-    loop {}
-}
-
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

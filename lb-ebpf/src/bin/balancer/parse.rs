@@ -10,13 +10,11 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Addr, Counter, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
-use lb_ebpf::{parse_l2, ptr_at, ETH_P_IP, ETH_P_IPV6, L2};
+use lb_ebpf::{parse_l2, ptr_at, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, L2};
 use network_types::{ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{maps, Out};
 
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 const TCP_FLAG_RST: u8 = 0x04;

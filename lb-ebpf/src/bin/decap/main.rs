@@ -120,12 +120,6 @@ fn strip(ctx: &XdpContext, l3: usize, outer_len: usize) -> Result<(), DecapCount
     Ok(())
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
