@@ -630,27 +630,15 @@ struct RawBackend {
     weight: Option<Spanned<i64>>,
     drained: Option<bool>,
     /// The backend's own health check, merged over `[vip.health]`.
-    health: Option<Spanned<RawHealthKeys>>,
+    health: Option<Spanned<RawHealth>>,
 }
 
-/// `[vip.health]`: `kind` is required.
+/// `[vip.health]` or a backend's `health = { ... }`: the same keys. `kind` is
+/// optional here because a backend's table may take it from the VIP's;
+/// `[vip.health]` without it is refused in `Source::vip`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    kind: HealthKind,
-    port: Option<Spanned<i64>>,
-    path: Option<Spanned<String>>,
-    expect_status: Option<Spanned<i64>>,
-    interval: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-    rise: Option<Spanned<i64>>,
-    fall: Option<Spanned<i64>>,
-}
-
-/// A backend's `health = { ... }`: the same keys, any of them.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealthKeys {
     kind: Option<HealthKind>,
     port: Option<Spanned<i64>>,
     path: Option<Spanned<String>>,
@@ -676,22 +664,7 @@ struct HealthLayer<'a> {
 }
 
 impl<'a> HealthLayer<'a> {
-    fn vip(h: &'a Spanned<RawHealth>) -> Self {
-        let r = h.get_ref();
-        HealthLayer {
-            span: h.span(),
-            kind: Some(r.kind),
-            port: r.port.as_ref(),
-            path: r.path.as_ref(),
-            expect_status: r.expect_status.as_ref(),
-            interval: r.interval.as_ref(),
-            timeout: r.timeout.as_ref(),
-            rise: r.rise.as_ref(),
-            fall: r.fall.as_ref(),
-        }
-    }
-
-    fn backend(h: &'a Spanned<RawHealthKeys>) -> Self {
+    fn new(h: &'a Spanned<RawHealth>) -> Self {
         let r = h.get_ref();
         HealthLayer {
             span: h.span(),
@@ -1153,16 +1126,22 @@ impl Source<'_> {
             backend_lines.push(line(sb.span()));
         }
 
-        let vip_layer = v.health.as_ref().map(HealthLayer::vip);
+        let vip_layer = v.health.as_ref().map(HealthLayer::new);
         let health = match &vip_layer {
             None => None,
+            // Worded as the other missing keys are (see `shape_error`): serde
+            // cannot require `kind` of a struct that backends' tables share.
+            Some(h) if h.kind.is_none() => {
+                let table = format!("vip[{i}] {:?}: [vip.health]", v.name.get_ref());
+                return Err(self.at(h.span.clone(), &table, "key `kind` is required"));
+            }
             Some(h) => Some(self.health(&format!("{ctx}: [vip.health]"), port, h, None)?),
         };
         // Each backend's own check: its keys over the VIP's.
         for (sb, desired) in v.backends.iter().zip(&mut backends) {
             if let Some(h) = &sb.get_ref().health {
                 let bctx = format!("{ctx}: backend {}: [vip.backends.health]", desired.addr);
-                let layer = HealthLayer::backend(h);
+                let layer = HealthLayer::new(h);
                 desired.health = Some(self.health(&bctx, port, &layer, vip_layer.as_ref())?);
             }
         }

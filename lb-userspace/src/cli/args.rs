@@ -231,26 +231,17 @@ impl HealthArgs {
         if kind == HealthKind::None && self.has_settings() {
             return Err("--kind none takes no other check settings".into());
         }
-        let mut h = HealthSpec::new(kind);
-        if let Some(p) = self.port {
-            h.port = p;
-        }
-        if let Some(p) = &self.path {
-            h.path = p.clone();
-        }
-        h.expect_status = self.expect_status;
-        if let Some(i) = self.interval {
-            h.interval = i;
-        }
-        if let Some(t) = self.timeout {
-            h.timeout = t;
-        }
-        if let Some(r) = self.rise {
-            h.rise = r;
-        }
-        if let Some(f) = self.fall {
-            h.fall = f;
-        }
+        let defaults = HealthSpec::new(kind);
+        let h = HealthSpec {
+            kind,
+            port: self.port.unwrap_or(defaults.port),
+            path: self.path.clone().unwrap_or(defaults.path),
+            expect_status: self.expect_status,
+            interval: self.interval.unwrap_or(defaults.interval),
+            timeout: self.timeout.unwrap_or(defaults.timeout),
+            rise: self.rise.unwrap_or(defaults.rise),
+            fall: self.fall.unwrap_or(defaults.fall),
+        };
         h.validate_settings().map_err(|e| match e {
             // Broken by the default timeout: the interval is at fault.
             HealthError::Timeout { timeout, interval } if self.timeout.is_none() => format!(

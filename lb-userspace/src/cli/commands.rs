@@ -7,6 +7,7 @@ use std::{
 };
 
 use clap::{error::ErrorKind, CommandFactory};
+use serde::de::DeserializeOwned;
 
 use super::{
     args::{
@@ -18,8 +19,8 @@ use super::{
 use crate::{
     config::HealthKind,
     control::{
-        Change, ChangeResult, Explain, ReloadRequest, ReloadResult, Stats, Status, PATH_CHANGE,
-        PATH_EXPLAIN, PATH_RELOAD, PATH_STATS, PATH_STATUS,
+        Change, ReloadRequest, ReloadResult, Stats, Status, PATH_CHANGE, PATH_EXPLAIN, PATH_RELOAD,
+        PATH_STATS, PATH_STATUS,
     },
 };
 
@@ -74,12 +75,22 @@ fn print_value<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     write_out(&format!("{text}\n"))
 }
 
+/// The daemon's answer: as it came with `--json`, else decoded and
+/// rendered as a table.
+fn print_answer<T: DeserializeOwned>(
+    raw: &[u8],
+    json: bool,
+    render: impl FnOnce(&T) -> String,
+) -> Result<(), CliError> {
+    if json {
+        return print_json(raw);
+    }
+    write_out(&render(&decode::<T>(raw)?))
+}
+
 async fn status(client: &Client, json: bool) -> Result<(), CliError> {
     let raw = client.get(PATH_STATUS).await?;
-    if json {
-        return print_json(&raw);
-    }
-    write_out(&output::render_status(&decode::<Status>(&raw)?))
+    print_answer(&raw, json, output::render_status)
 }
 
 async fn vip_list(client: &Client, json: bool) -> Result<(), CliError> {
@@ -173,18 +184,12 @@ fn backend_change(b: BackendCommand) -> Result<Change, CliError> {
 
 async fn change(client: &Client, json: bool, change: Change) -> Result<(), CliError> {
     let raw = client.post(PATH_CHANGE, &change).await?;
-    if json {
-        return print_json(&raw);
-    }
-    write_out(&output::render_change(&decode::<ChangeResult>(&raw)?))
+    print_answer(&raw, json, output::render_change)
 }
 
 async fn stats(client: &Client, json: bool) -> Result<(), CliError> {
     let raw = client.get(PATH_STATS).await?;
-    if json {
-        return print_json(&raw);
-    }
-    write_out(&output::render_stats(&decode::<Stats>(&raw)?, None))
+    print_answer(&raw, json, |s: &Stats| output::render_stats(s, None))
 }
 
 /// Samples every interval until Ctrl-C: a redrawn table with rates, or one
@@ -255,21 +260,14 @@ pub fn explain_query(a: &ExplainArgs) -> String {
 
 async fn explain(client: &Client, json: bool, a: &ExplainArgs) -> Result<(), CliError> {
     let raw = client.get(&explain_query(a)).await?;
-    if json {
-        return print_json(&raw);
-    }
-    write_out(&output::render_explain(&decode::<Explain>(&raw)?))
+    print_answer(&raw, json, output::render_explain)
 }
 
 async fn reload(client: &Client, json: bool, dry_run: bool) -> Result<(), CliError> {
     let raw = client.post(PATH_RELOAD, &ReloadRequest { dry_run }).await?;
-    if json {
-        return print_json(&raw);
-    }
-    write_out(&output::render_reload(
-        &decode::<ReloadResult>(&raw)?,
-        dry_run,
-    ))
+    print_answer(&raw, json, |r: &ReloadResult| {
+        output::render_reload(r, dry_run)
+    })
 }
 
 #[cfg(test)]

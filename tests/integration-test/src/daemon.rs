@@ -629,6 +629,26 @@ impl Lab {
             .map(|b| b.name.as_str())
     }
 
+    /// A lab with `n_backends` backends, `setup` run before lbd starts
+    /// (services), lbd running the VIPs `vips` makes, next hops resolved.
+    /// Panics if a step fails: for tests, which need the whole of it.
+    pub fn with_lbd(
+        n_backends: usize,
+        setup: impl FnOnce(&Lab),
+        vips: impl FnOnce(&Lab) -> Vec<VipSpec>,
+    ) -> Lab {
+        let t = Instant::now();
+        let mut lab = Lab::new(n_backends).expect("building the lab");
+        setup(&lab);
+        let vips = vips(&lab);
+        lab.write_config(&lab.config_text(&vips));
+        lab.start_lbd().expect("starting lbd");
+        lab.wait_next_hops(Duration::from_secs(10))
+            .expect("next hops resolve");
+        println!("lab {} up in {:?}", lab.tag, t.elapsed());
+        lab
+    }
+
     /// The three standard VIPs, each with backends `names` (`b1`, ...).
     pub fn standard_vips(&self, names: &[&str]) -> Vec<VipSpec> {
         let v4: Vec<IpAddr> = names.iter().map(|n| self.backend(n).v4.into()).collect();
@@ -1437,74 +1457,113 @@ impl std::fmt::Display for FlowKeyOrd {
     }
 }
 
-/// New connections from the client, back to back (a few ms apart), in a
-/// background thread until stopped.
-pub struct ConnStream {
+/// The client doing one thing after another, a few ms apart, in a
+/// background thread until stopped: what [`ConnStream`] and [`FlowStream`]
+/// share.
+struct ClientLoop<T> {
     stop: Arc<AtomicBool>,
     made: Arc<AtomicU64>,
-    handle: Option<JoinHandle<Result<StreamReport>>>,
+    handle: Option<JoinHandle<Result<Vec<T>>>>,
+    /// The panic message if the thread panicked.
+    panicked: &'static str,
 }
 
-impl ConnStream {
-    fn start(client_ns: &str, targets: Vec<SocketAddr>) -> ConnStream {
+impl<T: Send + 'static> ClientLoop<T> {
+    /// Runs `step(target, n, started)` in `client_ns` on each of `targets`
+    /// in turn (`n` counts the steps from 1, `started` is when the thread
+    /// started), for at most `MAX_BACKGROUND` or 100 000 steps.
+    fn start(
+        client_ns: &str,
+        panicked: &'static str,
+        targets: Vec<SocketAddr>,
+        mut step: impl FnMut(SocketAddr, usize, Instant) -> T + Send + 'static,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let made = Arc::new(AtomicU64::new(0));
         let (stop2, made2) = (stop.clone(), made.clone());
         let handle = spawn_in_netns(client_ns, move || {
             let started = Instant::now();
-            let mut report = StreamReport::default();
             let give_up = started + MAX_BACKGROUND;
+            let mut done = Vec::new();
             let mut i = 0usize;
             while !stop2.load(Ordering::Relaxed) && Instant::now() < give_up && i < 100_000 {
                 let to = targets[i % targets.len()];
                 i += 1;
-                let at = started.elapsed();
-                let attempt = match greet(to) {
-                    Ok((name, local)) => Attempt {
-                        at,
-                        to,
-                        local: Some(local),
-                        result: Ok(name),
-                    },
-                    Err(e) => Attempt {
-                        at,
-                        to,
-                        local: None,
-                        result: Err(e),
-                    },
-                };
-                report.attempts.push(attempt);
+                done.push(step(to, i, started));
                 made2.fetch_add(1, Ordering::Relaxed);
                 thread::sleep(Duration::from_millis(5));
             }
-            report
+            done
         });
-        ConnStream {
+        ClientLoop {
             stop,
             made,
             handle: Some(handle),
+            panicked,
         }
     }
 
-    /// Connections attempted so far.
-    pub fn made(&self) -> u64 {
+    fn made(&self) -> u64 {
         self.made.load(Ordering::Relaxed)
     }
 
-    pub fn stop(mut self) -> StreamReport {
+    fn stop(mut self) -> Vec<T> {
         self.stop.store(true, Ordering::Relaxed);
         let h = self.handle.take().expect("joined once");
         h.join()
-            .expect("stream thread panicked")
+            .expect(self.panicked)
             .expect("entering the client namespace")
     }
 }
 
-impl Drop for ConnStream {
+impl<T> Drop for ClientLoop<T> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// New connections from the client, back to back (a few ms apart), in a
+/// background thread until stopped.
+pub struct ConnStream(ClientLoop<Attempt>);
+
+impl ConnStream {
+    fn start(client_ns: &str, targets: Vec<SocketAddr>) -> ConnStream {
+        let greet_one = |to, _, started: Instant| {
+            let at = started.elapsed();
+            match greet(to) {
+                Ok((name, local)) => Attempt {
+                    at,
+                    to,
+                    local: Some(local),
+                    result: Ok(name),
+                },
+                Err(e) => Attempt {
+                    at,
+                    to,
+                    local: None,
+                    result: Err(e),
+                },
+            }
+        };
+        ConnStream(ClientLoop::start(
+            client_ns,
+            "stream thread panicked",
+            targets,
+            greet_one,
+        ))
+    }
+
+    /// Connections attempted so far.
+    pub fn made(&self) -> u64 {
+        self.0.made()
+    }
+
+    pub fn stop(self) -> StreamReport {
+        StreamReport {
+            attempts: self.0.stop(),
         }
     }
 }
@@ -1535,69 +1594,40 @@ pub struct Flow {
 }
 
 /// New flows from the client in a background thread, until stopped.
-pub struct FlowStream {
-    stop: Arc<AtomicBool>,
-    made: Arc<AtomicU64>,
-    handle: Option<JoinHandle<Result<Vec<Flow>>>>,
-}
+pub struct FlowStream(ClientLoop<Flow>);
 
 impl FlowStream {
     fn start(client_ns: &str, proto: FlowProto, targets: Vec<SocketAddr>) -> FlowStream {
         assert!(!targets.is_empty(), "a flow stream needs a target");
-        let stop = Arc::new(AtomicBool::new(false));
-        let made = Arc::new(AtomicU64::new(0));
-        let (stop2, made2) = (stop.clone(), made.clone());
-        let handle = spawn_in_netns(client_ns, move || {
-            let give_up = Instant::now() + MAX_BACKGROUND;
-            let mut flows = Vec::new();
-            let mut i = 0usize;
-            while !stop2.load(Ordering::Relaxed) && Instant::now() < give_up && i < 100_000 {
-                let to = targets[i % targets.len()];
-                i += 1;
-                let started = Instant::now();
-                let (local, result) = match proto {
-                    FlowProto::Tcp => tcp_flow(to),
-                    FlowProto::Udp => udp_flow(to, i),
-                };
-                flows.push(Flow {
-                    started,
-                    ended: Instant::now(),
-                    to,
-                    local,
-                    result,
-                });
-                made2.fetch_add(1, Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(5));
+        let one_flow = move |to, i, _| {
+            let started = Instant::now();
+            let (local, result) = match proto {
+                FlowProto::Tcp => tcp_flow(to),
+                FlowProto::Udp => udp_flow(to, i),
+            };
+            Flow {
+                started,
+                ended: Instant::now(),
+                to,
+                local,
+                result,
             }
-            flows
-        });
-        FlowStream {
-            stop,
-            made,
-            handle: Some(handle),
-        }
+        };
+        FlowStream(ClientLoop::start(
+            client_ns,
+            "flow thread panicked",
+            targets,
+            one_flow,
+        ))
     }
 
     /// Flows attempted so far.
     pub fn made(&self) -> u64 {
-        self.made.load(Ordering::Relaxed)
+        self.0.made()
     }
 
-    pub fn stop(mut self) -> Vec<Flow> {
-        self.stop.store(true, Ordering::Relaxed);
-        let h = self.handle.take().expect("joined once");
-        h.join()
-            .expect("flow thread panicked")
-            .expect("entering the client namespace")
-    }
-}
-
-impl Drop for FlowStream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+    pub fn stop(self) -> Vec<Flow> {
+        self.0.stop()
     }
 }
 
@@ -2086,8 +2116,10 @@ impl Server {
     }
 }
 
-fn accept_loop(listener: TcpListener, ctl: Arc<ServerCtl>, greeting: String) {
-    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+/// Accepts connections on `listener` until the server is stopped, counting
+/// each and handing it to `handle`; then closes the listener and marks the
+/// server closed.
+fn accept_until_stopped(listener: TcpListener, ctl: &ServerCtl, mut handle: impl FnMut(TcpStream)) {
     let give_up = Instant::now() + MAX_BACKGROUND;
     while !ctl.stopped() && Instant::now() < give_up {
         poll_readable(&[listener.as_raw_fd()], &ctl.waker, 100);
@@ -2097,9 +2129,7 @@ fn accept_loop(listener: TcpListener, ctl: Arc<ServerCtl>, greeting: String) {
         match listener.accept() {
             Ok((s, _)) => {
                 ctl.served.fetch_add(1, Ordering::Relaxed);
-                let (ctl, greeting) = (ctl.clone(), greeting.clone());
-                handlers.retain(|h| !h.is_finished());
-                handlers.push(thread::spawn(move || serve(s, ctl, greeting)));
+                handle(s);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(_) => thread::sleep(Duration::from_millis(10)),
@@ -2107,6 +2137,15 @@ fn accept_loop(listener: TcpListener, ctl: Arc<ServerCtl>, greeting: String) {
     }
     drop(listener);
     ctl.mark_closed();
+}
+
+fn accept_loop(listener: TcpListener, ctl: Arc<ServerCtl>, greeting: String) {
+    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    accept_until_stopped(listener, &ctl, |s| {
+        let (ctl, greeting) = (ctl.clone(), greeting.clone());
+        handlers.retain(|h| !h.is_finished());
+        handlers.push(thread::spawn(move || serve(s, ctl, greeting)));
+    });
     for h in handlers {
         let _ = h.join();
     }
@@ -2142,23 +2181,7 @@ fn serve(mut s: TcpStream, ctl: Arc<ServerCtl>, greeting: String) {
 /// Serves one HTTP request per connection, in the accepting thread (health
 /// checks are few and send their request at once).
 fn http_loop(listener: TcpListener, ctl: Arc<ServerCtl>) {
-    let give_up = Instant::now() + MAX_BACKGROUND;
-    while !ctl.stopped() && Instant::now() < give_up {
-        poll_readable(&[listener.as_raw_fd()], &ctl.waker, 100);
-        if ctl.stopped() {
-            break;
-        }
-        match listener.accept() {
-            Ok((s, _)) => {
-                ctl.served.fetch_add(1, Ordering::Relaxed);
-                http_answer(s, &ctl);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(_) => thread::sleep(Duration::from_millis(10)),
-        }
-    }
-    drop(listener);
-    ctl.mark_closed();
+    accept_until_stopped(listener, &ctl, |s| http_answer(s, &ctl));
 }
 
 fn http_answer(mut s: TcpStream, ctl: &ServerCtl) {

@@ -82,48 +82,45 @@ fn check_shares(
     report
 }
 
+/// Spreads 100 000 new flows (from `seed`) over a stateless VIP sending to
+/// `set` and checks each backend's share against its weight; prints the
+/// shares under `label`. Stateless, so each flow is placed by the Maglev
+/// table alone.
+fn check_spread(label: &str, set: &[BackendSpec], seed: u64) {
+    let mut t = TestLb::new();
+    let settings = VipSettings {
+        stateless: true,
+        ..Default::default()
+    };
+    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, set);
+    let n = 100_000;
+    let counts = spread(&mut t, n, &mut Rng(seed));
+    let weights: Vec<(IpAddr, u32)> = set.iter().map(|b| (b.addr, b.weight)).collect();
+    for line in check_shares(&counts, &weights, n) {
+        println!("{label}: {line}");
+    }
+}
+
 #[test]
 fn ten_equal_backends_share_evenly() {
-    let mut t = TestLb::new();
     let set: Vec<BackendSpec> = (2..12)
         .map(|i| BackendSpec {
             addr: format!("10.0.0.{i}").parse().unwrap(),
             weight: 100,
         })
         .collect();
-    let settings = VipSettings {
-        stateless: true,
-        ..Default::default()
-    };
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, &set);
-    let n = 100_000;
-    let counts = spread(&mut t, n, &mut Rng(0x5eed_0001));
-    let weights: Vec<(IpAddr, u32)> = set.iter().map(|b| (b.addr, b.weight)).collect();
-    for line in check_shares(&counts, &weights, n) {
-        println!("equal: {line}");
-    }
+    check_spread("equal", &set, 0x5eed_0001);
 }
 
 #[test]
 fn weights_one_two_three_share_proportionally() {
-    let mut t = TestLb::new();
     let set: Vec<BackendSpec> = (1..=3)
         .map(|i| BackendSpec {
             addr: format!("10.0.0.{}", i + 1).parse().unwrap(),
             weight: i,
         })
         .collect();
-    let settings = VipSettings {
-        stateless: true,
-        ..Default::default()
-    };
-    t.add_vip(vip("10.100.0.1", 80, Proto::Tcp), settings, &set);
-    let n = 100_000;
-    let counts = spread(&mut t, n, &mut Rng(0x5eed_0002));
-    let weights: Vec<(IpAddr, u32)> = set.iter().map(|b| (b.addr, b.weight)).collect();
-    for line in check_shares(&counts, &weights, n) {
-        println!("1:2:3: {line}");
-    }
+    check_spread("1:2:3", &set, 0x5eed_0002);
 }
 
 #[test]

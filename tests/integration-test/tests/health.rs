@@ -81,19 +81,27 @@ fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
-/// A lab with `n` backends, `setup` run before lbd starts (services), lbd
-/// running the VIPs `vips` makes, next hops resolved.
-fn lab_with(n: usize, setup: impl FnOnce(&Lab), vips: impl FnOnce(&Lab) -> Vec<VipSpec>) -> Lab {
-    let t = Instant::now();
-    let mut lab = Lab::new(n).expect("building the lab");
-    setup(&lab);
-    let vips = vips(&lab);
-    lab.write_config(&lab.config_text(&vips));
-    lab.start_lbd().expect("starting lbd");
-    lab.wait_next_hops(Duration::from_secs(10))
-        .expect("next hops resolve");
-    println!("lab {} up in {:?}", lab.tag, t.elapsed());
-    lab
+/// The VIP `web` on backends `names`, checked by `check`.
+fn web_vip(lab: &Lab, names: &[&str], check: &HealthCheck) -> Vec<VipSpec> {
+    vec![VipSpec::new("web", VIP_WEB, Some(80), &addrs(lab, names)).with_health(check.clone())]
+}
+
+/// Waits until lbctl reports `addr` of `vip` in `state` ("up" or "down");
+/// when it did. Waits up to `check`'s bound for that change and 5 s more,
+/// so that a late change is measured against the bound, not cut short.
+fn wait_reported(
+    lab: &Lab,
+    vip: &str,
+    addr: &str,
+    state: &str,
+    check: &HealthCheck,
+) -> anyhow::Result<Instant> {
+    let bound = if state == "up" {
+        check.up_bound()
+    } else {
+        check.down_bound()
+    };
+    lab.wait_health(vip, addr, state, bound + Duration::from_secs(5))
 }
 
 fn addrs(lab: &Lab, names: &[&str]) -> Vec<IpAddr> {
@@ -146,25 +154,13 @@ fn outage(
     thread::sleep(Duration::from_millis(600));
 
     let stopped = stop();
-    let down = lab
-        .wait_health(
-            vip,
-            &victim_addr,
-            "down",
-            check.down_bound() + Duration::from_secs(5),
-        )
+    let down = wait_reported(lab, vip, &victim_addr, "down", check)
         .unwrap_or_else(|e| panic!("{what}: {e:#}"));
     let m = scrape(lab);
     thread::sleep(Duration::from_secs(1));
 
     let started = start();
-    let up = lab
-        .wait_health(
-            vip,
-            &victim_addr,
-            "up",
-            check.up_bound() + Duration::from_secs(5),
-        )
+    let up = wait_reported(lab, vip, &victim_addr, "up", check)
         .unwrap_or_else(|e| panic!("{what}: {e:#}"));
     thread::sleep(Duration::from_secs(1));
     let flows = stream.stop();
@@ -294,16 +290,7 @@ fn outage(
 #[test]
 fn tcp_check() {
     let check = fast("tcp");
-    let lab = lab_with(
-        3,
-        |_| {},
-        |lab| {
-            vec![
-                VipSpec::new("web", VIP_WEB, Some(80), &addrs(lab, &["b1", "b2", "b3"]))
-                    .with_health(check.clone()),
-            ]
-        },
-    );
+    let lab = Lab::with_lbd(3, |_| {}, |lab| web_vip(lab, &["b1", "b2", "b3"], &check));
     let svc = Service::Greeter(80);
     outage(
         &lab,
@@ -342,19 +329,14 @@ fn http_check() {
     // The health endpoint is its own HTTP server on 8081; the service is
     // the greeter on 80.
     let check = fast("http").port(HEALTH_PORT).path("/healthz");
-    let lab = lab_with(
+    let lab = Lab::with_lbd(
         3,
         |lab| {
             for b in ["b1", "b2", "b3"] {
                 lab.start_service(b, Service::Http(HEALTH_PORT)).unwrap();
             }
         },
-        |lab| {
-            vec![
-                VipSpec::new("web", VIP_WEB, Some(80), &addrs(lab, &["b1", "b2", "b3"]))
-                    .with_health(check.clone()),
-            ]
-        },
+        |lab| web_vip(lab, &["b1", "b2", "b3"], &check),
     );
     let (svc, health) = (Service::Greeter(80), Service::Http(HEALTH_PORT));
 
@@ -426,7 +408,7 @@ fn udp_check() {
     // the backends' namespaces, making detection deterministic (and
     // letting each failed client flow learn "refused" at once).
     let check = fast("udp");
-    let lab = lab_with(
+    let lab = Lab::with_lbd(
         3,
         |lab| {
             lab.backend_sysctl("net.ipv4.icmp_ratelimit", "0").unwrap();
@@ -483,33 +465,15 @@ fn unresponsive_backend() {
         2,
         5,
     );
-    let lab = lab_with(
-        2,
-        |_| {},
-        |lab| {
-            vec![
-                VipSpec::new("web", VIP_WEB, Some(80), &addrs(lab, &["b1", "b2"]))
-                    .with_health(check.clone()),
-            ]
-        },
-    );
+    let lab = Lab::with_lbd(2, |_| {}, |lab| web_vip(lab, &["b1", "b2"], &check));
     let b2 = v4(&lab, "b2");
     lab.wait_all_up(WEB, Duration::from_secs(10)).unwrap();
     lab.set_backend_cable("b2", false).unwrap();
     let pulled = Instant::now();
-    let down = lab
-        .wait_health(
-            WEB,
-            &b2,
-            "down",
-            check.down_bound() + Duration::from_secs(5),
-        )
-        .unwrap();
+    let down = wait_reported(&lab, WEB, &b2, "down", &check).unwrap();
     lab.set_backend_cable("b2", true).unwrap();
     let plugged = Instant::now();
-    let up = lab
-        .wait_health(WEB, &b2, "up", check.up_bound() + Duration::from_secs(5))
-        .unwrap();
+    let up = wait_reported(&lab, WEB, &b2, "up", &check).unwrap();
     println!(
         "unresponsive: down reported {} ms after the cable was pulled (bound {} + {} ms), \
          up {} ms after it was plugged (bound {} + {} ms)",
@@ -607,16 +571,7 @@ fn flapping_does_not_flap() {
     let interval = Duration::from_millis(250);
     let check = HealthCheck::new("tcp", interval, Duration::from_millis(150), 3, 3);
     let period = Duration::from_millis(300);
-    let lab = lab_with(
-        2,
-        |_| {},
-        |lab| {
-            vec![
-                VipSpec::new("web", VIP_WEB, Some(80), &addrs(lab, &["b1", "b2"]))
-                    .with_health(check.clone()),
-            ]
-        },
-    );
+    let lab = Lab::with_lbd(2, |_| {}, |lab| web_vip(lab, &["b1", "b2"], &check));
     let b2 = v4(&lab, "b2");
     let l = |extra: (&'static str, &'static str)| [("vip", WEB), ("backend", b2.as_str()), extra];
     let transitions = |m: &prom::Scrape| {
@@ -637,13 +592,7 @@ fn flapping_does_not_flap() {
         let state = if from_up { "up" } else { "down" };
         if !from_up {
             lab.stop_service("b2", Service::Greeter(80));
-            lab.wait_health(
-                WEB,
-                &b2,
-                "down",
-                check.down_bound() + Duration::from_secs(5),
-            )
-            .unwrap();
+            wait_reported(&lab, WEB, &b2, "down", &check).unwrap();
         }
         let before = scrape(&lab);
         // 10 toggles: it ends as it started.
@@ -686,8 +635,7 @@ fn flapping_does_not_flap() {
     }
     // Still alive: it comes back when it stays up.
     lab.start_service("b2", Service::Greeter(80)).unwrap();
-    lab.wait_health(WEB, &b2, "up", check.up_bound() + Duration::from_secs(5))
-        .unwrap();
+    wait_reported(&lab, WEB, &b2, "up", &check).unwrap();
 }
 
 // ---------------------------------------------------------------- fail open
@@ -698,14 +646,7 @@ fn all_down_fails_open() {
     // its check while its service still answers.
     let check = fast("tcp").port(8080);
     let names = ["b1", "b2", "b3"];
-    let lab = lab_with(
-        3,
-        |_| {},
-        |lab| {
-            vec![VipSpec::new("web", VIP_WEB, Some(80), &addrs(lab, &names))
-                .with_health(check.clone())]
-        },
-    );
+    let lab = Lab::with_lbd(3, |_| {}, |lab| web_vip(lab, &names, &check));
     let loud = "ALL BACKENDS DOWN";
     lab.wait_all_up(WEB, Duration::from_secs(10)).unwrap();
     let s = lab.status();
@@ -775,8 +716,7 @@ fn all_down_fails_open() {
     // One backend back: the VIP closes and sends only to it.
     lab.start_service("b1", Service::Greeter(8080)).unwrap();
     let b1 = v4(&lab, "b1");
-    lab.wait_health(WEB, &b1, "up", check.up_bound() + Duration::from_secs(5))
-        .unwrap();
+    wait_reported(&lab, WEB, &b1, "up", &check).unwrap();
     let s = lab.status();
     assert!(!fail_open_of(&s, WEB), "{}", health_view(&s));
     assert!(!lab.lbctl_ok(&["status"]).contains(loud));
@@ -818,7 +758,7 @@ const FAMILIES: [(&str, &str); 17] = [
 #[test]
 fn metrics() {
     let names = ["b1", "b2"];
-    let lab = lab_with(
+    let lab = Lab::with_lbd(
         2,
         |lab| {
             for b in names {

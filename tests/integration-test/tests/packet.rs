@@ -48,6 +48,30 @@ fn assert_ipip(out: &[u8], input: &Frame, outer_src: &str, backend: &str) {
 const V4_CLIENT: &str = "198.51.100.7";
 const V6_CLIENT: &str = "2001:db8:c::7";
 
+/// A balancer with the VIP most tests use: 10.100.0.1:80/`proto` sending
+/// to 10.0.0.2.
+fn lb_with_web_vip(proto: Proto) -> TestLb {
+    let mut t = TestLb::new();
+    t.add_vip(
+        vip("10.100.0.1", 80, proto),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
+    t
+}
+
+/// [`lb_with_web_vip`] and its IPv6 twin, 2001:db8:100::1:80/tcp sending to
+/// 2001:db8:b::2.
+fn lb_with_web_vips(v4_proto: Proto) -> TestLb {
+    let mut t = lb_with_web_vip(v4_proto);
+    t.add_vip(
+        vip("2001:db8:100::1", 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["2001:db8:b::2"]),
+    );
+    t
+}
+
 #[test]
 fn ipip_tcp_and_udp_ipv4_and_ipv6() {
     let mut t = TestLb::new();
@@ -112,17 +136,7 @@ fn l2dsr_rewrites_only_the_destination_mac() {
 
 #[test]
 fn vlan_tagged_frames_keep_their_tag() {
-    let mut t = TestLb::new();
-    t.add_vip(
-        vip("10.100.0.1", 80, Proto::Tcp),
-        VipSettings::default(),
-        &backends(&["10.0.0.2"]),
-    );
-    t.add_vip(
-        vip("2001:db8:100::1", 80, Proto::Tcp),
-        VipSettings::default(),
-        &backends(&["2001:db8:b::2"]),
-    );
+    let mut t = lb_with_web_vips(Proto::Tcp);
     let input = Frame::tcp(V4_CLIENT, 5000, "10.100.0.1", 80).with_vlan(0x2064);
     let (action, out) = t.run(&input.build());
     assert_eq!(action, XDP_TX);
@@ -135,12 +149,7 @@ fn vlan_tagged_frames_keep_their_tag() {
 
 #[test]
 fn ipv4_options_are_honoured_and_carried() {
-    let mut t = TestLb::new();
-    t.add_vip(
-        vip("10.100.0.1", 80, Proto::Tcp),
-        VipSettings::default(),
-        &backends(&["10.0.0.2"]),
-    );
+    let mut t = lb_with_web_vip(Proto::Tcp);
     let mut input = Frame::tcp(V4_CLIENT, 5000, "10.100.0.1", 80);
     // Router alert + NOP padding, then a record-route option: 12 bytes.
     input.ip_options = vec![0x94, 0x04, 0, 0, 0x07, 0x07, 0x04, 0, 0, 0, 0, 0x01];
@@ -329,17 +338,7 @@ fn outer_source_comes_from_the_prefix_and_the_flow() {
 
 #[test]
 fn traffic_not_for_a_vip_passes_untouched() {
-    let mut t = TestLb::new();
-    t.add_vip(
-        vip("10.100.0.1", 80, Proto::Tcp),
-        VipSettings::default(),
-        &backends(&["10.0.0.2"]),
-    );
-    t.add_vip(
-        vip("2001:db8:100::1", 80, Proto::Tcp),
-        VipSettings::default(),
-        &backends(&["2001:db8:b::2"]),
-    );
+    let mut t = lb_with_web_vips(Proto::Tcp);
     let mut arp = frame::ethernet([0xff; 6], frame::CLIENT_MAC, None, 0x0806, &[0u8; 28]);
     arp.truncate(42);
     let frames = [
@@ -376,17 +375,7 @@ fn truncated_vip_packets_are_never_forwarded() {
         Frame::tcp(V6_CLIENT, 1000, "2001:db8:100::1", 80),
         Frame::tcp(V4_CLIENT, 1000, "10.100.0.1", 80).with_vlan(5),
     ] {
-        let mut t = TestLb::new();
-        t.add_vip(
-            vip("10.100.0.1", 80, input_proto(&input)),
-            VipSettings::default(),
-            &backends(&["10.0.0.2"]),
-        );
-        t.add_vip(
-            vip("2001:db8:100::1", 80, Proto::Tcp),
-            VipSettings::default(),
-            &backends(&["2001:db8:b::2"]),
-        );
+        let mut t = lb_with_web_vips(input_proto(&input));
         let full = input.build();
         let l3 = frame::l3_offset(&full);
         let dst_end = l3 + if input.src.is_ipv4() { 20 } else { 40 };
@@ -433,12 +422,7 @@ fn input_proto(f: &Frame) -> Proto {
 
 #[test]
 fn bad_headers_to_a_vip_are_dropped_and_counted() {
-    let mut t = TestLb::new();
-    t.add_vip(
-        vip("10.100.0.1", 80, Proto::Tcp),
-        VipSettings::default(),
-        &backends(&["10.0.0.2"]),
-    );
+    let mut t = lb_with_web_vip(Proto::Tcp);
     let good = Frame::tcp(V4_CLIENT, 1000, "10.100.0.1", 80).build();
     // IHL below 5.
     let mut bad = good.clone();
@@ -654,12 +638,7 @@ fn monotonic_ns() -> u64 {
 
 #[test]
 fn tcp_rst_creates_no_entry() {
-    let mut t = TestLb::new();
-    t.add_vip(
-        vip("10.100.0.1", 80, Proto::Tcp),
-        VipSettings::default(),
-        &backends(&["10.0.0.2"]),
-    );
+    let mut t = lb_with_web_vip(Proto::Tcp);
     let rst = Frame::tcp(V4_CLIENT, 5555, "10.100.0.1", 80).with_flags(TCP_RST | TCP_ACK);
     let (action, out) = t.run(&rst.build());
     assert_eq!(action, XDP_TX);
@@ -895,4 +874,43 @@ fn all_backends_down_fails_open() {
         let (_, out) = t.run(&Frame::tcp(V4_CLIENT, 5000 + i, "10.100.0.1", 80).build());
         assert_eq!(frame::outer_dst(&out), ip("10.0.0.3"));
     }
+}
+
+#[test]
+fn a_syn_on_a_reused_port_follows_the_table() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &ten_backends_v4());
+    let syn = Frame::tcp(V4_CLIENT, 4242, "10.100.0.1", 80);
+    let flow = flow_of(&syn);
+    let predicted = t.lb.predict(&flow).unwrap().backend.unwrap();
+    let other = ten_backends_v4()
+        .into_iter()
+        .map(|b| b.addr)
+        .find(|a| *a != predicted)
+        .unwrap();
+    let other_id = t.lb.backend_id(&v, other).unwrap();
+    // An earlier connection from the same client port left a live entry on
+    // another backend (say, one drained since)...
+    let entry = ConnEntry {
+        backend_id: other_id,
+        _pad: 0,
+        last_seen_ns: monotonic_ns(),
+    };
+    t.lb.set_conntrack_entry(&flow, entry).unwrap();
+    // ...its packets still go there,
+    assert_eq!(
+        frame::outer_dst(&t.run(&syn.clone().with_flags(TCP_ACK).build()).1),
+        other
+    );
+    // but a new connection's SYN follows the table, and takes the entry.
+    assert_eq!(frame::outer_dst(&t.run(&syn.build()).1), predicted);
+    assert_eq!(
+        t.lb.conntrack_entry(&flow).unwrap().backend_id,
+        t.lb.backend_id(&v, predicted).unwrap()
+    );
+    assert_eq!(
+        frame::outer_dst(&t.run(&syn.clone().with_flags(TCP_ACK).build()).1),
+        predicted
+    );
 }

@@ -12,15 +12,22 @@ use crate::{maps, select, stats, Out};
 /// The flow's backend: its table entry when that is live and still valid,
 /// else the Maglev choice, recorded for the flow's next packets when `create`
 /// (a TCP RST ends a flow rather than starting one, so it records nothing).
+/// A `new_flow` (TCP SYN) always follows the table: an entry left by an
+/// earlier connection on the same 5-tuple (a reused client port) must not
+/// send a new connection to a backend that is drained or no longer its
+/// table's choice.
 #[inline(always)]
 pub fn lookup_or_select(
     flow: &FlowKey,
     vip: &VipInfo,
     hash: u32,
     create: bool,
+    new_flow: bool,
 ) -> Result<u32, Out> {
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(id) = lookup(flow, vip, now) {
+    if new_flow {
+        stats::count(Counter::ConnMiss);
+    } else if let Some(id) = lookup(flow, vip, now) {
         return Ok(id);
     }
     let id = select::by_table(vip, hash)?;

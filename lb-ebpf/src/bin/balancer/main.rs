@@ -56,7 +56,7 @@ fn balance(ctx: &XdpContext) -> Result<Out, Out> {
     let backend_id = if vip.flags & VIP_F_STATELESS != 0 {
         select::by_table(&vip, hash)?
     } else {
-        conntrack::lookup_or_select(&pkt.flow, &vip, hash, !pkt.tcp_rst)?
+        conntrack::lookup_or_select(&pkt.flow, &vip, hash, !pkt.tcp_rst, pkt.tcp_syn)?
     };
     forward::to_backend(ctx, &pkt, &vip, backend_id, hash, frame_len)
 }

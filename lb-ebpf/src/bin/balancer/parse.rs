@@ -17,7 +17,9 @@ use crate::{maps, Out};
 
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
+const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_RST: u8 = 0x04;
+const TCP_FLAG_ACK: u8 = 0x10;
 const IPV4_MF: u16 = 0x2000;
 const IPV4_DF: u16 = 0x4000;
 const IPV4_OFFSET_MASK: u16 = 0x1fff;
@@ -33,6 +35,8 @@ pub struct Packet {
     /// The 5-tuple as sent; ports are zero for ICMP and non-first fragments.
     pub flow: FlowKey,
     pub tcp_rst: bool,
+    /// A TCP SYN without ACK: the first packet of a new connection.
+    pub tcp_syn: bool,
     /// An IPv4 fragment (first or later).
     pub fragment: bool,
     /// IPv4 TOS / IPv6 traffic class, copied to the outer header.
@@ -98,6 +102,7 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
             _pad: [0; 2],
         },
         tcp_rst: false,
+        tcp_syn: false,
         fragment: frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
         tos: ip.tos,
         df: frags & IPV4_DF != 0,
@@ -141,6 +146,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
             _pad: [0; 2],
         },
         tcp_rst: false,
+        tcp_syn: false,
         fragment: false,
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
         df: false,
@@ -176,7 +182,9 @@ fn parse_ports(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Result<(), 
     if f.proto == PROTO_TCP {
         let flags: *const u8 =
             ptr_at(ctx, pkt.l4_off + 13).ok_or(Out::Pass(Counter::PassMalformed))?;
-        pkt.tcp_rst = unsafe { *flags } & TCP_FLAG_RST != 0;
+        let flags = unsafe { *flags };
+        pkt.tcp_rst = flags & TCP_FLAG_RST != 0;
+        pkt.tcp_syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     }
     Ok(())
 }
