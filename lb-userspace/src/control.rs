@@ -39,6 +39,9 @@ pub enum Change {
         forwarding: Forwarding,
         #[serde(default)]
         stateless: bool,
+        /// Prime, at most 65537; `None` = 65537.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        table_size: Option<u32>,
     },
     VipDel {
         vip: String,

@@ -299,12 +299,13 @@ impl Daemon {
                 scheduler,
                 forwarding,
                 stateless,
+                table_size,
             } => {
                 let settings = VipSettings {
                     scheduler: *scheduler,
                     forwarding: *forwarding,
                     stateless: *stateless,
-                    ..Default::default()
+                    table_size: table_size.unwrap_or(crate::maglev::DEFAULT_TABLE_SIZE),
                 };
                 let name = name.clone().unwrap_or_else(|| vip.to_string());
                 next.add_vip(

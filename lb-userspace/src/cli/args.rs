@@ -99,6 +99,10 @@ pub struct VipAddArgs {
     /// No connection table: every packet is placed by the Maglev table alone.
     #[arg(long)]
     pub stateless: bool,
+    /// Maglev table size: a prime, at most 65537 (the default). Larger tables
+    /// move fewer flows when a backend leaves.
+    #[arg(long, value_name = "PRIME")]
+    pub table_size: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -468,6 +472,8 @@ mod tests {
             "--forwarding",
             "l2dsr",
             "--stateless",
+            "--table-size",
+            "251",
         ])
         .unwrap();
         let Command::Vip(VipCommand::Add(a)) = c.command else {
@@ -478,6 +484,7 @@ mod tests {
         assert_eq!(Scheduler::from(a.scheduler), Scheduler::SourceHash);
         assert_eq!(Forwarding::from(a.forwarding), Forwarding::L2dsr);
         assert!(a.stateless);
+        assert_eq!(a.table_size, Some(251));
 
         let c = parse(&["vip", "add", "10.100.0.1/udp"]).unwrap();
         let Command::Vip(VipCommand::Add(a)) = c.command else {
@@ -487,6 +494,7 @@ mod tests {
         assert_eq!(Scheduler::from(a.scheduler), Scheduler::default());
         assert_eq!(Forwarding::from(a.forwarding), Forwarding::default());
         assert!(!a.stateless);
+        assert_eq!(a.table_size, None);
     }
 
     /// Malformed arguments are usage errors, which clap exits with 2.

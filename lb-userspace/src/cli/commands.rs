@@ -118,6 +118,7 @@ fn vip_add(a: VipAddArgs) -> Change {
         scheduler: a.scheduler.into(),
         forwarding: a.forwarding.into(),
         stateless: a.stateless,
+        table_size: a.table_size,
     }
 }
 

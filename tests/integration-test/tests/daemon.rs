@@ -461,7 +461,19 @@ fn changes_through_lbctl() {
     // 8. A VIP made at run time carries traffic, and goes away again.
     let before = counts(&[&main, &on_z]);
     let extra = SocketAddr::from((VIP_EXTRA, 80));
-    lab.lbctl_ok(&["vip", "add", "10.100.0.3:80/tcp", "--name", "extra"]);
+    // A table size that is not prime is refused (and audited as refused).
+    let bad = lab.lbctl(&["vip", "add", "10.100.0.3:80/tcp", "--table-size", "1000"]);
+    assert_eq!(bad.code, Some(1), "{bad}");
+    assert!(bad.stderr.contains("not a prime"), "{bad}");
+    lab.lbctl_ok(&[
+        "vip",
+        "add",
+        "10.100.0.3:80/tcp",
+        "--name",
+        "extra",
+        "--table-size",
+        "4093",
+    ]);
     lab.lbctl_ok(&["backend", "add", "extra", &v4(&lab, "b1")]);
     lab.lbctl_ok(&["backend", "add", "extra", &v4(&lab, "b2")]);
     let by = lab
