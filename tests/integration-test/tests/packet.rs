@@ -9,7 +9,7 @@ use integration_test::{
     harness::*,
 };
 use lb::maps::EncapSources;
-use lb::service::{BackendSpec, Forwarding, Proto, Scheduler, VipSettings};
+use lb::service::{BackendSpec, Forwarding, Proto, Scheduler, VipId, VipSettings};
 use lb_common::{ConnEntry, Counter, FlowKey};
 
 fn ip(s: &str) -> IpAddr {
@@ -589,16 +589,10 @@ fn idle_expired_entries_are_rehashed() {
     t.add_vip(v, VipSettings::default(), &ten_backends_v4());
     let f = Frame::udp(V4_CLIENT, 777, "10.100.0.1", 80);
     let flow = flow_of(&f);
-    let predicted = t.lb.predict(&flow).unwrap().backend.unwrap();
-    let other = ten_backends_v4()
-        .into_iter()
-        .map(|b| b.addr)
-        .find(|a| *a != predicted)
-        .unwrap();
-    let other_id = t.lb.backend_id(&v, other).unwrap();
+    let (predicted, other, other_id) = table_choice_and_another(&t, &v, &flow);
 
     // A live entry naming another backend wins over the table...
-    let now = monotonic_ns();
+    let now = lb::daemon::monotonic_ns();
     t.lb.set_conntrack_entry(
         &flow,
         ConnEntry {
@@ -627,13 +621,16 @@ fn idle_expired_entries_are_rehashed() {
     assert!(e.last_seen_ns > stale);
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// The backend the table picks for `flow`, and another backend of `v`
+/// with its id (to plant a connection-table entry that disagrees).
+fn table_choice_and_another(t: &TestLb, v: &VipId, flow: &FlowKey) -> (IpAddr, IpAddr, u32) {
+    let predicted = t.lb.predict(flow).unwrap().backend.unwrap();
+    let other = ten_backends_v4()
+        .into_iter()
+        .map(|b| b.addr)
+        .find(|a| *a != predicted)
+        .unwrap();
+    (predicted, other, t.lb.backend_id(v, other).unwrap())
 }
 
 #[test]
@@ -883,19 +880,13 @@ fn a_syn_on_a_reused_port_follows_the_table() {
     t.add_vip(v, VipSettings::default(), &ten_backends_v4());
     let syn = Frame::tcp(V4_CLIENT, 4242, "10.100.0.1", 80);
     let flow = flow_of(&syn);
-    let predicted = t.lb.predict(&flow).unwrap().backend.unwrap();
-    let other = ten_backends_v4()
-        .into_iter()
-        .map(|b| b.addr)
-        .find(|a| *a != predicted)
-        .unwrap();
-    let other_id = t.lb.backend_id(&v, other).unwrap();
+    let (predicted, other, other_id) = table_choice_and_another(&t, &v, &flow);
     // An earlier connection from the same client port left a live entry on
     // another backend (say, one drained since)...
     let entry = ConnEntry {
         backend_id: other_id,
         _pad: 0,
-        last_seen_ns: monotonic_ns(),
+        last_seen_ns: lb::daemon::monotonic_ns(),
     };
     t.lb.set_conntrack_entry(&flow, entry).unwrap();
     // ...its packets still go there,

@@ -191,9 +191,8 @@ fn greeter(body: &[u8]) -> Option<String> {
     Some(line.strip_prefix("hello from ")?.trim().to_string())
 }
 
-/// One `GET path` to `to`, from the calling thread's namespace; the name
-/// of the backend that answered, or why there was no answer.
-fn get_here(to: SocketAddr, path: &str) -> Result<String, String> {
+/// Connects to `to` (with I/O timeouts) and sends `GET path`.
+fn send_request(to: SocketAddr, path: &str) -> Result<TcpStream, String> {
     let io = |e: std::io::Error| reason(&e);
     let mut s = TcpStream::connect_timeout(&to, IO_TIMEOUT).map_err(io)?;
     s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
@@ -204,6 +203,14 @@ fn get_here(to: SocketAddr, path: &str) -> Result<String, String> {
     };
     s.write_all(request_head(path, host).as_bytes())
         .map_err(io)?;
+    Ok(s)
+}
+
+/// One `GET path` to `to`, from the calling thread's namespace; the name
+/// of the backend that answered, or why there was no answer.
+fn get_here(to: SocketAddr, path: &str) -> Result<String, String> {
+    let io = |e: std::io::Error| reason(&e);
+    let mut s = send_request(to, path)?;
     let mut raw = Vec::new();
     (&mut s)
         .take(MAX_ANSWER)
@@ -322,15 +329,7 @@ impl Slow {
     fn start_here(to: SocketAddr) -> Result<Slow, String> {
         let io = |e: std::io::Error| reason(&e);
         let started = Instant::now();
-        let mut s = TcpStream::connect_timeout(&to, IO_TIMEOUT).map_err(io)?;
-        s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-        s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-        let host = match to {
-            SocketAddr::V4(a) => *a.ip(),
-            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        };
-        s.write_all(request_head("/slow", host).as_bytes())
-            .map_err(io)?;
+        let mut s = send_request(to, "/slow")?;
         let mut raw = Vec::new();
         let mut buf = [0u8; 1024];
         // Until the head and the greeting line are in.
