@@ -6,6 +6,7 @@
 //! layout the kernel sees is the layout user space writes.
 #![cfg_attr(not(test), no_std)]
 
+pub mod bench;
 pub mod counters;
 pub mod hash;
 pub mod maps;

@@ -15,6 +15,7 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for ConnEntry {}
 unsafe impl aya::Pod for LbConfig {}
 unsafe impl aya::Pod for TrafficStats {}
+unsafe impl aya::Pod for crate::bench::BenchTemplate {}
 
 /// Packet-order words of an address, and its family.
 pub fn addr_words(ip: IpAddr) -> (Addr, u8) {

@@ -74,22 +74,14 @@ const NOT_A_VIP: &str = "10.200.0.1";
 /// The tunnel address lb-decap accepts (a backend's).
 const DECAP_ADDR: &str = "10.0.0.2";
 
-fn main() -> Result<()> {
-    // SAFETY: a plain syscall on the calling thread, before any other thread
-    // exists, so every thread the bench starts inherits the namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "unshare(CLONE_NEWNET): {} (run as root)",
-            std::io::Error::last_os_error()
-        );
-    }
+pub fn run(_opts: &crate::Opts) -> Result<Vec<crate::report::Table>> {
     let started = Instant::now();
     let mut bench = Bench::new()?;
     let rows = bench.single()?;
     let conc = bench.concurrency()?;
     let table = (bench.t.lb.conntrack_len(), bench.flows);
     print_report(&bench, &rows, &conc, table, started);
-    Ok(())
+    Ok(Vec::new())
 }
 
 // ---------------------------------------------------------------------------
