@@ -8,15 +8,21 @@ use core::mem::size_of;
 
 /// Bumped whenever a map below changes layout or meaning. The loader pins maps
 /// under a directory named after it, so a daemon never adopts maps it cannot
-/// read.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+/// read. 2: Maglev tables live in regions of one shared array (`VipInfo`).
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
-/// VIPs a balancer can hold (each has two Maglev table slots).
-pub const MAX_VIPS: u32 = 128;
+/// Most VIPs a balancer can be loaded for (the default is lower).
+pub const MAX_VIPS: u32 = 65536;
+/// VIPs a balancer holds unless told otherwise.
+pub const DEFAULT_MAX_VIPS: u32 = 1024;
 /// (VIP, backend) pairs; a backend id names one such pair.
 pub const MAX_BACKENDS: u32 = 16384;
 /// Largest Maglev table a VIP can have; also the default size. Prime.
 pub const MAGLEV_MAX_SIZE: u32 = 65537;
+/// Default size of the `MAGLEV` array all tables share (64 MiB): every VIP
+/// takes twice its table size, so this holds 128 VIPs with the largest table,
+/// or 2048 with 4093-slot tables.
+pub const DEFAULT_TABLE_POOL: u32 = 128 * 2 * MAGLEV_MAX_SIZE;
 /// Connection-table capacity (flows).
 pub const CONNTRACK_MAX: u32 = 1 << 20;
 /// Addresses the decap program accepts as tunnel endpoints.
@@ -52,21 +58,26 @@ pub struct VipKey {
 const _: () = assert!(size_of::<VipKey>() == 20);
 
 /// `VIPS` value. Replaced as a whole by user space, which is what makes a
-/// backend-set change atomic: the new table is written into the slot the data
-/// path is not reading, then this entry flips `table_slot`.
+/// backend-set change atomic: the new table is written into the half of the
+/// VIP's region that the data path is not reading, then this entry moves
+/// `table_base` (and `table_size`) to it in one update.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
-    /// Index into the per-VIP arrays (stats, Maglev slots).
+    /// Index into the per-VIP arrays (stats).
     pub vip_id: u32,
     /// `VIP_F_*`.
     pub flags: u32,
     /// Prime size of the live Maglev table; 0 = no backend (drop).
     pub table_size: u32,
-    /// Which of the VIP's two Maglev table slots is live (0 or 1).
-    pub table_slot: u32,
+    /// Index in `MAGLEV` of the live table's first slot.
+    pub table_base: u32,
+    /// The VIP's region of `MAGLEV`: two tables of `region_half` slots from
+    /// `region_base`. Only user space reads these (to adopt pinned maps).
+    pub region_base: u32,
+    pub region_half: u32,
 }
-const _: () = assert!(size_of::<VipInfo>() == 16);
+const _: () = assert!(size_of::<VipInfo>() == 24);
 
 /// Do not use the connection table for this VIP.
 pub const VIP_F_STATELESS: u32 = 1 << 0;
@@ -74,13 +85,6 @@ pub const VIP_F_STATELESS: u32 = 1 << 0;
 pub const VIP_F_SRC_HASH: u32 = 1 << 1;
 /// Forward by rewriting the destination MAC (L2 DSR) instead of IPIP.
 pub const VIP_F_L2DSR: u32 = 1 << 2;
-
-/// Index of Maglev slot `slot` of table `table_slot` of VIP `vip_id` in the
-/// flat `MAGLEV` array.
-#[inline(always)]
-pub fn maglev_index(vip_id: u32, table_slot: u32, slot: u32) -> u32 {
-    (vip_id * 2 + (table_slot & 1)) * MAGLEV_MAX_SIZE + slot
-}
 
 /// `VIP_ADDRS` key: an (address, protocol) some VIP uses, so a malformed
 /// packet to it is dropped (and counted) instead of passed, and its IPv4

@@ -565,7 +565,7 @@ impl Config {
         let line = match &e {
             StateError::TooManyVips(_) => self
                 .vips
-                .get(lb_common::MAX_VIPS as usize)
+                .get(lb_common::DEFAULT_MAX_VIPS as usize)
                 .map(|v| v.lines.entry),
             StateError::DuplicateName(name) => self
                 .vips

@@ -16,6 +16,7 @@ pub mod nexthop;
 pub mod objects;
 pub mod pin;
 pub mod plan;
+pub mod pool;
 pub mod run;
 pub mod service;
 pub mod state;

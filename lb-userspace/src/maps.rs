@@ -3,9 +3,10 @@
 //! tables of every VIP) and applies changes so the data path never sees a
 //! half-made one:
 //!
-//! - a backend set is switched by writing the new table into the VIP's idle
-//!   table slot, then replacing the VIP's map entry (one atomic hash-map
-//!   update) to name that slot;
+//! - a backend set is switched by writing the new table into the idle half
+//!   of the VIP's region of the Maglev array, then replacing the VIP's map
+//!   entry (one atomic hash-map update) to name that half; a new table size
+//!   gets a new region the same way (see `pool`);
 //! - new backend entries are written before any table refers to them, and
 //!   removed ones are cleared only after no table does;
 //! - a freed backend id goes to the back of the free queue, so a connection
@@ -27,13 +28,14 @@ use aya::{
 use lb_common::{
     user::addr_words, AddrKey, Backend, ConnEntry, Counter, FlowKey, HashMode, LbConfig,
     TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP,
-    MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_L2DSR, VIP_F_SRC_HASH,
+    DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_L2DSR, VIP_F_SRC_HASH,
     VIP_F_STATELESS,
 };
 
 use crate::{
     maglev::{self, MaglevBackend},
     objects,
+    pool::TablePool,
     service::{self, BackendSpec, Forwarding, Scheduler, SpecError, VipId, VipSettings},
 };
 
@@ -44,9 +46,11 @@ pub const PROGRAM_NAME: &str = "lb_balancer";
 pub struct LoadOptions {
     pub tcp_idle_timeout: Duration,
     pub udp_idle_timeout: Duration,
-    /// At most `lb_common::MAX_VIPS`; each VIP reserves two Maglev tables
-    /// (512 KiB), so tests load with fewer.
+    /// At most `lb_common::MAX_VIPS`.
     pub max_vips: u32,
+    /// Entries of the Maglev array all VIPs share (4 bytes each); a VIP
+    /// takes twice its table size.
+    pub table_pool: u32,
     pub conntrack_size: u32,
     /// Pin maps, program and link here (see `pin`), adopting maps already
     /// pinned there. `None`: nothing outlives this process.
@@ -58,7 +62,8 @@ impl Default for LoadOptions {
         LoadOptions {
             tcp_idle_timeout: Duration::from_secs(900),
             udp_idle_timeout: Duration::from_secs(300),
-            max_vips: MAX_VIPS,
+            max_vips: DEFAULT_MAX_VIPS,
+            table_pool: DEFAULT_TABLE_POOL,
             conntrack_size: lb_common::CONNTRACK_MAX,
             pin_dir: None,
         }
@@ -82,7 +87,7 @@ fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 10] {
             size_of::<VipKey>(),
             opts.max_vips,
         ),
-        ("MAGLEV", 4, 4, opts.max_vips * 2 * MAGLEV_MAX_SIZE),
+        ("MAGLEV", 4, 4, opts.table_pool),
         ("BACKENDS", 4, size_of::<Backend>(), MAX_BACKENDS),
         (
             "CONNTRACK",
@@ -116,7 +121,7 @@ fn check_pinned_maps(dir: &Path, opts: &LoadOptions) -> Result<bool> {
         if have != (key, value, max) {
             return Err(MapsError::Layout(format!(
                 "pinned map {} has key/value/entries {have:?}, this build expects {:?}; \
-                 it was made by another lbd version or with other limits (max_vips, conntrack size)",
+                 it was made by another lbd version or with other limits (max_vips, table_pool, conntrack size)",
                 path.display(),
                 (key, value, max)
             )));
@@ -135,6 +140,16 @@ pub enum MapsError {
     DuplicateVip(VipId),
     #[error("no room for another VIP (limit {0})")]
     TooManyVips(u32),
+    #[error(
+        "no room for a {size}-slot Maglev table: needs {need} entries of the table pool, \
+         {free} of {capacity} are free (use smaller table_size or a larger pool)"
+    )]
+    TablePoolFull {
+        size: u32,
+        need: u32,
+        free: u64,
+        capacity: u32,
+    },
     #[error("no room for {0} more backends (limit {limit} across all VIPs)", limit = MAX_BACKENDS)]
     TooManyBackends(usize),
     #[error("load_options: {0}")]
@@ -214,6 +229,23 @@ pub struct Prediction {
     pub slot: u32,
 }
 
+/// Where a VIP's two tables are in the Maglev array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    base: u32,
+    /// Slots per table (the table size the region was made for).
+    half: u32,
+}
+
+impl Region {
+    fn table(&self, slot: u32) -> u32 {
+        self.base + (slot & 1) * self.half
+    }
+    fn len(&self) -> u32 {
+        2 * self.half
+    }
+}
+
 struct VipState {
     vip_id: u32,
     settings: VipSettings,
@@ -221,8 +253,11 @@ struct VipState {
     backends: Vec<(BackendSpec, u32)>,
     /// Health: backends marked down (not in the table, entries ignored).
     down: Vec<IpAddr>,
-    /// What each of the two table slots holds (`None`: unknown, rewrite all).
+    /// The VIP's part of the Maglev array: two tables of `region.half` slots.
+    region: Region,
+    /// What each of the two halves holds (`None`: unknown, rewrite all).
     tables: [Option<Vec<u32>>; 2],
+    /// The half the VIP entry names (0 or 1).
     live_slot: u32,
     /// Size of the live table, 0 when it has no backend.
     live_size: u32,
@@ -247,6 +282,7 @@ pub struct Balancer {
     vips: BTreeMap<VipId, VipState>,
     free_vip_ids: VecDeque<u32>,
     free_backend_ids: VecDeque<u32>,
+    pool: TablePool,
     next_hops: StdHashMap<IpAddr, NextHop>,
     max_vips: u32,
     pin_dir: Option<PathBuf>,
@@ -269,6 +305,11 @@ impl Balancer {
             return Err(MapsError::Options(format!(
                 "max_vips must be 1..={MAX_VIPS}"
             )));
+        }
+        if opts.table_pool < 2 {
+            return Err(MapsError::Options(
+                "table_pool must hold at least one table of 2 slots".into(),
+            ));
         }
         let tcp = opts.tcp_idle_timeout.as_nanos() as u64;
         let udp = opts.udp_idle_timeout.as_nanos() as u64;
@@ -309,6 +350,7 @@ impl Balancer {
             vips: BTreeMap::new(),
             free_vip_ids: (0..opts.max_vips).collect(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
+            pool: TablePool::new(opts.table_pool),
             next_hops: StdHashMap::new(),
             max_vips: opts.max_vips,
             pin_dir: opts.pin_dir.clone(),
@@ -372,9 +414,20 @@ impl Balancer {
                     info.table_size
                 },
             };
+            let region = Region {
+                base: info.region_base,
+                half: info.region_half,
+            };
+            if !self.pool.reserve(region.base, region.len()) {
+                return Err(MapsError::Layout(format!(
+                    "adopted VIP {id}: its Maglev region {region:?} overlaps another or lies \
+                     outside the table pool"
+                )));
+            }
+            let live_slot = u32::from(info.table_size > 0 && info.table_base != region.base);
             let mut table = Vec::with_capacity(info.table_size as usize);
             for slot in 0..info.table_size {
-                let index = lb_common::maglev_index(info.vip_id, info.table_slot, slot);
+                let index = region.table(live_slot) + slot;
                 table.push(self.maglev.get(&index, 0).map_err(map_err("MAGLEV"))?);
             }
             let mut state = VipState {
@@ -382,8 +435,9 @@ impl Balancer {
                 settings,
                 backends: Vec::new(),
                 down: Vec::new(),
+                region,
                 tables: [None, None],
-                live_slot: info.table_slot & 1,
+                live_slot,
                 live_size: info.table_size,
                 fail_open: false,
             };
@@ -544,19 +598,30 @@ impl Balancer {
             }
             let specs: Vec<BackendSpec> = state.backends.iter().map(|(b, _)| *b).collect();
             service::validate_backends(&vip, &settings, &specs)?;
-            self.vips.get_mut(&vip).expect("present").settings = settings;
-            // A new table size or scheduler needs a new table; flags alone do not.
-            return self.set_backends(vip, &specs);
+            let old = std::mem::replace(
+                &mut self.vips.get_mut(&vip).expect("present").settings,
+                settings,
+            );
+            // A new table size or scheduler needs a new table; flags alone do
+            // not. If it cannot be made, the VIP keeps its old settings (the
+            // live table still matches them).
+            let result = self.set_backends(vip, &specs);
+            if result.is_err() {
+                self.vips.get_mut(&vip).expect("present").settings = old;
+            }
+            return result;
         }
-        let vip_id = self
-            .free_vip_ids
-            .pop_front()
-            .ok_or(MapsError::TooManyVips(self.max_vips))?;
+        if self.free_vip_ids.is_empty() {
+            return Err(MapsError::TooManyVips(self.max_vips));
+        }
+        let region = self.alloc_region(settings.table_size)?;
+        let vip_id = self.free_vip_ids.pop_front().expect("checked");
         let state = VipState {
             vip_id,
             settings,
             backends: Vec::new(),
             down: Vec::new(),
+            region,
             tables: [None, None],
             live_slot: 0,
             live_size: 0,
@@ -565,6 +630,7 @@ impl Balancer {
         let info = vip_info(&state);
         if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
             self.free_vip_ids.push_front(vip_id);
+            self.pool.release(region.base, region.len());
             return Err(map_err("VIPS")(e));
         }
         self.vips.insert(vip, state);
@@ -575,11 +641,12 @@ impl Balancer {
     pub fn remove_vip(&mut self, vip: &VipId) -> Result<()> {
         let state = self.vips.get(vip).ok_or(MapsError::UnknownVip(*vip))?;
         let ids: Vec<u32> = state.backends.iter().map(|(_, id)| *id).collect();
-        let vip_id = state.vip_id;
+        let (vip_id, region) = (state.vip_id, state.region);
         self.vip_map
             .remove(&vip_key(vip))
             .map_err(map_err("VIPS"))?;
         self.vips.remove(vip);
+        self.pool.release(region.base, region.len());
         for id in ids {
             self.clear_backend(id)?;
         }
@@ -664,41 +731,66 @@ impl Balancer {
             .map(|(b, id)| (*id, b.addr, !in_table(b)))
             .collect();
         let size = state.settings.table_size;
-        let slot = state.live_slot ^ 1;
-        // New entries first: the table about to go live refers to them.
+        let old_region = state.region;
+        // New entries first: the table about to go live refers to them (on
+        // error the caller clears them).
         for (id, addr, down) in down_flags.iter().filter(|(id, _, _)| fresh.contains(id)) {
             self.write_backend(*id, vip_id, *addr, *down)?;
         }
+        // A new table size needs a region of that size; the old one stays
+        // live until the switch below.
+        let resized = old_region.half != size;
+        let region = if resized {
+            self.alloc_region(size)?
+        } else {
+            old_region
+        };
+        let release = |pool: &mut TablePool, r: Region| pool.release(r.base, r.len());
+        let state = self.vips.get(&vip).expect("checked by caller");
+        let slot = if resized { 0 } else { state.live_slot ^ 1 };
+        let known = if resized {
+            None
+        } else {
+            state.tables[slot as usize].as_deref()
+        };
         let table = maglev::build_table(&candidates, size);
         let has_backend = table.first().is_some_and(|id| *id != NO_BACKEND);
-        if has_backend {
-            let state = self.vips.get(&vip).expect("checked by caller");
-            let written = write_table(
-                &mut self.maglev,
-                vip_id,
-                slot,
-                &table,
-                state.tables[slot as usize].as_deref(),
-            );
-            if let Err(e) = written {
-                // The slot now holds a mix: forget what it held so the next
+        let written = if has_backend {
+            write_table(&mut self.maglev, region.table(slot), &table, known)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = written {
+            if resized {
+                release(&mut self.pool, region);
+            } else {
+                // The half now holds a mix: forget what it held so the next
                 // write rewrites all of it.
                 self.vips.get_mut(&vip).expect("present").tables[slot as usize] = None;
-                return Err(e);
             }
+            return Err(e);
         }
         let state = self.vips.get_mut(&vip).expect("checked by caller");
+        let before = (state.region, state.tables.clone(), state.live_slot, state.live_size);
+        if resized {
+            state.region = region;
+            state.tables = [None, None];
+        }
         let previous = state.tables[slot as usize].take();
         state.tables[slot as usize] = if has_backend { Some(table) } else { previous };
-        let (old_slot, old_size) = (state.live_slot, state.live_size);
         state.live_slot = slot;
         state.live_size = if has_backend { size } else { 0 };
         let info = vip_info(state);
         if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
             let state = self.vips.get_mut(&vip).expect("present");
-            state.live_slot = old_slot;
-            state.live_size = old_size;
+            (state.region, state.tables, state.live_slot, state.live_size) = before;
+            if resized {
+                release(&mut self.pool, region);
+            }
             return Err(map_err("VIPS")(e));
+        }
+        if resized {
+            release(&mut self.pool, old_region);
         }
         let state = self.vips.get_mut(&vip).expect("present");
         state.backends = assigned.to_vec();
@@ -709,6 +801,20 @@ impl Balancer {
             self.write_backend(*id, vip_id, *addr, *down)?;
         }
         Ok(())
+    }
+
+    /// A region for two tables of `size` slots, or why there is none.
+    fn alloc_region(&mut self, size: u32) -> Result<Region> {
+        let base = self
+            .pool
+            .alloc(2 * size)
+            .ok_or_else(|| MapsError::TablePoolFull {
+                size,
+                need: 2 * size,
+                free: self.pool.free_entries(),
+                capacity: self.pool.capacity(),
+            })?;
+        Ok(Region { base, half: size })
     }
 
     fn write_backend(&mut self, id: u32, vip_id: u32, addr: IpAddr, down: bool) -> Result<()> {
@@ -991,8 +1097,7 @@ impl Balancer {
 /// right value (a small change to a large table is a few writes).
 fn write_table(
     maglev: &mut Array<MapData, u32>,
-    vip_id: u32,
-    slot: u32,
+    base: u32,
     table: &[u32],
     old: Option<&[u32]>,
 ) -> Result<()> {
@@ -1000,8 +1105,9 @@ fn write_table(
         if old.is_some_and(|o| o.get(i) == Some(id)) {
             continue;
         }
-        let index = lb_common::maglev_index(vip_id, slot, i as u32);
-        maglev.set(index, *id, 0).map_err(map_err("MAGLEV"))?;
+        maglev
+            .set(base + i as u32, *id, 0)
+            .map_err(map_err("MAGLEV"))?;
     }
     Ok(())
 }
@@ -1034,7 +1140,9 @@ fn vip_info(s: &VipState) -> VipInfo {
         vip_id: s.vip_id,
         flags,
         table_size: s.live_size,
-        table_slot: s.live_slot,
+        table_base: s.region.table(s.live_slot),
+        region_base: s.region.base,
+        region_half: s.region.half,
     }
 }
 

@@ -77,8 +77,14 @@ pub enum StateError {
     UnknownBackend { vip: VipId, backend: IpAddr },
     #[error("VIP {vip} already has backend {backend}")]
     DuplicateBackend { vip: VipId, backend: IpAddr },
-    #[error("{0} VIPs configured; the balancer holds at most {max}", max = lb_common::MAX_VIPS)]
+    #[error("{0} VIPs configured; the balancer holds at most {max}", max = lb_common::DEFAULT_MAX_VIPS)]
     TooManyVips(usize),
+    #[error(
+        "the VIPs' Maglev tables need {0} entries (twice each table_size); the balancer's table \
+         pool holds {max}: use smaller table_size values",
+        max = lb_common::DEFAULT_TABLE_POOL
+    )]
+    TablePool(u64),
     #[error("VIP {vip}{}: health check: {error}", backend.map(|b| format!(" backend {b}")).unwrap_or_default())]
     Health {
         vip: VipId,
@@ -91,8 +97,18 @@ pub enum StateError {
 impl DesiredState {
     /// Checks the whole state: each VIP, each backend set, names unique.
     pub fn validate(&self) -> Result<(), StateError> {
-        if self.vips.len() > lb_common::MAX_VIPS as usize {
+        // The limits lbd loads the balancer with: checked here so that a
+        // config over them is refused whole, not applied up to the limit.
+        if self.vips.len() > lb_common::DEFAULT_MAX_VIPS as usize {
             return Err(StateError::TooManyVips(self.vips.len()));
+        }
+        let pool: u64 = self
+            .vips
+            .values()
+            .map(|v| 2 * u64::from(v.settings.table_size))
+            .sum();
+        if pool > u64::from(lb_common::DEFAULT_TABLE_POOL) {
+            return Err(StateError::TablePool(pool));
         }
         let mut names = std::collections::BTreeSet::new();
         for (id, v) in &self.vips {

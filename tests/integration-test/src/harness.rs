@@ -58,6 +58,7 @@ impl TestLb {
     pub fn new() -> TestLb {
         Self::with_options(LoadOptions {
             max_vips: 8,
+            table_pool: 8 * 2 * lb_common::MAGLEV_MAX_SIZE,
             conntrack_size: 1 << 18,
             ..Default::default()
         })

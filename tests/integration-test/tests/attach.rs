@@ -120,6 +120,7 @@ fn setup() -> anyhow::Result<Net> {
 
     let mut balancer = Balancer::load(&LoadOptions {
         max_vips: 4,
+        table_pool: 4 * 2 * lb_common::MAGLEV_MAX_SIZE,
         conntrack_size: 4096,
         ..Default::default()
     })?;

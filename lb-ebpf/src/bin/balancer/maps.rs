@@ -8,20 +8,21 @@ use aya_ebpf::{
 };
 use lb_common::{
     counters::COUNTER_COUNT, AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo,
-    VipKey, CONNTRACK_MAX, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS,
+    VipKey, CONNTRACK_MAX, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL, MAX_BACKENDS, MAX_TX_PORTS,
 };
 
 #[map]
-pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 /// (address, protocol) of every VIP → the VIP that serves that address's IPv4
 /// fragments. Also answers "is this malformed packet for a VIP?".
 #[map]
-pub static VIP_ADDRS: HashMap<AddrKey, VipKey> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static VIP_ADDRS: HashMap<AddrKey, VipKey> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
-/// Two Maglev tables per VIP, flat: see `lb_common::maglev_index`.
+/// Every VIP's Maglev tables, each VIP in a region user space allocated
+/// (`VipInfo::table_base`). Sizes of all maps are set again at load time.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * MAGLEV_MAX_SIZE, 0);
+pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_POOL, 0);
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -54,7 +55,7 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
 #[map]
-pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> =

@@ -1,12 +1,12 @@
 //! Stage 4: the backend for a new flow, from the VIP's live Maglev table.
 
-use lb_common::{maglev_index, maglev_slot, Counter, VipInfo, NO_BACKEND};
+use lb_common::{maglev_slot, Counter, VipInfo, NO_BACKEND};
 
 use crate::{maps::MAGLEV, Out};
 
 /// The backend id in the slot `hash` selects. The VIP entry names the live
-/// table and its size together, so a concurrent table switch is seen either
-/// wholly or not at all.
+/// table (where it starts in `MAGLEV`) and its size together, so a concurrent
+/// table switch is seen either wholly or not at all.
 #[inline(always)]
 pub fn by_table(vip: &VipInfo, hash: u32) -> Result<u32, Out> {
     if vip.table_size == 0 {
@@ -14,7 +14,7 @@ pub fn by_table(vip: &VipInfo, hash: u32) -> Result<u32, Out> {
     }
     let slot = maglev_slot(hash, vip.table_size);
     let id = MAGLEV
-        .get(maglev_index(vip.vip_id, vip.table_slot, slot))
+        .get(vip.table_base.wrapping_add(slot))
         .copied()
         .unwrap_or(NO_BACKEND);
     if id == NO_BACKEND {
