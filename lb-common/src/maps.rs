@@ -19,9 +19,10 @@ pub const DEFAULT_MAX_VIPS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 16384;
 /// Largest Maglev table a VIP can have; also the default size. Prime.
 pub const MAGLEV_MAX_SIZE: u32 = 65537;
-/// Default size of the `MAGLEV` array all tables share (64 MiB): every VIP
-/// takes twice its table size, so this holds 128 VIPs with the largest table,
-/// or 2048 with 4093-slot tables.
+/// Default size of the `MAGLEV` array all tables share: 16.8M slots, 128 MiB
+/// (the kernel keeps array values 8-byte aligned). Every VIP takes twice its
+/// table size, so this holds 128 VIPs with the largest table, or 2048 with
+/// 4093-slot tables.
 pub const DEFAULT_TABLE_POOL: u32 = 128 * 2 * MAGLEV_MAX_SIZE;
 /// Connection-table capacity (flows).
 pub const CONNTRACK_MAX: u32 = 1 << 20;

@@ -20,3 +20,4 @@ pub mod pool;
 pub mod run;
 pub mod service;
 pub mod state;
+pub mod table_mem;

@@ -36,6 +36,7 @@ use crate::{
     maglev::{self, MaglevBackend},
     objects,
     pool::TablePool,
+    table_mem::TableMem,
     service::{self, BackendSpec, Forwarding, Scheduler, SpecError, VipId, VipSettings},
 };
 
@@ -48,8 +49,8 @@ pub struct LoadOptions {
     pub udp_idle_timeout: Duration,
     /// At most `lb_common::MAX_VIPS`.
     pub max_vips: u32,
-    /// Entries of the Maglev array all VIPs share (4 bytes each); a VIP
-    /// takes twice its table size.
+    /// Slots of the Maglev array all VIPs share (8 bytes each in the
+    /// kernel); a VIP takes twice its table size.
     pub table_pool: u32,
     pub conntrack_size: u32,
     /// Pin maps, program and link here (see `pin`), adopting maps already
@@ -270,7 +271,9 @@ pub struct Balancer {
     ebpf: Ebpf,
     vip_map: HashMap<MapData, VipKey, VipInfo>,
     vip_addrs: HashMap<MapData, AddrKey, VipKey>,
-    maglev: Array<MapData, u32>,
+    /// Kept for its fd; tables are read and written through `tables`.
+    _maglev: Array<MapData, u32>,
+    tables: TableMem,
     backend_map: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, ConnEntry>,
     config: Array<MapData, LbConfig>,
@@ -283,6 +286,8 @@ pub struct Balancer {
     free_vip_ids: VecDeque<u32>,
     free_backend_ids: VecDeque<u32>,
     pool: TablePool,
+    /// Maglev slots the last table switch wrote (for the bench).
+    last_table_writes: usize,
     next_hops: StdHashMap<IpAddr, NextHop>,
     max_vips: u32,
     pin_dir: Option<PathBuf>,
@@ -335,10 +340,27 @@ impl Balancer {
         let mut ebpf = loader.load(objects::BALANCER)?;
         let prog: &mut Xdp = program(&mut ebpf)?;
         prog.load()?;
+        let maglev = ebpf
+            .take_map("MAGLEV")
+            .ok_or(MapsError::Options("object has no map MAGLEV".into()))?;
+        let tables = match &maglev {
+            aya::maps::Map::Array(data) => {
+                use std::os::fd::AsFd;
+                TableMem::map(data.fd().as_fd(), opts.table_pool).map_err(|e| {
+                    MapsError::Layout(format!(
+                        "mapping the MAGLEV array: {e} (a pinned one made by an older build \
+                         is not mappable: `lbd detach` and start again)"
+                    ))
+                })?
+            }
+            _ => return Err(MapsError::Layout("MAGLEV is not an array".into())),
+        };
+        let maglev: Array<MapData, u32> = maglev.try_into().map_err(map_err("MAGLEV"))?;
         let mut balancer = Balancer {
             vip_map: take!(ebpf, "VIPS"),
             vip_addrs: take!(ebpf, "VIP_ADDRS"),
-            maglev: take!(ebpf, "MAGLEV"),
+            _maglev: maglev,
+            tables,
             backend_map: take!(ebpf, "BACKENDS"),
             conntrack: take!(ebpf, "CONNTRACK"),
             config: take!(ebpf, "LB_CONFIG"),
@@ -351,6 +373,7 @@ impl Balancer {
             free_vip_ids: (0..opts.max_vips).collect(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
             pool: TablePool::new(opts.table_pool),
+            last_table_writes: 0,
             next_hops: StdHashMap::new(),
             max_vips: opts.max_vips,
             pin_dir: opts.pin_dir.clone(),
@@ -428,7 +451,9 @@ impl Balancer {
             let mut table = Vec::with_capacity(info.table_size as usize);
             for slot in 0..info.table_size {
                 let index = region.table(live_slot) + slot;
-                table.push(self.maglev.get(&index, 0).map_err(map_err("MAGLEV"))?);
+                table.push(self.tables.get(index).ok_or_else(|| {
+                    MapsError::Layout(format!("adopted VIP {id}: table outside the pool"))
+                })?);
             }
             let mut state = VipState {
                 vip_id: info.vip_id,
@@ -471,6 +496,12 @@ impl Balancer {
             }
         }
         Ok(())
+    }
+
+    /// Maglev slots the last backend-set switch wrote into the maps (the rest
+    /// of the table already held the right values).
+    pub fn last_table_writes(&self) -> usize {
+        self.last_table_writes
     }
 
     /// The loaded program (for attaching, pinning or `TestRun`).
@@ -756,10 +787,11 @@ impl Balancer {
         let table = maglev::build_table(&candidates, size);
         let has_backend = table.first().is_some_and(|id| *id != NO_BACKEND);
         let written = if has_backend {
-            write_table(&mut self.maglev, region.table(slot), &table, known)
+            write_table(&self.tables, region.table(slot), &table, known)
         } else {
-            Ok(())
+            Ok(0)
         };
+        self.last_table_writes = *written.as_ref().unwrap_or(&0);
         if let Err(e) = written {
             if resized {
                 release(&mut self.pool, region);
@@ -1093,23 +1125,25 @@ impl Balancer {
     }
 }
 
-/// Writes `table` into a table slot, skipping entries that already hold the
-/// right value (a small change to a large table is a few writes).
-fn write_table(
-    maglev: &mut Array<MapData, u32>,
-    base: u32,
-    table: &[u32],
-    old: Option<&[u32]>,
-) -> Result<()> {
+/// Writes `table` from `base`, skipping entries that already hold the right
+/// value (a small change to a large table is a few writes); returns how many
+/// it wrote.
+fn write_table(mem: &TableMem, base: u32, table: &[u32], old: Option<&[u32]>) -> Result<usize> {
+    let mut writes = 0;
     for (i, id) in table.iter().enumerate() {
         if old.is_some_and(|o| o.get(i) == Some(id)) {
             continue;
         }
-        maglev
-            .set(base + i as u32, *id, 0)
-            .map_err(map_err("MAGLEV"))?;
+        if !mem.set(base + i as u32, *id) {
+            return Err(MapsError::Layout(format!(
+                "Maglev slot {} is outside the table pool",
+                base + i as u32
+            )));
+        }
+        writes += 1;
     }
-    Ok(())
+    mem.publish();
+    Ok(writes)
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

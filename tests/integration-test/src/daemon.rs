@@ -102,14 +102,17 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 // ---------------------------------------------------------------- binaries
 
-/// `target/<profile>/<name>`, found from the test executable
-/// (`target/<profile>/deps/<test>-<hash>`).
+/// `target/<profile>/<name>`, found from the running executable: a test
+/// (`target/<profile>/deps/<test>-<hash>`) or a binary such as the bench
+/// (`target/<profile>/bench`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps");
+    let parent = exe.parent().expect("executable in a directory");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("target/<profile>/deps")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.is_file(),
@@ -305,6 +308,8 @@ pub struct VipSpec {
     pub backends: Vec<(IpAddr, Option<u32>)>,
     /// Its `[vip.health]` table, if any.
     pub health: Option<HealthCheck>,
+    /// `table_size` (`None`: the default).
+    pub table_size: Option<u32>,
 }
 
 impl VipSpec {
@@ -321,6 +326,7 @@ impl VipSpec {
             protocol: "tcp",
             backends: backends.iter().map(|b| (*b, None)).collect(),
             health: None,
+            table_size: None,
         }
     }
 
@@ -686,6 +692,9 @@ impl Lab {
             );
             if let Some(p) = v.port {
                 t += &format!("port = {p}\n");
+            }
+            if let Some(n) = v.table_size {
+                t += &format!("table_size = {n}\n");
             }
             t += &format!("protocol = \"{}\"\nbackends = [\n", v.protocol);
             for (addr, weight) in &v.backends {

@@ -2,7 +2,7 @@
 //! write except the connection table's and the counters'.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -21,8 +21,9 @@ pub static VIP_ADDRS: HashMap<AddrKey, VipKey> = HashMap::with_max_entries(DEFAU
 
 /// Every VIP's Maglev tables, each VIP in a region user space allocated
 /// (`VipInfo::table_base`). Sizes of all maps are set again at load time.
+/// Mappable, so user space writes tables with plain stores (`table_mem`).
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_POOL, 0);
+pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_POOL, BPF_F_MMAPABLE);
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
