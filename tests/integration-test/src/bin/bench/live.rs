@@ -634,7 +634,11 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
                     Cell::num(m, 2),
                     Cell::num(median(&rk), 2),
                     Cell::num(median(&ns), 0),
-                    Cell::text(if m >= TARGET { "met" } else { "NOT met" }),
+                    Cell::text(if median(&rk) >= TARGET {
+                        "met"
+                    } else {
+                        "NOT met"
+                    }),
                 )
             };
             table.row(vec![
@@ -664,7 +668,8 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
          between batches, so it suffers less when other work shares the CPU). x floor: median \
          over rounds of run / the floor's run in the same round; +ns/frame: what the \
          scenario's path costs per frame beyond the floor's, from the kernel figures. The \
-         target (>= 0.8) is judged on the wall figure.",
+         target (>= 0.8) is judged on the kernel ratio: time other work takes from the CPU \
+         inflates the floor and the balancer alike and pushes the wall ratio towards 1.",
         plan.rounds, plan.repeat
     ));
     table.note(
