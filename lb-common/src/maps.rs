@@ -150,7 +150,8 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 pub struct ConnEntry {
     pub backend_id: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet, refreshed at
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, tick resolution) of the
+    /// last packet, refreshed at
     /// most once per `CONN_TOUCH_NS` to keep the entry's cache line quiet.
     pub last_seen_ns: u64,
 }

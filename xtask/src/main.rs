@@ -39,9 +39,16 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build in release mode and run the benchmark (needs root).
+    /// Build in release mode and run the benchmark (needs root): markdown
+    /// tables on stdout, all figures in target/bench/report.json.
     Bench {
-        /// Arguments for the bench binary.
+        /// Fewer rounds and shorter runs (under two minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Only these sections (comma-separated: packet,live,versus,control).
+        #[arg(long)]
+        only: Option<String>,
+        /// More arguments for the bench binary.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -88,7 +95,15 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Build { release } => build::all(release),
         Command::Test { filter, args } => run::test(filter, args),
-        Command::Bench { args } => run::bench(args),
+        Command::Bench { quick, only, mut args } => {
+            if quick {
+                args.push("--quick".into());
+            }
+            if let Some(only) = only {
+                args.extend(["--only".into(), only]);
+            }
+            run::bench(args)
+        }
         Command::Demo { args } => run::demo(args),
     }
 }

@@ -1,7 +1,7 @@
 //! Stage 3: the connection table keeps an established flow on its backend
 //! while the VIP's backend set changes.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     ConnEntry, Counter, FlowKey, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_DOWN, CONN_TOUCH_NS,
     PROTO_TCP,
@@ -24,7 +24,7 @@ pub fn lookup_or_select(
     create: bool,
     new_flow: bool,
 ) -> Result<u32, Out> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     if new_flow {
         stats::count(Counter::ConnMiss);
     } else if let Some(id) = lookup(flow, vip, now) {
@@ -47,6 +47,14 @@ pub fn lookup_or_select(
 /// The backend of a live entry for `flow`, counting the lookup's result.
 /// Entries idle past the protocol's timeout, or whose backend is gone, down
 /// or now serves another VIP, are misses (and get overwritten).
+/// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds, and the
+/// coarse clock is one memory read where the precise one reads the clock
+/// source on every packet.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<u32> {
     let Some(entry) = maps::CONNTRACK.get_ptr_mut(flow) else {

@@ -4,7 +4,7 @@
 //! discovery breaks. The error quotes the reply's header, so the flow is that
 //! header reversed.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Addr, Counter, FlowKey, HashMode, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, VIP_F_STATELESS,
 };
@@ -31,7 +31,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out
     let known = if vip.flags & VIP_F_STATELESS != 0 {
         None
     } else {
-        conntrack::lookup(&flow, &vip, unsafe { bpf_ktime_get_ns() })
+        conntrack::lookup(&flow, &vip, conntrack::now_ns())
     };
     let backend_id = match known {
         Some(id) => id,

@@ -49,8 +49,11 @@ pub fn bench_wrapper(ctx: XdpContext) -> u32 {
 }
 
 /// Puts the template frame back: the head where it was (the program under
-/// test may have pushed or pulled headers; the tail never moves) and every
-/// byte as it was, then the per-run source word.
+/// test may have pushed or pulled headers) and every byte as it was, then the
+/// per-run source word. Only the head is put back, so with `repeat > 1` a
+/// template must be a frame whose tail the program leaves alone: the
+/// balancer trims Ethernet padding, so templates carry none. (Live frames
+/// get their pointers reset by the kernel, and are not affected.)
 #[inline(always)]
 fn restore(ctx: &XdpContext) -> Option<()> {
     let t = BENCH_TEMPLATE.get_ptr_mut(0)?;
