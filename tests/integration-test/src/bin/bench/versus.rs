@@ -24,7 +24,7 @@ use crate::{
     Opts,
 };
 use rig::{stub_requests, Rig, BACKENDS, VIP};
-use tools::{exec_ok, machine_busy, parse_wrk, WrkResult};
+use tools::{exec_ok, machine_busy, others_cpu, others_delta, parse_wrk, WrkResult};
 
 /// wrk's connections (one thread).
 const CONNECTIONS: u32 = 32;
@@ -67,12 +67,16 @@ struct Run {
     wrk: WrkResult,
     /// Busy CPU seconds of the whole machine.
     busy: f64,
+    /// Of which other processes' (not the bench's, not kernel threads).
+    others: f64,
     /// The balancer's own CPU seconds (HAProxy's process; lb's XDP program).
     own: Option<f64>,
     /// lb's decap programs on the backends, CPU seconds.
     decap: Option<f64>,
     /// Requests each backend served.
     served: Vec<u64>,
+    /// TCP retransmissions in every namespace with a TCP endpoint.
+    retrans: u64,
 }
 
 pub fn run(opts: &Opts) -> Result<Vec<Table>> {
@@ -213,9 +217,13 @@ fn measure_one(
 
     let served0: Vec<u64> = rig.backend_ns.iter().map(|ns| stub_requests(ns)).collect::<Result<_>>()?;
     let (through0, own0, decap0) = balancer_snapshot(rig, alt, haproxy_pid)?;
+    let retrans0 = retransmits_all(rig)?;
+    let others0 = others_cpu();
     let busy0 = machine_busy()?;
     let w = wrk(rig, alt, shape, measure)?;
     let busy1 = machine_busy()?;
+    let others1 = others_cpu();
+    let retrans = retransmits_all(rig)?.saturating_sub(retrans0);
     let (through1, own1, decap1) = balancer_snapshot(rig, alt, haproxy_pid)?;
     let served1: Vec<u64> = rig.backend_ns.iter().map(|ns| stub_requests(ns)).collect::<Result<_>>()?;
     // Each stub fetch counts itself once.
@@ -269,10 +277,71 @@ fn measure_one(
     Ok(Run {
         wrk: w,
         busy: busy1 - busy0,
+        others: others_delta(&others0, &others1),
         own,
         decap,
         served,
+        retrans,
     })
+}
+
+/// TCP retransmissions so far in the client, balancer and backend
+/// namespaces together.
+fn retransmits_all(rig: &Rig) -> Result<u64> {
+    let mut n = rig::retransmits(&rig.client_ns)? + rig::retransmits(&rig.lb_ns)?;
+    for ns in &rig.backend_ns {
+        n += rig::retransmits(ns)?;
+    }
+    Ok(n)
+}
+
+/// One alternative's runs of one shape, pooled over rounds.
+struct Pooled {
+    rate: f64,
+    each: String,
+    p99_us: Option<f64>,
+    /// Machine busy minus other processes, per request (µs).
+    cpu: f64,
+    machine: f64,
+    /// Other processes' load, in CPUs.
+    others_load: f64,
+    own: Option<f64>,
+    decap: Option<f64>,
+    share: Vec<f64>,
+    errors: u64,
+    retrans: u64,
+}
+
+fn pool(rs: &[Run]) -> Pooled {
+    let req: u64 = rs.iter().map(|r| r.wrk.requests).sum();
+    let n = req.max(1) as f64;
+    let secs: f64 = rs.iter().map(|r| r.wrk.seconds).sum();
+    let busy: f64 = rs.iter().map(|r| r.busy).sum();
+    let others: f64 = rs.iter().map(|r| r.others).sum();
+    let mut served = vec![0u64; BACKENDS];
+    for r in rs {
+        for (s, v) in served.iter_mut().zip(&r.served) {
+            *s += v;
+        }
+    }
+    let total = served.iter().sum::<u64>().max(1) as f64;
+    Pooled {
+        rate: req as f64 / secs,
+        each: rs
+            .iter()
+            .map(|r| format!("{:.0}", r.wrk.requests as f64 / r.wrk.seconds))
+            .collect::<Vec<_>>()
+            .join(", "),
+        p99_us: rs.iter().filter_map(|r| r.wrk.p99_us).reduce(f64::max),
+        cpu: (busy - others).max(0.0) * 1e6 / n,
+        machine: busy * 1e6 / n,
+        others_load: others / secs,
+        own: rs.iter().map(|r| r.own).sum::<Option<f64>>().map(|o| o * 1e6 / n),
+        decap: rs.iter().map(|r| r.decap).sum::<Option<f64>>().map(|d| d * 1e6 / n),
+        share: served.iter().map(|s| 100.0 * *s as f64 / total).collect(),
+        errors: rs.iter().map(|r| r.wrk.socket_errors).sum(),
+        retrans: rs.iter().map(|r| r.retrans).sum(),
+    }
 }
 
 fn table(
@@ -298,74 +367,47 @@ fn table(
         &[
             "balancer",
             rate,
-            "rounds",
+            "per round",
             "vs direct",
             "p99 latency ms",
-            "machine CPU µs/request",
+            "CPU µs/request",
             "added vs direct µs/request",
             "balancer's own CPU µs/request",
+            "machine µs/request",
+            "other load (CPUs)",
             "b1/b2/b3 share %",
             "socket errors",
+            "TCP retransmits",
         ],
     );
-    // Pooled over rounds: total requests over total time.
-    let pooled = |alt: Alt| -> Option<(f64, f64, Option<f64>, Option<f64>, Vec<f64>, u64, String, Option<f64>)> {
-        let rs = runs.get(&(alt, shape))?;
-        let req: u64 = rs.iter().map(|r| r.wrk.requests).sum();
-        let secs: f64 = rs.iter().map(|r| r.wrk.seconds).sum();
-        let busy: f64 = rs.iter().map(|r| r.busy).sum();
-        let own = rs.iter().map(|r| r.own).sum::<Option<f64>>();
-        let decap = rs.iter().map(|r| r.decap).sum::<Option<f64>>();
-        let mut served = vec![0u64; BACKENDS];
-        for r in rs {
-            for (s, v) in served.iter_mut().zip(&r.served) {
-                *s += v;
-            }
-        }
-        let total: u64 = served.iter().sum::<u64>().max(1);
-        let share = served.iter().map(|s| 100.0 * *s as f64 / total as f64).collect();
-        let errors = rs.iter().map(|r| r.wrk.socket_errors).sum();
-        let each: Vec<String> = rs
-            .iter()
-            .map(|r| format!("{:.0}", r.wrk.requests as f64 / r.wrk.seconds))
-            .collect();
-        let p99 = rs.iter().filter_map(|r| r.wrk.p99_us).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-        let n = req.max(1) as f64;
-        Some((
-            req as f64 / secs,
-            busy * 1e6 / n,
-            own.map(|o| o * 1e6 / n),
-            decap.map(|d| d * 1e6 / n),
-            share,
-            errors,
-            each.join(", "),
-            p99,
-        ))
-    };
-    let direct = pooled(Alt::Direct);
+    let direct = runs.get(&(Alt::Direct, shape)).map(|r| pool(r));
     let mut lb_decap = None;
     for alt in Alt::ALL {
-        let Some((rps, cpu, own, decap, share, errors, each, p99)) = pooled(alt) else {
+        let Some(rs) = runs.get(&(alt, shape)) else {
             continue;
         };
+        let p = pool(rs);
         if alt == Alt::Lb {
-            lb_decap = decap;
+            lb_decap = p.decap;
         }
         let (ratio, added) = match &direct {
-            Some(d) if alt != Alt::Direct => (Cell::num(rps / d.0, 2), Cell::num(cpu - d.1, 1)),
+            Some(d) if alt != Alt::Direct => (Cell::num(p.rate / d.rate, 2), Cell::num(p.cpu - d.cpu, 1)),
             _ => (Cell::None, Cell::None),
         };
         t.row(vec![
             Cell::text(alt.name()),
-            Cell::num(rps, 0),
-            Cell::text(each),
+            Cell::num(p.rate, 0),
+            Cell::text(p.each),
             ratio,
-            p99.map_or(Cell::None, |p| Cell::num(p / 1e3, 2)),
-            Cell::num(cpu, 1),
+            p.p99_us.map_or(Cell::None, |v| Cell::num(v / 1e3, 2)),
+            Cell::num(p.cpu, 1),
             added,
-            own.map_or(Cell::None, |o| Cell::num(o, 2)),
-            Cell::text(share.iter().map(|s| format!("{s:.0}")).collect::<Vec<_>>().join("/")),
-            Cell::num(errors as f64, 0),
+            p.own.map_or(Cell::None, |o| Cell::num(o, 2)),
+            Cell::num(p.machine, 1),
+            Cell::num(p.others_load, 2),
+            Cell::text(p.share.iter().map(|s| format!("{s:.0}")).collect::<Vec<_>>().join("/")),
+            Cell::num(p.errors as f64, 0),
+            Cell::num(p.retrans as f64, 0),
         ]);
     }
     let secs = measure.as_secs();
@@ -379,11 +421,16 @@ fn table(
         if opts.quick { " (--quick: one short round, noisy)" } else { "" },
     ));
     t.note(
-        "CPU: \"machine\" = user+nice+system+irq+softirq of /proc/stat over the measured window (all CPUs, \
-         every namespace: wrk and nginx included, and anything else running on the machine) per request. \
-         \"added vs direct\" = that minus the direct row's: the cost the balancer path adds per request. \
-         \"own\": HAProxy = its process's utime+stime; lb = its XDP program's run time (BPF run-time stats, \
-         enabled only during this section); nftables = – (its work is in softirq, seen only machine-wide)."
+        "CPU: \"machine\" = busy time of all CPUs (user+nice+system+irq+softirq of /proc/stat) over the \
+         measured window per request: everything, also what else runs on the machine. \"CPU\" = machine \
+         minus the user+system time of every other process (not this bench, not its children wrk, nginx, \
+         HAProxy; processes that ended during the window are missed), i.e. the client, backends, balancer and \
+         the kernel's network processing (softirq) for them, plus softirq of other traffic, which cannot be \
+         told apart. \"other load\" = those other processes' CPU, in CPUs, over the window: when it is high \
+         the figures are noisy. \"added vs direct\" = CPU minus the direct row's: what the balancer path \
+         costs per request. \"own\": HAProxy = its process's utime+stime; lb = its XDP program's run time \
+         (BPF run-time stats, on only during this section); nftables = – (its work is softirq, seen only in \
+         the totals)."
             .to_string(),
     );
     if let Some(d) = lb_decap {

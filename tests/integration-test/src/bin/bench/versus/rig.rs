@@ -97,6 +97,7 @@ impl Rig {
         for i in 0..BACKENDS {
             backend_ns.push(topo.add_ns(&format!("vs-b{}", i + 1))?);
         }
+        sweep_stale_dirs();
         let dir = std::env::temp_dir().join(format!("lb-versus-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut rig = Rig {
@@ -423,6 +424,24 @@ impl LbRig {
     }
 }
 
+/// Removes the scratch directories of benches killed before they could
+/// (their namespaces are swept by `Topology::new`, their processes died
+/// with them).
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("lb-versus-")
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Requests nginx in backend namespace `ns` has served (its stub status,
 /// fetched over its own lo; the fetch itself counts one).
 pub fn stub_requests(ns: &str) -> Result<u64> {
@@ -446,6 +465,20 @@ pub fn stub_requests(ns: &str) -> Result<u64> {
         .nth(2)
         .with_context(|| format!("bad stub status line {line:?}"))?;
     Ok(n.parse()?)
+}
+
+/// TCP segments retransmitted so far in namespace `ns` (`RetransSegs` of
+/// its /proc/net/snmp).
+pub fn retransmits(ns: &str) -> Result<u64> {
+    // thread-self: /proc/self/net would show the main thread's namespace.
+    let text = in_netns(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().context("no Tcp: line")?, tcp.next().context("no Tcp: values")?);
+    let i = names
+        .split_whitespace()
+        .position(|w| w == "RetransSegs")
+        .context("no RetransSegs")?;
+    Ok(values.split_whitespace().nth(i).context("short Tcp: line")?.parse()?)
 }
 
 /// Sessions HAProxy's backend `web` has had (`stot` of `show stat`).

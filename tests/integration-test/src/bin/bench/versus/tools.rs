@@ -313,6 +313,55 @@ pub fn process_cpu(pid: u32) -> Result<f64> {
     Ok((utime + stime) as f64 / clock_ticks())
 }
 
+/// CPU seconds so far of every user-space process that is not the bench or
+/// one of its children (kernel threads left out), by pid, with its start
+/// time: what else was running on the machine.
+pub fn others_cpu() -> std::collections::HashMap<u32, (u64, f64)> {
+    let me = std::process::id();
+    let ticks = clock_ticks();
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = text.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // f[0] = field 3 (state): ppid 4, flags 9, utime 14, stime 15, starttime 22.
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        let (ppid, flags) = (num(1) as u32, num(6));
+        if pid == me || ppid == me || flags & PF_KTHREAD != 0 || pid == 2 || ppid == 2 {
+            continue;
+        }
+        out.insert(pid, (num(19), (num(11) + num(12)) as f64 / ticks));
+    }
+    out
+}
+
+/// CPU seconds the other processes used between two [`others_cpu`]
+/// snapshots: processes started in between count whole; those that ended
+/// in between are missed (an underestimate).
+pub fn others_delta(
+    before: &std::collections::HashMap<u32, (u64, f64)>,
+    after: &std::collections::HashMap<u32, (u64, f64)>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, (start, cpu))| match before.get(pid) {
+            Some((s0, c0)) if s0 == start => (cpu - c0).max(0.0),
+            _ => *cpu,
+        })
+        .sum()
+}
+
 /// Waits until `ready` holds (polling every 20 ms), at most `limit`.
 pub fn wait_for(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     let started = Instant::now();
