@@ -97,6 +97,7 @@ pub fn run(opts: &Opts) -> Result<Vec<Table>> {
 
     let mut runs: BTreeMap<(Alt, Shape), Vec<Run>> = BTreeMap::new();
     let mut attach_info = String::new();
+    let mut source = 0u8;
     for round in 0..rounds {
         // Alternate the order between rounds, so drift over the run favours
         // none.
@@ -105,6 +106,8 @@ pub fn run(opts: &Opts) -> Result<Vec<Table>> {
             order.reverse();
         }
         for alt in order {
+            source += 1;
+            rig.use_client_source(source)?;
             let info = setup(&mut rig, alt)?;
             if !info.is_empty() {
                 attach_info = info;
@@ -414,7 +417,7 @@ fn table(
     t.note(format!(
         "Method: wrk -t1 -c{CONNECTIONS} --latency{} from a client namespace, 1 s warm-up then {secs} s measured, \
          {rounds} round(s) (order reversed in the second), pooled (total requests / total time; per round in \
-         \"rounds\"). Same client, backends (three nginx 1.22, one process each, fixed 18-byte body, no logs), \
+         \"per round\"). Same client, backends (three nginx 1.22, one process each, fixed 18-byte body, no logs), \
          topology and durations for all; only the balancer host's role changes in between. \
          Everything shares this machine's CPUs: wrk, nginx and the balancer compete for them{}.",
         if shape == Shape::Close { " -H 'Connection: close'" } else { "" },
@@ -441,7 +444,8 @@ fn table(
     t.note(format!(
         "Setup: lb = {attach_info}, backends reply straight to the client; HAProxy = nbthread not set \
          (2.6 defaults to one thread per CPU), VIP on the balancer host's lo; nftables = prerouting DNAT with a \
-         counter, forwarding on, backends route the client via the balancer host. Checked in every run: \
+         counter, forwarding on, backends route the client via the balancer host. The client uses a fresh source address \
+         for each balancer (TIME_WAIT sockets an earlier one left on the backends would refuse reused ports). Checked in every run: \
          no non-2xx response, socket errors ≤ {:.1}% of requests, every backend served (nginx stub_status), \
          backends served ≥ wrk's count, and the balancer's own counter saw the traffic (lb XDP_TX packets, \
          HAProxy sessions, nft rule counter).",

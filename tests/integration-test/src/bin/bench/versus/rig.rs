@@ -35,6 +35,12 @@ use super::tools::{exec_ok, process_cpu, wait_for, Procs};
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+/// The client's source addresses: a fresh one for each balancer set up
+/// (see [`Rig::use_client_source`]).
+const CLIENT_SOURCES: &str = "198.18.1.0/24";
+fn client_source(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, n)
+}
 /// An address nobody has: the pass-through program on the balancer's
 /// bridge port "decapsulates" for it only, so it passes everything.
 const UNUSED_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
@@ -117,8 +123,6 @@ impl Rig {
         // Checksums finished in software, as from a wire: frames lb forwards
         // in XDP would otherwise leave with them unfinished.
         netns::set_tx_checksum(&cl, IF_CLIENT, false)?;
-        rig.topo
-            .add_route(&cl, &[&format!("{VIP}/32"), "via", &LB_ADDR.to_string()])?;
         for (k, v) in [
             ("net.ipv4.ip_local_port_range", "1024 65535"),
             ("net.ipv4.tcp_tw_reuse", "1"),
@@ -129,6 +133,7 @@ impl Rig {
         }
 
         rig.plug(&lb, IF_LB, LB_ADDR, true)?;
+        rig.topo.add_route(&lb, &[CLIENT_SOURCES, "dev", IF_LB])?;
         for (k, v) in [
             ("net.ipv4.conf.all.send_redirects", "0"),
             (&format!("net.ipv4.conf.{IF_LB}.send_redirects"), "0"),
@@ -143,6 +148,7 @@ impl Rig {
             rig.plug(ns, &ifname, backend_addr(i), true)?;
             // Direct server return: the VIP is local, never announced.
             rig.topo.add_addr(ns, "lo", &format!("{VIP}/32"))?;
+            rig.topo.add_route(ns, &[CLIENT_SOURCES, "dev", &ifname])?;
             for (k, v) in [
                 ("net.ipv4.conf.all.rp_filter", "0"),
                 ("net.ipv4.conf.default.rp_filter", "0"),
@@ -225,19 +231,38 @@ http {{
         Ok(())
     }
 
+    /// Makes the client's connections come from source address number `n`
+    /// (1..=254), to the VIP (via the balancer host) and to b1 (direct).
+    /// A fresh source for each balancer keeps TIME_WAIT sockets an earlier
+    /// one left on the backends (whose TCP timestamps were those of another
+    /// destination) from rejecting the next one's reused ports.
+    pub fn use_client_source(&mut self, n: u8) -> Result<()> {
+        let src = client_source(n).to_string();
+        let cl = self.client_ns.clone();
+        netns::ip(&cl, &["addr", "replace", &format!("{src}/32"), "dev", IF_CLIENT])?;
+        netns::ip(
+            &cl,
+            &["route", "replace", &format!("{VIP}/32"), "via", &LB_ADDR.to_string(), "src", &src],
+        )?;
+        netns::ip(
+            &cl,
+            &["route", "replace", &format!("{}/32", backend_addr(0)), "dev", IF_CLIENT, "src", &src],
+        )?;
+        Ok(())
+    }
+
     /// Backends send replies to the client through the balancer host
     /// (`true`, needed for DNAT) or straight to it (`false`).
     pub fn reply_via_balancer(&mut self, via: bool) -> Result<()> {
-        let client = format!("{CLIENT_ADDR}/32");
         for (i, ns) in self.backend_ns.iter().enumerate() {
+            let ifname = backend_if(i);
+            let lb = LB_ADDR.to_string();
+            let mut args = vec!["route", "replace", CLIENT_SOURCES];
             if via {
-                netns::ip(
-                    ns,
-                    &["route", "replace", &client, "via", &LB_ADDR.to_string(), "dev", &backend_if(i)],
-                )?;
-            } else {
-                let _ = netns::ip(ns, &["route", "del", &client]);
+                args.extend(["via", &lb]);
             }
+            args.extend(["dev", &ifname]);
+            netns::ip(ns, &args)?;
         }
         Ok(())
     }
