@@ -42,7 +42,13 @@ enum Alt {
 }
 
 impl Alt {
-    const ALL: [Alt; 5] = [Alt::Direct, Alt::Lb, Alt::Haproxy, Alt::NftNumgen, Alt::NftJhash];
+    const ALL: [Alt; 5] = [
+        Alt::Direct,
+        Alt::Lb,
+        Alt::Haproxy,
+        Alt::NftNumgen,
+        Alt::NftJhash,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -172,7 +178,11 @@ fn teardown(rig: &mut Rig, alt: Alt) -> Result<()> {
 
 /// What the balancer has counted so far: (connections or packets it
 /// handled, its own CPU seconds, lb's decap CPU seconds).
-fn balancer_snapshot(rig: &mut Rig, alt: Alt, haproxy_pid: Option<u32>) -> Result<(u64, Option<f64>, Option<f64>)> {
+fn balancer_snapshot(
+    rig: &mut Rig,
+    alt: Alt,
+    haproxy_pid: Option<u32>,
+) -> Result<(u64, Option<f64>, Option<f64>)> {
     Ok(match alt {
         Alt::Direct => (0, None, None),
         Alt::Lb => {
@@ -214,11 +224,19 @@ fn measure_one(
     measure: Duration,
     bpf_stats: bool,
 ) -> Result<Run> {
-    let haproxy_pid = if alt == Alt::Haproxy { rig.procs.pid("haproxy") } else { None };
+    let haproxy_pid = if alt == Alt::Haproxy {
+        rig.procs.pid("haproxy")
+    } else {
+        None
+    };
     let w = wrk(rig, alt, shape, warm).context("warm-up")?;
     ensure!(w.requests > 0, "warm-up: no request completed ({w:?})");
 
-    let served0: Vec<u64> = rig.backend_ns.iter().map(|ns| stub_requests(ns)).collect::<Result<_>>()?;
+    let served0: Vec<u64> = rig
+        .backend_ns
+        .iter()
+        .map(|ns| stub_requests(ns))
+        .collect::<Result<_>>()?;
     let (through0, own0, decap0) = balancer_snapshot(rig, alt, haproxy_pid)?;
     let retrans0 = retransmits_all(rig)?;
     let others0 = others_cpu();
@@ -228,13 +246,25 @@ fn measure_one(
     let others1 = others_cpu();
     let retrans = retransmits_all(rig)?.saturating_sub(retrans0);
     let (through1, own1, decap1) = balancer_snapshot(rig, alt, haproxy_pid)?;
-    let served1: Vec<u64> = rig.backend_ns.iter().map(|ns| stub_requests(ns)).collect::<Result<_>>()?;
+    let served1: Vec<u64> = rig
+        .backend_ns
+        .iter()
+        .map(|ns| stub_requests(ns))
+        .collect::<Result<_>>()?;
     // Each stub fetch counts itself once.
-    let served: Vec<u64> = served0.iter().zip(&served1).map(|(a, b)| b.saturating_sub(a + 1)).collect();
+    let served: Vec<u64> = served0
+        .iter()
+        .zip(&served1)
+        .map(|(a, b)| b.saturating_sub(a + 1))
+        .collect();
 
     // Correctness, never speed.
     ensure!(w.requests > 0, "no request completed: {w:?}");
-    ensure!(w.non_2xx == 0, "{} responses were not 2xx/3xx ({w:?})", w.non_2xx);
+    ensure!(
+        w.non_2xx == 0,
+        "{} responses were not 2xx/3xx ({w:?})",
+        w.non_2xx
+    );
     ensure!(
         (w.socket_errors as f64) <= MAX_SOCKET_ERROR_SHARE * w.requests as f64,
         "{} socket errors for {} requests",
@@ -248,7 +278,10 @@ fn measure_one(
         w.requests
     );
     if alt == Alt::Direct {
-        ensure!(served[1] == 0 && served[2] == 0, "direct run reached b2/b3: {served:?}");
+        ensure!(
+            served[1] == 0 && served[2] == 0,
+            "direct run reached b2/b3: {served:?}"
+        );
     } else {
         ensure!(
             served.iter().all(|s| *s > 0),
@@ -321,7 +354,7 @@ fn pool(rs: &[Run]) -> Pooled {
     let secs: f64 = rs.iter().map(|r| r.wrk.seconds).sum();
     let busy: f64 = rs.iter().map(|r| r.busy).sum();
     let others: f64 = rs.iter().map(|r| r.others).sum();
-    let mut served = vec![0u64; BACKENDS];
+    let mut served = [0u64; BACKENDS];
     for r in rs {
         for (s, v) in served.iter_mut().zip(&r.served) {
             *s += v;
@@ -339,8 +372,16 @@ fn pool(rs: &[Run]) -> Pooled {
         cpu: (busy - others).max(0.0) * 1e6 / n,
         machine: busy * 1e6 / n,
         others_load: others / secs,
-        own: rs.iter().map(|r| r.own).sum::<Option<f64>>().map(|o| o * 1e6 / n),
-        decap: rs.iter().map(|r| r.decap).sum::<Option<f64>>().map(|d| d * 1e6 / n),
+        own: rs
+            .iter()
+            .map(|r| r.own)
+            .sum::<Option<f64>>()
+            .map(|o| o * 1e6 / n),
+        decap: rs
+            .iter()
+            .map(|r| r.decap)
+            .sum::<Option<f64>>()
+            .map(|d| d * 1e6 / n),
         share: served.iter().map(|s| 100.0 * *s as f64 / total).collect(),
         errors: rs.iter().map(|r| r.wrk.socket_errors).sum(),
         retrans: rs.iter().map(|r| r.retrans).sum(),
@@ -394,7 +435,9 @@ fn table(
             lb_decap = p.decap;
         }
         let (ratio, added) = match &direct {
-            Some(d) if alt != Alt::Direct => (Cell::num(p.rate / d.rate, 2), Cell::num(p.cpu - d.cpu, 1)),
+            Some(d) if alt != Alt::Direct => {
+                (Cell::num(p.rate / d.rate, 2), Cell::num(p.cpu - d.cpu, 1))
+            }
             _ => (Cell::None, Cell::None),
         };
         t.row(vec![
@@ -408,7 +451,13 @@ fn table(
             p.own.map_or(Cell::None, |o| Cell::num(o, 2)),
             Cell::num(p.machine, 1),
             Cell::num(p.others_load, 2),
-            Cell::text(p.share.iter().map(|s| format!("{s:.0}")).collect::<Vec<_>>().join("/")),
+            Cell::text(
+                p.share
+                    .iter()
+                    .map(|s| format!("{s:.0}"))
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            ),
             Cell::num(p.errors as f64, 0),
             Cell::num(p.retrans as f64, 0),
         ]);

@@ -239,14 +239,33 @@ http {{
     pub fn use_client_source(&mut self, n: u8) -> Result<()> {
         let src = client_source(n).to_string();
         let cl = self.client_ns.clone();
-        netns::ip(&cl, &["addr", "replace", &format!("{src}/32"), "dev", IF_CLIENT])?;
         netns::ip(
             &cl,
-            &["route", "replace", &format!("{VIP}/32"), "via", &LB_ADDR.to_string(), "src", &src],
+            &["addr", "replace", &format!("{src}/32"), "dev", IF_CLIENT],
         )?;
         netns::ip(
             &cl,
-            &["route", "replace", &format!("{}/32", backend_addr(0)), "dev", IF_CLIENT, "src", &src],
+            &[
+                "route",
+                "replace",
+                &format!("{VIP}/32"),
+                "via",
+                &LB_ADDR.to_string(),
+                "src",
+                &src,
+            ],
+        )?;
+        netns::ip(
+            &cl,
+            &[
+                "route",
+                "replace",
+                &format!("{}/32", backend_addr(0)),
+                "dev",
+                IF_CLIENT,
+                "src",
+                &src,
+            ],
         )?;
         Ok(())
     }
@@ -393,7 +412,10 @@ backend web
     pub fn stop_haproxy(&mut self) -> Result<()> {
         self.procs.stop("haproxy");
         let _ = std::fs::remove_file(self.haproxy_socket());
-        netns::ip(&self.lb_ns, &["addr", "del", &format!("{VIP}/32"), "dev", "lo"])?;
+        netns::ip(
+            &self.lb_ns,
+            &["addr", "del", &format!("{VIP}/32"), "dev", "lo"],
+        )?;
         Ok(())
     }
 
@@ -412,15 +434,23 @@ backend web
         );
         let path = self.dir.join("nft.rules");
         std::fs::write(&path, rules)?;
-        exec_ok(&self.lb_ns, &["nft", "-f", &path.display().to_string()], CMD_TIMEOUT)
-            .context("loading the nftables DNAT rules")?;
+        exec_ok(
+            &self.lb_ns,
+            &["nft", "-f", &path.display().to_string()],
+            CMD_TIMEOUT,
+        )
+        .context("loading the nftables DNAT rules")?;
         Ok(())
     }
 
     /// Packets the DNAT rule matched (the first of each connection: NAT
     /// chains see only new connections).
     pub fn nft_counter(&self) -> Result<u64> {
-        let text = exec_ok(&self.lb_ns, &["nft", "list", "table", "ip", "lbversus"], CMD_TIMEOUT)?;
+        let text = exec_ok(
+            &self.lb_ns,
+            &["nft", "list", "table", "ip", "lbversus"],
+            CMD_TIMEOUT,
+        )?;
         let n = text
             .split_whitespace()
             .skip_while(|w| *w != "packets")
@@ -430,7 +460,11 @@ backend web
     }
 
     pub fn stop_nft(&mut self) -> Result<()> {
-        exec_ok(&self.lb_ns, &["nft", "delete", "table", "ip", "lbversus"], CMD_TIMEOUT)?;
+        exec_ok(
+            &self.lb_ns,
+            &["nft", "delete", "table", "ip", "lbversus"],
+            CMD_TIMEOUT,
+        )?;
         Ok(())
     }
 }
@@ -445,7 +479,12 @@ impl LbRig {
         for d in &mut self.decaps {
             decap_ns += d.program().info()?.run_time();
         }
-        Ok((tx, info.run_count(), info.run_time(), decap_ns.as_nanos() as u64))
+        Ok((
+            tx,
+            info.run_count(),
+            info.run_time(),
+            decap_ns.as_nanos() as u64,
+        ))
     }
 }
 
@@ -498,12 +537,19 @@ pub fn retransmits(ns: &str) -> Result<u64> {
     // thread-self: /proc/self/net would show the main thread's namespace.
     let text = in_netns(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
     let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().context("no Tcp: line")?, tcp.next().context("no Tcp: values")?);
+    let (names, values) = (
+        tcp.next().context("no Tcp: line")?,
+        tcp.next().context("no Tcp: values")?,
+    );
     let i = names
         .split_whitespace()
         .position(|w| w == "RetransSegs")
         .context("no RetransSegs")?;
-    Ok(values.split_whitespace().nth(i).context("short Tcp: line")?.parse()?)
+    Ok(values
+        .split_whitespace()
+        .nth(i)
+        .context("short Tcp: line")?
+        .parse()?)
 }
 
 /// Sessions HAProxy's backend `web` has had (`stot` of `show stat`).

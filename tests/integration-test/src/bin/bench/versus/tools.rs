@@ -26,10 +26,17 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The path of `prog` in the usual directories, if installed.
 pub fn which(prog: &str) -> Option<String> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| format!("{d}/{prog}"))
-        .find(|p| Path::new(p).is_file())
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ]
+    .iter()
+    .map(|d| format!("{d}/{prog}"))
+    .find(|p| Path::new(p).is_file())
 }
 
 /// Installs the packages of the missing tools with apt-get, in the network
@@ -54,17 +61,23 @@ pub fn ensure_installed() -> Result<(Vec<&'static str>, Duration)> {
     // The parent (cargo xtask, a shell) is in the namespace the bench was
     // started in, which has the network.
     let parent = unsafe { libc::getppid() };
-    let netns = [format!("/proc/{parent}/ns/net"), "/proc/1/ns/net".to_string()]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("no network namespace to run apt-get in")?;
+    let netns = [
+        format!("/proc/{parent}/ns/net"),
+        "/proc/1/ns/net".to_string(),
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .context("no network namespace to run apt-get in")?;
     // Keep the packages' maintainer scripts from starting system services
     // (nginx, haproxy): invoke-rc.d asks policy-rc.d, and 101 means "no".
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let made_policy = !policy.exists();
     if made_policy {
-        fs::write(policy, "#!/bin/sh\n# lb bench: no services during its apt-get\nexit 101\n")
-            .context("writing /usr/sbin/policy-rc.d")?;
+        fs::write(
+            policy,
+            "#!/bin/sh\n# lb bench: no services during its apt-get\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(policy, fs::Permissions::from_mode(0o755))?;
     }
@@ -83,7 +96,15 @@ pub fn ensure_installed() -> Result<(Vec<&'static str>, Duration)> {
         }
         Ok(())
     };
-    let mut args = vec!["install", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"];
+    let mut args = vec![
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+    ];
     args.extend(&missing);
     let mut r = apt(&args);
     if r.is_err() {
@@ -126,7 +147,9 @@ impl Procs {
             .stderr(file)
             .process_group(0);
         die_with_parent(&mut c);
-        let child = c.spawn().with_context(|| format!("starting {what}: {cmd:?}"))?;
+        let child = c
+            .spawn()
+            .with_context(|| format!("starting {what}: {cmd:?}"))?;
         let pid = child.id();
         self.children.push((what.to_string(), child));
         Ok(pid)
@@ -147,7 +170,10 @@ impl Procs {
 
     /// The pid of the process started as `what`.
     pub fn pid(&self, what: &str) -> Option<u32> {
-        self.children.iter().find(|(w, _)| w == what).map(|(_, c)| c.id())
+        self.children
+            .iter()
+            .find(|(w, _)| w == what)
+            .map(|(_, c)| c.id())
     }
 
     pub fn stop(&mut self, what: &str) {
@@ -195,7 +221,11 @@ pub fn exec_ok(ns: &str, cmd: &[&str], timeout: Duration) -> Result<String> {
     die_with_parent(&mut c);
     let out = run_bounded(&mut c, timeout)?;
     if !out.ok() {
-        bail!("{cmd:?} in {ns} failed: {}{}", out.stderr.trim(), out.stdout.trim());
+        bail!(
+            "{cmd:?} in {ns} failed: {}{}",
+            out.stderr.trim(),
+            out.stdout.trim()
+        );
     }
     Ok(out.stdout)
 }
@@ -231,7 +261,10 @@ pub fn parse_wrk(text: &str) -> Result<WrkResult> {
                 r.socket_errors += n.parse::<u64>().with_context(|| format!("wrk: {line}"))?;
             }
         } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            r.non_2xx = rest.trim().parse().with_context(|| format!("wrk: {line}"))?;
+            r.non_2xx = rest
+                .trim()
+                .parse()
+                .with_context(|| format!("wrk: {line}"))?;
         } else if let Some(rest) = line.strip_prefix("50%") {
             r.p50_us = duration_us(rest.trim()).ok();
         } else if let Some(rest) = line.strip_prefix("99%") {
@@ -260,7 +293,10 @@ fn duration_us(s: &str) -> Result<f64> {
     } else {
         bail!("bad duration {s:?}")
     };
-    Ok(num.parse::<f64>().with_context(|| format!("bad duration {s:?}"))? * mult)
+    Ok(num
+        .parse::<f64>()
+        .with_context(|| format!("bad duration {s:?}"))?
+        * mult)
 }
 
 // ---------------------------------------------------------------- CPU
