@@ -8,6 +8,10 @@
 //! requests, and one new connection per request. Same client, backends,
 //! duration and warm-up for all.
 //!
+//! Cleanup: processes die with the bench (`PR_SET_PDEATHSIG`), XDP programs
+//! are unpinned (they go with the bench), namespaces and the scratch
+//! directory are removed on drop, or by the next run if the bench was killed.
+//!
 //! Checked, never timed: every response a 2xx, (almost) no socket errors,
 //! all three backends served, and the balancer's own counter shows the
 //! traffic went through it.
@@ -491,7 +495,10 @@ fn table(
         ));
     }
     t.note(format!(
-        "Setup: lb = {attach_info}, backends reply straight to the client; HAProxy = nbthread not set \
+        "Setup: lb = {attach_info}, backends reply straight to the client, a pass-through XDP program on the \
+         balancer's bridge port (veth XDP_TX needs one on the peer); all of lb's programs are attached only \
+         during its own runs. On veths every frame lb forwards crosses the bridge twice: its \"added\" CPU is \
+         mostly those hops, not the program (\"own\"); HAProxy = nbthread not set \
          (2.6 defaults to one thread per CPU), VIP on the balancer host's lo; nftables = prerouting DNAT with a \
          counter, forwarding on, backends route the client via the balancer host. The client uses a fresh source address \
          for each balancer (TIME_WAIT sockets an earlier one left on the backends would refuse reused ports). Checked in every run: \

@@ -86,7 +86,12 @@ pub fn ensure_installed() -> Result<(Vec<&'static str>, Duration)> {
         cmd.arg(format!("--net={netns}"))
             .arg("apt-get")
             // Without network, fail within a minute or so rather than retry.
-            .args(["-o", "Acquire::Retries=1", "-o", "Acquire::http::Timeout=30"])
+            .args([
+                "-o",
+                "Acquire::Retries=1",
+                "-o",
+                "Acquire::http::Timeout=30",
+            ])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive");
         let out = run_bounded(&mut cmd, INSTALL_TIMEOUT)
