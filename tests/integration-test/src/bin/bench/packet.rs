@@ -99,9 +99,17 @@ pub struct Config {
 impl Config {
     fn new(quick: bool) -> Config {
         if quick {
-            Config { rounds: 5, repeat: 200_000, calls: 2_000 }
+            Config {
+                rounds: 5,
+                repeat: 200_000,
+                calls: 2_000,
+            }
         } else {
-            Config { rounds: 9, repeat: 1_000_000, calls: 10_000 }
+            Config {
+                rounds: 7,
+                repeat: 1_000_000,
+                calls: 10_000,
+            }
         }
     }
 
@@ -298,10 +306,22 @@ fn add_vips(t: &mut TestLb, all: bool) {
             })
             .collect()
     };
-    let stateless = VipSettings { stateless: true, ..Default::default() };
-    let src_hash = VipSettings { scheduler: Scheduler::SourceHash, ..Default::default() };
-    let l2dsr = VipSettings { forwarding: Forwarding::L2dsr, ..Default::default() };
-    let mut vips = vec![(VIP_IPIP, VipSettings::default()), (VIP6_IPIP, VipSettings::default())];
+    let stateless = VipSettings {
+        stateless: true,
+        ..Default::default()
+    };
+    let src_hash = VipSettings {
+        scheduler: Scheduler::SourceHash,
+        ..Default::default()
+    };
+    let l2dsr = VipSettings {
+        forwarding: Forwarding::L2dsr,
+        ..Default::default()
+    };
+    let mut vips = vec![
+        (VIP_IPIP, VipSettings::default()),
+        (VIP6_IPIP, VipSettings::default()),
+    ];
     if all {
         vips.extend([
             (VIP_STATELESS, stateless),
@@ -313,7 +333,11 @@ fn add_vips(t: &mut TestLb, all: bool) {
         ]);
     }
     for (addr, settings) in vips {
-        t.add_vip(vip(addr, 80, Proto::Tcp), settings, &backends(addr.contains(':')));
+        t.add_vip(
+            vip(addr, 80, Proto::Tcp),
+            settings,
+            &backends(addr.contains(':')),
+        );
     }
 }
 
@@ -439,6 +463,8 @@ impl Bench {
             .collect()
     }
 
+    /// Every scenario, one a line (hence no rustfmt), in measuring order.
+    #[rustfmt::skip]
     fn scenarios(&mut self) -> Result<Vec<Scenario>> {
         use Target::*;
         let s = |name, family, target, frame, vary, action, each, goal| Scenario {
@@ -499,13 +525,18 @@ impl Bench {
         let mut res = Results::new(scenarios.len());
         for r in 0..cfg.rounds {
             self.round = r;
-            let (pass, pass1) = self.direct_round(cfg, PASS, XDP_PASS).context("XDP_PASS floor")?;
+            let (pass, pass1) = self
+                .direct_round(cfg, PASS, XDP_PASS)
+                .context("XDP_PASS floor")?;
             let (tx, tx1) = self.direct_round(cfg, TX, XDP_TX).context("XDP_TX floor")?;
             res.pass.push(pass, Some(pass1));
             res.tx.push(tx, Some(tx1));
             let raw: Vec<(f64, Option<f64>)> = scenarios
                 .iter()
-                .map(|s| self.scenario_round(cfg, s).with_context(|| format!("{} ({})", s.name, s.family)))
+                .map(|s| {
+                    self.scenario_round(cfg, s)
+                        .with_context(|| format!("{} ({})", s.name, s.family))
+                })
                 .collect::<Result<_>>()?;
             let w = raw[0].0 - pass;
             res.w.push(w, None);
@@ -539,7 +570,11 @@ impl Bench {
         }
         // The cross-check first, so that its few flows join an empty table
         // rather than the wrapper's million.
-        let one = if s.cross_checked() { Some(self.per_call_round(cfg, s)?) } else { None };
+        let one = if s.cross_checked() {
+            Some(self.per_call_round(cfg, s)?)
+        } else {
+            None
+        };
         let ns = self.wrapper_round(cfg, s)?;
         Ok((ns, one))
     }
@@ -549,7 +584,12 @@ impl Bench {
             Target::Pass => self.progs.prog(PASS)?,
             Target::Tx => self.progs.prog(TX)?,
             Target::Main => self.main.lb.program(),
-            Target::Fresh => self.fresh.as_mut().context("no fresh balancer")?.lb.program(),
+            Target::Fresh => self
+                .fresh
+                .as_mut()
+                .context("no fresh balancer")?
+                .lb
+                .program(),
             Target::Full => self.full.lb.program(),
             Target::Decap => self.decap.program(),
         })
@@ -577,7 +617,11 @@ impl Bench {
         match (before, self.snapshot(s.target)?) {
             (Snapshot::Lb(b), Snapshot::Lb(a)) => check(s.each, b, &a, n),
             (Snapshot::Decapsulated(b), Snapshot::Decapsulated(a)) => {
-                ensure!(a - b == n, "lb-decap: {} of {n} packets decapsulated", a - b);
+                ensure!(
+                    a - b == n,
+                    "lb-decap: {} of {n} packets decapsulated",
+                    a - b
+                );
                 Ok(())
             }
             _ => Ok(()),
@@ -635,7 +679,8 @@ impl Bench {
         let t = self.lb(s.target).context("new flows on a balancer")?;
         for word in [first, first.wrapping_add(n - 1)] {
             ensure!(
-                t.lb.conntrack_entry(&flow_key(&s.frame, Some(word))).is_some(),
+                t.lb.conntrack_entry(&flow_key(&s.frame, Some(word)))
+                    .is_some(),
                 "flow {word:#x} of this round is not in the table: evicted"
             );
         }
@@ -719,7 +764,13 @@ fn cost_table(cfg: &Config, scenarios: &[Scenario], res: &Results, bench: &Bench
     let floor1 = median(&res.pass.one);
     let mut row = |name: &str, family: &str, path: String, s: &Series, goal: Option<f64>| {
         let ratio = median(&s.ns) / floor;
-        let one = |v: f64| if s.one.is_empty() { Cell::None } else { Cell::num(v, 2) };
+        let one = |v: f64| {
+            if s.one.is_empty() {
+                Cell::None
+            } else {
+                Cell::num(v, 2)
+            }
+        };
         t.row(vec![
             Cell::text(name),
             Cell::text(family),
@@ -728,15 +779,36 @@ fn cost_table(cfg: &Config, scenarios: &[Scenario], res: &Results, bench: &Bench
             Cell::num(median(&s.ns), 1),
             Cell::num(ratio, 2),
             goal.map_or(Cell::None, |g| {
-                Cell::text(format!("≤ {g}: {}", if ratio <= g { "met" } else { "MISSED" }))
+                Cell::text(format!(
+                    "≤ {g}: {}",
+                    if ratio <= g { "met" } else { "MISSED" }
+                ))
             }),
             one(median(&s.one)),
             one(median(&s.one) / floor1),
         ]);
     };
-    row("XDP_PASS program, run directly (floor)", "–", "PASS".into(), &res.pass, None);
-    row("MAC swap + XDP_TX, run directly (floor)", "–", "TX".into(), &res.tx, None);
-    row("W: the wrapper's own cost (subtracted below)", "–", "–".into(), &res.w, None);
+    row(
+        "XDP_PASS program, run directly (floor)",
+        "–",
+        "PASS".into(),
+        &res.pass,
+        None,
+    );
+    row(
+        "MAC swap + XDP_TX, run directly (floor)",
+        "–",
+        "TX".into(),
+        &res.tx,
+        None,
+    );
+    row(
+        "W: the wrapper's own cost (subtracted below)",
+        "–",
+        "–".into(),
+        &res.w,
+        None,
+    );
     for (s, series) in scenarios.iter().zip(&res.scenarios).skip(1) {
         row(s.name, s.family, s.path(), series, s.goal);
     }

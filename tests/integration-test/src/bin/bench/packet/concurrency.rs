@@ -102,7 +102,14 @@ pub fn measure(bench: &mut Bench, cfg: &Config) -> Result<Table> {
     ];
     let mut t = Table::new(
         "packet: connection table on 1 CPU, then 2 at once (repeat=1 calls)",
-        &["path", "1 CPU ns", "2 CPUs: CPU 0 ns", "2 CPUs: CPU 1 ns", "2-CPU / 1-CPU", "range"],
+        &[
+            "path",
+            "1 CPU ns",
+            "2 CPUs: CPU 0 ns",
+            "2 CPUs: CPU 1 ns",
+            "2-CPU / 1-CPU",
+            "range",
+        ],
     );
     for c in &cases {
         let before = bench.main.lb.counters()?;
@@ -179,7 +186,12 @@ fn pair(prog: &Xdp, c: &Case<'_>, cfg: &Config) -> Result<Pair> {
 
 /// One round: a thread per `(cpu, frames)`, pinned, all starting their timed
 /// calls together after their warm-up; each thread's mean kernel ns.
-fn round(prog: &Xdp, loads: &[(usize, &Vec<Vec<u8>>)], calls: usize, expect: u32) -> Result<Vec<f64>> {
+fn round(
+    prog: &Xdp,
+    loads: &[(usize, &Vec<Vec<u8>>)],
+    calls: usize,
+    expect: u32,
+) -> Result<Vec<f64>> {
     let barrier = Barrier::new(loads.len());
     thread::scope(|s| {
         let handles: Vec<_> = loads
@@ -189,7 +201,8 @@ fn round(prog: &Xdp, loads: &[(usize, &Vec<Vec<u8>>)], calls: usize, expect: u32
                 s.spawn(move || -> Result<f64> {
                     pin(cpu)?;
                     let frame = |i: usize| &frames[i % frames.len()][..];
-                    let warm = (0..WARM).try_for_each(|i| run_expect(prog, frame(i), 1, expect).map(drop));
+                    let warm =
+                        (0..WARM).try_for_each(|i| run_expect(prog, frame(i), 1, expect).map(drop));
                     // Wait for the others even after an error, or they hang.
                     barrier.wait();
                     warm?;

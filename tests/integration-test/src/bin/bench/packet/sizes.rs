@@ -49,6 +49,12 @@ fn xlated_calls(id: u32) -> std::result::Result<BTreeMap<String, usize>, String>
         // e.g. "  42: (85) call bpf_map_lookup_elem#1"
         if let Some((_, callee)) = line.split_once(") call ") {
             let name = callee.split('#').next().unwrap_or(callee).trim();
+            // "pc+N": a call to a BPF subprogram of the same program.
+            let name = if name.starts_with("pc") {
+                "(BPF subprogram)"
+            } else {
+                name
+            };
             *calls.entry(name.to_string()).or_insert(0) += 1;
         }
     }
@@ -58,7 +64,14 @@ fn xlated_calls(id: u32) -> std::result::Result<BTreeMap<String, usize>, String>
 pub fn table(sizes: &[Size]) -> Table {
     let mut t = Table::new(
         "packet: program sizes",
-        &["program", "instructions (xlated)", "JITed bytes", "verifier processed", "calls (static)", "calls by callee"],
+        &[
+            "program",
+            "instructions (xlated)",
+            "JITed bytes",
+            "verifier processed",
+            "calls (static)",
+            "calls by callee",
+        ],
     );
     let opt = |v: Option<u32>| v.map_or(Cell::None, |n| Cell::num(n as f64, 0));
     for s in sizes {

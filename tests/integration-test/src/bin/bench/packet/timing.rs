@@ -31,7 +31,13 @@ pub fn run_expect(prog: &Xdp, frame: &[u8], repeat: u32, expect: u32) -> Result<
 /// Mean kernel ns of one run over `frames[warm..]`, one `repeat=1` call per
 /// frame (the first `warm` frames run untimed first). A single frame serves
 /// every call.
-pub fn per_call(prog: &Xdp, frames: &[Vec<u8>], calls: usize, warm: usize, expect: u32) -> Result<f64> {
+pub fn per_call(
+    prog: &Xdp,
+    frames: &[Vec<u8>],
+    calls: usize,
+    warm: usize,
+    expect: u32,
+) -> Result<f64> {
     let frame = |i: usize| &frames[i % frames.len()][..];
     for i in 0..warm {
         run_expect(prog, frame(i), 1, expect)?;
