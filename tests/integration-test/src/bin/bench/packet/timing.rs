@@ -134,3 +134,32 @@ pub fn min(v: &[f64]) -> f64 {
 pub fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
+
+/// Jiffies a CPU spent so far, from `/proc/stat`: user, nice, system, idle,
+/// iowait, irq, softirq, steal.
+pub fn cpu_times(cpu: usize) -> Option<[u64; 8]> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&format!("cpu{cpu} ")))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    v.try_into().ok()
+}
+
+/// Shares of a CPU's time between two `cpu_times`: interrupts and softirqs
+/// (which the kernel's test-run timer counts when they land in its loop),
+/// and time stolen by the hypervisor.
+pub fn disturbance(before: &[u64; 8], after: &[u64; 8]) -> (f64, f64) {
+    let d: Vec<f64> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b) as f64)
+        .collect();
+    let total: f64 = d.iter().sum::<f64>().max(1.0);
+    ((d[5] + d[6]) / total, d[7] / total)
+}
