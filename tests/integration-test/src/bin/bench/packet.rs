@@ -19,7 +19,9 @@
 //! Rounds are interleaved (each round measures every scenario once), so a
 //! burst of other load lands on all scenarios, not on one; figures are the
 //! min and median over rounds. Everything runs pinned to CPU 0; loading maps
-//! and walking the connection table happen on CPU 1.
+//! and walking the connection table happen on CPU 1. A round during which
+//! another process had BPF run-time statistics on (every program run then
+//! also reads the clock twice) is measured again and left out.
 //!
 //! Nothing is timed against a limit. What is checked, as a hard error, is
 //! that each scenario took the path it claims: the XDP action of every call,
@@ -34,6 +36,8 @@
 //! runs on one filled first, so every insert evicts.
 
 mod concurrency;
+mod frames;
+mod results;
 mod sizes;
 mod timing;
 
@@ -50,13 +54,16 @@ use lb::{
     maps::{Counters, LoadOptions},
     service::{BackendSpec, Forwarding, Proto, Scheduler, VipSettings},
 };
-use lb_common::{Counter, FlowKey, FAMILY_V4, FAMILY_V6};
+use lb_common::Counter;
 
 use crate::{
     progs::{BenchProgs, PASS, TX, WRAPPER},
-    report::{possible_cpus, Cell, Table},
+    report::{possible_cpus, Table},
 };
-use timing::{median, min, on_measure_cpu, per_call, pin, run_expect, Affinity};
+pub use frames::tcp_v4;
+use frames::{flow_key, tcp_frame, truncated_l4, varied};
+use results::{cost_table, Results, Round, MIN_ROUNDS};
+use timing::{on_measure_cpu, per_call, pin, run_expect, Affinity};
 
 pub const CLIENT_V4: &str = "198.51.100.7";
 const CLIENT_V6: &str = "2001:db8:c::7";
@@ -133,73 +140,6 @@ pub fn run(opts: &crate::Opts) -> Result<Vec<Table>> {
     tables.push(concurrency::measure(&mut bench, &cfg)?);
     tables.push(sizes::table(&bench.sizes));
     Ok(tables)
-}
-
-// ---------------------------------------------------------------------------
-// Frames.
-
-/// A TCP frame from `src` to port 80 of `dst`: 64 bytes for IPv4 (payload
-/// padded), 74 for IPv6 (no payload).
-fn tcp_frame(src: &str, sport: u16, dst: &str, flags: u8) -> Vec<u8> {
-    let payload: &[u8] = if src.contains(':') { &[] } else { &[0; 10] };
-    Frame::tcp(src, sport, dst, 80)
-        .with_flags(flags)
-        .with_payload(payload)
-        .build()
-}
-
-/// A TCP ACK (the established-flow packet) over IPv4.
-pub fn tcp_v4(src: &str, sport: u16, dst: &str) -> Vec<u8> {
-    tcp_frame(src, sport, dst, TCP_ACK)
-}
-
-/// A TCP packet to a VIP whose IP header announces fewer bytes than a TCP
-/// header: dropped as truncated once the balancer knows it is for a VIP.
-fn truncated_l4(src: &str, dst: &str) -> Vec<u8> {
-    let mut f = tcp_frame(src, 40009, dst, TCP_ACK);
-    if src.contains(':') {
-        f[18..20].copy_from_slice(&8u16.to_be_bytes()); // payload length
-    } else {
-        f[16..18].copy_from_slice(&28u16.to_be_bytes()); // total length
-    }
-    f
-}
-
-/// `n` copies of `frame` with the word at `off` set to `first`, `first + 1`...
-fn varied(frame: &[u8], off: u32, first: u32, n: usize) -> Vec<Vec<u8>> {
-    (0..n as u32)
-        .map(|i| {
-            let mut f = frame.to_vec();
-            let off = off as usize;
-            f[off..off + 4].copy_from_slice(&first.wrapping_add(i).to_be_bytes());
-            f
-        })
-        .collect()
-}
-
-/// The connection-table key of a frame built by `tcp_frame`, with the
-/// source's last word replaced by `word` if given.
-fn flow_key(frame: &[u8], word: Option<u32>) -> FlowKey {
-    let v6 = frame[12..14] == [0x86, 0xdd];
-    let w = |o: usize| u32::from_ne_bytes(frame[o..o + 4].try_into().unwrap());
-    let (mut src, dst, l4, family) = if v6 {
-        let a = |o: usize| [w(o), w(o + 4), w(o + 8), w(o + 12)];
-        (a(22), a(38), 54, FAMILY_V6)
-    } else {
-        ([w(26), 0, 0, 0], [w(30), 0, 0, 0], 34, FAMILY_V4)
-    };
-    if let Some(word) = word {
-        src[if v6 { 3 } else { 0 }] = u32::from_ne_bytes(word.to_be_bytes());
-    }
-    FlowKey {
-        src,
-        dst,
-        sport: u16::from_ne_bytes([frame[l4], frame[l4 + 1]]),
-        dport: u16::from_ne_bytes([frame[l4 + 2], frame[l4 + 3]]),
-        proto: lb_common::PROTO_TCP,
-        family,
-        _pad: [0; 2],
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -743,207 +683,3 @@ const SYN_BASE: u32 = 0x2000_0000;
 const FULL_BASE: u32 = 0x3000_0000;
 const EMPTY6_BASE: u32 = 0x4000_0000;
 const FULL6_BASE: u32 = 0x5000_0000;
-
-// ---------------------------------------------------------------------------
-// Results.
-
-/// One series over rounds: the main figure, and the `repeat=1` one.
-#[derive(Default)]
-struct Series {
-    ns: Vec<f64>,
-    one: Vec<f64>,
-}
-
-impl Series {
-    fn push(&mut self, ns: f64, one: Option<f64>) {
-        self.ns.push(ns);
-        self.one.extend(one);
-    }
-}
-
-/// One round's raw figures: the floors (at `repeat`, and `repeat=1`), and
-/// per scenario T(wrapper → X) and the `repeat=1` figure.
-struct Round {
-    pass: (f64, f64),
-    tx: (f64, f64),
-    scenarios: Vec<(f64, Option<f64>)>,
-}
-
-/// Fewest rounds a figure may come from.
-const MIN_ROUNDS: usize = 5;
-
-struct Results {
-    pass: Series,
-    tx: Series,
-    /// The wrapper's own cost.
-    w: Series,
-    /// Per scenario, T(wrapper → X) − W.
-    scenarios: Vec<Series>,
-    /// Shares of the measured CPU's time in interrupts + softirqs, and
-    /// stolen, over all rounds.
-    disturbance: Option<(f64, f64)>,
-    /// Rounds during which BPF run-time statistics were on.
-    stats_rounds: usize,
-    /// Rounds the figures come from.
-    used_rounds: usize,
-    /// Some of them ran with the statistics on.
-    disturbed: bool,
-}
-
-impl Results {
-    fn new(n: usize) -> Results {
-        Results {
-            pass: Series::default(),
-            tx: Series::default(),
-            w: Series::default(),
-            scenarios: (0..n).map(|_| Series::default()).collect(),
-            disturbance: None,
-            stats_rounds: 0,
-            used_rounds: 0,
-            disturbed: false,
-        }
-    }
-
-    /// Adds a round: W from its first scenario (the wrapper → XDP_PASS),
-    /// subtracted from every scenario.
-    fn add(&mut self, r: Round) {
-        self.pass.push(r.pass.0, Some(r.pass.1));
-        self.tx.push(r.tx.0, Some(r.tx.1));
-        let w = r.scenarios[0].0 - r.pass.0;
-        self.w.push(w, None);
-        for (m, (t, one)) in self.scenarios.iter_mut().zip(r.scenarios) {
-            m.push(t - w, one);
-        }
-    }
-}
-
-fn cost_table(cfg: &Config, scenarios: &[Scenario], res: &Results, bench: &Bench) -> Table {
-    let mut t = Table::new(
-        format!(
-            "packet: ns per packet (BPF_PROG_TEST_RUN, repeat={} through the frame-restoring \
-             wrapper, minus its cost W; {} rounds)",
-            cfg.repeat, res.used_rounds
-        ),
-        &[
-            "scenario",
-            "IP",
-            "path checked (action; counters per packet)",
-            "ns min",
-            "ns median",
-            "ns over the floor",
-            "× XDP_PASS",
-            "× XDP_PASS, min / min",
-            "target",
-            "repeat=1 ns",
-            "repeat=1 × XDP_PASS",
-        ],
-    );
-    let floor = median(&res.pass.ns);
-    let floor_min = min(&res.pass.ns);
-    let floor1 = median(&res.pass.one);
-    let mut row = |name: &str, family: &str, path: String, s: &Series, goal: Option<f64>| {
-        let ratio = median(&s.ns) / floor;
-        let ratio_min = min(&s.ns) / floor_min;
-        // Paired with the floor of the same round: what a disturbance that
-        // adds the same ns to every packet of a round does not change.
-        let over: Vec<f64> = s.ns.iter().zip(&res.pass.ns).map(|(x, p)| x - p).collect();
-        let one = |v: f64| {
-            if s.one.is_empty() {
-                Cell::None
-            } else {
-                Cell::num(v, 2)
-            }
-        };
-        let verdict = |r: f64, g: f64| if r <= g { "met" } else { "MISSED" };
-        t.row(vec![
-            Cell::text(name),
-            Cell::text(family),
-            Cell::text(path),
-            Cell::num(min(&s.ns), 1),
-            Cell::num(median(&s.ns), 1),
-            // W is a difference already.
-            if std::ptr::eq(s, &res.w) {
-                Cell::None
-            } else {
-                Cell::num(median(&over), 1)
-            },
-            Cell::num(ratio, 2),
-            Cell::num(ratio_min, 2),
-            goal.map_or(Cell::None, |g| {
-                Cell::text(format!(
-                    "≤ {g}: {} (min / min: {})",
-                    verdict(ratio, g),
-                    verdict(ratio_min, g)
-                ))
-            }),
-            one(median(&s.one)),
-            one(median(&s.one) / floor1),
-        ]);
-    };
-    row(
-        "XDP_PASS program, run directly (floor)",
-        "–",
-        "PASS".into(),
-        &res.pass,
-        None,
-    );
-    row(
-        "MAC swap + XDP_TX, run directly (floor)",
-        "–",
-        "TX".into(),
-        &res.tx,
-        None,
-    );
-    row(
-        "W: the wrapper's own cost (subtracted below)",
-        "–",
-        "–".into(),
-        &res.w,
-        None,
-    );
-    for (s, series) in scenarios.iter().zip(&res.scenarios).skip(1) {
-        row(s.name, s.family, s.path(), series, s.goal);
-    }
-    t.note(format!(
-        "ns: kernel-measured ns per packet (its per-run average, whole ns), min and median over \
-         rounds; for wrapped rows T(wrapper → X) − W, W = T(wrapper → XDP_PASS) − T(XDP_PASS) \
-         from the same round. × XDP_PASS = median / median of the XDP_PASS floor. repeat=1: the \
-         program run directly, one run per call, {} calls per round averaged, against XDP_PASS \
-         run the same way (the per-call timer overhead is in both).",
-        cfg.calls
-    ));
-    t.note(format!(
-        "New flows vary the source address per packet. Empty table: a balancer loaded afresh \
-         each round, {} entries per CPU ({} possible CPUs, BPF_F_NO_COMMON_LRU), none evicted; \
-         full table: the same size, filled first, each insert evicts. A TCP SYN skips the \
-         lookup by design (it always follows the Maglev table). Frames: IPv4 64 bytes, IPv6 74.",
-        bench.room,
-        possible_cpus()
-    ));
-    if res.stats_rounds > 0 {
-        let verdict = if res.disturbed {
-            "too few rounds without them, so the figures come from all rounds and are DISTURBED: \
-             the ratios come out too small; \"ns over the floor\" is unaffected"
-        } else {
-            "those rounds were measured again and left out"
-        };
-        t.note(format!(
-            "BPF run-time statistics (BPF_ENABLE_STATS or kernel.bpf_stats_enabled, turned on by \
-             another process; each program run then also pays for two clock reads, the same ns \
-             on every row) were on during {} rounds: {verdict}.",
-            res.stats_rounds
-        ));
-    }
-    if let Some((irq, steal)) = res.disturbance.filter(|(i, s)| i + s >= 0.02) {
-        t.note(format!(
-            "During the rounds the measured CPU spent {:.0}% of its time in interrupts and \
-             softirqs (other work on the machine; the kernel's timer counts what lands inside \
-             its loop, adding about the same ns to every packet, which shrinks the ratios) and \
-             {:.0}% stolen by the hypervisor. \"ns over the floor\" (median over rounds of X \
-             minus the floor of the same round) and min / min are the least disturbed figures.",
-            irq * 100.0,
-            steal * 100.0
-        ));
-    }
-    t
-}
