@@ -28,16 +28,16 @@ use aya::{
 use lb_common::{
     user::addr_words, AddrKey, Backend, ConnEntry, Counter, FlowKey, HashMode, LbConfig,
     TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP,
-    DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_L2DSR, VIP_F_SRC_HASH,
-    VIP_F_STATELESS,
+    DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_L2DSR,
+    VIP_F_SRC_HASH, VIP_F_STATELESS,
 };
 
 use crate::{
     maglev::{self, MaglevBackend},
     objects,
     pool::TablePool,
-    table_mem::TableMem,
     service::{self, BackendSpec, Forwarding, Scheduler, SpecError, VipId, VipSettings},
+    table_mem::TableMem,
 };
 
 pub const PROGRAM_NAME: &str = "lb_balancer";
@@ -803,7 +803,12 @@ impl Balancer {
             return Err(e);
         }
         let state = self.vips.get_mut(&vip).expect("checked by caller");
-        let before = (state.region, state.tables.clone(), state.live_slot, state.live_size);
+        let before = (
+            state.region,
+            state.tables.clone(),
+            state.live_slot,
+            state.live_size,
+        );
         if resized {
             state.region = region;
             state.tables = [None, None];

@@ -95,7 +95,11 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Build { release } => build::all(release),
         Command::Test { filter, args } => run::test(filter, args),
-        Command::Bench { quick, only, mut args } => {
+        Command::Bench {
+            quick,
+            only,
+            mut args,
+        } => {
             if quick {
                 args.push("--quick".into());
             }

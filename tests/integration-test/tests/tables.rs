@@ -62,10 +62,20 @@ fn vips_fill_the_pool_and_a_freed_region_is_reused() {
     t.add_vip(b, sized(509), &backends(&["10.0.0.4", "10.0.0.5"]));
     let err = t.lb.upsert_vip(c, sized(251)).unwrap_err();
     assert!(
-        matches!(err, MapsError::TablePoolFull { need: 502, free: 0, .. }),
+        matches!(
+            err,
+            MapsError::TablePoolFull {
+                need: 502,
+                free: 0,
+                ..
+            }
+        ),
         "{err}"
     );
-    assert!(t.lb.vips().all(|(v, _)| *v != c), "a refused VIP is not half made");
+    assert!(
+        t.lb.vips().all(|(v, _)| *v != c),
+        "a refused VIP is not half made"
+    );
     check_flows(&mut t, &a, 200);
     check_flows(&mut t, &b, 200);
 
@@ -145,7 +155,10 @@ fn regions_are_adopted_from_pinned_maps() {
     // reserved, so a new VIP cannot land on them.
     let c = vip("10.100.0.3", 80, Proto::Tcp);
     let err = t.lb.upsert_vip(c, sized(2039)).unwrap_err();
-    assert!(matches!(err, MapsError::TablePoolFull { free: 2042, .. }), "{err}");
+    assert!(
+        matches!(err, MapsError::TablePoolFull { free: 2042, .. }),
+        "{err}"
+    );
     t.add_vip(c, sized(1021), &backends(&["10.0.0.7"]));
     // Reconcile as lbd does after adopting (weights are not in the maps).
     t.lb.set_backends(a, &set_a).unwrap();

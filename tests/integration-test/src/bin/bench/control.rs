@@ -29,7 +29,11 @@ use crate::{
 };
 
 pub fn run(opts: &Opts) -> Result<Vec<Table>> {
-    Ok(vec![maglev_builds(opts), one_change(opts)?, lbd_scale(opts)?])
+    Ok(vec![
+        maglev_builds(opts),
+        one_change(opts)?,
+        lbd_scale(opts)?,
+    ])
 }
 
 fn ms(d: Duration) -> f64 {
@@ -60,7 +64,13 @@ fn maglev_builds(opts: &Opts) -> Table {
     let reps = if opts.quick { 3 } else { 10 };
     let mut t = Table::new(
         format!("Maglev table build, size {MAGLEV_MAX_SIZE} (lb::maglev, release build)"),
-        &["backends", "min ms", "median ms", "ns per slot", "× paper's 1.8 ms"],
+        &[
+            "backends",
+            "min ms",
+            "median ms",
+            "ns per slot",
+            "× paper's 1.8 ms",
+        ],
     );
     for n in [10, 100, 1000] {
         let backends = maglev_backends(n);
@@ -147,7 +157,10 @@ fn one_change(opts: &Opts) -> Result<Table> {
             }
             // The same build the change does, timed on its own.
             let start = Instant::now();
-            black_box(maglev::build_table(&maglev_backends(set.len()), MAGLEV_MAX_SIZE));
+            black_box(maglev::build_table(
+                &maglev_backends(set.len()),
+                MAGLEV_MAX_SIZE,
+            ));
             builds.push(start.elapsed());
             let before = lb.live_table(&vip).context("live table")?.to_vec();
             let start = Instant::now();
@@ -254,8 +267,9 @@ fn lbd_scale(opts: &Opts) -> Result<Table> {
         t.row(vec![
             Cell::num(step.vips as f64, 0),
             Cell::num(step.backends as f64, 0),
-            step.table_size
-                .map_or(Cell::text("65537 (default)"), |s| Cell::num(f64::from(s), 0)),
+            step.table_size.map_or(Cell::text("65537 (default)"), |s| {
+                Cell::num(f64::from(s), 0)
+            }),
             apply.map_or(Cell::None, |d| Cell::num(d.as_secs_f64(), 2)),
             apply.map_or(Cell::None, |d| Cell::num(ms(d) / step.vips as f64, 2)),
             Cell::num(rss as f64 / 1048576.0, 1),
@@ -293,7 +307,10 @@ fn reload(lab: &Lab, vips: &[VipSpec], expect: usize) -> Result<Duration> {
     let status: serde_json::Value = serde_json::from_str(&lab.lbctl_ok(&["--json", "status"]))
         .context("lbctl --json status")?;
     let have = status["vips"].as_array().map_or(0, Vec::len);
-    ensure!(have == expect, "lbd has {have} VIPs after reload, expected {expect}");
+    ensure!(
+        have == expect,
+        "lbd has {have} VIPs after reload, expected {expect}"
+    );
     Ok(took)
 }
 

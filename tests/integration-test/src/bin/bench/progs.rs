@@ -51,10 +51,10 @@ impl BenchProgs {
     /// Points the wrapper's tail call at `target` (any loaded XDP program,
     /// e.g. the balancer's, or [`PASS`] to measure the wrapper itself).
     pub fn set_target(&mut self, target: &ProgramFd) -> Result<()> {
-        let mut arr = ProgramArray::try_from(
-            self.ebpf.map_mut("BENCH_TARGET").context("BENCH_TARGET")?,
-        )?;
-        arr.set(0, target, 0).context("setting the wrapper's target")
+        let mut arr =
+            ProgramArray::try_from(self.ebpf.map_mut("BENCH_TARGET").context("BENCH_TARGET")?)?;
+        arr.set(0, target, 0)
+            .context("setting the wrapper's target")
     }
 
     /// The target is one of this object's own programs.
@@ -80,8 +80,11 @@ impl BenchProgs {
             _pad: 0,
             data,
         };
-        let mut arr: Array<_, BenchTemplate> =
-            Array::try_from(self.ebpf.map_mut("BENCH_TEMPLATE").context("BENCH_TEMPLATE")?)?;
+        let mut arr: Array<_, BenchTemplate> = Array::try_from(
+            self.ebpf
+                .map_mut("BENCH_TEMPLATE")
+                .context("BENCH_TEMPLATE")?,
+        )?;
         arr.set(0, t, 0).context("writing the template")
     }
 
@@ -93,4 +96,3 @@ impl BenchProgs {
         Ok((sum(BENCH_COUNT_PACKETS)?, sum(BENCH_COUNT_BYTES)?))
     }
 }
-

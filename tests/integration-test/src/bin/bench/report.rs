@@ -59,7 +59,12 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<Cell>) {
-        debug_assert_eq!(cells.len(), self.header.len(), "row width in {}", self.title);
+        debug_assert_eq!(
+            cells.len(),
+            self.header.len(),
+            "row width in {}",
+            self.title
+        );
         self.rows.push(cells);
     }
 
