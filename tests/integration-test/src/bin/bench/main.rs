@@ -80,6 +80,16 @@ fn main() -> Result<()> {
         );
     }
 
+    // Before anything is measured, so an install does not land in a section.
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
+    if wanted("packet") || wanted("versus") {
+        if let Err(e) = versus::tools::ensure_installed() {
+            // `versus` fails on its own when it needs them; `packet` only
+            // loses its call counts.
+            println!("installing the bench's tools: {e:#}\n");
+        }
+    }
+
     let started = Instant::now();
     let machine = report::machine();
     println!(

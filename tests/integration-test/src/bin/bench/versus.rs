@@ -17,7 +17,7 @@
 //! traffic went through it.
 
 mod rig;
-mod tools;
+pub mod tools;
 
 use std::{collections::BTreeMap, time::Duration};
 

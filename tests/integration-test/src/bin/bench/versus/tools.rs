@@ -1,5 +1,5 @@
 //! What the `versus` section needs from outside Rust: the Debian packages
-//! (installed on demand), processes started in a namespace that die with the
+//! (installed on demand, also bpftool for `packet`), processes started in a namespace that die with the
 //! bench, wrk's output, and CPU time from `/proc`.
 
 use std::{
@@ -14,12 +14,14 @@ use std::{
 use anyhow::{bail, Context, Result};
 use integration_test::daemon::run_bounded;
 
-/// Debian package of each program the section runs.
+/// Debian package of each program the bench runs (bpftool: the `packet`
+/// section's call counts).
 pub const TOOLS: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("haproxy", "haproxy"),
     ("nft", "nftables"),
     ("nginx", "nginx-light"),
+    ("bpftool", "bpftool"),
 ];
 
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
