@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use integration_test::{
     frame::{self, Frame, CLIENT_MAC, TCP_ACK, TCP_SYN},
@@ -172,26 +172,6 @@ fn link(dev: &str) -> Result<(u32, [u8; 6])> {
         *b = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC {text}"))?;
     }
     Ok((index, mac))
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) -> Result<()> {
-    // SAFETY: `set` is a valid, initialised cpu_set_t of the size passed.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "sched_setaffinity(CPU {cpu}): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        ensure!(
-            libc::sched_getcpu() == cpu as i32,
-            "not running on CPU {cpu}"
-        );
-    }
-    Ok(())
 }
 
 /// `struct xdp_md` for a frame of `len` bytes arriving on `ifindex`.
@@ -489,7 +469,7 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
     let started = Instant::now();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpus - 1;
-    pin(cpu)?;
+    crate::packet::timing::pin(cpu)?;
 
     let _veth = Veth::create()?;
     let (idx_a, mac_a) = link(IF_LB)?;

@@ -39,7 +39,7 @@ mod concurrency;
 mod frames;
 mod results;
 mod sizes;
-mod timing;
+pub mod timing;
 
 use std::net::{IpAddr, Ipv4Addr};
 
