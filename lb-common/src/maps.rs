@@ -30,6 +30,19 @@ pub const CONNTRACK_MAX: u32 = 1 << 20;
 pub const MAX_DECAP_ADDRS: u32 = 64;
 /// Interfaces the balancer can redirect to.
 pub const MAX_TX_PORTS: u32 = 64;
+/// Bits of the VIP address filter (`VIP_FILTER`, a bitmap of `u64` words).
+pub const VIP_FILTER_BITS: u32 = 1 << 16;
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
+
+/// The bit of the VIP address filter that `addr` (any VIP's address) sets.
+/// A packet whose destination's bit is clear is for no VIP, and passes
+/// without the VIP hash lookups: most of what a balancer in front of a host
+/// sees is the host's own traffic. Fibonacci hashing of the address words.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &Addr) -> u32 {
+    let h = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    h.wrapping_mul(0x9e37_79b1) >> (32 - VIP_FILTER_BITS.trailing_zeros())
+}
 /// A Maglev slot holding this value has no backend (empty VIP).
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -200,4 +213,35 @@ pub fn outer_source_v6(cfg: &LbConfig, flow_hash: u32) -> Addr {
     let mut a = cfg.src_v6;
     a[3] = (a[3] & !cfg.src_v6_hostmask) | (flow_hash & cfg.src_v6_hostmask);
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_filter_bits_are_in_range_and_spread() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..1024u32 {
+            // 10.0.x.y in packet byte order.
+            let v4 = [
+                u32::from_ne_bytes([10, 0, (i >> 8) as u8, i as u8]),
+                0,
+                0,
+                0,
+            ];
+            let bit = vip_filter_bit(&v4);
+            assert!(bit < VIP_FILTER_BITS);
+            seen.insert(bit);
+        }
+        // 1024 addresses in 65536 bits: a few collisions at most.
+        assert!(seen.len() > 1000, "{} distinct bits", seen.len());
+        // Every word of an IPv6 address counts.
+        let v6 = [0x2001_0db8, 0, 0, 1];
+        for w in 0..4 {
+            let mut other = v6;
+            other[w] ^= 0x0100;
+            assert_ne!(vip_filter_bit(&v6), vip_filter_bit(&other), "word {w}");
+        }
+    }
 }

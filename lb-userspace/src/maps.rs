@@ -73,7 +73,7 @@ impl Default for LoadOptions {
 
 /// Every map of the balancer with its (key size, value size, capacity), to
 /// pin them and to check that pinned ones have the layout this build expects.
-fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 10] {
+fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 11] {
     use std::mem::size_of;
     [
         (
@@ -98,6 +98,7 @@ fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 10] {
         ),
         ("LB_CONFIG", 4, size_of::<LbConfig>(), 1),
         ("TX_PORTS", 4, 8, lb_common::MAX_TX_PORTS),
+        ("VIP_FILTER", 4, 8, lb_common::VIP_FILTER_WORDS),
         ("STATS", 4, 8, lb_common::counters::COUNTER_COUNT),
         ("VIP_STATS", 4, size_of::<TrafficStats>(), opts.max_vips),
         ("BACKEND_STATS", 4, size_of::<TrafficStats>(), MAX_BACKENDS),
@@ -278,6 +279,9 @@ pub struct Balancer {
     conntrack: HashMap<MapData, FlowKey, ConnEntry>,
     config: Array<MapData, LbConfig>,
     tx_ports: DevMapHash<MapData>,
+    vip_filter: Array<MapData, u64>,
+    /// What `vip_filter` holds.
+    filter_words: Vec<u64>,
     stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
@@ -365,6 +369,8 @@ impl Balancer {
             conntrack: take!(ebpf, "CONNTRACK"),
             config: take!(ebpf, "LB_CONFIG"),
             tx_ports: take!(ebpf, "TX_PORTS"),
+            vip_filter: take!(ebpf, "VIP_FILTER"),
+            filter_words: Vec::new(),
             stats: take!(ebpf, "STATS"),
             vip_stats: take!(ebpf, "VIP_STATS"),
             backend_stats: take!(ebpf, "BACKEND_STATS"),
@@ -379,9 +385,15 @@ impl Balancer {
             pin_dir: opts.pin_dir.clone(),
             adopted: adopting,
         };
+        balancer.filter_words = (0..lb_common::VIP_FILTER_WORDS)
+            .map(|i| balancer.vip_filter.get(&i, 0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err("VIP_FILTER"))?;
         if adopting {
             balancer.adopt()?;
         }
+        // Fresh maps: all clear. Adopted ones: drop bits no VIP needs.
+        balancer.write_filter(None)?;
         Ok(balancer)
     }
 
@@ -659,6 +671,13 @@ impl Balancer {
             fail_open: false,
         };
         let info = vip_info(&state);
+        // The filter first: the data path must not pass the VIP's first
+        // packets as "not a VIP" once its entry exists.
+        if let Err(e) = self.write_filter(Some(vip.addr)) {
+            self.free_vip_ids.push_front(vip_id);
+            self.pool.release(region.base, region.len());
+            return Err(e);
+        }
         if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
             self.free_vip_ids.push_front(vip_id);
             self.pool.release(region.base, region.len());
@@ -682,7 +701,8 @@ impl Balancer {
             self.clear_backend(id)?;
         }
         self.free_vip_ids.push_back(vip_id);
-        self.sync_vip_addrs(vip)
+        self.sync_vip_addrs(vip)?;
+        self.write_filter(None)
     }
 
     /// Replaces a VIP's backend set: validated whole, then switched in one
@@ -981,6 +1001,25 @@ impl Balancer {
                 Err(e) => Err(map_err("VIP_ADDRS")(e)),
             },
         }
+    }
+
+    /// Sets the filter bits of every VIP's address (and `extra`'s), clears
+    /// the rest; writes only the words that change.
+    fn write_filter(&mut self, extra: Option<IpAddr>) -> Result<()> {
+        let mut want = vec![0u64; lb_common::VIP_FILTER_WORDS as usize];
+        for addr in self.vips.keys().map(|v| v.addr).chain(extra) {
+            let bit = lb_common::vip_filter_bit(&addr_words(addr).0);
+            want[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        for (i, (w, have)) in want.iter().zip(self.filter_words.iter_mut()).enumerate() {
+            if w != have {
+                self.vip_filter
+                    .set(i as u32, *w, 0)
+                    .map_err(map_err("VIP_FILTER"))?;
+                *have = *w;
+            }
+        }
+        Ok(())
     }
 
     pub fn vips(&self) -> impl Iterator<Item = (&VipId, &VipSettings)> {

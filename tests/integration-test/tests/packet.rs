@@ -905,3 +905,59 @@ fn a_syn_on_a_reused_port_follows_the_table() {
         predicted
     );
 }
+
+/// The filter bit of an IPv4 address.
+fn filter_bit(addr: &str) -> u32 {
+    let ip: IpAddr = addr.parse().unwrap();
+    lb_common::vip_filter_bit(&lb_common::user::addr_words(ip).0)
+}
+
+/// An address in 10.200/16 whose filter bit is (or is not) `bit`.
+fn address_with_bit(bit: u32, same: bool) -> String {
+    (0..65536u32)
+        .map(|i| format!("10.200.{}.{}", i / 256, i % 256))
+        .find(|a| (filter_bit(a) == bit) == same)
+        .expect("65536 addresses cover every case")
+}
+
+#[test]
+fn the_vip_address_filter_passes_other_traffic_and_tolerates_collisions() {
+    let mut t = lb_with_web_vip(Proto::Tcp);
+    let vip_bit = filter_bit("10.100.0.1");
+    let clear = address_with_bit(vip_bit, false);
+    let collides = address_with_bit(vip_bit, true);
+
+    // Not a VIP, bit clear: passed before any VIP lookup, unchanged.
+    let f = Frame::tcp("198.51.100.7", 40000, &clear, 80).build();
+    assert_eq!(t.run(&f), (XDP_PASS, f.clone()));
+    // Not a VIP, but its bit is the VIP's: the lookups decide, same result.
+    let g = Frame::tcp("198.51.100.7", 40000, &collides, 80).build();
+    assert_eq!(t.run(&g), (XDP_PASS, g.clone()));
+    assert_eq!(t.counter(Counter::PassNotVip), 2);
+    // The VIP itself is served.
+    let (action, out) = t.run(&Frame::tcp("198.51.100.7", 40000, "10.100.0.1", 80).build());
+    assert_eq!((action, frame::outer_dst(&out)), (XDP_TX, ip("10.0.0.2")));
+
+    // A second VIP on the colliding address, then the first one removed: the
+    // shared bit stays for the second, which is still served.
+    t.add_vip(
+        vip(&collides, 80, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.3"]),
+    );
+    t.lb.remove_vip(&vip("10.100.0.1", 80, Proto::Tcp)).unwrap();
+    let (action, out) = t.run(&g);
+    assert_eq!((action, frame::outer_dst(&out)), (XDP_TX, ip("10.0.0.3")));
+    let f = Frame::tcp("198.51.100.7", 40000, "10.100.0.1", 80).build();
+    assert_eq!(t.run(&f), (XDP_PASS, f.clone()));
+
+    // Last VIP gone: every packet is "not a VIP" again, and the bit is clear
+    // (a malformed packet to the old address is passed, not dropped).
+    t.lb.remove_vip(&vip(&collides, 80, Proto::Tcp)).unwrap();
+    let before = t.counter(Counter::PassNotVip);
+    assert_eq!(t.run(&g), (XDP_PASS, g.clone()));
+    let mut bad = g.clone();
+    bad[14] = 0x44; // IPv4 with a 16-byte header: malformed
+    assert_eq!(t.run(&bad), (XDP_PASS, bad.clone()));
+    assert_eq!(t.counter(Counter::PassNotVip), before + 2);
+}

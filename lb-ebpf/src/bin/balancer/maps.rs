@@ -9,6 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     counters::COUNTER_COUNT, AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo,
     VipKey, CONNTRACK_MAX, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL, MAX_BACKENDS, MAX_TX_PORTS,
+    VIP_FILTER_WORDS,
 };
 
 #[map]
@@ -47,6 +48,20 @@ pub static CONNTRACK: LruHashMap<FlowKey, ConnEntry> =
 
 #[map]
 pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// One bit per hash of every VIP address (`lb_common::vip_filter_bit`).
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// Whether `dst` may be a VIP's address; `false` means certainly not.
+#[inline(always)]
+pub fn maybe_vip(dst: &lb_common::Addr) -> bool {
+    let bit = lb_common::vip_filter_bit(dst);
+    match VIP_FILTER.get(bit / 64) {
+        Some(word) => word & (1u64 << (bit % 64)) != 0,
+        None => true,
+    }
+}
 
 /// Interfaces the balancer may redirect to, keyed by ifindex.
 #[map]

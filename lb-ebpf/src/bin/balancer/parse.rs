@@ -73,6 +73,9 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Out::Pass(Counter::PassMalformed))?;
     let ip = unsafe { &*ip };
     let dst: Addr = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+    if !maps::maybe_vip(&dst) {
+        return Err(Out::Pass(Counter::PassNotVip));
+    }
     let proto = ip.proto;
     let bad = |reason| malformed(&dst, FAMILY_V4, proto, reason);
 
@@ -122,6 +125,9 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Out::Pass(Counter::PassMalformed))?;
     let ip = unsafe { &*ip };
     let dst = words(&ip.dst_addr);
+    if !maps::maybe_vip(&dst) {
+        return Err(Out::Pass(Counter::PassNotVip));
+    }
     let proto = ip.next_hdr;
     let bad = |reason| malformed(&dst, FAMILY_V6, proto, reason);
 

@@ -535,7 +535,13 @@ impl Bench {
         on_measure_cpu(|| {
             run_expect(prog, &frame, WARM_REPEAT, action)?;
             let ns = run_expect(prog, &frame, cfg.repeat, action)?;
-            let one = per_call(prog, std::slice::from_ref(&frame), cfg.calls, WARM_CALLS, action)?;
+            let one = per_call(
+                prog,
+                std::slice::from_ref(&frame),
+                cfg.calls,
+                WARM_CALLS,
+                action,
+            )?;
             Ok((ns as f64, one))
         })
     }
