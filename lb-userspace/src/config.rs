@@ -33,7 +33,7 @@ use toml::{
 };
 
 use crate::{
-    maps::{AttachMode, EncapSources, LoadOptions},
+    maps::{AttachMode, EncapSources, Limits, LoadOptions},
     service::{self, BackendSpec, Forwarding, Proto, Scheduler, SpecError, VipId, VipSettings},
     state::{BackendDesired, DesiredState, StateError, VipDesired, DEFAULT_WEIGHT},
 };
@@ -76,6 +76,8 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     pub udp_idle_timeout: Duration,
     pub encap: EncapSources,
+    /// `[limits]`: the balancer's capacity (a change needs a restart).
+    pub limits: Limits,
     /// In file order.
     pub vips: Vec<VipConfig>,
 }
@@ -508,6 +510,9 @@ impl Config {
             state.vips.insert(v.id, v.desired.clone());
         }
         state.validate().map_err(|e| self.state_error(e))?;
+        state
+            .check_capacity(&self.limits)
+            .map_err(|e| self.state_error(e))?;
         Ok(state)
     }
 
@@ -516,7 +521,7 @@ impl Config {
         LoadOptions {
             tcp_idle_timeout: self.tcp_idle_timeout,
             udp_idle_timeout: self.udp_idle_timeout,
-            ..LoadOptions::default()
+            ..LoadOptions::with_limits(self.limits)
         }
     }
 
@@ -563,10 +568,20 @@ impl Config {
 
     fn state_error(&self, e: StateError) -> ConfigError {
         let line = match &e {
-            StateError::TooManyVips(_) => self
-                .vips
-                .get(lb_common::DEFAULT_MAX_VIPS as usize)
-                .map(|v| v.lines.entry),
+            StateError::TooManyVips { max, .. } => {
+                self.vips.get(*max as usize).map(|v| v.lines.entry)
+            }
+            // The first VIP (in file order) whose table no longer fits.
+            StateError::TablePool { max, .. } => {
+                let mut need = 0u64;
+                self.vips
+                    .iter()
+                    .find(|v| {
+                        need += 2 * u64::from(v.desired.settings.table_size);
+                        need > u64::from(*max)
+                    })
+                    .map(|v| v.lines.table_size)
+            }
             StateError::DuplicateName(name) => self
                 .vips
                 .iter()
@@ -594,8 +609,17 @@ struct RawConfig {
     tcp_idle_timeout: Option<Spanned<String>>,
     udp_idle_timeout: Option<Spanned<String>>,
     encap: Option<RawEncap>,
+    limits: Option<RawLimits>,
     #[serde(default)]
     vip: Vec<Spanned<RawVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_vips: Option<Spanned<i64>>,
+    table_pool: Option<Spanned<i64>>,
+    conntrack_size: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -859,6 +883,10 @@ impl Source<'_> {
             None => EncapSources::default(),
             Some(e) => self.encap(e)?,
         };
+        let limits = match &raw.limits {
+            None => Limits::default(),
+            Some(l) => self.limits(l)?,
+        };
         let vips = raw
             .vip
             .iter()
@@ -876,7 +904,27 @@ impl Source<'_> {
             tcp_idle_timeout,
             udp_idle_timeout,
             encap,
+            limits,
             vips,
+        })
+    }
+
+    fn limits(&self, l: &RawLimits) -> Checked<Limits> {
+        use crate::maps::{CONNTRACK_SIZE_RANGE, MAX_VIPS_RANGE, TABLE_POOL_RANGE};
+        let d = Limits::default();
+        let key = |v: &Option<Spanned<i64>>, name: &str, default: u32, range| match v {
+            None => Ok(default),
+            Some(v) => self.int(v, "[limits]", name, range),
+        };
+        Ok(Limits {
+            max_vips: key(&l.max_vips, "max_vips", d.max_vips, MAX_VIPS_RANGE)?,
+            table_pool: key(&l.table_pool, "table_pool", d.table_pool, TABLE_POOL_RANGE)?,
+            conntrack_size: key(
+                &l.conntrack_size,
+                "conntrack_size",
+                d.conntrack_size,
+                CONNTRACK_SIZE_RANGE,
+            )?,
         })
     }
 
@@ -1502,6 +1550,52 @@ fall = 3
             assert!(shown.contains(w), "{shown}: should mention {w}");
         }
         e
+    }
+
+    #[test]
+    fn limits_are_read_checked_and_applied_to_the_state() {
+        assert_eq!(ok(EXAMPLE).limits, Limits::default());
+        let with =
+            |limits: &str| example_with("[encap]", &format!("[limits]\n{limits}\n\n[encap]"));
+        let c = ok(&with(
+            "max_vips = 2\ntable_pool = 300000\nconntrack_size = 65536",
+        ));
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_vips: 2,
+                table_pool: 300_000,
+                conntrack_size: 65_536
+            }
+        );
+        assert_eq!(c.load_options().conntrack_size, 65_536);
+        assert_eq!(c.load_options().table_pool, 300_000);
+        bad(
+            &with("max_vips = 0"),
+            10,
+            &["[limits]", "max_vips", "out of range"],
+        );
+        bad(
+            &with("conntrack_size = 10"),
+            10,
+            &["conntrack_size", "out of range"],
+        );
+        bad(&with("max_vip = 2"), 10, &["max_vip"]);
+
+        // Over the limits: the whole state is refused, naming the key.
+        let second = "\n[[vip]]\nname = \"dns\"\naddress = \"10.100.0.2\"\nport = 53\n\
+                      protocol = \"udp\"\ntable_size = 251\nbackends = [ { address = \"10.0.0.2\" } ]\n";
+        bad(
+            &format!("{}{second}", with("max_vips = 1")),
+            35,
+            &["2 VIPs configured", "max_vips"],
+        );
+        bad(
+            &format!("{}{second}", with("table_pool = 131074")),
+            40,
+            &["131576 slots", "table_pool"],
+        );
+        ok(&format!("{}{second}", with("table_pool = 131576")));
     }
 
     /// The example with `replace` applied (which must change something).

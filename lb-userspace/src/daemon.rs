@@ -132,10 +132,8 @@ impl Daemon {
         pin::check_layout(bpffs, &config.interface)?;
         let pin_dir = pin::pin_dir(bpffs, &config.interface);
         let opts = LoadOptions {
-            tcp_idle_timeout: config.tcp_idle_timeout,
-            udp_idle_timeout: config.udp_idle_timeout,
             pin_dir: Some(pin_dir.clone()),
-            ..Default::default()
+            ..config.load_options()
         };
         let mut balancer = Balancer::load(&opts).context("loading the balancer")?;
         if balancer.adopted() {
@@ -257,6 +255,7 @@ impl Daemon {
     /// failure midway the VIPs already changed are put back.
     pub fn apply(&mut self, next: DesiredState) -> Result<plan::Plan, ApplyError> {
         next.validate()?;
+        next.check_capacity(&self.config.limits)?;
         check_sources(&self.config, &next).map_err(ApplyError::Invalid)?;
         let plan = plan::diff(&self.desired, &next);
         let mut done = Vec::new();
@@ -790,6 +789,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.read_group != new.read_group {
         v.push("read_group");
+    }
+    if old.limits != new.limits {
+        v.push("[limits]");
     }
     v
 }

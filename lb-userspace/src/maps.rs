@@ -42,6 +42,32 @@ use crate::{
 
 pub const PROGRAM_NAME: &str = "lb_balancer";
 
+/// The balancer's capacity, fixed when it is loaded (`[limits]` in lbd's
+/// config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_vips: u32,
+    /// Maglev slots all VIPs share; a VIP takes twice its table size.
+    pub table_pool: u32,
+    /// Flows in the connection table (split over the possible CPUs).
+    pub conntrack_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_vips: DEFAULT_MAX_VIPS,
+            table_pool: DEFAULT_TABLE_POOL,
+            conntrack_size: lb_common::CONNTRACK_MAX,
+        }
+    }
+}
+
+/// Bounds lbd accepts for each limit.
+pub const MAX_VIPS_RANGE: std::ops::RangeInclusive<u32> = 1..=MAX_VIPS;
+pub const TABLE_POOL_RANGE: std::ops::RangeInclusive<u32> = 2..=(1 << 28);
+pub const CONNTRACK_SIZE_RANGE: std::ops::RangeInclusive<u32> = 1024..=(1 << 26);
+
 /// Settings fixed when the program is loaded.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -56,6 +82,18 @@ pub struct LoadOptions {
     /// Pin maps, program and link here (see `pin`), adopting maps already
     /// pinned there. `None`: nothing outlives this process.
     pub pin_dir: Option<PathBuf>,
+}
+
+impl LoadOptions {
+    /// Defaults with these limits.
+    pub fn with_limits(limits: Limits) -> Self {
+        LoadOptions {
+            max_vips: limits.max_vips,
+            table_pool: limits.table_pool,
+            conntrack_size: limits.conntrack_size,
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -123,7 +161,7 @@ fn check_pinned_maps(dir: &Path, opts: &LoadOptions) -> Result<bool> {
         if have != (key, value, max) {
             return Err(MapsError::Layout(format!(
                 "pinned map {} has key/value/entries {have:?}, this build expects {:?}; \
-                 it was made by another lbd version or with other limits (max_vips, table_pool, conntrack size)",
+                 it was made by another lbd version or with other [limits]: `lbd detach` first (this drops the connection table)",
                 path.display(),
                 (key, value, max)
             )));

@@ -77,14 +77,13 @@ pub enum StateError {
     UnknownBackend { vip: VipId, backend: IpAddr },
     #[error("VIP {vip} already has backend {backend}")]
     DuplicateBackend { vip: VipId, backend: IpAddr },
-    #[error("{0} VIPs configured; the balancer holds at most {max}", max = lb_common::DEFAULT_MAX_VIPS)]
-    TooManyVips(usize),
+    #[error("{count} VIPs configured; the balancer holds at most {max} ([limits] max_vips)")]
+    TooManyVips { count: usize, max: u32 },
     #[error(
-        "the VIPs' Maglev tables need {0} entries (twice each table_size); the balancer's table \
-         pool holds {max}: use smaller table_size values",
-        max = lb_common::DEFAULT_TABLE_POOL
+        "the VIPs' Maglev tables need {need} slots (twice each table_size); the table pool \
+         holds {max} ([limits] table_pool): use smaller table_size values or a larger pool"
     )]
-    TablePool(u64),
+    TablePool { need: u64, max: u32 },
     #[error("VIP {vip}{}: health check: {error}", backend.map(|b| format!(" backend {b}")).unwrap_or_default())]
     Health {
         vip: VipId,
@@ -95,21 +94,33 @@ pub enum StateError {
 }
 
 impl DesiredState {
-    /// Checks the whole state: each VIP, each backend set, names unique.
-    pub fn validate(&self) -> Result<(), StateError> {
-        // The limits lbd loads the balancer with: checked here so that a
-        // config over them is refused whole, not applied up to the limit.
-        if self.vips.len() > lb_common::DEFAULT_MAX_VIPS as usize {
-            return Err(StateError::TooManyVips(self.vips.len()));
+    /// Whether the state fits a balancer loaded with `limits`: checked before
+    /// anything is applied, so a state over them is refused whole, not
+    /// applied up to the limit. (Fragmentation of the table pool can still
+    /// refuse one VIP's resize later; that VIP keeps its old table.)
+    pub fn check_capacity(&self, limits: &crate::maps::Limits) -> Result<(), StateError> {
+        if self.vips.len() > limits.max_vips as usize {
+            return Err(StateError::TooManyVips {
+                count: self.vips.len(),
+                max: limits.max_vips,
+            });
         }
-        let pool: u64 = self
+        let need: u64 = self
             .vips
             .values()
             .map(|v| 2 * u64::from(v.settings.table_size))
             .sum();
-        if pool > u64::from(lb_common::DEFAULT_TABLE_POOL) {
-            return Err(StateError::TablePool(pool));
+        if need > u64::from(limits.table_pool) {
+            return Err(StateError::TablePool {
+                need,
+                max: limits.table_pool,
+            });
         }
+        Ok(())
+    }
+
+    /// Checks the whole state: each VIP, each backend set, names unique.
+    pub fn validate(&self) -> Result<(), StateError> {
         let mut names = std::collections::BTreeSet::new();
         for (id, v) in &self.vips {
             if !names.insert(v.name.as_str()) {

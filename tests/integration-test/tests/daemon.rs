@@ -1280,3 +1280,60 @@ fn a_running_daemons_socket_is_not_taken_over() {
         "the second lbd is running on a socket in use: {exited:?}"
     );
 }
+
+/// `[limits]` sizes the maps lbd loads and bounds what it accepts: a config
+/// over them is refused by `check-config`, a runtime change over them
+/// changes nothing, and a reload that changes them asks for a restart.
+#[test]
+fn limits_size_the_maps_and_bound_the_state() {
+    let mut lab = Lab::new(1).expect("building the lab");
+    let vips = lab.standard_vips(&["b1"]);
+    // Three VIPs at the default table size need 3 x 2 x 65537 = 393222 slots.
+    let base = lab.config_text(&vips);
+    let with_limits = |pool: u32| {
+        format!("{base}\n[limits]\nmax_vips = 3\ntable_pool = {pool}\nconntrack_size = 65536\n")
+    };
+    let check = |lab: &Lab, text: &str| {
+        lab.write_config(text);
+        run_bounded(
+            Command::new(lbd_bin())
+                .args(["check-config", "--config"])
+                .arg(&lab.config_path),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    let small = check(&lab, &with_limits(393_221));
+    assert!(!small.ok(), "a pool one slot short: {small}");
+    assert!(small.stderr.contains("393222 slots"), "{small}");
+    assert!(small.stderr.contains("table_pool"), "{small}");
+    let fits = check(&lab, &with_limits(393_222));
+    assert!(fits.ok(), "{fits}");
+
+    lab.start_lbd().expect("starting lbd");
+    let pinned = |map: &str| {
+        aya::maps::MapInfo::from_pin(lab.pin_dir().join("maps").join(map))
+            .unwrap_or_else(|e| panic!("{map}: {e}"))
+            .max_entries()
+    };
+    assert_eq!(pinned("MAGLEV"), 393_222);
+    assert_eq!(pinned("CONNTRACK"), 65_536);
+    assert_eq!(pinned("VIPS"), 3);
+
+    let state = lab.state_json();
+    let fourth = lab.lbctl(&["vip", "add", "10.100.0.3:80/tcp", "--table-size", "251"]);
+    assert_eq!(fourth.code, Some(1), "{fourth}");
+    assert!(fourth.stderr.contains("max_vips"), "{fourth}");
+    assert_eq!(
+        lab.state_json(),
+        state,
+        "a refused change changed the state"
+    );
+
+    lab.write_config(&with_limits(500_000));
+    let reload = lab.lbctl(&["reload"]);
+    assert_eq!(reload.code, Some(1), "{reload}");
+    assert!(reload.stderr.contains("[limits]"), "{reload}");
+    assert!(reload.stderr.contains("restart"), "{reload}");
+    assert_eq!(lab.state_json(), state);
+}
