@@ -220,17 +220,23 @@ fn lbd_scale(opts: &Opts) -> Result<Table> {
         },
         Scale {
             vips: 100,
+            backends: 100,
+            table_size: Some(4093),
+        },
+        Scale {
+            vips: 100,
             backends: 10,
             table_size: None,
         },
     ];
     let mut lab = Lab::new(0).context("building the daemon lab")?;
-    let backends: Vec<IpAddr> = (0..10)
-        .map(|i| IpAddr::V4(Ipv4Addr::new(10, 10, 0, 201 + i)))
+    // In the lab's subnet but on no host: lbd resolves them (and finds no
+    // neighbour) as it would real ones.
+    let backends: Vec<IpAddr> = (0..100)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(10, 10, 0, 101 + i)))
         .collect();
     lab.write_config(&lab.config_text(&[]));
     lab.start_lbd()?;
-    let pid = lab.lbd_pid().context("lbd pid")?;
     let mut t = Table::new(
         "lbd: applying configs (lbctl reload from an empty config) and memory",
         &[
@@ -248,8 +254,13 @@ fn lbd_scale(opts: &Opts) -> Result<Table> {
         let apply = if step.vips == 0 {
             None
         } else {
-            // From empty each time, so every row is a whole config applied.
+            // A fresh lbd (adopting the emptied maps) for every row, so its
+            // memory is this config's, not what earlier ones left in its
+            // heap; from an empty config, so the row is a whole config
+            // applied.
             reload(&lab, &[], 0)?;
+            lab.kill_lbd();
+            lab.start_lbd()?;
             let vips: Vec<VipSpec> = (0..step.vips)
                 .map(|i| {
                     let addr = Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8);
@@ -263,6 +274,7 @@ fn lbd_scale(opts: &Opts) -> Result<Table> {
         };
         // Let the daemon's follow-up work (next hops, state file) settle.
         std::thread::sleep(Duration::from_millis(300));
+        let pid = lab.lbd_pid().context("lbd pid")?;
         let (rss, anon, maps) = memory(pid)?;
         t.row(vec![
             Cell::num(step.vips as f64, 0),
@@ -279,7 +291,8 @@ fn lbd_scale(opts: &Opts) -> Result<Table> {
     }
     t.note(
         "Real lbd (release build) in the acceptance tests' \
-         namespace lab, default load sizes; no health checks. \"apply\" is the wall time of \
+         namespace lab, default load sizes; no health checks; each row on a freshly started \
+         lbd (adopting the emptied pinned maps). \"apply\" is the wall time of \
          `lbctl reload` after writing the config: parse, validate, plan, every VIP's maps, \
          state file and audit log. RSS from /proc/<pid>/status; it includes the Maglev \
          array lbd maps to write tables (kernel memory, also in the last column), so lbd's \
