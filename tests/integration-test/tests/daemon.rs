@@ -490,6 +490,15 @@ fn changes_through_lbctl() {
     assert!(!lab.state_json().contains("10.100.0.3"));
     assert_alive("vip add/del", &[("main", &main), ("on z", &on_z)], &before);
 
+    // At least 20 more exchanges over the whole run: the changes themselves
+    // may take less time than that (tables are plain stores now).
+    let waited = Instant::now();
+    while main.exchanges() <= before_all + 20
+        && !main.broken()
+        && waited.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
     let elapsed = t0.elapsed();
     let r = main.stop();
     println!("long-lived connection: {r:?}");
