@@ -162,10 +162,13 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The flow's hash (`flow_hash` in the VIP's mode), kept so a hit need
+    /// not compute it again; 0 = not known (an entry user space wrote), the
+    /// data path then computes it.
+    pub flow_hash: u32,
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, tick resolution) of the
-    /// last packet, refreshed at
-    /// most once per `CONN_TOUCH_NS` to keep the entry's cache line quiet.
+    /// last packet, refreshed at most once per `CONN_TOUCH_NS` to keep the
+    /// entry's cache line quiet.
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<ConnEntry>() == 16);

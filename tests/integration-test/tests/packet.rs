@@ -597,7 +597,7 @@ fn idle_expired_entries_are_rehashed() {
         &flow,
         ConnEntry {
             backend_id: other_id,
-            _pad: 0,
+            flow_hash: 0,
             last_seen_ns: now,
         },
     )
@@ -609,7 +609,7 @@ fn idle_expired_entries_are_rehashed() {
         &flow,
         ConnEntry {
             backend_id: other_id,
-            _pad: 0,
+            flow_hash: 0,
             last_seen_ns: stale,
         },
     )
@@ -885,7 +885,7 @@ fn a_syn_on_a_reused_port_follows_the_table() {
     // another backend (say, one drained since)...
     let entry = ConnEntry {
         backend_id: other_id,
-        _pad: 0,
+        flow_hash: 0,
         last_seen_ns: lb::daemon::monotonic_ns(),
     };
     t.lb.set_conntrack_entry(&flow, entry).unwrap();

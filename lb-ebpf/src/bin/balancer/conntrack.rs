@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    ConnEntry, Counter, FlowKey, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_DOWN, CONN_TOUCH_NS,
+    ConnEntry, Counter, FlowKey, HashMode, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_DOWN, CONN_TOUCH_NS,
     PROTO_TCP,
 };
 
@@ -20,33 +20,37 @@ use crate::{maps, select, stats, Out};
 pub fn lookup_or_select(
     flow: &FlowKey,
     vip: &VipInfo,
-    hash: u32,
+    mode: HashMode,
     create: bool,
     new_flow: bool,
-) -> Result<u32, Out> {
+) -> Result<(u32, u32), Out> {
     let now = now_ns();
     if new_flow {
         stats::count(Counter::ConnMiss);
-    } else if let Some(id) = lookup(flow, vip, now) {
-        return Ok(id);
+    } else if let Some((id, hash)) = lookup(flow, vip, now) {
+        // The hash kept in the entry: no need to hash the flow again.
+        let hash = if hash != 0 {
+            hash
+        } else {
+            lb_common::flow_hash(flow, mode)
+        };
+        return Ok((id, hash));
     }
+    let hash = lb_common::flow_hash(flow, mode);
     let id = select::by_table(vip, hash)?;
     if create {
         let entry = ConnEntry {
             backend_id: id,
-            _pad: 0,
+            flow_hash: hash,
             last_seen_ns: now,
         };
         if maps::CONNTRACK.insert(flow, entry, 0).is_err() {
             stats::count(Counter::ConnInsertFailed);
         }
     }
-    Ok(id)
+    Ok((id, hash))
 }
 
-/// The backend of a live entry for `flow`, counting the lookup's result.
-/// Entries idle past the protocol's timeout, or whose backend is gone, down
-/// or now serves another VIP, are misses (and get overwritten).
 /// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds, and the
 /// coarse clock is one memory read where the precise one reads the clock
 /// source on every packet.
@@ -55,8 +59,9 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The flow's live entry: its backend and the hash it recorded.
 #[inline(always)]
-pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<u32> {
+pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, u32)> {
     let Some(entry) = maps::CONNTRACK.get_ptr_mut(flow) else {
         stats::count(Counter::ConnMiss);
         return None;
@@ -92,5 +97,5 @@ pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<u32> {
         entry.last_seen_ns = now;
     }
     stats::count(Counter::ConnHit);
-    Some(id)
+    Some((id, entry.flow_hash))
 }

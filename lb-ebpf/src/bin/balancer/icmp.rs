@@ -31,7 +31,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out
     let known = if vip.flags & VIP_F_STATELESS != 0 {
         None
     } else {
-        conntrack::lookup(&flow, &vip, conntrack::now_ns())
+        conntrack::lookup(&flow, &vip, conntrack::now_ns()).map(|(id, _)| id)
     };
     let backend_id = match known {
         Some(id) => id,

@@ -52,11 +52,11 @@ fn balance(ctx: &XdpContext) -> Result<Out, Out> {
     }
     let vip = find_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
     let mode = hash_mode(&vip, HashMode::FiveTuple);
-    let hash = lb_common::flow_hash(&pkt.flow, mode);
-    let backend_id = if vip.flags & VIP_F_STATELESS != 0 {
-        select::by_table(&vip, hash)?
+    let (backend_id, hash) = if vip.flags & VIP_F_STATELESS != 0 {
+        let hash = lb_common::flow_hash(&pkt.flow, mode);
+        (select::by_table(&vip, hash)?, hash)
     } else {
-        conntrack::lookup_or_select(&pkt.flow, &vip, hash, !pkt.tcp_rst, pkt.tcp_syn)?
+        conntrack::lookup_or_select(&pkt.flow, &vip, mode, !pkt.tcp_rst, pkt.tcp_syn)?
     };
     forward::to_backend(ctx, &pkt, &vip, backend_id, hash, frame_len)
 }
