@@ -25,18 +25,23 @@ pub fn lookup_or_select(
     new_flow: bool,
 ) -> Result<(u32, u32), Out> {
     let now = now_ns();
-    if new_flow {
+    let hit = if new_flow {
         stats::count(Counter::ConnMiss);
-    } else if let Some((id, hash)) = lookup(flow, vip, now) {
-        // The hash kept in the entry: no need to hash the flow again.
-        let hash = if hash != 0 {
-            hash
-        } else {
-            lb_common::flow_hash(flow, mode)
-        };
+        None
+    } else {
+        lookup(flow, vip, now)
+    };
+    // A hit brings the hash its entry kept (0: not known), so only a miss
+    // hashes the flow; one call site keeps the program small.
+    let kept = hit.map_or(0, |(_, h)| h);
+    let hash = if kept != 0 {
+        kept
+    } else {
+        lb_common::flow_hash(flow, mode)
+    };
+    if let Some((id, _)) = hit {
         return Ok((id, hash));
     }
-    let hash = lb_common::flow_hash(flow, mode);
     let id = select::by_table(vip, hash)?;
     if create {
         let entry = ConnEntry {
