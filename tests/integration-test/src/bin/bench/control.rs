@@ -251,6 +251,7 @@ fn lbd_scale(opts: &Opts) -> Result<Table> {
         ],
     );
     for step in &steps {
+        crate::interrupted()?;
         let apply = if step.vips == 0 {
             None
         } else {

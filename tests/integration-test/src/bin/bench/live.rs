@@ -561,6 +561,7 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
     let mut samples: Vec<Vec<Vec<Sample>>> =
         vec![vec![Vec::new(); kinds.len()]; plan.batches.len()];
     for _ in 0..plan.rounds {
+        crate::interrupted()?;
         for (bi, &batch) in plan.batches.iter().enumerate() {
             for (ki, &k) in kinds.iter().enumerate() {
                 samples[bi][ki].push(live_run(&mut s, k, plan.repeat, batch)?);

@@ -20,7 +20,11 @@ mod progs;
 mod report;
 mod versus;
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
 
 use anyhow::{bail, Result};
 
@@ -41,6 +45,34 @@ const SECTIONS: &[(&str, Section)] = &[
     ("versus", versus::run),
     ("control", control::run),
 ];
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// SIGINT and SIGTERM only set a flag; sections call [`interrupted`] between
+/// rounds and return an error, so their guards remove namespaces, devices and
+/// processes on the way out.
+fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// An error once the bench was asked to stop (Ctrl-C, SIGTERM).
+pub fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
 
 const USAGE: &str = "usage: bench [--quick] [--only packet,live,versus,control]";
 
@@ -90,6 +122,7 @@ fn main() -> Result<()> {
         }
     }
 
+    install_signal_handlers();
     let started = Instant::now();
     let machine = report::machine();
     println!(
@@ -104,6 +137,10 @@ fn main() -> Result<()> {
     let mut failed = Vec::new();
     for (name, run) in SECTIONS {
         if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
+            continue;
+        }
+        if interrupted().is_err() {
+            failed.push(*name);
             continue;
         }
         let t = Instant::now();
@@ -124,6 +161,8 @@ fn main() -> Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench/report.json");
+    // An interrupted run keeps the last whole report.
+    interrupted()?;
     report::save(&path, opts.quick, &done, seconds)?;
     println!(
         "bench: {seconds:.0} s; report in target/bench/report.json (load average {})",

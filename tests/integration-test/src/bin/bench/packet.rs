@@ -468,6 +468,7 @@ impl Bench {
         let cpu_before = timing::cpu_times(timing::MEASURE_CPU);
         let (mut clean, mut disturbed) = (Vec::new(), Vec::new());
         while clean.len() < cfg.rounds && disturbed.len() < cfg.rounds {
+            crate::interrupted()?;
             self.round = clean.len() + disturbed.len();
             let runs = self.bench_runs()?;
             let round = self.round_once(cfg, scenarios)?;

@@ -116,6 +116,7 @@ pub fn run(opts: &Opts) -> Result<Vec<Table>> {
             order.reverse();
         }
         for alt in order {
+            crate::interrupted()?;
             source += 1;
             rig.use_client_source(source)?;
             let info = setup(&mut rig, alt)?;

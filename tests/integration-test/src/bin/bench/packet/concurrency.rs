@@ -165,6 +165,7 @@ fn pair(prog: &Xdp, c: &Case<'_>, cfg: &Config) -> Result<Pair> {
     };
     let (mut ones, mut twos) = (Vec::new(), [Vec::new(), Vec::new()]);
     for r in 0..cfg.rounds {
+        crate::interrupted()?;
         let one = frames(c.one, r);
         ones.push(round(prog, &[(0, &one)], cfg.calls, c.action)?[0]);
         let (a, b) = (frames(c.two[0], r), frames(c.two[1], r));
