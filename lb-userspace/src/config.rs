@@ -521,7 +521,8 @@ impl Config {
         LoadOptions {
             tcp_idle_timeout: self.tcp_idle_timeout,
             udp_idle_timeout: self.udp_idle_timeout,
-            ..LoadOptions::with_limits(self.limits)
+            limits: self.limits,
+            ..LoadOptions::default()
         }
     }
 
@@ -1568,8 +1569,7 @@ fall = 3
                 conntrack_size: 65_536
             }
         );
-        assert_eq!(c.load_options().conntrack_size, 65_536);
-        assert_eq!(c.load_options().table_pool, 300_000);
+        assert_eq!(c.load_options().limits, c.limits);
         bad(
             &with("max_vips = 0"),
             10,

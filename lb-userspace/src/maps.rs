@@ -73,27 +73,11 @@ pub const CONNTRACK_SIZE_RANGE: std::ops::RangeInclusive<u32> = 1024..=(1 << 26)
 pub struct LoadOptions {
     pub tcp_idle_timeout: Duration,
     pub udp_idle_timeout: Duration,
-    /// At most `lb_common::MAX_VIPS`.
-    pub max_vips: u32,
-    /// Slots of the Maglev array all VIPs share (8 bytes each in the
-    /// kernel); a VIP takes twice its table size.
-    pub table_pool: u32,
-    pub conntrack_size: u32,
+    /// The maps' sizes (`max_vips` at most `lb_common::MAX_VIPS`).
+    pub limits: Limits,
     /// Pin maps, program and link here (see `pin`), adopting maps already
     /// pinned there. `None`: nothing outlives this process.
     pub pin_dir: Option<PathBuf>,
-}
-
-impl LoadOptions {
-    /// Defaults with these limits.
-    pub fn with_limits(limits: Limits) -> Self {
-        LoadOptions {
-            max_vips: limits.max_vips,
-            table_pool: limits.table_pool,
-            conntrack_size: limits.conntrack_size,
-            ..Default::default()
-        }
-    }
 }
 
 impl Default for LoadOptions {
@@ -101,9 +85,7 @@ impl Default for LoadOptions {
         LoadOptions {
             tcp_idle_timeout: Duration::from_secs(900),
             udp_idle_timeout: Duration::from_secs(300),
-            max_vips: DEFAULT_MAX_VIPS,
-            table_pool: DEFAULT_TABLE_POOL,
-            conntrack_size: lb_common::CONNTRACK_MAX,
+            limits: Limits::default(),
             pin_dir: None,
         }
     }
@@ -118,27 +100,32 @@ fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 11] {
             "VIPS",
             size_of::<VipKey>(),
             size_of::<VipInfo>(),
-            opts.max_vips,
+            opts.limits.max_vips,
         ),
         (
             "VIP_ADDRS",
             size_of::<AddrKey>(),
             size_of::<VipKey>(),
-            opts.max_vips,
+            opts.limits.max_vips,
         ),
-        ("MAGLEV", 4, 4, opts.table_pool),
+        ("MAGLEV", 4, 4, opts.limits.table_pool),
         ("BACKENDS", 4, size_of::<Backend>(), MAX_BACKENDS),
         (
             "CONNTRACK",
             size_of::<FlowKey>(),
             size_of::<ConnEntry>(),
-            opts.conntrack_size,
+            opts.limits.conntrack_size,
         ),
         ("LB_CONFIG", 4, size_of::<LbConfig>(), 1),
         ("TX_PORTS", 4, 8, lb_common::MAX_TX_PORTS),
         ("VIP_FILTER", 4, 8, lb_common::VIP_FILTER_WORDS),
         ("STATS", 4, 8, lb_common::counters::COUNTER_COUNT),
-        ("VIP_STATS", 4, size_of::<TrafficStats>(), opts.max_vips),
+        (
+            "VIP_STATS",
+            4,
+            size_of::<TrafficStats>(),
+            opts.limits.max_vips,
+        ),
         ("BACKEND_STATS", 4, size_of::<TrafficStats>(), MAX_BACKENDS),
     ]
 }
@@ -348,12 +335,12 @@ macro_rules! take {
 impl Balancer {
     /// Loads the embedded balancer object and verifies the program.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        if opts.max_vips == 0 || opts.max_vips > MAX_VIPS {
+        if opts.limits.max_vips == 0 || opts.limits.max_vips > MAX_VIPS {
             return Err(MapsError::Options(format!(
                 "max_vips must be 1..={MAX_VIPS}"
             )));
         }
-        if opts.table_pool < 2 {
+        if opts.limits.table_pool < 2 {
             return Err(MapsError::Options(
                 "table_pool must hold at least one table of 2 slots".into(),
             ));
@@ -388,7 +375,7 @@ impl Balancer {
         let tables = match &maglev {
             aya::maps::Map::Array(data) => {
                 use std::os::fd::AsFd;
-                TableMem::map(data.fd().as_fd(), opts.table_pool).map_err(|e| {
+                TableMem::map(data.fd().as_fd(), opts.limits.table_pool).map_err(|e| {
                     MapsError::Layout(format!(
                         "mapping the MAGLEV array: {e} (a pinned one made by an older build \
                          is not mappable: `lbd detach` and start again)"
@@ -414,12 +401,12 @@ impl Balancer {
             backend_stats: take!(ebpf, "BACKEND_STATS"),
             ebpf,
             vips: BTreeMap::new(),
-            free_vip_ids: (0..opts.max_vips).collect(),
+            free_vip_ids: (0..opts.limits.max_vips).collect(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
-            pool: TablePool::new(opts.table_pool),
+            pool: TablePool::new(opts.limits.table_pool),
             last_table_writes: 0,
             next_hops: StdHashMap::new(),
-            max_vips: opts.max_vips,
+            max_vips: opts.limits.max_vips,
             pin_dir: opts.pin_dir.clone(),
             adopted: adopting,
         };

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use lb::maps::{Balancer, EncapSources, LoadOptions, NextHop};
+use lb::maps::{Balancer, EncapSources, Limits, LoadOptions, NextHop};
 use lb::service::{BackendSpec, Proto, VipId, VipSettings};
 
 use crate::frame::LB_MAC;
@@ -57,9 +57,11 @@ pub fn backends(addrs: &[&str]) -> Vec<BackendSpec> {
 impl TestLb {
     pub fn new() -> TestLb {
         Self::with_options(LoadOptions {
-            max_vips: 8,
-            table_pool: 8 * 2 * lb_common::MAGLEV_MAX_SIZE,
-            conntrack_size: 1 << 18,
+            limits: Limits {
+                max_vips: 8,
+                table_pool: 8 * 2 * lb_common::MAGLEV_MAX_SIZE,
+                conntrack_size: 1 << 18,
+            },
             ..Default::default()
         })
     }

@@ -5,4 +5,5 @@
 pub mod daemon;
 pub mod frame;
 pub mod harness;
+pub mod interrupt;
 pub mod netns;

@@ -119,6 +119,28 @@ impl Topology {
         Ok(())
     }
 
+    /// Plugs `host` (namespace, interface) into `bridge` of `switch_ns`
+    /// through a veth whose bridge-side end is `port`: the port gets `mtu`,
+    /// and so does the host's end when `host_mtu` (a host whose frames grow
+    /// on the way, such as the balancer's or a backend's).
+    pub fn plug(
+        &mut self,
+        host: (&str, &str),
+        switch_ns: &str,
+        port: &str,
+        bridge: &str,
+        mtu: &str,
+        host_mtu: bool,
+    ) -> Result<()> {
+        self.veth(host, (switch_ns, port))?;
+        self.set_master(switch_ns, port, bridge)?;
+        ip(switch_ns, &["link", "set", "dev", port, "mtu", mtu])?;
+        if host_mtu {
+            ip(host.0, &["link", "set", "dev", host.1, "mtu", mtu])?;
+        }
+        Ok(())
+    }
+
     /// Adds `cidr` (`10.0.0.1/24`, `fd00::1/64`) to `ifname`; IPv6 addresses
     /// get `nodad`.
     pub fn add_addr(&mut self, ns: &str, ifname: &str, cidr: &str) -> Result<()> {

@@ -28,7 +28,7 @@ use aya::programs::XdpMode;
 use integration_test::netns::{self, in_netns, Capture, Frame, Topology};
 use lb::{
     decap::Decap,
-    maps::{AttachMode, Balancer, EncapSources, LoadOptions, NextHop},
+    maps::{AttachMode, Balancer, EncapSources, Limits, LoadOptions, NextHop},
     service::{BackendSpec, Proto, VipId, VipSettings},
 };
 use lb_common::{Counter, FlowKey, PROTO_TCP};
@@ -119,9 +119,11 @@ fn setup() -> anyhow::Result<Net> {
     }
 
     let mut balancer = Balancer::load(&LoadOptions {
-        max_vips: 4,
-        table_pool: 4 * 2 * lb_common::MAGLEV_MAX_SIZE,
-        conntrack_size: 4096,
+        limits: Limits {
+            max_vips: 4,
+            table_pool: 4 * 2 * lb_common::MAGLEV_MAX_SIZE,
+            conntrack_size: 4096,
+        },
         ..Default::default()
     })?;
     balancer.set_encap_sources(&EncapSources {

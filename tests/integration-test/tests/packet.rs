@@ -60,6 +60,15 @@ fn lb_with_web_vip(proto: Proto) -> TestLb {
     t
 }
 
+/// A balancer whose one VIP, 10.100.0.1:80/tcp with default settings,
+/// sends to `set`.
+fn web_vip_over(set: &[BackendSpec]) -> (TestLb, VipId) {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), set);
+    (t, v)
+}
+
 /// [`lb_with_web_vip`] and its IPv6 twin, 2001:db8:100::1:80/tcp sending to
 /// 2001:db8:b::2.
 fn lb_with_web_vips(v4_proto: Proto) -> TestLb {
@@ -538,13 +547,7 @@ fn icmp_errors_follow_the_table_when_the_flow_has_no_entry() {
 
 #[test]
 fn flows_stick_to_their_backend_across_table_changes() {
-    let mut t = TestLb::new();
-    let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(
-        v,
-        VipSettings::default(),
-        &backends(&["10.0.0.2", "10.0.0.3"]),
-    );
+    let (mut t, v) = web_vip_over(&backends(&["10.0.0.2", "10.0.0.3"]));
     let flows: Vec<Frame> = (0..200)
         .map(|i| Frame::tcp(V4_CLIENT, 20000 + i, "10.100.0.1", 80))
         .collect();
@@ -648,9 +651,7 @@ fn tcp_rst_creates_no_entry() {
 
 #[test]
 fn removed_or_down_backends_lose_their_flows() {
-    let mut t = TestLb::new();
-    let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(v, VipSettings::default(), &ten_backends_v4());
+    let (mut t, v) = web_vip_over(&ten_backends_v4());
     let flows: Vec<Frame> = (0..100)
         .map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80))
         .collect();
@@ -682,9 +683,7 @@ fn removed_or_down_backends_lose_their_flows() {
 
 #[test]
 fn drained_backends_keep_established_flows() {
-    let mut t = TestLb::new();
-    let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(v, VipSettings::default(), &ten_backends_v4());
+    let (mut t, v) = web_vip_over(&ten_backends_v4());
     let flows: Vec<Frame> = (0..200)
         .map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80))
         .collect();
@@ -766,9 +765,7 @@ fn ipv4_fragments_of_a_datagram_share_a_backend() {
 
 #[test]
 fn unresolved_next_hop_uses_the_fib_and_passes_without_neighbour() {
-    let mut t = TestLb::new();
-    let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2"]));
+    let (mut t, _) = web_vip_over(&backends(&["10.0.0.2"]));
     t.lb.set_next_hop(ip("10.0.0.2"), None).unwrap();
     let f = Frame::tcp(V4_CLIENT, 1, "10.100.0.1", 80).build();
     let (action, out) = t.run(&f);
@@ -788,9 +785,7 @@ fn unresolved_next_hop_uses_the_fib_and_passes_without_neighbour() {
 
 #[test]
 fn empty_vip_drops_and_counts() {
-    let mut t = TestLb::new();
-    let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(v, VipSettings::default(), &[]);
+    let (mut t, v) = web_vip_over(&[]);
     assert_eq!(
         t.run(&Frame::tcp(V4_CLIENT, 1, "10.100.0.1", 80).build()).0,
         XDP_DROP
@@ -813,13 +808,7 @@ fn empty_vip_drops_and_counts() {
 
 #[test]
 fn per_vip_and_per_backend_counters_add_up() {
-    let mut t = TestLb::new();
-    let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(
-        v,
-        VipSettings::default(),
-        &backends(&["10.0.0.2", "10.0.0.3"]),
-    );
+    let (mut t, v) = web_vip_over(&backends(&["10.0.0.2", "10.0.0.3"]));
     let mut bytes = 0;
     for i in 0..50 {
         let f = Frame::tcp(V4_CLIENT, 9000 + i, "10.100.0.1", 80).build();
@@ -836,13 +825,7 @@ fn per_vip_and_per_backend_counters_add_up() {
 
 #[test]
 fn all_backends_down_fails_open() {
-    let mut t = TestLb::new();
-    let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(
-        v,
-        VipSettings::default(),
-        &backends(&["10.0.0.2", "10.0.0.3", "10.0.0.4"]),
-    );
+    let (mut t, v) = web_vip_over(&backends(&["10.0.0.2", "10.0.0.3", "10.0.0.4"]));
     t.lb.set_backend_down(&v, ip("10.0.0.2"), true).unwrap();
     t.lb.set_backend_down(&v, ip("10.0.0.3"), true).unwrap();
     assert!(!t.lb.fail_open(&v));
@@ -875,9 +858,7 @@ fn all_backends_down_fails_open() {
 
 #[test]
 fn a_syn_on_a_reused_port_follows_the_table() {
-    let mut t = TestLb::new();
-    let v = vip("10.100.0.1", 80, Proto::Tcp);
-    t.add_vip(v, VipSettings::default(), &ten_backends_v4());
+    let (mut t, v) = web_vip_over(&ten_backends_v4());
     let syn = Frame::tcp(V4_CLIENT, 4242, "10.100.0.1", 80);
     let flow = flow_of(&syn);
     let (predicted, other, other_id) = table_choice_and_another(&t, &v, &flow);

@@ -10,7 +10,7 @@ use integration_test::{
     harness::*,
 };
 use lb::{
-    maps::{LoadOptions, MapsError},
+    maps::{Limits, LoadOptions, MapsError},
     service::{Proto, VipId, VipSettings},
 };
 use lb_common::FlowKey;
@@ -24,9 +24,11 @@ fn sized(table_size: u32) -> VipSettings {
 
 fn lb_with_pool(table_pool: u32, pin_dir: Option<std::path::PathBuf>) -> TestLb {
     TestLb::with_options(LoadOptions {
-        max_vips: 8,
-        table_pool,
-        conntrack_size: 4096,
+        limits: Limits {
+            max_vips: 8,
+            table_pool,
+            conntrack_size: 4096,
+        },
         pin_dir,
         ..Default::default()
     })

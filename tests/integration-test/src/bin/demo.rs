@@ -36,17 +36,15 @@ mod http;
 mod lab;
 
 use std::{
-    fmt,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, ensure, Result};
-use integration_test::netns::in_netns;
+use integration_test::{interrupt, netns::in_netns};
 
 use http::{Slow, Tally, SLOW_GAP, SLOW_PARTS};
 use lab::{Lab, METRICS_ADDR, VIP, VIP_ID};
@@ -68,46 +66,9 @@ const DETECT_LIMIT: Duration = Duration::from_secs(10);
 /// /slow requests tried to get one on the backend to drain.
 const SLOW_TRIES: usize = 30;
 
-// ---------------------------------------------------------------- signals
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT and SIGTERM only set a flag: the demo notices it between steps
-/// and in every wait, and returns an error, so cleanup runs as usual.
-fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Interrupted;
-
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("interrupted")
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// An error if the demo was asked to stop.
+/// An error if the demo was asked to stop (Ctrl-C, SIGTERM).
 pub fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        return Err(Interrupted.into());
-    }
-    Ok(())
+    Ok(interrupt::check()?)
 }
 
 /// Sleeps, in small steps, unless interrupted.
@@ -126,7 +87,7 @@ fn pause(d: Duration) -> Result<()> {
 // ---------------------------------------------------------------- main
 
 fn main() -> ExitCode {
-    install_signal_handlers();
+    interrupt::install();
     let started = Instant::now();
     say!("lb demo: an XDP layer-4 load balancer, end to end");
     say!("  A client, the balancer and three web servers, each in a network namespace of its");
@@ -145,7 +106,7 @@ fn main() -> ExitCode {
     let result = run(&mut lab);
     // An interrupted command (a Ctrl-C reaches `ip` too) counts as the
     // interrupt, not as a failure of its own.
-    let interrupted = result.is_err() && INTERRUPTED.load(Ordering::SeqCst);
+    let interrupted = result.is_err() && interrupt::requested();
     match &result {
         Ok(()) => {}
         Err(_) if interrupted => say!("\nInterrupted: cleaning up."),

@@ -18,7 +18,7 @@ use anyhow::{ensure, Context, Result};
 use integration_test::daemon::{Lab, VipSpec};
 use lb::{
     maglev::{self, MaglevBackend},
-    maps::{Balancer, LoadOptions},
+    maps::{Balancer, Limits, LoadOptions},
     service::{BackendSpec, Proto, VipId, VipSettings},
 };
 use lb_common::{user::addr_words, MAGLEV_MAX_SIZE};
@@ -115,9 +115,11 @@ fn one_change(opts: &Opts) -> Result<Table> {
     );
     for n in [10, 100, 1000] {
         let mut lb = Balancer::load(&LoadOptions {
-            max_vips: 2,
-            table_pool: 2 * 2 * MAGLEV_MAX_SIZE,
-            conntrack_size: 4096,
+            limits: Limits {
+                max_vips: 2,
+                table_pool: 2 * 2 * MAGLEV_MAX_SIZE,
+                conntrack_size: 4096,
+            },
             ..Default::default()
         })
         .context("loading the balancer")?;

@@ -44,14 +44,14 @@ use integration_test::{
     harness::XDP_TX,
 };
 use lb::{
-    maps::{AttachMode, Balancer, Counters, EncapSources, LoadOptions, NextHop},
+    maps::{AttachMode, Balancer, Counters, EncapSources, Limits, LoadOptions, NextHop},
     service::{BackendSpec, Proto, VipId, VipSettings},
 };
 use lb_common::Counter;
 
 use crate::{
     progs::{BenchProgs, COUNT, TX, WRAPPER},
-    report::{Cell, Table},
+    report::{median, Cell, Table},
     Opts,
 };
 
@@ -237,6 +237,16 @@ struct Setup {
 
 impl Setup {
     /// Points the wrapper at the scenario's program and frame.
+    /// [`Setup::select`]s `kind` and returns the frame it sends.
+    fn prepare(&mut self, kind: Kind) -> Result<Vec<u8>> {
+        self.select(kind)?;
+        Ok(if kind == Kind::NewFlows {
+            self.syn.clone()
+        } else {
+            self.ack.clone()
+        })
+    }
+
     fn select(&mut self, kind: Kind) -> Result<()> {
         match kind {
             Kind::Floor => {
@@ -275,13 +285,7 @@ struct Sample {
 }
 
 fn live_run(s: &mut Setup, kind: Kind, repeat: u32, batch: u32) -> Result<Sample> {
-    s.select(kind)?;
-    let frame = if kind == Kind::NewFlows {
-        &s.syn
-    } else {
-        &s.ack
-    }
-    .clone();
+    let frame = s.prepare(kind)?;
     let ctx = xdp_md(frame.len(), s.ifindex);
     let rx0 = s.progs.counted()?;
     let lb0 = s.lb.counters()?;
@@ -396,13 +400,7 @@ fn check_output(
     mac_a: [u8; 6],
     mac_b: [u8; 6],
 ) -> Result<()> {
-    s.select(kind)?;
-    let frame = if kind == Kind::NewFlows {
-        &s.syn
-    } else {
-        &s.ack
-    }
-    .clone();
+    let frame = s.prepare(kind)?;
     let ctx = xdp_md(frame.len(), s.ifindex);
     let mut out = vec![0u8; 256];
     let r = s.wrapper()?.test_run(TestRunOptions {
@@ -478,8 +476,11 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
     // builds, and every frame here is generated whole.
 
     let mut lb = Balancer::load(&LoadOptions {
-        max_vips: 4,
-        conntrack_size: CONNTRACK_SIZE,
+        limits: Limits {
+            max_vips: 4,
+            conntrack_size: CONNTRACK_SIZE,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .context("loading the balancer")?;
@@ -670,15 +671,4 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
         started.elapsed().as_secs_f64()
     ));
     Ok(vec![table])
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }

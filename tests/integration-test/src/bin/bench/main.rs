@@ -20,11 +20,7 @@ mod progs;
 mod report;
 mod versus;
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
-};
+use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Result};
 
@@ -46,32 +42,10 @@ const SECTIONS: &[(&str, Section)] = &[
     ("control", control::run),
 ];
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-/// SIGINT and SIGTERM only set a flag; sections call [`interrupted`] between
-/// rounds and return an error, so their guards remove namespaces, devices and
-/// processes on the way out.
-fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-/// An error once the bench was asked to stop (Ctrl-C, SIGTERM).
+/// An error once the bench was asked to stop (Ctrl-C, SIGTERM): sections
+/// call it between rounds, so their guards clean up on the way out.
 pub fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
+    Ok(integration_test::interrupt::check()?)
 }
 
 const USAGE: &str = "usage: bench [--quick] [--only packet,live,versus,control]";
@@ -122,7 +96,7 @@ fn main() -> Result<()> {
         }
     }
 
-    install_signal_handlers();
+    integration_test::interrupt::install();
     let started = Instant::now();
     let machine = report::machine();
     println!(

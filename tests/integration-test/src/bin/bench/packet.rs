@@ -51,7 +51,7 @@ use integration_test::{
 };
 use lb::{
     decap::Decap,
-    maps::{Counters, LoadOptions},
+    maps::{Counters, Limits, LoadOptions},
     service::{BackendSpec, Forwarding, Proto, Scheduler, VipSettings},
 };
 use lb_common::Counter;
@@ -283,8 +283,11 @@ fn add_vips(t: &mut TestLb, all: bool) {
 
 fn load_lb(conntrack_size: u32, all: bool) -> TestLb {
     let mut t = TestLb::with_options(LoadOptions {
-        max_vips: 8,
-        conntrack_size,
+        limits: Limits {
+            max_vips: 8,
+            conntrack_size,
+            ..Default::default()
+        },
         ..Default::default()
     });
     add_vips(&mut t, all);

@@ -154,6 +154,21 @@ pub fn save(path: &Path, quick: bool, sections: &[(&str, Vec<Table>)], seconds: 
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The median (the mean of the middle two for an even count); NaN for none.
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").map_or("?".into(), |s| {
         s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")

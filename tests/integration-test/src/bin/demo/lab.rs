@@ -394,13 +394,8 @@ impl Lab {
     /// A veth from `ns` (`ifname`, with `addr`) to a new port of the bridge.
     fn plug(&mut self, ns: &str, ifname: &str, addr: Ipv4Addr, big_mtu: bool) -> Result<()> {
         let sw = self.switch_ns.clone();
-        let port = port_of(ifname);
-        self.topo().veth((ns, ifname), (&sw, &port))?;
-        self.topo().set_master(&sw, &port, BRIDGE)?;
-        netns::ip(&sw, &["link", "set", "dev", &port, "mtu", MTU])?;
-        if big_mtu {
-            netns::ip(ns, &["link", "set", "dev", ifname, "mtu", MTU])?;
-        }
+        self.topo()
+            .plug((ns, ifname), &sw, &port_of(ifname), BRIDGE, MTU, big_mtu)?;
         self.topo()
             .add_addr(ns, ifname, &format!("{addr}/{SEGMENT_PREFIX}"))?;
         Ok(())

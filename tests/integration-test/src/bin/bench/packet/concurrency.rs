@@ -12,10 +12,10 @@ use lb_common::Counter;
 
 use super::{
     check, tcp_v4,
-    timing::{max, median, min, pin, run_expect},
+    timing::{max, min, pin, run_expect},
     Bench, Config, CLIENT_V4, NOT_A_VIP, VIP_IPIP, VIP_L2DSR,
 };
-use crate::report::{Cell, Table};
+use crate::report::{median, Cell, Table};
 
 /// Untimed calls before each thread's timed ones.
 const WARM: usize = 500;

@@ -1,10 +1,7 @@
 //! The figures over rounds, and the section's main table.
 
-use super::{
-    timing::{median, min},
-    Bench, Config, Scenario,
-};
-use crate::report::{possible_cpus, Cell, Table};
+use super::{timing::min, Bench, Config, Scenario};
+use crate::report::{median, possible_cpus, Cell, Table};
 
 /// One series over rounds: the main figure, and the `repeat=1` one.
 #[derive(Default)]

@@ -25,7 +25,7 @@ use anyhow::{bail, ensure, Context, Result};
 use integration_test::netns::{self, in_netns, Topology};
 use lb::{
     decap::Decap,
-    maps::{AttachMode, Balancer, EncapSources, LoadOptions, NextHop},
+    maps::{AttachMode, Balancer, EncapSources, Limits, LoadOptions, NextHop},
     service::{BackendSpec, Proto, VipId, VipSettings},
 };
 use lb_common::Counter;
@@ -180,13 +180,8 @@ impl Rig {
     /// A veth from `ns` to a new port of the bridge.
     fn plug(&mut self, ns: &str, ifname: &str, addr: Ipv4Addr, big_mtu: bool) -> Result<()> {
         let sw = self.switch_ns.clone();
-        let port = port_of(ifname);
-        self.topo.veth((ns, ifname), (&sw, &port))?;
-        self.topo.set_master(&sw, &port, BRIDGE)?;
-        netns::ip(&sw, &["link", "set", "dev", &port, "mtu", MTU])?;
-        if big_mtu {
-            netns::ip(ns, &["link", "set", "dev", ifname, "mtu", MTU])?;
-        }
+        self.topo
+            .plug((ns, ifname), &sw, &port_of(ifname), BRIDGE, MTU, big_mtu)?;
         self.topo.add_addr(ns, ifname, &format!("{addr}/24"))?;
         Ok(())
     }
@@ -300,7 +295,10 @@ http {{
     pub fn start_lb(&mut self) -> Result<String> {
         self.lb = None;
         let mut balancer = Balancer::load(&LoadOptions {
-            max_vips: 4,
+            limits: Limits {
+                max_vips: 4,
+                ..Default::default()
+            },
             ..Default::default()
         })
         .context("loading lb's balancer (built objects? `cargo xtask build --release`)")?;
