@@ -10,6 +10,7 @@ pub mod bench;
 pub mod counters;
 pub mod hash;
 pub mod maps;
+pub mod rules;
 #[cfg(feature = "user")]
 pub mod user;
 

@@ -4,16 +4,14 @@
 //! the health checker all call in here.
 
 use std::{
-    fs,
     net::IpAddr,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::Instant,
 };
 
 use anyhow::Context;
 use aya::programs::XdpMode;
-use lb_common::{FlowKey, BACKEND_F_ACTIVE};
+use lb_common::FlowKey;
 
 use crate::{
     config::{self, Config},
@@ -59,44 +57,6 @@ impl From<StateError> for ApplyError {
 /// fails open.
 pub type VipHealth = (VipId, Vec<(IpAddr, bool, u32)>, bool);
 
-/// Holds the per-interface lock for the daemon's lifetime.
-pub struct InterfaceLock {
-    _file: fs::File,
-    path: PathBuf,
-}
-
-impl InterfaceLock {
-    /// Takes `/run/lb/lbd-<interface>.lock`; a second daemon for the same
-    /// interface is refused, naming the holder.
-    pub fn take(run_dir: &Path, interface: &str) -> anyhow::Result<Self> {
-        fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        let path = run_dir.join(format!("lbd-{interface}.lock"));
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: a valid fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let holder = fs::read_to_string(&path).unwrap_or_default();
-            anyhow::bail!(
-                "another lbd is already running for interface {interface} (pid {}; lock {})",
-                holder.trim(),
-                path.display()
-            );
-        }
-        file.set_len(0)?;
-        fs::write(&path, format!("{}\n", std::process::id()))?;
-        Ok(InterfaceLock { _file: file, path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 /// Per-second rates from two counter samples a second apart.
 #[derive(Default)]
 struct Rates {
@@ -117,29 +77,33 @@ pub struct Daemon {
     pin_dir: PathBuf,
 }
 
-/// Where lbd keeps its lock files.
-pub const RUN_DIR: &str = "/run/lb";
-
 impl Daemon {
-    /// Loads the config, adopts or creates the pinned maps, reconciles them
-    /// with the desired state (the persisted runtime state if any, else the
+    /// Adopts or creates the pinned maps at `place`, reconciles them with
+    /// the desired state (the persisted runtime state if any, else the
     /// config), then attaches (taking over a pinned link atomically).
-    pub fn start(config_path: &Path) -> anyhow::Result<Daemon> {
-        let config = config::load(config_path)?;
+    ///
+    /// The caller has checked everything that can be checked without
+    /// touching the data path (config, locks, listeners, interface, bpffs,
+    /// layout). If a step here fails on a first start, the pins it made are
+    /// removed again, so nothing stays attached or pinned.
+    pub fn start(config_path: &Path, config: Config, place: &pin::PinPlace) -> anyhow::Result<Daemon> {
+        let first_start = !place.interface_dir().exists();
+        let result = Self::start_at(config_path, config, place);
+        if result.is_err() && first_start {
+            if let Err(e) = place.remove_balancer() {
+                tracing::error!("removing the pins of the failed start: {e:#}");
+            }
+        }
+        result
+    }
+
+    fn start_at(config_path: &Path, config: Config, place: &pin::PinPlace) -> anyhow::Result<Daemon> {
         let from_config = config.desired_state()?;
-        let bpffs = Path::new(pin::BPFFS);
-        pin::ensure_bpffs(bpffs)?;
-        pin::check_layout(bpffs, &config.interface)?;
-        let pin_dir = pin::pin_dir(bpffs, &config.interface);
+        let pin_dir = place.balancer_dir();
         let opts = LoadOptions {
             pin_dir: Some(pin_dir.clone()),
             ..config.load_options()
         };
-        let mut balancer = Balancer::load(&opts).context("loading the balancer")?;
-        if balancer.adopted() {
-            tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
-        }
-        balancer.set_encap_sources(&config.encap)?;
         let desired = match state::load(&config.state_dir, &config.interface)? {
             Some(saved) => {
                 tracing::info!(
@@ -151,6 +115,11 @@ impl Daemon {
             None => from_config,
         };
         check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
+        let mut balancer = Balancer::load(&opts).context("loading the balancer")?;
+        if balancer.adopted() {
+            tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
+        }
+        balancer.set_encap_sources(&config.encap)?;
         let mut daemon = Daemon {
             rates: Rates::default(),
             config_path: config_path.to_path_buf(),
@@ -166,17 +135,17 @@ impl Daemon {
             .reconcile(&desired)
             .context("writing the desired state to the maps")?;
         daemon.desired = desired;
-        state::save(
-            &daemon.config.state_dir,
-            &daemon.config.interface,
-            &daemon.desired,
-        )?;
         let iface = daemon.config.interface.clone();
         daemon.xdp_mode = daemon
             .balancer
             .attach(&iface, daemon.config.xdp_mode)
             .with_context(|| format!("attaching to {iface}"))?;
         daemon.program_id = daemon.balancer.program_id().unwrap_or(0);
+        state::save(
+            &daemon.config.state_dir,
+            &daemon.config.interface,
+            &daemon.desired,
+        )?;
         tracing::info!(
             interface = %iface,
             mode = mode_name(daemon.xdp_mode),
@@ -631,76 +600,79 @@ impl Daemon {
         }
         let flow = FlowKey::new(src, sport, id.addr, dport, id.proto.number());
         let flow_text = flow_text(src, sport, &id, dport);
-        let mut reasons = Vec::new();
-        if let Some(entry) = self.balancer.conntrack_entry(&flow) {
-            let idle = monotonic_ns().saturating_sub(entry.last_seen_ns);
-            let timeout = if id.proto == crate::service::Proto::Tcp {
-                self.config.tcp_idle_timeout
-            } else {
-                self.config.udp_idle_timeout
-            };
-            let live = self
-                .balancer
-                .backend_entry(entry.backend_id)
-                .filter(|b| b.flags & BACKEND_F_ACTIVE != 0);
-            let addr = self.balancer.backend_addr(entry.backend_id).map(|(_, a)| a);
-            if idle <= timeout.as_nanos() as u64 && live.is_some() && addr.is_some() {
-                reasons.push(format!(
-                    "connection-table entry: backend id {} ({}), idle {:.1}s of {}s timeout",
-                    entry.backend_id,
-                    addr.map(|a| a.to_string()).unwrap_or_default(),
-                    idle as f64 / 1e9,
-                    timeout.as_secs()
-                ));
-                return Ok(Explain {
-                    vip: id,
-                    flow: flow_text,
-                    source: "connection table".into(),
-                    backend: addr,
-                    reasons,
-                });
-            }
-            reasons.push(format!(
-                "connection-table entry for backend id {} is {} and will be replaced",
-                entry.backend_id,
-                if idle > timeout.as_nanos() as u64 {
-                    "expired"
-                } else {
-                    "stale (backend gone or down)"
-                }
-            ));
-        } else if !self.desired.vips[&id].settings.stateless {
-            reasons.push("no connection-table entry: a new flow".into());
+        let timeout = if id.proto == crate::service::Proto::Tcp {
+            self.config.tcp_idle_timeout
         } else {
-            reasons.push("stateless VIP: no connection table".into());
-        }
-        let p = self
+            self.config.udp_idle_timeout
+        };
+        let route = self
             .balancer
-            .predict(&flow)
+            .route(&flow, monotonic_ns(), timeout.as_nanos() as u64)
             .ok_or_else(|| ApplyError::NotFound(format!("VIP {id} is not in the maps")))?;
-        reasons.push(format!(
-            "flow hash {:#010x} ({:?}) selects slot {} of {} in the Maglev table",
-            p.hash,
-            self.desired.vips[&id].settings.scheduler,
-            p.slot,
-            self.desired.vips[&id].settings.table_size
-        ));
-        match p.backend {
-            Some(b) => reasons.push(format!(
-                "slot {} holds backend id {} ({b})",
-                p.slot, p.backend_id
-            )),
-            None => {
-                reasons.push("the VIP has no backend with weight > 0: packets are dropped".into())
-            }
+        Ok(explain_route(&route, flow_text, &self.desired.vips[&id], timeout))
+    }
+}
+
+/// The operator's account of a [`Route`]: what decided, in the order the
+/// data path decides (for a packet that is not a TCP SYN: a SYN always
+/// takes the table's choice).
+fn explain_route(
+    route: &crate::maps::Route,
+    flow: String,
+    vip: &VipDesired,
+    timeout: std::time::Duration,
+) -> Explain {
+    use crate::maps::EntryCheck;
+    let mut reasons = Vec::new();
+    match route.entry {
+        Some((entry, idle, EntryCheck::Live)) => {
+            reasons.push(format!(
+                "connection-table entry: backend id {} ({}), idle {:.1}s of {}s timeout",
+                entry.backend_id,
+                route.backend.map(|a| a.to_string()).unwrap_or_default(),
+                idle as f64 / 1e9,
+                timeout.as_secs()
+            ));
+            return Explain {
+                vip: route.vip,
+                flow,
+                source: "connection table".into(),
+                backend: route.backend,
+                reasons,
+            };
         }
-        Ok(Explain {
-            vip: id,
-            flow: flow_text,
-            source: "maglev table".into(),
-            backend: p.backend,
-            reasons,
-        })
+        Some((entry, _, check)) => reasons.push(format!(
+            "connection-table entry for backend id {} is {} and will be replaced",
+            entry.backend_id,
+            if check == EntryCheck::Expired {
+                "expired"
+            } else {
+                "stale (backend gone, down or now another VIP's)"
+            }
+        )),
+        None if vip.settings.stateless => {
+            reasons.push("stateless VIP: no connection table".into())
+        }
+        None => reasons.push("no connection-table entry: a new flow".into()),
+    }
+    let p = route.table;
+    reasons.push(format!(
+        "flow hash {:#010x} ({:?}) selects slot {} of {} in the Maglev table",
+        p.hash, vip.settings.scheduler, p.slot, vip.settings.table_size
+    ));
+    match p.backend {
+        Some(b) => reasons.push(format!(
+            "slot {} holds backend id {} ({b})",
+            p.slot, p.backend_id
+        )),
+        None => reasons.push("the VIP has no backend with weight > 0: packets are dropped".into()),
+    }
+    Explain {
+        vip: route.vip,
+        flow,
+        source: "maglev table".into(),
+        backend: route.backend,
+        reasons,
     }
 }
 

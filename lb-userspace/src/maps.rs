@@ -256,6 +256,29 @@ pub struct Prediction {
     pub slot: u32,
 }
 
+/// What the data path makes of a flow's connection-table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryCheck {
+    /// Taken: the flow stays on the entry's backend.
+    Live,
+    /// Idle past the timeout: replaced by the table's choice.
+    Expired,
+    /// Its backend is gone, down or now another VIP's: replaced.
+    Stale,
+}
+
+/// Where a packet of a flow goes, and why (see [`Balancer::route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub vip: VipId,
+    /// The flow's connection-table entry, its idle time (ns) and verdict.
+    pub entry: Option<(ConnEntry, u64, EntryCheck)>,
+    /// The Maglev table's choice (taken unless the entry is live).
+    pub table: Prediction,
+    /// The backend the packet is sent to; `None`: dropped (no backend).
+    pub backend: Option<IpAddr>,
+}
+
 /// Where a VIP's two tables are in the Maglev array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Region {
@@ -1011,11 +1034,14 @@ impl Balancer {
     /// them all for a datagram to stay on one backend.
     fn sync_vip_addrs(&mut self, vip: &VipId) -> Result<()> {
         let key = AddrKey::new(vip.addr, vip.proto.number());
-        let designated = self
-            .vips
-            .keys()
-            .filter(|v| v.addr == vip.addr && v.proto == vip.proto)
-            .min_by_key(|v| v.port);
+        let designated = lb_common::rules::fragment_vip_port(
+            self.vips
+                .keys()
+                .filter(|v| v.addr == vip.addr && v.proto == vip.proto)
+                .map(|v| v.port),
+        )
+        .map(|port| VipId { port, ..*vip });
+        let designated = designated.as_ref();
         match designated {
             Some(v) => self
                 .vip_addrs
@@ -1093,19 +1119,17 @@ impl Balancer {
     }
 
     /// Where the Maglev table sends a new flow, computed with the data path's
-    /// own hash (`lb_common`) over user space's copy of the table.
+    /// own rules (`lb_common::rules`) over user space's copy of the table.
     pub fn predict(&self, flow: &FlowKey) -> Option<Prediction> {
         let (vip, state) = self.find_vip(flow)?;
-        let mode = if state.settings.scheduler == Scheduler::SourceHash {
-            HashMode::SourceAddr
-        } else {
-            HashMode::FiveTuple
-        };
+        let info = vip_info(state);
+        let mode = lb_common::rules::hash_mode(info.flags, HashMode::FiveTuple);
         let hash = lb_common::flow_hash(flow, mode);
-        let table = self.live_table(&vip);
         let size = state.live_size.max(1);
         let slot = lb_common::maglev_slot(hash, size);
-        let backend_id = table.map_or(NO_BACKEND, |t| t[slot as usize]);
+        let backend_id = lb_common::rules::table_index(&info, hash)
+            .and_then(|_| self.live_table(&vip))
+            .map_or(NO_BACKEND, |t| t[slot as usize]);
         let backend = self.backend_addr(backend_id).map(|(_, a)| a);
         Some(Prediction {
             vip,
@@ -1116,18 +1140,52 @@ impl Balancer {
         })
     }
 
+    /// Where the data path sends a packet of `flow` (not a TCP SYN) now: its
+    /// connection-table entry when the program would accept it, else the
+    /// Maglev table. `now_ns` is CLOCK_MONOTONIC; `timeout_ns` the idle
+    /// timeout of the flow's protocol.
+    pub fn route(&self, flow: &FlowKey, now_ns: u64, timeout_ns: u64) -> Option<Route> {
+        use lb_common::rules;
+        let (vip, state) = self.find_vip(flow)?;
+        let info = vip_info(state);
+        let mut entry = None;
+        let mut live_backend = None;
+        if rules::consults_conntrack(info.flags, false) {
+            if let Some(e) = self.conntrack_entry(flow) {
+                let idle = now_ns.saturating_sub(e.last_seen_ns);
+                let backend = self
+                    .backend_entry(e.backend_id)
+                    .filter(|b| rules::conn_backend_valid(b, info.vip_id));
+                let check = if !rules::conn_entry_live(idle, timeout_ns) {
+                    EntryCheck::Expired
+                } else if let Some(b) = backend {
+                    live_backend = Some(b.ip());
+                    EntryCheck::Live
+                } else {
+                    EntryCheck::Stale
+                };
+                entry = Some((e, idle, check));
+            }
+        }
+        let table = self.predict(flow)?;
+        Some(Route {
+            vip,
+            entry,
+            table,
+            backend: live_backend.or(table.backend),
+        })
+    }
+
     fn find_vip(&self, flow: &FlowKey) -> Option<(VipId, &VipState)> {
         let proto = match flow.proto {
             lb_common::PROTO_TCP => service::Proto::Tcp,
             lb_common::PROTO_UDP => service::Proto::Udp,
             _ => return None,
         };
-        let addr = flow.dst_ip();
-        let port = u16::from_be(flow.dport);
-        [port, 0].into_iter().find_map(|p| {
+        lb_common::rules::find_vip(flow, |key| {
             let id = VipId {
-                addr,
-                port: p,
+                addr: key.ip(),
+                port: u16::from_be(key.port),
                 proto,
             };
             self.vips.get(&id).map(|s| (id, s))

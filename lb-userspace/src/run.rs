@@ -19,20 +19,38 @@ use crate::{
     api,
     audit::AuditLog,
     config,
-    daemon::{self, Daemon, InterfaceLock},
+    daemon::{self, Daemon},
     decap::Decap,
     health::Checker,
+    iface,
+    lock::{self, InterfaceLock},
     maps::AttachMode,
     metrics::Metrics,
-    nexthop, pin,
+    nexthop,
+    pin::{self, PinPlace},
 };
+
+/// Removes a file when dropped: the control socket, on every way out.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 /// How often next hops are re-resolved even without a netlink event.
 const NEXTHOP_REFRESH: Duration = Duration::from_secs(10);
 
+/// Runs the daemon. Start-up goes from what touches nothing to what touches
+/// the data path: the config is validated, the locks taken, the control
+/// socket and metrics listener bound, the interface, bpffs and pinned layout
+/// checked; only then are maps written and the program attached. A failure
+/// before that last step leaves the host as it was (the socket file and
+/// locks are removed again); see `Daemon::start` for the last step.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = config::load(config_path)?;
-    let _lock = InterfaceLock::take(Path::new(daemon::RUN_DIR), &cfg.interface)?;
+    cfg.desired_state()?;
     let read_gid = cfg.read_group.as_deref().map(api::group_id).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -40,13 +58,31 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let daemon = Daemon::start(config_path)?;
-        let socket_path = daemon.config().control_socket.clone();
+        let place = PinPlace::current(&cfg.interface)?;
+        let _lock = InterfaceLock::take(Path::new(lock::RUN_DIR), place.netns, &cfg.interface)?;
+        let _state_lock = InterfaceLock::take_state_dir(&cfg.state_dir)?;
+        let socket_path = cfg.control_socket.clone();
+        let listener = api::bind(&socket_path, read_gid)?;
+        let _socket = RemoveOnDrop(socket_path.clone());
+        let metrics_listener = crate::metrics::bind(cfg.metrics_listen).await?;
+        let interface = iface::require(&cfg.interface).await?;
+        pin::ensure_bpffs(&place.bpffs)?;
+        pin::report_legacy(
+            "balancer",
+            &pin::claim_legacy(
+                &place.legacy_balancer_dir(),
+                Path::new(&format!("v{}", lb_common::MAP_LAYOUT_VERSION)),
+                &place.interface_dir(),
+                &interface,
+            ),
+        );
+        place.check_layout()?;
+
+        let daemon = Daemon::start(config_path, cfg, &place)?;
         let audit = Arc::new(AuditLog::new(&daemon.config().state_dir));
         let shared = Arc::new(Mutex::new(daemon));
-        let listener = api::bind(&socket_path, read_gid)?;
         tracing::info!(socket = %socket_path.display(), "control socket ready");
-
+        tracing::info!(listen = %metrics_listener.local_addr()?, "metrics ready at /metrics");
         let metrics = Arc::new(Metrics::new(shared.clone()));
         let metrics_addr = shared
             .lock()
@@ -88,7 +124,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         for t in tasks {
             t.abort();
         }
-        let _ = std::fs::remove_file(&socket_path);
         // The link, program and maps stay pinned: forwarding goes on with
         // the last state until the next lbd adopts it.
         tracing::info!("lbd stopped; the balancer keeps forwarding with the last state");
@@ -183,32 +218,30 @@ pub fn check_config(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the decap program's link is pinned for an interface.
-fn decap_dir(interface: &str) -> std::path::PathBuf {
-    Path::new(pin::BPFFS).join("lb-decap").join(interface)
-}
-
+/// Removes this namespace's balancer and decap pins for `interface` (and
+/// pins an earlier version left at the pre-namespace path, when they drive
+/// this namespace's interface); never another namespace's.
 pub fn detach(interface: &str) -> anyhow::Result<()> {
-    // Only a running lbd holds the lock; without a lock file none ever ran.
-    let lock_file = Path::new(daemon::RUN_DIR).join(format!("lbd-{interface}.lock"));
-    let _lock = if lock_file.exists() {
-        Some(
-            InterfaceLock::take(Path::new(daemon::RUN_DIR), interface)
-                .context("lbd is running for this interface: stop it first")?,
-        )
-    } else {
-        None
-    };
-    pin::ensure_bpffs(Path::new(pin::BPFFS))?;
-    let balancer = pin::remove_all(Path::new(pin::BPFFS), interface)?;
-    let decap_dir = decap_dir(interface);
-    let decap = decap_dir.exists();
-    if decap {
-        std::fs::remove_dir_all(&decap_dir)
-            .with_context(|| format!("removing {}", decap_dir.display()))?;
+    let place = PinPlace::current(interface)?;
+    let run_dir = Path::new(lock::RUN_DIR);
+    // A running lbd holds the lock: refuse rather than pull its maps away.
+    let _lock = InterfaceLock::take(run_dir, place.netns, interface)
+        .context("lbd is running for this interface: stop it first")?;
+    pin::ensure_bpffs(&place.bpffs)?;
+    if let Some(found) = iface::lookup_blocking(interface)? {
+        // Moved into this namespace's place first, then removed with it.
+        let v = Path::new(&format!("v{}", lb_common::MAP_LAYOUT_VERSION)).to_path_buf();
+        for (what, legacy, rel, to) in [
+            ("balancer", place.legacy_balancer_dir(), v, place.interface_dir()),
+            ("decap", place.legacy_decap_dir(), Default::default(), place.decap_dir()),
+        ] {
+            pin::report_legacy(what, &pin::claim_legacy(&legacy, &rel, &to, &found));
+        }
     }
+    let balancer = place.remove_balancer()?;
+    let decap = place.remove_decap()?;
     match (balancer, decap) {
-        (false, false) => println!("nothing pinned for {interface}"),
+        (false, false) => println!("nothing pinned for {interface} in this network namespace"),
         _ => println!(
             "detached from {interface}:{}{}",
             if balancer {
@@ -222,20 +255,44 @@ pub fn detach(interface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Attaches decap to `interface` and pins its link in this namespace's
+/// place. Everything that can fail without touching the interface is
+/// checked first; if attaching fails, the directory made for the pin is
+/// removed again.
 pub fn decap(interface: &str, addresses: &[IpAddr], mode: AttachMode) -> anyhow::Result<()> {
-    pin::ensure_bpffs(Path::new(pin::BPFFS))?;
+    let place = PinPlace::current(interface)?;
+    pin::ensure_bpffs(&place.bpffs)?;
+    let found = iface::require_blocking(interface)?;
+    pin::report_legacy(
+        "decap",
+        &pin::claim_legacy(
+            &place.legacy_decap_dir(),
+            Path::new(""),
+            &place.decap_dir(),
+            &found,
+        ),
+    );
     let mut d = Decap::load().context("loading the decap program")?;
     for a in addresses {
         d.add_address(*a)?;
     }
-    let m = d
-        .attach_pinned(interface, mode, &decap_dir(interface))
-        .with_context(|| format!("attaching decap to {interface}"))?;
+    let dir = place.decap_dir();
+    let first = !dir.exists();
+    let m = match d.attach_pinned(interface, mode, &dir) {
+        Ok(m) => m,
+        Err(e) => {
+            if first {
+                let _ = place.remove_decap();
+            }
+            return Err(e.context(format!("attaching decap to {interface}")));
+        }
+    };
     let list: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
     println!(
-        "decap attached to {interface} ({}) for {}",
+        "decap attached to {interface} ({}) for {}; pinned at {}",
         daemon::mode_name(m),
-        list.join(", ")
+        list.join(", "),
+        dir.display()
     );
     Ok(())
 }

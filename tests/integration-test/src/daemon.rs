@@ -33,12 +33,16 @@
 //! reads lbd's `/metrics` from inside the lb namespace.
 //!
 //! Everything global is named after a tag unique to the test process and
-//! lab (`lbdt<pid><n>`): interfaces (`lbdt<tag>lb`, `lbdt<tag>b1`, ...),
-//! hence pin directories (`/sys/fs/bpf/lb/<if>`, `/sys/fs/bpf/lb-decap/<if>`)
-//! and locks (`/run/lb/lbd-<if>.lock`), and the temporary directory. A lab
+//! lab (`lbdt<pid><n>`): interfaces (`lbdt<tag>lb`, `lbdt<tag>b1`, ...) and
+//! the temporary directory. Pin directories and locks are lbd's, keyed by
+//! network namespace and interface (`/sys/fs/bpf/lb/netns-<cookie>/<if>`,
+//! `/run/lb/lbd-netns-<cookie>-<if>.lock`). [`Lab::new_eth0`] builds the
+//! container layout instead, every host's interface named `eth0`, which is
+//! what proves that several lb instances on one host never meet. A lab
 //! removes all of it on drop, also when the test panics (then it prints the
 //! tail of lbd's log first); leftovers of test processes that were killed
-//! outright are swept by the next [`Lab::new`].
+//! outright are swept by the next [`Lab::new`] (tagged names only: an
+//! `eth0` lab of a killed process leaves its pins behind).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -61,8 +65,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb::{decap::Decap, maps::AttachMode};
-use lb_common::{ConnEntry, FlowKey, MAP_LAYOUT_VERSION, PROTO_TCP};
+use lb::{decap::Decap, maps::AttachMode, pin::PinPlace};
+use lb_common::{ConnEntry, FlowKey, PROTO_TCP};
 
 use crate::netns::{self, in_netns, spawn_in_netns, Topology, NETNS_RUN_DIR};
 
@@ -255,15 +259,20 @@ fn tag_pid(name: &str) -> Option<u32> {
 pub fn sweep_stale() {
     let dead =
         |name: &str| tag_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
-    let dirs = [
-        PathBuf::from(BPFFS).join("lb"),
-        PathBuf::from(BPFFS).join("lb-decap"),
-        std::env::temp_dir(),
-    ];
-    for dir in dirs {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
+    for top in ["lb", "lb-decap"] {
+        for ns_dir in netns_dirs(&Path::new(BPFFS).join(top)) {
+            let Ok(entries) = fs::read_dir(&ns_dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if dead(&e.file_name().to_string_lossy()) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+            let _ = fs::remove_dir(&ns_dir);
+        }
+    }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if dead(&name) && e.path().is_dir() {
@@ -274,24 +283,62 @@ pub fn sweep_stale() {
     if let Ok(entries) = fs::read_dir(RUN_DIR) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(rest) = name
-                .strip_prefix("lbd-")
+            // lbd-netns-<cookie>-<interface>.lock
+            let ifname = name
+                .strip_prefix("lbd-netns-")
                 .and_then(|n| n.strip_suffix(".lock"))
-            {
-                if dead(rest) {
-                    let _ = fs::remove_file(e.path());
-                }
+                .and_then(|n| n.split_once('-'))
+                .map(|(_, i)| i);
+            if ifname.is_some_and(dead) {
+                let _ = fs::remove_file(e.path());
             }
         }
     }
 }
 
-/// Removes what one interface name may have left globally: pins of every
+/// The `netns-<cookie>` directories under `dir`.
+pub fn netns_dirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| lb::netns::NetnsId::parse(&e.file_name().to_string_lossy()).is_some())
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Every pin directory lb keeps for an interface named `ifname`, in any
+/// namespace (and at the pre-namespace paths): for labs with names no one
+/// else uses, to find what a killed run left.
+pub fn pins_named(ifname: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for top in ["lb", "lb-decap"] {
+        let top = Path::new(BPFFS).join(top);
+        found.push(top.join(ifname));
+        found.extend(netns_dirs(&top).into_iter().map(|d| d.join(ifname)));
+    }
+    found.retain(|p| p.exists());
+    found
+}
+
+/// The pin place of `ifname` in namespace `ns`.
+pub fn pin_place(ns: &str, ifname: &str) -> Result<PinPlace> {
+    in_netns(ns, || PinPlace::current(ifname))?
+}
+
+/// Removes what lbd may have left for `ifname` in `ns`: pins of every
 /// layout, the decap pin, the lock file.
-pub fn remove_interface_leftovers(ifname: &str) {
-    let _ = fs::remove_dir_all(Path::new(BPFFS).join("lb").join(ifname));
-    let _ = fs::remove_dir_all(Path::new(BPFFS).join("lb-decap").join(ifname));
-    let _ = fs::remove_file(Path::new(RUN_DIR).join(format!("lbd-{ifname}.lock")));
+pub fn remove_interface_leftovers(ns: &str, ifname: &str) {
+    if let Ok(place) = pin_place(ns, ifname) {
+        let _ = place.remove_balancer();
+        let _ = place.remove_decap();
+        let _ = fs::remove_file(lb::lock::lock_path(
+            Path::new(RUN_DIR),
+            place.netns,
+            ifname,
+        ));
+    }
 }
 
 // ---------------------------------------------------------------- config
@@ -463,6 +510,8 @@ pub struct Lab {
     pub lb_if: String,
     pub lb_ns: String,
     pub client_ns: String,
+    /// The client's interface.
+    pub client_if: String,
     pub switch_ns: String,
     pub backends: Vec<BackendHost>,
     lbd: Option<Child>,
@@ -479,6 +528,16 @@ impl Lab {
     /// Builds the topology with `n_backends` backends (b1..bn, all running
     /// decap and servers). lbd is not started.
     pub fn new(n_backends: usize) -> Result<Lab> {
+        Self::create(n_backends, false)
+    }
+
+    /// [`Lab::new`] in the container layout: the client's, the balancer's
+    /// and every backend's interface is named `eth0`.
+    pub fn new_eth0(n_backends: usize) -> Result<Lab> {
+        Self::create(n_backends, true)
+    }
+
+    fn create(n_backends: usize, eth0: bool) -> Result<Lab> {
         sweep_stale();
         let tag = new_tag();
         let dir = std::env::temp_dir().join(&tag);
@@ -493,9 +552,10 @@ impl Lab {
             state_dir: dir.join("state"),
             log_path: dir.join("lbd.log"),
             dir,
-            lb_if: format!("{tag}lb"),
+            lb_if: if eth0 { "eth0".into() } else { format!("{tag}lb") },
             lb_ns: String::new(),
             client_ns: String::new(),
+            client_if: if eth0 { "eth0".into() } else { "c0".into() },
             switch_ns: String::new(),
             backends: Vec::new(),
             lbd: None,
@@ -506,7 +566,7 @@ impl Lab {
             topo: Some(Topology::new()?),
             tag,
         };
-        lab.build(n_backends)?;
+        lab.build(n_backends, eth0)?;
         Ok(lab)
     }
 
@@ -514,7 +574,7 @@ impl Lab {
         self.topo.as_mut().expect("topology lives until drop")
     }
 
-    fn build(&mut self, n_backends: usize) -> Result<()> {
+    fn build(&mut self, n_backends: usize, eth0: bool) -> Result<()> {
         let sw = self.topo().add_ns("sw")?;
         let cl = self.topo().add_ns("cl")?;
         let lb = self.topo().add_ns("lb")?;
@@ -537,11 +597,12 @@ impl Lab {
 
         // Client: MTU 1500, checksums finished in software (see
         // `netns::set_tx_checksum`), the VIPs routed to the balancer.
-        self.topo().veth((&cl, "c0"), (&sw, "pcl"))?;
+        let c0 = self.client_if.clone();
+        self.topo().veth((&cl, &c0), (&sw, "pcl"))?;
         self.topo().set_master(&sw, "pcl", "br0")?;
-        netns::set_tx_checksum(&cl, "c0", false)?;
-        self.topo().add_addr(&cl, "c0", &format!("{CLIENT4}/24"))?;
-        self.topo().add_addr(&cl, "c0", &format!("{CLIENT6}/64"))?;
+        netns::set_tx_checksum(&cl, &c0, false)?;
+        self.topo().add_addr(&cl, &c0, &format!("{CLIENT4}/24"))?;
+        self.topo().add_addr(&cl, &c0, &format!("{CLIENT6}/64"))?;
         self.topo()
             .add_route(&cl, &["10.100.0.0/24", "via", &LB4.to_string()])?;
         self.topo()
@@ -566,7 +627,11 @@ impl Lab {
         for i in 1..=n_backends {
             let name = format!("b{i}");
             let ns = self.topo().add_ns(&name)?;
-            let ifname = format!("{}{name}", self.tag);
+            let ifname = if eth0 {
+                "eth0".to_string()
+            } else {
+                format!("{}{name}", self.tag)
+            };
             let port = format!("p{name}");
             let host = BackendHost {
                 name: name.clone(),
@@ -803,11 +868,19 @@ impl Lab {
         )
     }
 
+    /// Where lbd pins the balancer's objects in this lab's lb namespace.
+    pub fn pin_place(&self) -> PinPlace {
+        pin_place(&self.lb_ns, &self.lb_if).expect("the lb namespace's pin place")
+    }
+
     pub fn pin_dir(&self) -> PathBuf {
-        Path::new(BPFFS)
-            .join("lb")
-            .join(&self.lb_if)
-            .join(format!("v{MAP_LAYOUT_VERSION}"))
+        self.pin_place().balancer_dir()
+    }
+
+    /// `lbd <args>` in the lb namespace, bounded.
+    pub fn lbd_in_lb_ns(&self, args: &[&str]) -> Output {
+        run_bounded(nsenter(&self.lb_ns, &lbd_bin()).args(args), Duration::from_secs(20))
+            .expect("running lbd")
     }
 
     // ------------------------------------------------------------ lbctl
@@ -1124,7 +1197,7 @@ impl Lab {
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
         let mut links = vec![
-            (self.client_ns.clone(), "c0".to_string()),
+            (self.client_ns.clone(), self.client_if.clone()),
             (self.lb_ns.clone(), self.lb_if.clone()),
             (self.switch_ns.clone(), "plb".to_string()),
         ];
@@ -1159,19 +1232,19 @@ impl Drop for Lab {
             s.join();
         }
         self.kill_lbd();
-        // Unpin everything (lbd detach, as an operator would), falling back
-        // to removing the directories.
-        let mut ifs = vec![self.lb_if.clone()];
-        ifs.extend(self.backends.iter().map(|b| b.ifname.clone()));
-        for ifname in ifs {
-            let mut cmd = Command::new(lbd_bin());
+        // Unpin everything (lbd detach in each namespace, as an operator
+        // would), falling back to removing the directories.
+        let mut ifs = vec![(self.lb_ns.clone(), self.lb_if.clone())];
+        ifs.extend(self.backends.iter().map(|b| (b.ns.clone(), b.ifname.clone())));
+        for (ns, ifname) in ifs {
+            let mut cmd = nsenter(&ns, &lbd_bin());
             cmd.args(["detach", "--interface", &ifname]);
             match run_bounded(&mut cmd, Duration::from_secs(20)) {
                 Ok(o) if o.ok() => {}
                 Ok(o) => eprintln!("lab {}: lbd detach --interface {ifname}: {o}", self.tag),
                 Err(e) => eprintln!("lab {}: lbd detach --interface {ifname}: {e:#}", self.tag),
             }
-            remove_interface_leftovers(&ifname);
+            remove_interface_leftovers(&ns, &ifname);
         }
         self.passthrough = None;
         self.topo = None;

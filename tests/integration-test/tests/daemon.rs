@@ -222,7 +222,7 @@ fn bring_up() {
     assert!(!out.ok(), "a second lbd ran: {out}");
     assert!(
         out.stderr.contains(&format!(
-            "another lbd is already running for interface {} (pid {pid}",
+            "another lbd is already running for interface {} in this network namespace (pid {pid}",
             lab.lb_if
         )),
         "{out}"
@@ -230,11 +230,7 @@ fn bring_up() {
     assert!(t.elapsed() < Duration::from_secs(5));
 
     // So is `lbd detach` of the running interface.
-    let out = run_bounded(
-        Command::new(lbd_bin()).args(["detach", "--interface", &lab.lb_if]),
-        Duration::from_secs(15),
-    )
-    .unwrap();
+    let out = lab.lbd_in_lb_ns(&["detach", "--interface", &lab.lb_if]);
     assert!(!out.ok(), "detach under a running lbd: {out}");
     assert!(out.stderr.contains("stop it first"), "{out}");
     assert!(lab.pin_dir().join("link-native").exists());
@@ -1184,7 +1180,7 @@ fn pinned_state_and_locks() {
     lab.write_config(&lab.config_text(&[]));
 
     // Pinned maps of layout v0, as an older lbd would have left them.
-    let iface_dir = Path::new(BPFFS).join("lb").join(&lab.lb_if);
+    let iface_dir = lab.pin_place().interface_dir();
     let old = iface_dir.join("v0");
     fs::create_dir_all(old.join("maps")).unwrap();
     pin_small_map(&old.join("maps").join("CONNTRACK"));
@@ -1221,11 +1217,7 @@ fn pinned_state_and_locks() {
     assert!(!link.contains("prog/xdp"), "{link}");
 
     // The advice works: detach removes them, then lbd starts.
-    let out = run_bounded(
-        Command::new(lbd_bin()).args(["detach", "--interface", &lab.lb_if]),
-        Duration::from_secs(15),
-    )
-    .unwrap();
+    let out = lab.lbd_in_lb_ns(&["detach", "--interface", &lab.lb_if]);
     assert!(out.ok(), "{out}");
     assert!(
         out.stdout.contains(&format!("detached from {}", lab.lb_if)),

@@ -2,10 +2,7 @@
 //! while the VIP's backend set changes.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use lb_common::{
-    ConnEntry, Counter, FlowKey, HashMode, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_DOWN, CONN_TOUCH_NS,
-    PROTO_TCP,
-};
+use lb_common::{rules, ConnEntry, Counter, FlowKey, HashMode, VipInfo, CONN_TOUCH_NS, PROTO_TCP};
 
 use crate::{maps, select, stats, Out};
 
@@ -25,11 +22,11 @@ pub fn lookup_or_select(
     new_flow: bool,
 ) -> Result<(u32, u32), Out> {
     let now = now_ns();
-    let hit = if new_flow {
+    let hit = if rules::consults_conntrack(vip.flags, new_flow) {
+        lookup(flow, vip, now)
+    } else {
         stats::count(Counter::ConnMiss);
         None
-    } else {
-        lookup(flow, vip, now)
     };
     // A hit brings the hash its entry kept (0: not known), so only a miss
     // hashes the flow; one call site keeps the program small.
@@ -80,18 +77,12 @@ pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, u32)> {
     } else {
         maps::udp_idle_timeout_ns()
     };
-    if idle > timeout {
+    if !rules::conn_entry_live(idle, timeout) {
         stats::count(Counter::ConnExpired);
         return None;
     }
     let id = entry.backend_id;
-    let valid = match maps::backend(id) {
-        Some(b) => {
-            b.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE
-                && b.vip_id == vip.vip_id
-        }
-        None => false,
-    };
+    let valid = maps::backend(id).is_some_and(|b| rules::conn_backend_valid(b, vip.vip_id));
     if !valid {
         stats::count(Counter::ConnStale);
         return None;

@@ -5,15 +5,11 @@
 //! header reversed.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    Addr, Counter, FlowKey, HashMode, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, VIP_F_STATELESS,
-};
+use lb_common::{rules, Addr, Counter, FlowKey, HashMode, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use lb_ebpf::ptr_at;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use crate::{
-    conntrack, find_vip, forward, hash_mode, maps, parse::words, parse::Packet, select, Out,
-};
+use crate::{conntrack, find_vip, forward, maps, parse::words, parse::Packet, select, Out};
 
 const ICMP_HLEN: usize = 8;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -27,11 +23,11 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out
     let flow = quoted_flow(ctx, pkt)?;
     let vip = find_vip(&flow).ok_or(Out::Pass(Counter::IcmpUnknownFlow))?;
     crate::stats::count(kind);
-    let hash = lb_common::flow_hash(&flow, hash_mode(&vip, HashMode::FiveTuple));
-    let known = if vip.flags & VIP_F_STATELESS != 0 {
-        None
-    } else {
+    let hash = lb_common::flow_hash(&flow, rules::hash_mode(vip.flags, HashMode::FiveTuple));
+    let known = if rules::uses_conntrack(vip.flags) {
         conntrack::lookup(&flow, &vip, conntrack::now_ns()).map(|(id, _)| id)
+    } else {
+        None
     };
     let backend_id = match known {
         Some(id) => id,

@@ -17,7 +17,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Counter, FlowKey, HashMode, VipInfo, VipKey, VIP_F_SRC_HASH, VIP_F_STATELESS};
+use lb_common::{rules, Counter, FlowKey, HashMode, VipInfo};
 
 use crate::parse::Packet;
 
@@ -51,12 +51,12 @@ fn balance(ctx: &XdpContext) -> Result<Out, Out> {
         return serve_fragment(ctx, &pkt, frame_len);
     }
     let vip = find_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
-    let mode = hash_mode(&vip, HashMode::FiveTuple);
-    let (backend_id, hash) = if vip.flags & VIP_F_STATELESS != 0 {
+    let mode = rules::hash_mode(vip.flags, HashMode::FiveTuple);
+    let (backend_id, hash) = if rules::uses_conntrack(vip.flags) {
+        conntrack::lookup_or_select(&pkt.flow, &vip, mode, !pkt.tcp_rst, pkt.tcp_syn)?
+    } else {
         let hash = lb_common::flow_hash(&pkt.flow, mode);
         (select::by_table(&vip, hash)?, hash)
-    } else {
-        conntrack::lookup_or_select(&pkt.flow, &vip, mode, !pkt.tcp_rst, pkt.tcp_syn)?
     };
     forward::to_backend(ctx, &pkt, &vip, backend_id, hash, frame_len)
 }
@@ -70,36 +70,15 @@ fn serve_fragment(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out,
     stats::count(Counter::Ipv4Fragment);
     let vip_key = maps::fragment_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
     let vip = maps::vip(&vip_key).ok_or(Out::Pass(Counter::PassNotVip))?;
-    let hash = lb_common::flow_hash(&pkt.flow, hash_mode(&vip, HashMode::ThreeTuple));
+    let hash = lb_common::flow_hash(&pkt.flow, rules::fragment_hash_mode(vip.flags));
     let backend_id = select::by_table(&vip, hash)?;
     forward::to_backend(ctx, pkt, &vip, backend_id, hash, frame_len)
 }
 
-/// The VIP for a flow: the exact (address, port, protocol) entry, else the
-/// address's port-less entry for that protocol.
+/// The VIP for a flow, in the order `lb_common::rules` sets.
 #[inline(always)]
 pub fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
-    let mut key = VipKey {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
-        family: flow.family,
-    };
-    if let Some(vip) = maps::vip(&key) {
-        return Some(vip);
-    }
-    key.port = 0;
-    maps::vip(&key)
-}
-
-/// Source-hash VIPs hash the client address whatever the caller's default.
-#[inline(always)]
-pub fn hash_mode(vip: &VipInfo, default: HashMode) -> HashMode {
-    if vip.flags & VIP_F_SRC_HASH != 0 {
-        HashMode::SourceAddr
-    } else {
-        default
-    }
+    rules::find_vip(flow, maps::vip)
 }
 
 #[inline(always)]

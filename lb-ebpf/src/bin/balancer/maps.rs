@@ -112,13 +112,7 @@ pub fn is_vip_addr(addr: &lb_common::Addr, family: u8, proto: u8) -> bool {
 
 #[inline(always)]
 pub fn fragment_vip(flow: &FlowKey) -> Option<VipKey> {
-    let key = AddrKey {
-        addr: flow.dst,
-        family: flow.family,
-        proto: flow.proto,
-        _pad: [0; 2],
-    };
-    unsafe { VIP_ADDRS.get(key).copied() }
+    unsafe { VIP_ADDRS.get(lb_common::rules::fragment_addr_key(flow)).copied() }
 }
 
 #[inline(always)]

@@ -1,6 +1,6 @@
 //! Stage 4: the backend for a new flow, from the VIP's live Maglev table.
 
-use lb_common::{maglev_slot, Counter, VipInfo, NO_BACKEND};
+use lb_common::{rules, Counter, VipInfo, NO_BACKEND};
 
 use crate::{maps::MAGLEV, Out};
 
@@ -9,14 +9,8 @@ use crate::{maps::MAGLEV, Out};
 /// table switch is seen either wholly or not at all.
 #[inline(always)]
 pub fn by_table(vip: &VipInfo, hash: u32) -> Result<u32, Out> {
-    if vip.table_size == 0 {
-        return Err(Out::Drop(Counter::DropNoBackend));
-    }
-    let slot = maglev_slot(hash, vip.table_size);
-    let id = MAGLEV
-        .get(vip.table_base.wrapping_add(slot))
-        .copied()
-        .unwrap_or(NO_BACKEND);
+    let index = rules::table_index(vip, hash).ok_or(Out::Drop(Counter::DropNoBackend))?;
+    let id = MAGLEV.get(index).copied().unwrap_or(NO_BACKEND);
     if id == NO_BACKEND {
         return Err(Out::Drop(Counter::DropNoBackend));
     }

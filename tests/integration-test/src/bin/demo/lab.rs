@@ -19,10 +19,10 @@
 //! client directly (direct server return).
 //!
 //! Interface names are fixed and start with `dm-`: the programs pinned on
-//! bpffs are named after them (`/sys/fs/bpf/lb/dm-lb`,
-//! `/sys/fs/bpf/lb-decap/dm-b1`, ...), and fixed names let a demo remove
-//! what an earlier one left when it was killed outright. Only one demo runs
-//! at a time.
+//! bpffs are named after them (`/sys/fs/bpf/lb/netns-<cookie>/dm-lb`,
+//! `/sys/fs/bpf/lb-decap/netns-<cookie>/dm-b1`, ...), and fixed names let a
+//! demo remove what an earlier one left when it was killed outright. Only
+//! one demo runs at a time.
 
 use std::{
     fs,
@@ -35,7 +35,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use integration_test::netns::{self, Topology, NETNS_RUN_DIR, NS_PREFIX};
+use integration_test::{
+    daemon::pins_named,
+    netns::{self, Topology, NETNS_RUN_DIR, NS_PREFIX},
+};
 use lb::control::{BackendStatus, Status};
 
 use crate::{check_interrupt, http::Server};
@@ -267,25 +270,13 @@ impl Lab {
             }
         }
         let mut removed = Vec::new();
+        // The namespaces of a demo killed outright are gone, so its links
+        // are severed: removing the pins is all that is left to do.
         for ifname in pinnable_interfaces() {
-            let pins = [
-                Path::new(BPFFS).join("lb").join(&ifname),
-                Path::new(BPFFS).join("lb-decap").join(&ifname),
-            ];
-            if pins.iter().any(|p| p.exists()) {
-                let out = run_bounded(
-                    Command::new(&self.lbd_bin).args(["detach", "--interface", &ifname]),
-                    COMMAND_TIMEOUT,
-                )?;
-                if !out.ok {
-                    bail!(
-                        "`lbd detach --interface {ifname}` failed: {}",
-                        out.message()
-                    );
-                }
-                removed.push(format!("the pins of {ifname}"));
+            for p in pins_named(&ifname) {
+                fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                removed.push(format!("the pins at {}", p.display()));
             }
-            let _ = fs::remove_file(Path::new(RUN_DIR).join(format!("lbd-{ifname}.lock")));
         }
         if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
             for e in entries.flatten() {
@@ -692,34 +683,20 @@ fall = 2  # failed checks in a row to go down
         }
 
         for ifname in pinnable_interfaces() {
-            for dir in ["lb", "lb-decap"] {
-                let p = Path::new(BPFFS).join(dir).join(&ifname);
-                if p.exists() {
-                    problems.push(format!("{} is still there", p.display()));
-                }
+            for p in pins_named(&ifname) {
+                problems.push(format!("{} is still there", p.display()));
             }
         }
         problems
     }
 
-    /// `lbd detach` in the interface's namespace (falling back to the
-    /// host's: detaching only removes pins), then its lock file.
+    /// `lbd detach` in the interface's namespace (it removes only that
+    /// namespace's pins, and its lock file with its lock).
     fn detach(&self, ns: &str, ifname: &str) -> Result<()> {
         let args = ["detach", "--interface", ifname];
-        let out = run_bounded(nsenter(ns, &self.lbd_bin).args(args), COMMAND_TIMEOUT);
-        let ok = match out {
-            Ok(o) if o.ok => true,
-            _ => {
-                let o = run_bounded(Command::new(&self.lbd_bin).args(args), COMMAND_TIMEOUT)?;
-                if !o.ok {
-                    bail!("{}", o.message());
-                }
-                true
-            }
-        };
-        if ok {
-            // lbd leaves its (empty, unlocked) lock files; these are ours.
-            let _ = fs::remove_file(Path::new(RUN_DIR).join(format!("lbd-{ifname}.lock")));
+        let o = run_bounded(nsenter(ns, &self.lbd_bin).args(args), COMMAND_TIMEOUT)?;
+        if !o.ok {
+            bail!("{}", o.message());
         }
         Ok(())
     }

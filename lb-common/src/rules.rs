@@ -1,0 +1,197 @@
+//! Every decision the balancer makes that user space must reproduce
+//! (`lbctl explain`, the agreement tests): one pure function each, called by
+//! the XDP program and by user space alike, so the two cannot drift apart.
+//! The flow hash and the Maglev slot are in `hash`.
+
+use crate::{
+    hash::{maglev_slot, HashMode},
+    maps::{
+        AddrKey, Backend, FlowKey, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_DOWN,
+        VIP_F_SRC_HASH, VIP_F_STATELESS,
+    },
+};
+
+/// The keys a packet's VIP is looked up under, in order: the exact (address,
+/// port, protocol), then the address's port-less entry for the protocol.
+#[inline(always)]
+pub fn vip_lookup_keys(flow: &FlowKey) -> [VipKey; 2] {
+    let exact = VipKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    let portless = VipKey { port: 0, ..exact };
+    [exact, portless]
+}
+
+/// The first of [`vip_lookup_keys`] that `lookup` finds.
+#[inline(always)]
+pub fn find_vip<T>(flow: &FlowKey, mut lookup: impl FnMut(&VipKey) -> Option<T>) -> Option<T> {
+    let [exact, portless] = vip_lookup_keys(flow);
+    match lookup(&exact) {
+        Some(v) => Some(v),
+        None => lookup(&portless),
+    }
+}
+
+/// The fields a VIP's flows are hashed over: source-hash VIPs hash the
+/// client address whatever the caller's default (five-tuple for whole
+/// packets, three-tuple for fragments and the ICMP errors about them).
+#[inline(always)]
+pub fn hash_mode(vip_flags: u32, default: HashMode) -> HashMode {
+    if vip_flags & VIP_F_SRC_HASH != 0 {
+        HashMode::SourceAddr
+    } else {
+        default
+    }
+}
+
+/// Whether the VIP keeps flows in the connection table.
+#[inline(always)]
+pub fn uses_conntrack(vip_flags: u32) -> bool {
+    vip_flags & VIP_F_STATELESS == 0
+}
+
+/// Whether a packet consults the connection table at all: a TCP SYN starts
+/// a new connection and always follows the Maglev table, so an entry left by
+/// an earlier connection on the same 5-tuple cannot send it to a backend that
+/// is drained or no longer the table's choice.
+#[inline(always)]
+pub fn consults_conntrack(vip_flags: u32, tcp_syn: bool) -> bool {
+    uses_conntrack(vip_flags) && !tcp_syn
+}
+
+/// Whether a connection-table entry idle for `idle_ns` is still live.
+#[inline(always)]
+pub fn conn_entry_live(idle_ns: u64, timeout_ns: u64) -> bool {
+    idle_ns <= timeout_ns
+}
+
+/// Whether a live entry's backend may still take the flow: the backend entry
+/// is in use, not marked down by health checks, and still belongs to the
+/// VIP (a freed id may have been given to another VIP's backend).
+#[inline(always)]
+pub fn conn_backend_valid(backend: &Backend, vip_id: u32) -> bool {
+    backend.flags & (BACKEND_F_ACTIVE | BACKEND_F_DOWN) == BACKEND_F_ACTIVE
+        && backend.vip_id == vip_id
+}
+
+/// The index in `MAGLEV` of the slot `hash` selects in the VIP's live table;
+/// `None` when the VIP has no table (no backend: the packet is dropped).
+#[inline(always)]
+pub fn table_index(vip: &VipInfo, hash: u32) -> Option<u32> {
+    if vip.table_size == 0 {
+        return None;
+    }
+    Some(vip.table_base.wrapping_add(maglev_slot(hash, vip.table_size)))
+}
+
+/// IPv4 fragments after the first carry no ports, so every fragment of a
+/// datagram is steered by addresses and protocol alone: the `VIP_ADDRS` key
+/// that names the VIP serving the datagram's fragments.
+#[inline(always)]
+pub fn fragment_addr_key(flow: &FlowKey) -> AddrKey {
+    AddrKey {
+        addr: flow.dst,
+        family: flow.family,
+        proto: flow.proto,
+        _pad: [0; 2],
+    }
+}
+
+/// How a fragment of a VIP's datagram is hashed.
+#[inline(always)]
+pub fn fragment_hash_mode(vip_flags: u32) -> HashMode {
+    hash_mode(vip_flags, HashMode::ThreeTuple)
+}
+
+/// Which of the VIPs on one (address, protocol) serves its fragments, by
+/// port: the port-less VIP if there is one, else the lowest port. One VIP
+/// must serve them all for a datagram to stay on one backend.
+pub fn fragment_vip_port(ports: impl IntoIterator<Item = u16>) -> Option<u16> {
+    ports.into_iter().min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::{FAMILY_V4, PROTO_TCP};
+
+    fn flow(dport: u16) -> FlowKey {
+        FlowKey {
+            src: [1, 0, 0, 0],
+            dst: [2, 0, 0, 0],
+            sport: 1234u16.to_be(),
+            dport: dport.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn exact_vip_before_the_portless_one() {
+        let f = flow(80);
+        let [exact, portless] = vip_lookup_keys(&f);
+        assert_eq!(exact.port, 80u16.to_be());
+        assert_eq!(portless.port, 0);
+        assert_eq!((exact.addr, exact.proto), (portless.addr, portless.proto));
+        let both = |k: &VipKey| Some(k.port);
+        assert_eq!(find_vip(&f, both), Some(80u16.to_be()));
+        let only_portless = |k: &VipKey| (k.port == 0).then_some("any");
+        assert_eq!(find_vip(&f, only_portless), Some("any"));
+        assert_eq!(find_vip(&f, |_| None::<()>), None);
+    }
+
+    #[test]
+    fn source_hash_overrides_every_default() {
+        for d in [HashMode::FiveTuple, HashMode::ThreeTuple] {
+            assert_eq!(hash_mode(VIP_F_SRC_HASH, d), HashMode::SourceAddr);
+            assert_eq!(hash_mode(0, d), d);
+        }
+        assert_eq!(fragment_hash_mode(0), HashMode::ThreeTuple);
+        assert_eq!(fragment_hash_mode(VIP_F_SRC_HASH), HashMode::SourceAddr);
+    }
+
+    #[test]
+    fn entry_validity() {
+        let b = |flags, vip_id| Backend {
+            flags,
+            vip_id,
+            ..Default::default()
+        };
+        assert!(conn_backend_valid(&b(BACKEND_F_ACTIVE, 3), 3));
+        assert!(!conn_backend_valid(&b(BACKEND_F_ACTIVE, 4), 3), "id reused");
+        assert!(!conn_backend_valid(&b(BACKEND_F_ACTIVE | BACKEND_F_DOWN, 3), 3));
+        assert!(!conn_backend_valid(&b(0, 3), 3), "cleared");
+        assert!(conn_entry_live(5, 5) && !conn_entry_live(6, 5));
+        assert!(consults_conntrack(0, false));
+        assert!(!consults_conntrack(0, true), "a SYN follows the table");
+        assert!(!consults_conntrack(VIP_F_STATELESS, false));
+    }
+
+    #[test]
+    fn table_index_and_empty_tables() {
+        let vip = VipInfo {
+            table_size: 7,
+            table_base: 100,
+            ..Default::default()
+        };
+        assert_eq!(table_index(&vip, 15), Some(101));
+        let empty = VipInfo {
+            table_size: 0,
+            ..vip
+        };
+        assert_eq!(table_index(&empty, 15), None);
+    }
+
+    #[test]
+    fn fragments_go_to_the_portless_or_lowest_port_vip() {
+        assert_eq!(fragment_vip_port([443, 80, 8080]), Some(80));
+        assert_eq!(fragment_vip_port([443, 0]), Some(0));
+        assert_eq!(fragment_vip_port([]), None);
+        let k = fragment_addr_key(&flow(80));
+        assert_eq!((k.addr, k.proto), ([2, 0, 0, 0], PROTO_TCP));
+    }
+}

@@ -1,0 +1,96 @@
+//! The network namespace lbd runs in, and what it must know about its mount
+//! namespace.
+//!
+//! Several lbd (and decap) instances may share a host, one per network
+//! namespace, each on an interface of the same name (`eth0` in every
+//! container). Everything lb keeps on the host is therefore keyed by the
+//! namespace as well as the interface. The key is the namespace's cookie
+//! (`SO_NETNS_COOKIE`): the same for every process in the namespace, and,
+//! unlike its inode number, never given to another namespace after this one
+//! is gone, so a new namespace can never adopt a dead one's maps.
+
+use std::{fmt, os::fd::AsRawFd, path::Path};
+
+/// `SO_NETNS_COOKIE` from the kernel's socket options (the same number on
+/// every architecture lb runs on); the libc crate does not name it.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// A network namespace, by its cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetnsId(pub u64);
+
+impl fmt::Display for NetnsId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "netns-{}", self.0)
+    }
+}
+
+impl NetnsId {
+    /// The namespace of the calling thread.
+    pub fn current() -> anyhow::Result<NetnsId> {
+        // Any socket reports the cookie of the namespace it was made in.
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+            .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+            .map_err(|e| anyhow::anyhow!("opening a socket to learn the network namespace: {e}"))?;
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: a valid socket fd and an out-buffer of the stated length.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            anyhow::bail!(
+                "reading the network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(NetnsId(cookie))
+    }
+
+    /// Parses the `netns-<cookie>` form [`Display`](fmt::Display) writes.
+    pub fn parse(s: &str) -> Option<NetnsId> {
+        s.strip_prefix("netns-")?.parse().ok().map(NetnsId)
+    }
+}
+
+/// Whether this process shares the mount namespace of pid 1 (the host's).
+/// `ip netns exec` gives its command a private one, with `/sys` remounted.
+pub fn in_host_mount_namespace() -> bool {
+    let id = |p: &str| std::fs::metadata(Path::new(p)).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
+    match (id("/proc/self/ns/mnt"), id("/proc/1/ns/mnt")) {
+        (Some(a), Some(b)) => a == b,
+        // Unreadable (a restricted /proc): assume the host's, as before.
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_and_parse_agree() {
+        let id = NetnsId(4097);
+        assert_eq!(id.to_string(), "netns-4097");
+        assert_eq!(NetnsId::parse("netns-4097"), Some(id));
+        assert_eq!(NetnsId::parse("eth0"), None);
+        assert_eq!(NetnsId::parse("netns-x"), None);
+    }
+
+    #[test]
+    fn the_cookie_is_stable_within_a_namespace() {
+        let a = NetnsId::current().expect("cookie");
+        let b = NetnsId::current().expect("cookie");
+        assert_eq!(a, b);
+        assert_ne!(a.0, 0);
+    }
+}
