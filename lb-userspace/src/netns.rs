@@ -59,18 +59,38 @@ impl NetnsId {
     }
 }
 
-/// Whether this process shares the mount namespace of pid 1 (the host's).
-/// `ip netns exec` gives its command a private one, with `/sys` remounted.
-pub fn in_host_mount_namespace() -> bool {
-    let id = |p: &str| std::fs::metadata(Path::new(p)).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
-    match (id("/proc/self/ns/mnt"), id("/proc/1/ns/mnt")) {
-        (Some(a), Some(b)) => a == b,
+/// Whether this process's mount namespace is one that outlives it: the
+/// host's (pid 1's), or at least one other process's. `ip netns exec` gives
+/// its command a private one of its own, with `/sys` remounted, which ends
+/// with the command, and with it anything mounted there.
+pub fn mount_namespace_outlives_us() -> bool {
+    let Some(ours) = ns_id("/proc/self/ns/mnt") else {
         // Unreadable (a restricted /proc): assume the host's, as before.
-        _ => true,
+        return true;
+    };
+    if let Some(init) = ns_id("/proc/1/ns/mnt") {
+        return ours == init;
     }
+    // pid 1's namespaces may be closed to us (a sandboxed init): then any
+    // other process in our mount namespace shows that it is shared.
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    procs.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.bytes().all(|b| b.is_ascii_digit())
+            && name != me
+            && ns_id(&format!("/proc/{name}/ns/mnt")) == Some(ours)
+    })
+}
+
+fn ns_id(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(Path::new(path))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 #[cfg(test)]

@@ -218,23 +218,30 @@ fn remove_if_empty(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
-/// Checks that `path` is on a bpf filesystem, mounting one at /sys/fs/bpf
-/// when nothing is mounted there yet and lbd runs in the host's mount
-/// namespace. In a private mount namespace (`ip netns exec` makes one) a
-/// bpffs mounted here would vanish with this process, taking the pinned link
-/// and so the attached program with it: refuse instead, naming the fix.
+/// Checks that `path` is on a bpf filesystem that outlives lbd, mounting one
+/// at /sys/fs/bpf when nothing is mounted there yet.
+///
+/// In a private mount namespace (`ip netns exec` makes one, and mounts a
+/// fresh, empty bpffs in it) anything pinned would vanish with the
+/// namespace when lbd exits, taking the pinned link and so the attached
+/// program with it. There lbd accepts only the host's bpffs (the one pid 1
+/// sees at the same path), and otherwise refuses, naming the fix.
 pub fn ensure_bpffs(path: &Path) -> anyhow::Result<()> {
-    if is_bpffs(path) {
-        return Ok(());
-    }
-    if !crate::netns::in_host_mount_namespace() {
+    if !crate::netns::mount_namespace_outlives_us() {
+        let host = Path::new("/proc/1/root").join(path.strip_prefix("/").unwrap_or(path));
+        if is_bpffs(path) && is_bpffs(&host) && same_filesystem(path, &host) {
+            return Ok(());
+        }
         anyhow::bail!(
-            "{} is not a bpf filesystem and lbd runs in a private mount namespace (as under \
-             `ip netns exec`): anything pinned here would vanish when lbd exits and detach the \
+            "{} is not the host's bpf filesystem: lbd runs in a private mount namespace (as under \
+             `ip netns exec`), where anything pinned would vanish when lbd exits and detach the \
              program. Enter only the network namespace instead: \
              `nsenter --net=/run/netns/NAME lbd ...`",
             path.display()
         );
+    }
+    if is_bpffs(path) {
+        return Ok(());
     }
     if path == Path::new(BPFFS) {
         let target = std::ffi::CString::new(BPFFS).expect("no NUL");
@@ -258,6 +265,14 @@ pub fn ensure_bpffs(path: &Path) -> anyhow::Result<()> {
         path.display(),
         path.display()
     )
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 fn is_bpffs(path: &Path) -> bool {

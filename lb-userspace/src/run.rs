@@ -84,13 +84,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(socket = %socket_path.display(), "control socket ready");
         tracing::info!(listen = %metrics_listener.local_addr()?, "metrics ready at /metrics");
         let metrics = Arc::new(Metrics::new(shared.clone()));
-        let metrics_addr = shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .config()
-            .metrics_listen;
-        let metrics_listener = crate::metrics::bind(metrics_addr).await?;
-        tracing::info!(listen = %metrics_listener.local_addr()?, "metrics ready at /metrics");
         let changed = Arc::new(Notify::new());
         let nexthops_changed = Arc::new(Notify::new());
         let hooks = Arc::new(api::Hooks {
