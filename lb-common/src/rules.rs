@@ -84,7 +84,10 @@ pub fn table_index(vip: &VipInfo, hash: u32) -> Option<u32> {
     if vip.table_size == 0 {
         return None;
     }
-    Some(vip.table_base.wrapping_add(maglev_slot(hash, vip.table_size)))
+    Some(
+        vip.table_base
+            .wrapping_add(maglev_slot(hash, vip.table_size)),
+    )
 }
 
 /// IPv4 fragments after the first carry no ports, so every fragment of a
@@ -163,7 +166,10 @@ mod tests {
         };
         assert!(conn_backend_valid(&b(BACKEND_F_ACTIVE, 3), 3));
         assert!(!conn_backend_valid(&b(BACKEND_F_ACTIVE, 4), 3), "id reused");
-        assert!(!conn_backend_valid(&b(BACKEND_F_ACTIVE | BACKEND_F_DOWN, 3), 3));
+        assert!(!conn_backend_valid(
+            &b(BACKEND_F_ACTIVE | BACKEND_F_DOWN, 3),
+            3
+        ));
         assert!(!conn_backend_valid(&b(0, 3), 3), "cleared");
         assert!(conn_entry_live(5, 5) && !conn_entry_live(6, 5));
         assert!(consults_conntrack(0, false));

@@ -1,5 +1,10 @@
 //! The audit log: one JSON line per change request (who, what, result) in
 //! `state_dir/audit.log`, mirrored to the daemon's log.
+//!
+//! Every attempt is recorded, refused ones too, so the trail is complete;
+//! but a request is written only up to [`MAX_RECORDED`] bytes (with its full
+//! size noted), so a client sending megabytes of garbage cannot turn the log
+//! into a copy of it.
 
 use std::{
     fs::OpenOptions,
@@ -16,6 +21,33 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
+}
+
+/// How much of a request (and of a result) one audit entry keeps.
+pub const MAX_RECORDED: usize = 4096;
+
+/// A request as the audit log keeps it: whole when short, else its first
+/// [`MAX_RECORDED`] bytes of JSON text and its size.
+pub fn bounded(change: &serde_json::Value) -> serde_json::Value {
+    let text = change.to_string();
+    if text.len() <= MAX_RECORDED {
+        return change.clone();
+    }
+    serde_json::json!({
+        "truncated": true,
+        "bytes": text.len(),
+        "head": cut(&text, MAX_RECORDED),
+    })
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[derive(Serialize)]
@@ -46,6 +78,14 @@ impl AuditLog {
     /// Records a change request and its outcome ("ok" or the error).
     pub fn record(&self, peer: &Peer, change: &serde_json::Value, result: &str) {
         let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let change = &bounded(change);
+        let long_result;
+        let result = if result.len() > MAX_RECORDED {
+            long_result = format!("{}... ({} bytes)", cut(result, MAX_RECORDED), result.len());
+            long_result.as_str()
+        } else {
+            result
+        };
         let rec = Record {
             time,
             uid: peer.uid,
@@ -66,5 +106,44 @@ impl AuditLog {
         if let Err(e) = written {
             tracing::error!("writing audit log {}: {e}", self.path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_requests_are_kept_bounded_with_their_size() {
+        let dir = std::env::temp_dir().join(format!("lb-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = AuditLog::new(&dir);
+        let peer = Peer {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+        };
+        let small = serde_json::json!({"op": "vip-del", "vip": "web"});
+        log.record(&peer, &small, "ok");
+        let garbage = serde_json::Value::String("é".repeat(50_000));
+        log.record(&peer, &garbage, &"x".repeat(10_000));
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "every attempt recorded");
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first["change"], small, "short requests are kept whole");
+        assert!(
+            lines[1].len() < 3 * MAX_RECORDED,
+            "{} bytes",
+            lines[1].len()
+        );
+        let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(second["change"]["truncated"], true);
+        assert_eq!(second["change"]["bytes"], 100_002);
+        assert!(second["result"]
+            .as_str()
+            .unwrap()
+            .ends_with("(10000 bytes)"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

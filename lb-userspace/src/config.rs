@@ -635,7 +635,9 @@ struct RawEncap {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVip {
-    name: Spanned<String>,
+    /// Optional: without it the VIP is named by its identity
+    /// (`10.100.0.1:80/tcp`), as IPVS and Katran name services.
+    name: Option<Spanned<String>>,
     address: Spanned<String>,
     port: Option<Spanned<i64>>,
     protocol: Proto,
@@ -1082,15 +1084,20 @@ impl Source<'_> {
         let line = |span: Range<usize>| self.line_col(span.start).0;
         let entry = line(sv.span());
 
-        let name = v.name.get_ref().trim();
-        if name.is_empty() || name.chars().any(char::is_control) {
-            return Err(self.at(
-                v.name.span(),
-                &format!("vip[{i}]"),
-                format!("key `name`: {:?} is not a usable name", v.name.get_ref()),
-            ));
+        let given = v.name.as_ref().map(|n| n.get_ref().trim());
+        if let (Some(n), Some(name)) = (&v.name, given) {
+            if name.is_empty() || name.chars().any(char::is_control) {
+                return Err(self.at(
+                    n.span(),
+                    &format!("vip[{i}]"),
+                    format!("key `name`: {:?} is not a usable name", n.get_ref()),
+                ));
+            }
         }
-        let ctx = format!("vip {name:?}");
+        let ctx = match given {
+            Some(name) => format!("vip {name:?}"),
+            None => format!("vip[{i}]"),
+        };
         let addr: IpAddr = v.address.get_ref().trim().parse().map_err(|_| {
             self.at(
                 v.address.span(),
@@ -1181,7 +1188,10 @@ impl Source<'_> {
             // Worded as the other missing keys are (see `shape_error`): serde
             // cannot require `kind` of a struct that backends' tables share.
             Some(h) if h.kind.is_none() => {
-                let table = format!("vip[{i}] {:?}: [vip.health]", v.name.get_ref());
+                let table = match given {
+                    Some(name) => format!("vip[{i}] {name:?}: [vip.health]"),
+                    None => format!("vip[{i}]: [vip.health]"),
+                };
                 return Err(self.at(h.span.clone(), &table, "key `kind` is required"));
             }
             Some(h) => Some(self.health(&format!("{ctx}: [vip.health]"), port, h, None)?),
@@ -1198,14 +1208,14 @@ impl Source<'_> {
         Ok(VipConfig {
             id,
             desired: VipDesired {
-                name: name.to_string(),
+                name: given.map_or_else(|| id.to_string(), str::to_string),
                 settings,
                 backends,
                 health,
             },
             lines: VipLines {
                 entry,
-                name: line(v.name.span()),
+                name: v.name.as_ref().map_or(entry, |n| line(n.span())),
                 address: line(v.address.span()),
                 forwarding: v.forwarding.as_ref().map_or(entry, |f| line(f.span())),
                 table_size: v.table_size.as_ref().map_or(entry, |t| line(t.span())),
@@ -1551,6 +1561,25 @@ fall = 3
             assert!(shown.contains(w), "{shown}: should mention {w}");
         }
         e
+    }
+
+    #[test]
+    fn names_are_optional_and_default_to_the_identity() {
+        let minimal = "interface = \"eth0\"\n[encap]\nsource_v4 = \"192.0.2.10\"\n\
+                       [[vip]]\naddress = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"\n\
+                       backends = [ { address = \"10.0.0.2\" } ]\n\
+                       [[vip]]\naddress = \"10.100.0.1\"\nprotocol = \"udp\"\n\
+                       backends = [ { address = \"10.0.0.2\" } ]\n";
+        let state = ok(minimal).desired_state().unwrap();
+        let names: Vec<&str> = state.vips.values().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["10.100.0.1/udp", "10.100.0.1:80/tcp"]);
+        // A name given must still be unique, also against an identity.
+        let clash = format!(
+            "{minimal}[[vip]]\nname = \"10.100.0.1:80/tcp\"\naddress = \"10.100.0.9\"\n\
+             protocol = \"tcp\"\nbackends = [ {{ address = \"10.0.0.2\" }} ]\n"
+        );
+        let e = parse(Path::new(PATH), &clash).expect_err("a duplicate name");
+        assert!(e.to_string().contains("already the name of VIP"), "{e}");
     }
 
     #[test]

@@ -86,7 +86,11 @@ impl Daemon {
     /// touching the data path (config, locks, listeners, interface, bpffs,
     /// layout). If a step here fails on a first start, the pins it made are
     /// removed again, so nothing stays attached or pinned.
-    pub fn start(config_path: &Path, config: Config, place: &pin::PinPlace) -> anyhow::Result<Daemon> {
+    pub fn start(
+        config_path: &Path,
+        config: Config,
+        place: &pin::PinPlace,
+    ) -> anyhow::Result<Daemon> {
         let first_start = !place.interface_dir().exists();
         let result = Self::start_at(config_path, config, place);
         if result.is_err() && first_start {
@@ -97,7 +101,11 @@ impl Daemon {
         result
     }
 
-    fn start_at(config_path: &Path, config: Config, place: &pin::PinPlace) -> anyhow::Result<Daemon> {
+    fn start_at(
+        config_path: &Path,
+        config: Config,
+        place: &pin::PinPlace,
+    ) -> anyhow::Result<Daemon> {
         let from_config = config.desired_state()?;
         let pin_dir = place.balancer_dir();
         let opts = LoadOptions {
@@ -609,7 +617,12 @@ impl Daemon {
             .balancer
             .route(&flow, monotonic_ns(), timeout.as_nanos() as u64)
             .ok_or_else(|| ApplyError::NotFound(format!("VIP {id} is not in the maps")))?;
-        Ok(explain_route(&route, flow_text, &self.desired.vips[&id], timeout))
+        Ok(explain_route(
+            &route,
+            flow_text,
+            &self.desired.vips[&id],
+            timeout,
+        ))
     }
 }
 
@@ -650,9 +663,7 @@ fn explain_route(
                 "stale (backend gone, down or now another VIP's)"
             }
         )),
-        None if vip.settings.stateless => {
-            reasons.push("stateless VIP: no connection table".into())
-        }
+        None if vip.settings.stateless => reasons.push("stateless VIP: no connection table".into()),
         None => reasons.push("no connection-table entry: a new flow".into()),
     }
     let p = route.table;

@@ -129,7 +129,9 @@ mod tests {
     fn one_holder_per_namespace_and_interface_and_no_file_left() {
         let dir = run_dir("one");
         let a = InterfaceLock::take(&dir, NetnsId(1), "eth0").expect("first");
-        let err = InterfaceLock::take(&dir, NetnsId(1), "eth0").err().expect("refused");
+        let err = InterfaceLock::take(&dir, NetnsId(1), "eth0")
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("already running"), "{err}");
         // Same interface name, other namespace: its own lock.
         let b = InterfaceLock::take(&dir, NetnsId(2), "eth0").expect("other namespace");

@@ -66,8 +66,7 @@ impl PinPlace {
 
     /// The balancer's pin directory for this build's map layout.
     pub fn balancer_dir(&self) -> PathBuf {
-        self.interface_dir()
-            .join(format!("v{MAP_LAYOUT_VERSION}"))
+        self.interface_dir().join(format!("v{MAP_LAYOUT_VERSION}"))
     }
 
     fn decap_netns_dir(&self) -> PathBuf {
@@ -306,7 +305,10 @@ mod tests {
             a.balancer_dir(),
             PathBuf::from(format!("/sys/fs/bpf/lb/netns-7/eth0/v{MAP_LAYOUT_VERSION}"))
         );
-        assert_eq!(a.decap_dir(), PathBuf::from("/sys/fs/bpf/lb-decap/netns-7/eth0"));
+        assert_eq!(
+            a.decap_dir(),
+            PathBuf::from("/sys/fs/bpf/lb-decap/netns-7/eth0")
+        );
         // The old place is the same for both: hence the ownership check.
         assert_eq!(a.legacy_balancer_dir(), b.legacy_balancer_dir());
     }

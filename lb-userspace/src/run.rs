@@ -225,8 +225,18 @@ pub fn detach(interface: &str) -> anyhow::Result<()> {
         // Moved into this namespace's place first, then removed with it.
         let v = Path::new(&format!("v{}", lb_common::MAP_LAYOUT_VERSION)).to_path_buf();
         for (what, legacy, rel, to) in [
-            ("balancer", place.legacy_balancer_dir(), v, place.interface_dir()),
-            ("decap", place.legacy_decap_dir(), Default::default(), place.decap_dir()),
+            (
+                "balancer",
+                place.legacy_balancer_dir(),
+                v,
+                place.interface_dir(),
+            ),
+            (
+                "decap",
+                place.legacy_decap_dir(),
+                Default::default(),
+                place.decap_dir(),
+            ),
         ] {
             pin::report_legacy(what, &pin::claim_legacy(&legacy, &rel, &to, &found));
         }

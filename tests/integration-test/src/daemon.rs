@@ -333,11 +333,7 @@ pub fn remove_interface_leftovers(ns: &str, ifname: &str) {
     if let Ok(place) = pin_place(ns, ifname) {
         let _ = place.remove_balancer();
         let _ = place.remove_decap();
-        let _ = fs::remove_file(lb::lock::lock_path(
-            Path::new(RUN_DIR),
-            place.netns,
-            ifname,
-        ));
+        let _ = fs::remove_file(lb::lock::lock_path(Path::new(RUN_DIR), place.netns, ifname));
     }
 }
 
@@ -552,7 +548,11 @@ impl Lab {
             state_dir: dir.join("state"),
             log_path: dir.join("lbd.log"),
             dir,
-            lb_if: if eth0 { "eth0".into() } else { format!("{tag}lb") },
+            lb_if: if eth0 {
+                "eth0".into()
+            } else {
+                format!("{tag}lb")
+            },
             lb_ns: String::new(),
             client_ns: String::new(),
             client_if: if eth0 { "eth0".into() } else { "c0".into() },
@@ -879,8 +879,11 @@ impl Lab {
 
     /// `lbd <args>` in the lb namespace, bounded.
     pub fn lbd_in_lb_ns(&self, args: &[&str]) -> Output {
-        run_bounded(nsenter(&self.lb_ns, &lbd_bin()).args(args), Duration::from_secs(20))
-            .expect("running lbd")
+        run_bounded(
+            nsenter(&self.lb_ns, &lbd_bin()).args(args),
+            Duration::from_secs(20),
+        )
+        .expect("running lbd")
     }
 
     // ------------------------------------------------------------ lbctl
@@ -1235,7 +1238,11 @@ impl Drop for Lab {
         // Unpin everything (lbd detach in each namespace, as an operator
         // would), falling back to removing the directories.
         let mut ifs = vec![(self.lb_ns.clone(), self.lb_if.clone())];
-        ifs.extend(self.backends.iter().map(|b| (b.ns.clone(), b.ifname.clone())));
+        ifs.extend(
+            self.backends
+                .iter()
+                .map(|b| (b.ns.clone(), b.ifname.clone())),
+        );
         for (ns, ifname) in ifs {
             let mut cmd = nsenter(&ns, &lbd_bin());
             cmd.args(["detach", "--interface", &ifname]);

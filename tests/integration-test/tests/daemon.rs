@@ -1081,6 +1081,26 @@ fn bad_inputs_change_nothing() {
         "nothing was applied:\n{audit}"
     );
 
+    // A 100 KB garbage change is refused and audited, but bounded: its
+    // entry keeps the first 4 KiB and the size.
+    let garbage = "x".repeat(100_000);
+    let (answer, _) = raw_request(&lab.socket, &post(lb::control::PATH_CHANGE, &garbage));
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    unchanged(&mut lab, "a 100 KB garbage body");
+    let audit = fs::read_to_string(lab.state_dir.join("audit.log")).unwrap_or_default();
+    let last = audit.lines().last().expect("the attempt was audited");
+    println!("audit entry of a 100 KB body: {} bytes", last.len());
+    assert!(last.len() < 6000, "audit entry of {} bytes", last.len());
+    assert!(
+        last.contains("\"truncated\":true") && last.contains("\"bytes\":100002"),
+        "{}",
+        &last[..last.len().min(300)]
+    );
+
     // `reload --dry-run` shows the difference and applies nothing;
     // `reload` applies it.
     let b3 = v4(&lab, "b3");

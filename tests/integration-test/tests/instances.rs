@@ -71,7 +71,10 @@ fn eth0_everywhere() {
     println!("spread over the eth0 backends: {spread:?}");
     assert_eq!(spread.values().sum::<usize>(), 60);
     for b in ["b1", "b2", "b3"] {
-        assert!(spread.get(b).copied().unwrap_or(0) > 0, "{b} got nothing: {spread:?}");
+        assert!(
+            spread.get(b).copied().unwrap_or(0) > 0,
+            "{b} got nothing: {spread:?}"
+        );
     }
 
     let program = xdp_prog(&lab.lb_ns, "eth0").expect("balancer attached");
@@ -166,7 +169,9 @@ fn ip_netns_exec_is_refused() {
     let place = lab.pin_place();
     let exec = |args: &[&str]| {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &lab.lb_ns]).arg(lbd_bin()).args(args);
+        cmd.args(["netns", "exec", &lab.lb_ns])
+            .arg(lbd_bin())
+            .args(args);
         run_bounded(&mut cmd, Duration::from_secs(20)).expect("ip netns exec")
     };
     let config = lab.config_path.display().to_string();
@@ -189,7 +194,10 @@ fn ip_netns_exec_is_refused() {
     let out = lab.lbd_in_lb_ns(&["decap", "--interface", "eth0", "--address", "10.10.0.1"]);
     assert!(out.ok(), "{out}");
     thread::sleep(Duration::from_millis(200));
-    assert!(xdp_prog(&lab.lb_ns, "eth0").is_some(), "decap gone after exit");
+    assert!(
+        xdp_prog(&lab.lb_ns, "eth0").is_some(),
+        "decap gone after exit"
+    );
     assert!(place.decap_dir().join("link-native").exists());
 }
 
@@ -301,7 +309,12 @@ fn failed_first_starts_leave_nothing() {
     let place = lab.pin_place();
     for f in (0..FAILURES).map(|i| failure(&lab, &good, i)) {
         failed_start(&lab, &f);
-        assert_eq!(xdp_prog(&lab.lb_ns, &lab.lb_if), None, "{}: attached", f.name);
+        assert_eq!(
+            xdp_prog(&lab.lb_ns, &lab.lb_if),
+            None,
+            "{}: attached",
+            f.name
+        );
         let left: BTreeSet<String> = fs::read_dir(place.interface_dir())
             .map(|d| {
                 d.flatten()
@@ -326,9 +339,15 @@ fn failed_first_starts_leave_nothing() {
             assert!(!lock.exists(), "{}: lock file left", f.name);
         }
         if f.name == "socket path in use" {
-            assert!(lab.dir.join("busy.sock").exists(), "another's socket removed");
+            assert!(
+                lab.dir.join("busy.sock").exists(),
+                "another's socket removed"
+            );
         }
-        println!("first start, {}: refused, nothing attached or pinned", f.name);
+        println!(
+            "first start, {}: refused, nothing attached or pinned",
+            f.name
+        );
     }
 }
 
@@ -357,7 +376,11 @@ fn failed_restarts_keep_the_old_state() {
             f.name
         );
         let greet = lab.greet(web());
-        assert!(greet.is_ok(), "{}: the VIP stopped answering: {greet:?}", f.name);
+        assert!(
+            greet.is_ok(),
+            "{}: the VIP stopped answering: {greet:?}",
+            f.name
+        );
         let now: BTreeSet<String> = fs::read_dir(lab.pin_dir().join("maps"))
             .unwrap()
             .flatten()
@@ -368,8 +391,44 @@ fn failed_restarts_keep_the_old_state() {
         for (k, e) in &before {
             assert_eq!(table.get(k).map(|x| x.backend_id), Some(e.backend_id));
         }
-        println!("restart, {}: refused, old program {program} still forwarding", f.name);
+        println!(
+            "restart, {}: refused, old program {program} still forwarding",
+            f.name
+        );
     }
     lab.start_lbd().expect("a good restart after all that");
     lab.greet(web()).expect("serving after the good restart");
+}
+
+#[test]
+fn config_without_names_is_served() {
+    let mut lab = Lab::new(2).expect("building the lab");
+    let text: String = lab
+        .config_text(&lab.standard_vips(&["b1", "b2"]))
+        .lines()
+        .filter(|l| !l.starts_with("name = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!text.contains("name ="));
+    lab.write_config(&text);
+    lab.start_lbd().expect("lbd with a nameless config");
+    lab.wait_next_hops(Duration::from_secs(10)).unwrap();
+    let spread = lab.spread(web(), 20).expect("served");
+    assert_eq!(spread.values().sum::<usize>(), 20);
+    let status = lab.status();
+    let names: Vec<String> = status
+        .get("vips")
+        .arr()
+        .iter()
+        .map(|v| v.get("name").str().to_string())
+        .collect();
+    assert!(
+        names.contains(&"10.100.0.1:80/tcp".to_string()),
+        "{names:?}"
+    );
+    // The identity works wherever a name does.
+    let b1 = lab.backend("b1").v4.to_string();
+    lab.lbctl_ok(&["backend", "drain", "10.100.0.1:80/tcp", &b1]);
+    let text = lab.lbctl_ok(&["status"]);
+    assert!(text.contains("10.100.0.1:80/tcp"), "{text}");
 }
