@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod counters;
+pub mod debug;
 pub mod hash;
 pub mod maps;
 pub mod rules;

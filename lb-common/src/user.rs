@@ -16,6 +16,9 @@ unsafe impl aya::Pod for ConnEntry {}
 unsafe impl aya::Pod for LbConfig {}
 unsafe impl aya::Pod for TrafficStats {}
 unsafe impl aya::Pod for crate::bench::BenchTemplate {}
+unsafe impl aya::Pod for crate::debug::DebugConfig {}
+unsafe impl aya::Pod for crate::debug::DebugBucket {}
+unsafe impl aya::Pod for crate::debug::DebugDecision {}
 
 /// Packet-order words of an address, and its family.
 pub fn addr_words(ip: IpAddr) -> (Addr, u8) {

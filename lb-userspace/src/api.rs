@@ -225,6 +225,7 @@ pub async fn serve(
         .route(control::PATH_EXPLAIN, get(explain))
         .route(control::PATH_CHANGE, post(change))
         .route(control::PATH_RELOAD, post(reload))
+        .route(control::PATH_DEBUG, get(debug_view))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(api);
     axum::serve(
@@ -270,6 +271,24 @@ async fn explain(
     let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("explain: {e}")))?;
     let e = api.daemon().explain(q.src, q.sport, &q.vip, q.dport)?;
     Ok(Json(e).into_response())
+}
+
+#[derive(Deserialize)]
+struct DebugQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn debug_view(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    query: Result<Query<DebugQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    api.allow_read(&peer)?;
+    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("debug: {e}")))?;
+    let mut d = api.daemon();
+    d.follow_trace();
+    Ok(Json(d.trace_view(q.after)).into_response())
 }
 
 /// Parses a JSON body ourselves, so a garbled one gets our error format.

@@ -23,6 +23,9 @@ pub const PATH_EXPLAIN: &str = "/v1/explain";
 pub const PATH_CHANGE: &str = "/v1/change";
 /// `POST` with a [`ReloadRequest`].
 pub const PATH_RELOAD: &str = "/v1/reload";
+/// `GET /v1/debug?after=N`: the decision trace's state and its lines
+/// numbered N and later ([`TraceView`]).
+pub const PATH_DEBUG: &str = "/v1/debug";
 
 /// A change an operator asks for. VIPs are named by `ADDR[:PORT]/PROTO` or by
 /// their configured name.
@@ -85,6 +88,38 @@ pub enum Change {
         #[serde(default)]
         health: Option<HealthSpec>,
     },
+    /// Switches the data path's decision trace on, for one VIP or all, for
+    /// `seconds` (default 60, at most 3600). Not persisted: a restart ends it.
+    DebugOn {
+        #[serde(default)]
+        vip: Option<String>,
+        #[serde(default)]
+        seconds: Option<u64>,
+    },
+    DebugOff,
+}
+
+/// The decision trace, as `GET /v1/debug` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceView {
+    pub on: bool,
+    /// The VIP traced (`None`: every VIP).
+    pub vip: Option<String>,
+    pub seconds_left: u64,
+    /// Records per second and CPU the data path writes at most.
+    pub rate_limit: u64,
+    /// Records the rate limit left out since lbd started.
+    pub suppressed: u64,
+    /// Lines numbered from the `after` asked for, oldest first.
+    pub lines: Vec<TraceLine>,
+    /// The number to ask for next.
+    pub next: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceLine {
+    pub seq: u64,
+    pub line: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

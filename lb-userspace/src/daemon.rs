@@ -20,6 +20,7 @@ use crate::{
     pin, plan,
     service::{Forwarding, VipId, VipSettings},
     state::{self, BackendDesired, DesiredState, StateError, VipDesired, DEFAULT_WEIGHT},
+    trace::{TraceLog, Window},
 };
 
 /// Why a request failed, with the HTTP status class the API maps it to.
@@ -75,6 +76,7 @@ pub struct Daemon {
     xdp_mode: XdpMode,
     program_id: u32,
     pin_dir: PathBuf,
+    trace: TraceLog,
 }
 
 impl Daemon {
@@ -138,6 +140,7 @@ impl Daemon {
             xdp_mode: XdpMode::Driver,
             program_id: 0,
             pin_dir,
+            trace: TraceLog::default(),
         };
         daemon
             .reconcile(&desired)
@@ -269,6 +272,8 @@ impl Daemon {
     pub fn change(&mut self, change: &Change) -> Result<String, ApplyError> {
         let mut next = self.desired.clone();
         match change {
+            Change::DebugOn { vip, seconds } => return self.trace_on(vip.as_deref(), *seconds),
+            Change::DebugOff => return self.trace_off(),
             Change::VipAdd {
                 vip,
                 name,
@@ -338,6 +343,144 @@ impl Daemon {
         } else {
             plan.lines.join("\n")
         })
+    }
+
+    /// Switches the decision trace on (see `lb_common::debug`).
+    fn trace_on(&mut self, vip: Option<&str>, seconds: Option<u64>) -> Result<String, ApplyError> {
+        use lb_common::debug::{DEBUG_ALL_VIPS, DEBUG_DEFAULT_SECONDS, DEBUG_MAX_SECONDS};
+        let secs = seconds.unwrap_or(DEBUG_DEFAULT_SECONDS);
+        if !(1..=DEBUG_MAX_SECONDS).contains(&secs) {
+            return Err(ApplyError::Invalid(format!(
+                "seconds: {secs} is out of range 1..={DEBUG_MAX_SECONDS}"
+            )));
+        }
+        let (vip_id, vip) = match vip {
+            Some(v) => {
+                let id = self.desired.resolve(v)?;
+                let index = self
+                    .balancer
+                    .vip_index(&id)
+                    .ok_or_else(|| ApplyError::NotFound(format!("VIP {id} is not in the maps")))?;
+                (index, Some(id))
+            }
+            None => (DEBUG_ALL_VIPS, None),
+        };
+        let cfg = lb_common::debug::DebugConfig {
+            enabled: 1,
+            vip_id,
+            until_ns: monotonic_ns() + secs * 1_000_000_000,
+        };
+        self.balancer
+            .set_trace(cfg)
+            .map_err(|e| ApplyError::Kernel(e.to_string()))?;
+        self.trace.window = Some(Window {
+            vip,
+            until: Instant::now() + std::time::Duration::from_secs(secs),
+        });
+        let what = vip.map_or("every VIP".to_string(), |v| format!("VIP {v}"));
+        Ok(format!(
+            "tracing {what} for {secs}s (at most {} records per second and CPU); follow with \
+             `lbctl debug`",
+            lb_common::debug::DEBUG_EVENTS_PER_SEC
+        ))
+    }
+
+    fn trace_off(&mut self) -> Result<String, ApplyError> {
+        let was = self.trace.open(Instant::now()).is_some();
+        self.balancer
+            .set_trace(lb_common::debug::DebugConfig::default())
+            .map_err(|e| ApplyError::Kernel(e.to_string()))?;
+        self.trace.window = None;
+        Ok(if was { "trace off" } else { "no trace was on" }.into())
+    }
+
+    /// Names the trace records read since the last call (logging each
+    /// line), and ends a trace whose window has passed.
+    pub fn follow_trace(&mut self) {
+        for e in self.balancer.trace_pending().take() {
+            let line = self.trace_line(&e);
+            tracing::info!(target: "lb::trace", "{line}");
+            self.trace.push(line);
+        }
+        if self.trace.window.is_some() && self.trace.open(Instant::now()).is_none() {
+            if let Err(e) = self.trace_off() {
+                tracing::warn!("ending the trace: {e}");
+            } else {
+                tracing::info!("decision trace ended (its time is up)");
+            }
+        }
+    }
+
+    /// One record as the operator reads it.
+    fn trace_line(&self, e: &lb_common::debug::DebugEvent) -> String {
+        use lb_common::{debug::*, user::words_addr, Counter};
+        let family = e.family as u8;
+        let (src, dst) = (words_addr(&e.src, family), words_addr(&e.dst, family));
+        let proto = match e.proto as u8 {
+            lb_common::PROTO_TCP => "tcp".to_string(),
+            lb_common::PROTO_UDP => "udp".to_string(),
+            p => format!("proto {p}"),
+        };
+        let ep = |a: IpAddr, p: u32| match a {
+            IpAddr::V4(a) => format!("{a}:{p}"),
+            IpAddr::V6(a) => format!("[{a}]:{p}"),
+        };
+        let vip = self
+            .balancer
+            .vip_by_index(e.vip_id)
+            .map(|id| {
+                let name = self.desired.vips.get(&id).map(|v| v.name.as_str());
+                match name {
+                    Some(n) if n != id.to_string() => format!("VIP {id} ({n})"),
+                    _ => format!("VIP {id}"),
+                }
+            })
+            .unwrap_or_else(|| "no VIP".into());
+        let reason = Counter::ALL
+            .get(e.counter as usize)
+            .map_or("?", |c| c.label());
+        let verdict = match e.action {
+            1 => format!("dropped ({reason})"),
+            2 => format!("passed ({reason})"),
+            3 | 4 => {
+                let backend = self
+                    .balancer
+                    .backend_addr(e.backend_id)
+                    .map_or_else(|| format!("id {}", e.backend_id), |(_, a)| a.to_string());
+                let how = match e.source {
+                    DEBUG_SOURCE_CONNTRACK => "connection table",
+                    DEBUG_SOURCE_TABLE => "Maglev table",
+                    _ => "?",
+                };
+                let out = if e.action == 3 { "tx" } else { "redirect" };
+                format!("{out} to backend {backend} (id {}, by {how})", e.backend_id)
+            }
+            a => format!("action {a} ({reason})"),
+        };
+        format!(
+            "{} -> {} {proto}: {vip}: {verdict}",
+            ep(src, e.sport),
+            ep(dst, e.dport)
+        )
+    }
+
+    /// The trace's state and its lines from `after` on.
+    pub fn trace_view(&self, after: u64) -> crate::control::TraceView {
+        let now = Instant::now();
+        let window = self.trace.open(now);
+        let (lines, next) = self.trace.since(after);
+        crate::control::TraceView {
+            on: window.is_some(),
+            vip: window.and_then(|w| w.vip).map(|v| v.to_string()),
+            seconds_left: self.trace.left(now).as_secs(),
+            rate_limit: lb_common::debug::DEBUG_EVENTS_PER_SEC,
+            suppressed: self.balancer.trace_suppressed(),
+            lines: lines
+                .into_iter()
+                .map(|(seq, line)| crate::control::TraceLine { seq, line })
+                .collect(),
+            next,
+        }
     }
 
     /// Re-reads the config file; it replaces the running state (runtime

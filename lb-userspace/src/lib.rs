@@ -24,3 +24,4 @@ pub mod run;
 pub mod service;
 pub mod state;
 pub mod table_mem;
+pub mod trace;

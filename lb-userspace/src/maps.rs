@@ -32,15 +32,20 @@ use lb_common::{
     VIP_F_SRC_HASH, VIP_F_STATELESS,
 };
 
+use lb_common::debug::{DebugBucket, DebugConfig};
+
 use crate::{
     maglev::{self, MaglevBackend},
     objects,
     pool::TablePool,
     service::{self, BackendSpec, Forwarding, Scheduler, SpecError, VipId, VipSettings},
     table_mem::TableMem,
+    trace::Pending,
 };
 
 pub const PROGRAM_NAME: &str = "lb_balancer";
+/// The program the balancer tail-calls for the decision trace.
+pub const TRACE_PROGRAM_NAME: &str = "lb_trace";
 
 /// The balancer's capacity, fixed when it is loaded (`[limits]` in lbd's
 /// config).
@@ -333,6 +338,13 @@ pub struct Balancer {
     stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
+    /// The decision trace: its switch, its rate limit, its records' reader
+    /// (taken by whoever polls it) and what that reader parsed.
+    debug: Array<MapData, DebugConfig>,
+    debug_bucket: PerCpuArray<MapData, DebugBucket>,
+    trace_reader: Option<aya_log::EbpfLogger<Pending>>,
+    trace_pending: Pending,
+    _trace_slot: aya::maps::ProgramArray<MapData>,
 
     vips: BTreeMap<VipId, VipState>,
     free_vip_ids: VecDeque<u32>,
@@ -392,6 +404,25 @@ impl Balancer {
         let mut ebpf = loader.load(objects::BALANCER)?;
         let prog: &mut Xdp = program(&mut ebpf)?;
         prog.load()?;
+        // The trace program goes into the slot the balancer tail-calls.
+        let trace: &mut Xdp = ebpf
+            .program_mut(TRACE_PROGRAM_NAME)
+            .ok_or(MapsError::Options(format!(
+                "object has no program {TRACE_PROGRAM_NAME}"
+            )))?
+            .try_into()?;
+        trace.load()?;
+        let mut slot: aya::maps::ProgramArray<MapData> = take!(ebpf, "DEBUG_PROG");
+        let trace: &Xdp = ebpf
+            .program(TRACE_PROGRAM_NAME)
+            .expect("loaded above")
+            .try_into()?;
+        slot.set(0, trace.fd()?, 0).map_err(map_err("DEBUG_PROG"))?;
+        // Kept for its fd: the slot empties when the last one closes.
+        let trace_slot = slot;
+        let trace_pending = Pending::default();
+        let trace_reader = aya_log::EbpfLogger::init_with_logger(&mut ebpf, trace_pending.clone())
+            .map_err(|e| MapsError::Options(format!("the trace's log buffer: {e}")))?;
         let maglev = ebpf
             .take_map("MAGLEV")
             .ok_or(MapsError::Options("object has no map MAGLEV".into()))?;
@@ -422,6 +453,11 @@ impl Balancer {
             stats: take!(ebpf, "STATS"),
             vip_stats: take!(ebpf, "VIP_STATS"),
             backend_stats: take!(ebpf, "BACKEND_STATS"),
+            debug: take!(ebpf, "DEBUG"),
+            debug_bucket: take!(ebpf, "DEBUG_BUCKET"),
+            _trace_slot: trace_slot,
+            trace_reader: Some(trace_reader),
+            trace_pending,
             ebpf,
             vips: BTreeMap::new(),
             free_vip_ids: (0..opts.limits.max_vips).collect(),
@@ -1091,6 +1127,43 @@ impl Balancer {
             return None;
         }
         s.tables[s.live_slot as usize].as_deref()
+    }
+
+    /// Switches the decision trace (see `lb_common::debug`).
+    pub fn set_trace(&mut self, cfg: DebugConfig) -> Result<()> {
+        self.debug.set(0, cfg, 0).map_err(map_err("DEBUG"))
+    }
+
+    /// Trace records the rate limit refused, summed over CPUs.
+    pub fn trace_suppressed(&self) -> u64 {
+        self.debug_bucket
+            .get(&0, 0)
+            .map(|v| v.iter().map(|b| b.suppressed).sum())
+            .unwrap_or(0)
+    }
+
+    /// The reader of the trace's records, for the task that polls it
+    /// (`None` once taken).
+    pub fn take_trace_reader(&mut self) -> Option<aya_log::EbpfLogger<Pending>> {
+        self.trace_reader.take()
+    }
+
+    /// What the trace reader parsed and nobody has named yet.
+    pub fn trace_pending(&self) -> Pending {
+        self.trace_pending.clone()
+    }
+
+    /// The data path's id of a VIP.
+    pub fn vip_index(&self, vip: &VipId) -> Option<u32> {
+        self.vips.get(vip).map(|s| s.vip_id)
+    }
+
+    /// The VIP a data-path id stands for.
+    pub fn vip_by_index(&self, vip_id: u32) -> Option<VipId> {
+        self.vips
+            .iter()
+            .find(|(_, s)| s.vip_id == vip_id)
+            .map(|(v, _)| *v)
     }
 
     /// The id of the loaded balancer program.

@@ -95,6 +95,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let tasks = [
             tokio::spawn(resolve_next_hops(shared.clone(), nexthops_changed)),
             tokio::spawn(sample_rates(shared.clone())),
+            tokio::spawn(read_trace(shared.clone())),
             tokio::spawn(reload_on_sighup(shared.clone(), hooks.clone())),
             tokio::spawn(async move { crate::metrics::serve(metrics_listener, metrics).await }),
             tokio::spawn({
@@ -133,6 +134,39 @@ async fn sample_rates(daemon: api::SharedDaemon) -> anyhow::Result<()> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .sample_rates();
+    }
+}
+
+/// Reads the decision trace's records as the data path writes them (the
+/// ring buffer's fd becomes readable), names them and ends a trace whose
+/// time is up (checked every second).
+async fn read_trace(daemon: api::SharedDaemon) -> anyhow::Result<()> {
+    let reader = daemon
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .balancer_mut()
+        .take_trace_reader()
+        .context("the trace reader was taken already")?;
+    // SAFETY: the reader owns the ring buffer's fd, which stays open and the
+    // same for as long as the reader lives, and the AsyncFd owns the reader.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the trace buffer: {e}"))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = ready.context("waiting for trace records")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {}
+        }
+        daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .follow_trace();
     }
 }
 

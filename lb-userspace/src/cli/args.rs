@@ -44,6 +44,12 @@ pub enum Command {
     Stats(StatsArgs),
     /// Which backend a flow goes to, and why.
     Explain(ExplainArgs),
+    /// The data path's per-packet decision trace: `debug on` / `debug off`
+    /// switch it; `debug` alone follows it until it ends.
+    Debug {
+        #[command(subcommand)]
+        action: Option<DebugAction>,
+    },
     /// Re-read the config file and apply the difference.
     Reload {
         /// Only show what would change.
@@ -55,6 +61,22 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugAction {
+    /// Trace every packet's decision (VIP, flow, verdict or drop reason,
+    /// backend, table or connection entry), rate-limited, for a while.
+    On {
+        /// Only this VIP (ADDR[:PORT]/PROTO or its name).
+        #[arg(long, value_parser = parse_vip_ref)]
+        vip: Option<String>,
+        /// How long (1..=3600; default 60).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: Option<u64>,
+    },
+    /// Stop tracing.
+    Off,
 }
 
 #[derive(Debug, Subcommand)]

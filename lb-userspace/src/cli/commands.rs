@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     args::{
-        BackendCommand, Cli, Command, ExplainArgs, HealthArgs, StatsArgs, VipAddArgs, VipCommand,
+        BackendCommand, Cli, Command, DebugAction, ExplainArgs, HealthArgs, StatsArgs, VipAddArgs,
+        VipCommand,
     },
     client::{decode, with_query, Client},
     output, CliError,
@@ -19,8 +20,8 @@ use super::{
 use crate::{
     config::HealthKind,
     control::{
-        Change, ReloadRequest, ReloadResult, Stats, Status, PATH_CHANGE, PATH_EXPLAIN, PATH_RELOAD,
-        PATH_STATS, PATH_STATUS,
+        Change, ReloadRequest, ReloadResult, Stats, Status, TraceView, PATH_CHANGE, PATH_DEBUG,
+        PATH_EXPLAIN, PATH_RELOAD, PATH_STATS, PATH_STATUS,
     },
 };
 
@@ -43,6 +44,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stats(_) => stats(&client, json).await,
         Command::Explain(a) => explain(&client, json, &a).await,
         Command::Reload { dry_run } => reload(&client, json, dry_run).await,
+        Command::Debug {
+            action: Some(DebugAction::On { vip, seconds }),
+        } => change(&client, json, Change::DebugOn { vip, seconds }).await,
+        Command::Debug {
+            action: Some(DebugAction::Off),
+        } => change(&client, json, Change::DebugOff).await,
+        Command::Debug { action: None } => debug_follow(&client, json).await,
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "lbctl", &mut out);
@@ -262,6 +270,61 @@ pub fn explain_query(a: &ExplainArgs) -> String {
 async fn explain(client: &Client, json: bool, a: &ExplainArgs) -> Result<(), CliError> {
     let raw = client.get(&explain_query(a)).await?;
     print_answer(&raw, json, output::render_explain)
+}
+
+/// How often `lbctl debug` asks for new trace lines.
+const DEBUG_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Prints the trace's lines as they come, until the trace ends (or Ctrl-C);
+/// with `--json`, one JSON object per line.
+async fn debug_follow(client: &Client, json: bool) -> Result<(), CliError> {
+    let mut next = 0;
+    let mut first = true;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let view: TraceView = decode(
+            &client
+                .get(&with_query(PATH_DEBUG, &[("after", next.to_string())]))
+                .await?,
+        )?;
+        if first && !json {
+            match (&view.on, &view.vip) {
+                (false, _) => write_out(
+                    "no trace is on (start one with `lbctl debug on [--vip VIP] [--seconds N]`); \
+                     its last lines:\n",
+                )?,
+                (true, vip) => write_out(&format!(
+                    "tracing {} for {}s more (at most {} records per second and CPU); Ctrl-C stops following\n",
+                    vip.as_deref().unwrap_or("every VIP"),
+                    view.seconds_left,
+                    view.rate_limit
+                ))?,
+            }
+        }
+        first = false;
+        for l in &view.lines {
+            if json {
+                print_value(l)?;
+            } else {
+                write_out(&format!("{}\n", l.line))?;
+            }
+        }
+        next = view.next;
+        if !view.on {
+            if !json {
+                write_out(&format!(
+                    "trace off ({} records left out by the rate limit since lbd started)\n",
+                    view.suppressed
+                ))?;
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DEBUG_POLL) => {}
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
 }
 
 async fn reload(client: &Client, json: bool, dry_run: bool) -> Result<(), CliError> {

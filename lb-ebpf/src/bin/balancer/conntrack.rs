@@ -12,7 +12,8 @@ use crate::{maps, select, stats, Out};
 /// A `new_flow` (TCP SYN) always follows the table: an entry left by an
 /// earlier connection on the same 5-tuple (a reused client port) must not
 /// send a new connection to a backend that is drained or no longer its
-/// table's choice.
+/// table's choice. Returns the backend, the flow hash and whether the
+/// connection table decided.
 #[inline(always)]
 pub fn lookup_or_select(
     flow: &FlowKey,
@@ -20,7 +21,7 @@ pub fn lookup_or_select(
     mode: HashMode,
     create: bool,
     new_flow: bool,
-) -> Result<(u32, u32), Out> {
+) -> Result<(u32, u32, bool), Out> {
     let now = now_ns();
     let hit = if rules::consults_conntrack(vip.flags, new_flow) {
         lookup(flow, vip, now)
@@ -37,7 +38,7 @@ pub fn lookup_or_select(
         lb_common::flow_hash(flow, mode)
     };
     if let Some((id, _)) = hit {
-        return Ok((id, hash));
+        return Ok((id, hash, true));
     }
     let id = select::by_table(vip, hash)?;
     if create {
@@ -50,7 +51,7 @@ pub fn lookup_or_select(
             stats::count(Counter::ConnInsertFailed);
         }
     }
-    Ok((id, hash))
+    Ok((id, hash, false))
 }
 
 /// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds, and the

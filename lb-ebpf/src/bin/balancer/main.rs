@@ -4,11 +4,13 @@
 //!
 //! Stages, each in its own module: `parse` → VIP lookup (here) → `conntrack`
 //! / `select` → `forward`; `icmp` is the path for ICMP errors about VIP flows.
-//! Every packet ends in exactly one [`Out`], which `stats` counts.
+//! Every packet ends in exactly one [`Out`], which `stats` counts, and which
+//! `debug` writes to the decision trace while one is on.
 #![no_std]
 #![no_main]
 
 mod conntrack;
+mod debug;
 mod forward;
 mod icmp;
 mod maps;
@@ -17,9 +19,12 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{rules, Counter, FlowKey, HashMode, VipInfo};
+use lb_common::{
+    debug::{DEBUG_SOURCE_CONNTRACK, DEBUG_SOURCE_TABLE},
+    rules, Counter, FlowKey, HashMode, VipInfo,
+};
 
-use crate::parse::Packet;
+use crate::{debug::Trace, parse::Packet};
 
 /// How a packet leaves the program.
 #[derive(Clone, Copy)]
@@ -34,31 +39,53 @@ pub enum Out {
 
 #[xdp]
 pub fn lb_balancer(ctx: XdpContext) -> u32 {
-    let out = match balance(&ctx) {
+    let mut trace = Trace::new();
+    let out = match balance(&ctx, &mut trace) {
         Ok(out) | Err(out) => out,
     };
-    stats::finish(out)
+    let action = stats::finish(out);
+    if trace.pending {
+        debug::hand_over(&ctx);
+    }
+    action
 }
 
 #[inline(always)]
-fn balance(ctx: &XdpContext) -> Result<Out, Out> {
+fn balance(ctx: &XdpContext, trace: &mut Trace) -> Result<Out, Out> {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let pkt = parse::parse(ctx)?;
+    let out = match decide(ctx, &pkt, frame_len, trace) {
+        Ok(out) | Err(out) => out,
+    };
+    trace.record(&pkt.flow, out);
+    Ok(out)
+}
+
+/// Everything after parsing: the VIP, the backend, the way out.
+#[inline(always)]
+fn decide(ctx: &XdpContext, pkt: &Packet, frame_len: u64, trace: &mut Trace) -> Result<Out, Out> {
     if pkt.flow.proto == lb_common::PROTO_ICMP || pkt.flow.proto == lb_common::PROTO_ICMPV6 {
-        return icmp::handle(ctx, &pkt, frame_len);
+        return icmp::handle(ctx, pkt, frame_len);
     }
     if pkt.fragment {
-        return serve_fragment(ctx, &pkt, frame_len);
+        return serve_fragment(ctx, pkt, frame_len);
     }
     let vip = find_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
+    trace.vip_id = vip.vip_id;
     let mode = rules::hash_mode(vip.flags, HashMode::FiveTuple);
-    let (backend_id, hash) = if rules::uses_conntrack(vip.flags) {
+    let (backend_id, hash, hit) = if rules::uses_conntrack(vip.flags) {
         conntrack::lookup_or_select(&pkt.flow, &vip, mode, !pkt.tcp_rst, pkt.tcp_syn)?
     } else {
         let hash = lb_common::flow_hash(&pkt.flow, mode);
-        (select::by_table(&vip, hash)?, hash)
+        (select::by_table(&vip, hash)?, hash, false)
     };
-    forward::to_backend(ctx, &pkt, &vip, backend_id, hash, frame_len)
+    trace.backend_id = backend_id;
+    trace.source = if hit {
+        DEBUG_SOURCE_CONNTRACK
+    } else {
+        DEBUG_SOURCE_TABLE
+    };
+    forward::to_backend(ctx, pkt, &vip, backend_id, hash, frame_len)
 }
 
 /// An IPv4 fragment: later fragments carry no ports, so every fragment of a

@@ -71,7 +71,8 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
 #[map]
-pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
@@ -112,7 +113,11 @@ pub fn is_vip_addr(addr: &lb_common::Addr, family: u8, proto: u8) -> bool {
 
 #[inline(always)]
 pub fn fragment_vip(flow: &FlowKey) -> Option<VipKey> {
-    unsafe { VIP_ADDRS.get(lb_common::rules::fragment_addr_key(flow)).copied() }
+    unsafe {
+        VIP_ADDRS
+            .get(lb_common::rules::fragment_addr_key(flow))
+            .copied()
+    }
 }
 
 #[inline(always)]
