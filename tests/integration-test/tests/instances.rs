@@ -14,7 +14,13 @@
 //! 4. `failed_first_starts_leave_nothing` / `failed_restarts_keep_the_old_state`:
 //!    a bad config, a busy lock, a socket path in use, a metrics address that
 //!    cannot be bound, a missing interface and pins of another layout each
-//!    stop `lbd run` before it touches the data path.
+//!    stop `lbd run` before it touches the data path (and `lbd decap`'s
+//!    failures leave nothing pinned).
+//! 5. `config_without_names_is_served`: VIPs named by their identity.
+//! 6. `pins_at_the_old_path_*`: an upgrade from the layout without the
+//!    namespace key adopts the pins its own interface's link holds
+//!    (connection table and a live connection kept), and leaves those of
+//!    another namespace's same-named interface alone.
 
 use std::{
     collections::BTreeSet,
@@ -277,6 +283,15 @@ fn failure(lab: &Lab, good: &str, i: usize) -> Failure {
     }
 }
 
+/// Removes a directory tree when dropped.
+struct RemoveTree(std::path::PathBuf);
+
+impl Drop for RemoveTree {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Removes a directory when dropped.
 struct RemoveDir(std::path::PathBuf);
 
@@ -431,4 +446,81 @@ fn config_without_names_is_served() {
     lab.lbctl_ok(&["backend", "drain", "10.100.0.1:80/tcp", &b1]);
     let text = lab.lbctl_ok(&["status"]);
     assert!(text.contains("10.100.0.1:80/tcp"), "{text}");
+}
+
+/// Moves a lab's balancer pins to where versions before the namespace key
+/// kept them (`/sys/fs/bpf/lb/<interface>`), as an upgrade finds them.
+fn move_to_legacy(lab: &Lab) -> std::path::PathBuf {
+    let place = lab.pin_place();
+    let legacy = place.legacy_balancer_dir();
+    assert!(!legacy.exists(), "{} exists already", legacy.display());
+    fs::rename(place.interface_dir(), &legacy).expect("moving the pins");
+    legacy
+}
+
+#[test]
+fn pins_at_the_old_path_are_adopted_when_they_are_ours() {
+    let mut lab = Lab::new(1).expect("building the lab");
+    let good = lab.config_text(&lab.standard_vips(&["b1"]));
+    lab.write_config(&good);
+    lab.start_lbd().expect("starting lbd");
+    lab.wait_next_hops(Duration::from_secs(10)).unwrap();
+    let long = lab.long_lived(web(), Duration::from_millis(50)).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let before = lab.conntrack().unwrap();
+    assert!(!before.is_empty());
+    lab.kill_lbd();
+    let legacy = move_to_legacy(&lab);
+    lab.start_lbd().expect("lbd over pins at the old path");
+    let log = fs::read_to_string(&lab.log_path).unwrap();
+    assert!(
+        log.contains("took over the balancer pins"),
+        "{}",
+        lab.log_tail(20)
+    );
+    assert!(log.contains("adopted pinned maps"), "{}", lab.log_tail(20));
+    assert!(!legacy.exists(), "the old path is still there");
+    let after = lab.conntrack().unwrap();
+    for (k, e) in &before {
+        assert_eq!(
+            after.get(k).map(|x| x.backend_id),
+            Some(e.backend_id),
+            "entry lost"
+        );
+    }
+    thread::sleep(Duration::from_millis(300));
+    let r = long.stop();
+    assert!(
+        r.error.is_none(),
+        "the connection broke across the upgrade: {r:?}"
+    );
+}
+
+#[test]
+fn pins_at_the_old_path_of_another_namespace_are_left_alone() {
+    let mut a = eth0_lab(1);
+    let mut b = eth0_lab(1);
+    let a_prog = xdp_prog(&a.lb_ns, "eth0").unwrap();
+    a.kill_lbd();
+    let legacy = move_to_legacy(&a);
+    // Shared by every namespace: removed even if the test fails midway.
+    let _cleanup = RemoveTree(legacy.clone());
+    // b's restart finds pins for an `eth0` at the old path, but their link
+    // drives a's interface: it leaves them, and a keeps forwarding.
+    b.kill_lbd();
+    b.start_lbd().expect("restarting b");
+    let log = fs::read_to_string(&b.log_path).unwrap();
+    assert!(
+        log.contains("left the balancer pins at the pre-namespace path alone"),
+        "{}",
+        b.log_tail(20)
+    );
+    assert!(legacy.exists());
+    assert_eq!(xdp_prog(&a.lb_ns, "eth0"), Some(a_prog));
+    a.greet(web()).expect("a forwards on its old pins");
+    b.greet(web()).expect("b forwards");
+    // a's own lbd takes them back.
+    a.start_lbd().expect("restarting a");
+    assert!(!legacy.exists());
+    a.greet(web()).expect("a after taking its pins over");
 }

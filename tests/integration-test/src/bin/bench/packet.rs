@@ -154,6 +154,9 @@ enum Target {
     Tx,
     /// The balancer with established flows and every VIP.
     Main,
+    /// As `Main`, with the decision trace on for every VIP (records
+    /// rate-limited; nobody reads them).
+    Traced,
     /// A balancer loaded afresh before each round: an empty table.
     Fresh,
     /// A balancer whose table is full on CPU 0: every insert evicts.
@@ -215,6 +218,7 @@ const TRUNCATED: &[Counter] = &[Counter::ActionDrop, Counter::DropTruncated];
 pub struct Bench {
     progs: BenchProgs,
     main: TestLb,
+    traced: TestLb,
     fresh: Option<TestLb>,
     full: TestLb,
     decap: Decap,
@@ -321,6 +325,12 @@ impl Bench {
         let room = cfg.new_flow_room();
         let conntrack_size = room * possible_cpus() as u32;
         let mut main = load_lb(MAIN_CONNTRACK, true);
+        let mut traced = load_lb(MAIN_CONNTRACK, true);
+        traced.lb.set_trace(lb_common::debug::DebugConfig {
+            enabled: 1,
+            vip_id: lb_common::debug::DEBUG_ALL_VIPS,
+            until_ns: u64::MAX,
+        })?;
         let mut decap = Decap::load()?;
         decap.add_address(DECAP_ADDR.parse()?)?;
         let mut progs = BenchProgs::load()?;
@@ -332,6 +342,7 @@ impl Bench {
         let mut bench = Bench {
             progs,
             main,
+            traced,
             fresh: None,
             full: load_lb(conntrack_size, false),
             decap,
@@ -431,6 +442,8 @@ impl Bench {
         for (f, growth) in [(&est, 20), (&est6, 40), (&hash, 20), (&hash6, 40), (&dsr, 0), (&dsr6, 0)] {
             self.prime(f, XDP_TX, growth)?;
         }
+        let (a, _) = try_run_xdp(self.traced.lb.program(), &est)?;
+        ensure!(a == XDP_TX, "priming the traced balancer: action {a}");
         let backend: IpAddr = DECAP_ADDR.parse()?;
         let inner = Frame::tcp(c4, 40005, VIP_IPIP, 80)
             .with_flags(TCP_ACK)
@@ -441,7 +454,8 @@ impl Bench {
             // Must stay first: W, which the rows after it subtract.
             s("wrapper → XDP_PASS program", "–", Pass, pass.clone(), None, XDP_PASS, &[], None),
             s("wrapper → MAC swap + XDP_TX, minus W (check)", "–", Tx, pass.clone(), None, XDP_TX, &[], None),
-            s("established flow (table hit), IPIP", "IPv4", Main, est, None, XDP_TX, HIT, Some(2.2)),
+            s("established flow (table hit), IPIP", "IPv4", Main, est.clone(), None, XDP_TX, HIT, Some(2.2)),
+            s("established flow, IPIP, decision trace on (rate-limited)", "IPv4", Traced, est.clone(), None, XDP_TX, HIT, None),
             s("new flow, empty table (TCP ACK: miss, Maglev, insert)", "IPv4", Fresh, tcp_v4(c4, 40010, VIP_IPIP), Some(EMPTY_BASE), XDP_TX, MISS, Some(6.0)),
             s("new flow, empty table (TCP SYN: Maglev, insert, no lookup)", "IPv4", Fresh, tcp_frame(c4, 40011, VIP_IPIP, TCP_SYN), Some(SYN_BASE), XDP_TX, MISS, None),
             s("new flow, full table (TCP ACK: miss, Maglev, evict + insert)", "IPv4", Full, tcp_v4(c4, 40012, VIP_IPIP), Some(FULL_BASE), XDP_TX, MISS, None),
@@ -574,6 +588,7 @@ impl Bench {
             Target::Pass => self.progs.prog(PASS)?,
             Target::Tx => self.progs.prog(TX)?,
             Target::Main => self.main.lb.program(),
+            Target::Traced => self.traced.lb.program(),
             Target::Fresh => self
                 .fresh
                 .as_mut()
@@ -588,6 +603,7 @@ impl Bench {
     fn lb(&self, t: Target) -> Option<&TestLb> {
         match t {
             Target::Main => Some(&self.main),
+            Target::Traced => Some(&self.traced),
             Target::Fresh => self.fresh.as_ref(),
             Target::Full => Some(&self.full),
             _ => None,
