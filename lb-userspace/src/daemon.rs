@@ -789,6 +789,17 @@ fn explain_route(
                 idle as f64 / 1e9,
                 timeout.as_secs()
             ));
+            if route.vip.proto == crate::service::Proto::Tcp && route.table.backend != route.backend
+            {
+                reasons.push(format!(
+                    "a TCP SYN on this 5-tuple starts a new connection and takes the Maglev \
+                     table's choice instead: {}",
+                    route
+                        .table
+                        .backend
+                        .map_or("no backend (dropped)".to_string(), |a| a.to_string())
+                ));
+            }
             return Explain {
                 vip: route.vip,
                 flow,

@@ -28,15 +28,15 @@ pub fn lock_path(run_dir: &Path, netns: NetnsId, interface: &str) -> PathBuf {
 }
 
 /// Holds a lock; dropping it removes the file and unlocks.
-pub struct InterfaceLock {
+pub struct Lock {
     file: Option<fs::File>,
     path: PathBuf,
 }
 
-impl InterfaceLock {
+impl Lock {
     /// Takes the lock of `interface` in `netns`; a second daemon for the same
     /// interface of the same namespace is refused, naming the holder.
-    pub fn take(run_dir: &Path, netns: NetnsId, interface: &str) -> anyhow::Result<Self> {
+    pub fn interface(run_dir: &Path, netns: NetnsId, interface: &str) -> anyhow::Result<Self> {
         let path = lock_path(run_dir, netns, interface);
         Self::take_path(path, |holder, path| {
             format!(
@@ -49,7 +49,7 @@ impl InterfaceLock {
 
     /// Takes the lock of a state directory: two daemons writing one state
     /// file would each adopt the other's changes.
-    pub fn take_state_dir(state_dir: &Path) -> anyhow::Result<Self> {
+    pub fn state_dir(state_dir: &Path) -> anyhow::Result<Self> {
         Self::take_path(state_dir.join("lbd.lock"), |holder, _| {
             format!(
                 "state_dir {} is in use by another lbd (pid {holder}): give each lbd a \
@@ -86,7 +86,7 @@ impl InterfaceLock {
             }
             file.set_len(0)?;
             fs::write(&path, format!("{}\n", std::process::id()))?;
-            return Ok(InterfaceLock {
+            return Ok(Lock {
                 file: Some(file),
                 path,
             });
@@ -108,7 +108,7 @@ impl InterfaceLock {
     }
 }
 
-impl Drop for InterfaceLock {
+impl Drop for Lock {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
         drop(self.file.take());
@@ -128,17 +128,17 @@ mod tests {
     #[test]
     fn one_holder_per_namespace_and_interface_and_no_file_left() {
         let dir = run_dir("one");
-        let a = InterfaceLock::take(&dir, NetnsId(1), "eth0").expect("first");
-        let err = InterfaceLock::take(&dir, NetnsId(1), "eth0")
+        let a = Lock::interface(&dir, NetnsId(1), "eth0").expect("first");
+        let err = Lock::interface(&dir, NetnsId(1), "eth0")
             .err()
             .expect("refused");
         assert!(err.to_string().contains("already running"), "{err}");
         // Same interface name, other namespace: its own lock.
-        let b = InterfaceLock::take(&dir, NetnsId(2), "eth0").expect("other namespace");
-        assert!(InterfaceLock::is_held(&dir, NetnsId(1), "eth0"));
+        let b = Lock::interface(&dir, NetnsId(2), "eth0").expect("other namespace");
+        assert!(Lock::is_held(&dir, NetnsId(1), "eth0"));
         drop(a);
         drop(b);
-        assert!(!InterfaceLock::is_held(&dir, NetnsId(1), "eth0"));
+        assert!(!Lock::is_held(&dir, NetnsId(1), "eth0"));
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "lock files left");
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -23,7 +23,7 @@ use crate::{
     decap::Decap,
     health::Checker,
     iface,
-    lock::{self, InterfaceLock},
+    lock::{self, Lock},
     maps::AttachMode,
     metrics::Metrics,
     nexthop,
@@ -59,8 +59,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let place = PinPlace::current(&cfg.interface)?;
-        let _lock = InterfaceLock::take(Path::new(lock::RUN_DIR), place.netns, &cfg.interface)?;
-        let _state_lock = InterfaceLock::take_state_dir(&cfg.state_dir)?;
+        let _lock = Lock::interface(Path::new(lock::RUN_DIR), place.netns, &cfg.interface)?;
+        let _state_lock = Lock::state_dir(&cfg.state_dir)?;
         let socket_path = cfg.control_socket.clone();
         let listener = api::bind(&socket_path, read_gid)?;
         let _socket = RemoveOnDrop(socket_path.clone());
@@ -252,7 +252,7 @@ pub fn detach(interface: &str) -> anyhow::Result<()> {
     let place = PinPlace::current(interface)?;
     let run_dir = Path::new(lock::RUN_DIR);
     // A running lbd holds the lock: refuse rather than pull its maps away.
-    let _lock = InterfaceLock::take(run_dir, place.netns, interface)
+    let _lock = Lock::interface(run_dir, place.netns, interface)
         .context("lbd is running for this interface: stop it first")?;
     pin::ensure_bpffs(&place.bpffs)?;
     if let Some(found) = iface::lookup_blocking(interface)? {

@@ -232,7 +232,7 @@ fn failure(lab: &Lab, good: &str, i: usize) -> Failure {
             _guard: None,
         },
         1 => {
-            let lock = lb::lock::InterfaceLock::take(Path::new(RUN_DIR), place.netns, &lab.lb_if)
+            let lock = lb::lock::Lock::interface(Path::new(RUN_DIR), place.netns, &lab.lb_if)
                 .expect("taking the interface lock");
             Failure {
                 name: "busy lock",
