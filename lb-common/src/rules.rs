@@ -4,10 +4,12 @@
 //! The flow hash and the Maglev slot are in `hash`.
 
 use crate::{
+    counters::Counter,
     hash::{maglev_slot, HashMode},
     maps::{
-        AddrKey, Backend, FlowKey, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_DOWN,
-        VIP_F_SRC_HASH, VIP_F_STATELESS,
+        Addr, AddrKey, Backend, FlowKey, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_DOWN,
+        FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_F_SRC_HASH,
+        VIP_F_STATELESS,
     },
 };
 
@@ -116,6 +118,88 @@ pub fn fragment_vip_port(ports: impl IntoIterator<Item = u16>) -> Option<u16> {
     ports.into_iter().min()
 }
 
+/// ICMP types and codes the balancer steers (RFC 792, RFC 4443).
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+
+/// Whether an (unfragmented) packet is ICMP of its own family: ICMP in
+/// IPv4, ICMPv6 in IPv6. Protocol 58 in IPv4 or 1 in IPv6 is just another
+/// protocol, and an IPv4 fragment follows the fragment rules whatever it
+/// carries (a fragment after the first does not begin with an ICMP header).
+#[inline(always)]
+pub fn is_icmp(family: u8, proto: u8, fragment: bool) -> bool {
+    !fragment
+        && ((family == FAMILY_V4 && proto == PROTO_ICMP)
+            || (family == FAMILY_V6 && proto == PROTO_ICMPV6))
+}
+
+/// The counter of an ICMP error the balancer steers to the backend of the
+/// flow it is about; `None`: not such an error (echo, ...: the kernel's).
+#[inline(always)]
+pub fn icmp_error_kind(family: u8, ty: u8, code: u8) -> Option<Counter> {
+    match (family, ty) {
+        (FAMILY_V4, ICMP_DEST_UNREACH) if code == ICMP_FRAG_NEEDED => Some(Counter::IcmpFragNeeded),
+        (FAMILY_V4, ICMP_DEST_UNREACH) => Some(Counter::IcmpDestUnreach),
+        (FAMILY_V6, ICMPV6_PACKET_TOO_BIG) => Some(Counter::IcmpPacketTooBig),
+        (FAMILY_V6, ICMPV6_DEST_UNREACH) => Some(Counter::Icmpv6DestUnreach),
+        _ => None,
+    }
+}
+
+/// The header an ICMP error quotes: the packet it is about, which a backend
+/// sent from the VIP to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    /// The IP version field.
+    pub version: u8,
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    /// Source and destination port, as quoted (network byte order).
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Why an ICMP error is not steered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotSteered {
+    /// Not about a flow of a VIP on the address it was sent to: the
+    /// kernel's (passed unchanged).
+    NotOurs,
+    /// Garbled: dropped and counted when sent to a VIP address.
+    Malformed,
+}
+
+/// The client's flow an ICMP error sent to `outer_dst` (of `family`) is
+/// about: the quoted header reversed. The quote must be of the error's own
+/// IP version, of TCP or UDP, and sent from `outer_dst` itself: an error to
+/// one address about a flow of another is none of the balancer's business,
+/// however close the two addresses hash. The caller then looks the flow's
+/// VIP up exactly (`find_vip`), which makes `outer_dst` a VIP address.
+#[inline(always)]
+pub fn icmp_quoted_flow(family: u8, outer_dst: &Addr, q: &Quoted) -> Result<FlowKey, NotSteered> {
+    if q.version != family {
+        return Err(NotSteered::Malformed);
+    }
+    if q.proto != PROTO_TCP && q.proto != PROTO_UDP {
+        return Err(NotSteered::NotOurs);
+    }
+    if q.src != *outer_dst {
+        return Err(NotSteered::NotOurs);
+    }
+    Ok(FlowKey {
+        src: q.dst,
+        dst: q.src,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        family,
+        _pad: [0; 2],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +274,76 @@ mod tests {
             ..vip
         };
         assert_eq!(table_index(&empty, 15), None);
+    }
+
+    #[test]
+    fn icmp_is_icmp_only_in_its_own_family_and_unfragmented() {
+        assert!(is_icmp(FAMILY_V4, PROTO_ICMP, false));
+        assert!(is_icmp(FAMILY_V6, PROTO_ICMPV6, false));
+        assert!(!is_icmp(FAMILY_V4, PROTO_ICMPV6, false));
+        assert!(!is_icmp(FAMILY_V6, PROTO_ICMP, false));
+        assert!(
+            !is_icmp(FAMILY_V4, PROTO_ICMP, true),
+            "fragments follow the fragment rules"
+        );
+        assert_eq!(
+            icmp_error_kind(FAMILY_V4, 3, 4),
+            Some(Counter::IcmpFragNeeded)
+        );
+        assert_eq!(
+            icmp_error_kind(FAMILY_V6, 2, 0),
+            Some(Counter::IcmpPacketTooBig)
+        );
+        assert_eq!(
+            icmp_error_kind(FAMILY_V6, 3, 4),
+            None,
+            "a v4 type number in v6"
+        );
+        assert_eq!(icmp_error_kind(FAMILY_V4, 8, 0), None, "echo");
+    }
+
+    #[test]
+    fn quoted_flows_must_be_of_the_address_and_version() {
+        let vip = [10, 0, 0, 0];
+        let q = Quoted {
+            version: FAMILY_V4,
+            proto: PROTO_UDP,
+            src: vip,
+            dst: [99, 0, 0, 0],
+            sport: 53u16.to_be(),
+            dport: 4000u16.to_be(),
+        };
+        let f = icmp_quoted_flow(FAMILY_V4, &vip, &q).unwrap();
+        assert_eq!(
+            (f.src, f.dst, f.sport, f.dport),
+            (q.dst, vip, q.dport, q.sport)
+        );
+        let other = [11, 0, 0, 0];
+        assert_eq!(
+            icmp_quoted_flow(FAMILY_V4, &other, &q),
+            Err(NotSteered::NotOurs)
+        );
+        let v6 = Quoted {
+            version: FAMILY_V6,
+            ..q
+        };
+        assert_eq!(
+            icmp_quoted_flow(FAMILY_V4, &vip, &v6),
+            Err(NotSteered::Malformed)
+        );
+        let bogus = Quoted { version: 12, ..q };
+        assert_eq!(
+            icmp_quoted_flow(FAMILY_V6, &vip, &bogus),
+            Err(NotSteered::Malformed)
+        );
+        let icmp = Quoted {
+            proto: PROTO_ICMP,
+            ..q
+        };
+        assert_eq!(
+            icmp_quoted_flow(FAMILY_V4, &vip, &icmp),
+            Err(NotSteered::NotOurs)
+        );
     }
 
     #[test]

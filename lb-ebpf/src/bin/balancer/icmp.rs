@@ -6,7 +6,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    rules, Addr, Counter, FlowKey, HashMode, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+    rules, Addr, Counter, FlowKey, HashMode, FAMILY_V4, PROTO_TCP, PROTO_UDP,
 };
 use lb_ebpf::ptr_at;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -14,10 +14,6 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{conntrack, find_vip, forward, maps, parse::words, parse::Packet, select, Out};
 
 const ICMP_HLEN: usize = 8;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out> {
@@ -43,22 +39,16 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out
 fn classify(ctx: &XdpContext, pkt: &Packet) -> Result<Counter, Out> {
     let th: *const [u8; 2] = ptr_at(ctx, pkt.l4_off).ok_or_else(|| malformed(pkt))?;
     let [ty, code] = unsafe { *th };
-    let kind = match (pkt.flow.family, ty) {
-        (FAMILY_V4, ICMP_DEST_UNREACH) if code == ICMP_FRAG_NEEDED => Counter::IcmpFragNeeded,
-        (FAMILY_V4, ICMP_DEST_UNREACH) => Counter::IcmpDestUnreach,
-        (FAMILY_V6, ICMPV6_PACKET_TOO_BIG) => Counter::IcmpPacketTooBig,
-        (FAMILY_V6, ICMPV6_DEST_UNREACH) => Counter::Icmpv6DestUnreach,
-        _ => return Err(Out::Pass(Counter::PassIcmp)),
-    };
-    Ok(kind)
+    rules::icmp_error_kind(pkt.flow.family, ty, code).ok_or(Out::Pass(Counter::PassIcmp))
 }
 
-/// The client's flow: the quoted header (VIP → client) reversed.
+/// The client's flow (see `rules::icmp_quoted_flow`): the quoted header,
+/// VIP → client, reversed.
 #[inline(always)]
 fn quoted_flow(ctx: &XdpContext, pkt: &Packet) -> Result<FlowKey, Out> {
     let off = pkt.l4_off + ICMP_HLEN;
     let end = pkt.l2.l3_off + pkt.ip_len;
-    let (src, dst, proto, ports_off) = if pkt.flow.family == FAMILY_V4 {
+    let (version, src, dst, proto, ports_off) = if pkt.flow.family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or_else(|| malformed(pkt))?;
         let ip = unsafe { &*ip };
         let hlen = ((ip.vihl & 0x0f) as usize) * 4;
@@ -67,33 +57,34 @@ fn quoted_flow(ctx: &XdpContext, pkt: &Packet) -> Result<FlowKey, Out> {
         }
         let src: Addr = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
         let dst: Addr = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-        (src, dst, ip.proto, off + hlen)
+        (ip.vihl >> 4, src, dst, ip.proto, off + hlen)
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or_else(|| malformed(pkt))?;
         let ip = unsafe { &*ip };
         (
+            ip.vcf[0] >> 4,
             words(&ip.src_addr),
             words(&ip.dst_addr),
             ip.next_hdr,
             off + 40,
         )
     };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err(Out::Pass(Counter::PassIcmp));
-    }
     if ports_off + 4 > end {
         return Err(malformed(pkt));
     }
     let ports: *const [u8; 4] = ptr_at(ctx, ports_off).ok_or_else(|| malformed(pkt))?;
     let p = unsafe { *ports };
-    Ok(FlowKey {
-        src: dst,
-        dst: src,
-        sport: u16::from_ne_bytes([p[2], p[3]]),
-        dport: u16::from_ne_bytes([p[0], p[1]]),
+    let quoted = rules::Quoted {
+        version,
         proto,
-        family: pkt.flow.family,
-        _pad: [0; 2],
+        src,
+        dst,
+        sport: u16::from_ne_bytes([p[0], p[1]]),
+        dport: u16::from_ne_bytes([p[2], p[3]]),
+    };
+    rules::icmp_quoted_flow(pkt.flow.family, &pkt.flow.dst, &quoted).map_err(|e| match e {
+        rules::NotSteered::NotOurs => Out::Pass(Counter::PassIcmp),
+        rules::NotSteered::Malformed => malformed(pkt),
     })
 }
 

@@ -64,11 +64,12 @@ fn balance(ctx: &XdpContext, trace: &mut Trace) -> Result<Out, Out> {
 /// Everything after parsing: the VIP, the backend, the way out.
 #[inline(always)]
 fn decide(ctx: &XdpContext, pkt: &Packet, frame_len: u64, trace: &mut Trace) -> Result<Out, Out> {
-    if pkt.flow.proto == lb_common::PROTO_ICMP || pkt.flow.proto == lb_common::PROTO_ICMPV6 {
-        return icmp::handle(ctx, pkt, frame_len);
-    }
+    // Fragments first: a fragment of an ICMP message is a fragment.
     if pkt.fragment {
         return serve_fragment(ctx, pkt, frame_len);
+    }
+    if rules::is_icmp(pkt.flow.family, pkt.flow.proto, pkt.fragment) {
+        return icmp::handle(ctx, pkt, frame_len);
     }
     let vip = find_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
     trace.vip_id = vip.vip_id;

@@ -111,7 +111,8 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
         df: frags & IPV4_DF != 0,
         ip_id: u16::from_be_bytes(ip.id),
     };
-    // Later fragments carry no transport header; ICMP is parsed by `icmp`.
+    // Fragments are steered without ports (a first fragment's are read, but
+    // every fragment is placed by addresses alone); ICMP is parsed by `icmp`.
     if frags & IPV4_OFFSET_MASK != 0 || proto == PROTO_ICMP {
         return Ok(pkt);
     }
