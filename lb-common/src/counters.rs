@@ -63,6 +63,15 @@ counters! {
     DropFibFailed = Drop "fib_failed",
     DropRedirectFailed = Drop "redirect_failed",
     DropIcmpMalformed = Drop "icmp_malformed",
+    /// Too big for the egress MTU after encapsulation, IPv4 without DF:
+    /// XDP cannot fragment, and the kernel has no tunnel to do it with.
+    DropTooBigNoDf = Drop "too_big_no_df",
+    /// Too big, and answering with ICMP is switched off.
+    DropTooBig = Drop "too_big",
+    /// Too big, and the ICMP answer's rate limit was reached.
+    DropTooBigRateLimited = Drop "too_big_rate_limited",
+    /// Too big, and too short or garbled to be answered.
+    DropTooBigMalformed = Drop "too_big_malformed",
 
     ConnHit = Conntrack "hit",
     ConnMiss = Conntrack "miss",
@@ -84,10 +93,17 @@ counters! {
     Icmpv6DestUnreach = Event "icmpv6_dest_unreach",
     /// ICMP error about a VIP flow whose VIP no longer exists.
     IcmpUnknownFlow = Event "icmp_unknown_flow",
+    /// "Fragmentation needed" / "packet too big" sent to a client by the
+    /// balancer (the packet itself is not forwarded).
+    IcmpTooBigSent = Event "icmp_too_big_sent",
 }
 
-/// Size of the `STATS` array.
+/// Counters defined.
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+/// Size of the `STATS` array: room for counters to come without a new map
+/// layout.
+pub const COUNTER_SLOTS: u32 = 64;
+const _: () = assert!(COUNTER_COUNT <= COUNTER_SLOTS);
 
 /// The decap program's counters (`DECAP_STATS` per-CPU array).
 #[repr(u32)]

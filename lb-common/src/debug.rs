@@ -35,36 +35,12 @@ pub struct DebugConfig {
 const _: () = assert!(core::mem::size_of::<DebugConfig>() == 16);
 
 /// `DEBUG_BUCKET[0]`, per CPU, written by the program only.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DebugBucket {
-    /// Credit in ns: an event costs `1e9 / DEBUG_EVENTS_PER_SEC`.
-    pub credit_ns: u64,
-    pub last_ns: u64,
-    /// Events the bucket refused.
-    pub suppressed: u64,
-}
-const _: () = assert!(core::mem::size_of::<DebugBucket>() == 24);
+pub type DebugBucket = crate::bucket::TokenBucket;
 
-/// The credit one event costs.
-pub const DEBUG_EVENT_COST_NS: u64 = 1_000_000_000 / DEBUG_EVENTS_PER_SEC;
-
-/// Whether the bucket lets one more event through at `now_ns`; takes its
-/// cost if so, counts a refusal if not.
+/// Whether the trace's bucket lets one more record through at `now_ns`.
 #[inline(always)]
 pub fn debug_take(bucket: &mut DebugBucket, now_ns: u64) -> bool {
-    let max = DEBUG_BURST * DEBUG_EVENT_COST_NS;
-    let elapsed = now_ns.saturating_sub(bucket.last_ns);
-    let credit = bucket.credit_ns.saturating_add(elapsed);
-    bucket.credit_ns = if credit > max { max } else { credit };
-    bucket.last_ns = now_ns;
-    if bucket.credit_ns >= DEBUG_EVENT_COST_NS {
-        bucket.credit_ns -= DEBUG_EVENT_COST_NS;
-        true
-    } else {
-        bucket.suppressed += 1;
-        false
-    }
+    crate::bucket::take(bucket, now_ns, DEBUG_EVENTS_PER_SEC, DEBUG_BURST)
 }
 
 /// Whether a packet of VIP `vip_id` is traced under `cfg` at `now_ns`.
@@ -154,27 +130,6 @@ impl DebugEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bucket_allows_a_burst_then_the_rate() {
-        let mut b = DebugBucket {
-            credit_ns: DEBUG_BURST * DEBUG_EVENT_COST_NS,
-            last_ns: 1_000,
-            suppressed: 0,
-        };
-        let t = 1_000;
-        let burst = (0..1000).filter(|_| debug_take(&mut b, t)).count() as u64;
-        assert_eq!(burst, DEBUG_BURST);
-        assert_eq!(b.suppressed, 1000 - DEBUG_BURST);
-        // One second later: one second's worth, capped at the burst.
-        let later = t + 1_000_000_000;
-        let next = (0..1000).filter(|_| debug_take(&mut b, later)).count() as u64;
-        assert_eq!(next, DEBUG_BURST.min(DEBUG_EVENTS_PER_SEC));
-        // A fresh bucket (zeroed by the kernel) fills from the first packet's
-        // clock reading: a running machine's clock is far past the burst.
-        let mut fresh = DebugBucket::default();
-        assert!(debug_take(&mut fresh, 10_000_000_000));
-    }
 
     #[test]
     fn filters_and_expiry() {

@@ -9,7 +9,7 @@ use core::mem::size_of;
 /// Bumped whenever a map below changes layout or meaning. The loader pins maps
 /// under a directory named after it, so a daemon never adopts maps it cannot
 /// read. 2: Maglev tables live in regions of one shared array (`VipInfo`).
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Most VIPs a balancer can be loaded for (the default is lower).
 pub const MAX_VIPS: u32 = 65536;
@@ -129,7 +129,8 @@ pub struct Backend {
     /// `BACKEND_F_*`.
     pub flags: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// The MTU of the egress interface (`ifindex`); 0: not known, no check.
+    pub mtu: u16,
 }
 const _: () = assert!(size_of::<Backend>() == 40);
 
@@ -189,8 +190,15 @@ pub struct LbConfig {
     /// flow hash.
     pub src_v6: Addr,
     pub src_v6_hostmask: u32,
+    /// Non-zero: answer a packet too big for the egress MTU (after
+    /// encapsulation) with ICMP "fragmentation needed" / "packet too big";
+    /// zero: drop it, counted.
+    pub too_big_icmp: u32,
+    /// The rate limit of those answers, per CPU.
+    pub too_big_per_sec: u32,
+    pub too_big_burst: u32,
 }
-const _: () = assert!(size_of::<LbConfig>() == 28);
+const _: () = assert!(size_of::<LbConfig>() == 40);
 
 /// Per-VIP and per-backend traffic (per CPU; user space sums).
 #[repr(C)]

@@ -17,7 +17,7 @@ unsafe impl aya::Pod for LbConfig {}
 unsafe impl aya::Pod for TrafficStats {}
 unsafe impl aya::Pod for crate::bench::BenchTemplate {}
 unsafe impl aya::Pod for crate::debug::DebugConfig {}
-unsafe impl aya::Pod for crate::debug::DebugBucket {}
+unsafe impl aya::Pod for crate::bucket::TokenBucket {}
 unsafe impl aya::Pod for crate::debug::DebugDecision {}
 
 /// Packet-order words of an address, and its family.

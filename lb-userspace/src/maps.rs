@@ -46,6 +46,9 @@ use crate::{
 pub const PROGRAM_NAME: &str = "lb_balancer";
 /// The program the balancer tail-calls for the decision trace.
 pub const TRACE_PROGRAM_NAME: &str = "lb_trace";
+/// The program the balancer tail-calls to answer a packet too big for the
+/// egress MTU.
+pub const TOO_BIG_PROGRAM_NAME: &str = "lb_too_big";
 
 /// The balancer's capacity, fixed when it is loaded (`[limits]` in lbd's
 /// config).
@@ -67,6 +70,11 @@ impl Default for Limits {
         }
     }
 }
+
+/// ICMP "too big" answers per second and CPU unless configured otherwise.
+pub const DEFAULT_TOO_BIG_PER_SEC: u32 = 100;
+/// The most answers one CPU sends at once after a quiet spell.
+pub const TOO_BIG_MAX_BURST: u32 = 100;
 
 /// Bounds lbd accepts for each limit.
 pub const MAX_VIPS_RANGE: std::ops::RangeInclusive<u32> = 1..=MAX_VIPS;
@@ -124,7 +132,7 @@ fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 11] {
         ("LB_CONFIG", 4, size_of::<LbConfig>(), 1),
         ("TX_PORTS", 4, 8, lb_common::MAX_TX_PORTS),
         ("VIP_FILTER", 4, 8, lb_common::VIP_FILTER_WORDS),
-        ("STATS", 4, 8, lb_common::counters::COUNTER_COUNT),
+        ("STATS", 4, 8, lb_common::counters::COUNTER_SLOTS),
         (
             "VIP_STATS",
             4,
@@ -224,6 +232,9 @@ pub struct NextHop {
     pub ifindex: u32,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
+    /// The egress interface's MTU (0: unknown); a packet that would leave
+    /// larger once encapsulated is answered with ICMP "too big".
+    pub mtu: u32,
 }
 
 /// The outer source of `ipip` packets, per family: an address, or a prefix
@@ -331,6 +342,8 @@ pub struct Balancer {
     backend_map: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, ConnEntry>,
     config: Array<MapData, LbConfig>,
+    /// What `config` holds.
+    lb_config: LbConfig,
     tx_ports: DevMapHash<MapData>,
     vip_filter: Array<MapData, u64>,
     /// What `vip_filter` holds.
@@ -344,7 +357,8 @@ pub struct Balancer {
     debug_bucket: PerCpuArray<MapData, DebugBucket>,
     trace_reader: Option<aya_log::EbpfLogger<Pending>>,
     trace_pending: Pending,
-    _trace_slot: aya::maps::ProgramArray<MapData>,
+    /// Kept for their fds: a slot empties when its map's last fd closes.
+    _tail_calls: [aya::maps::ProgramArray<MapData>; 2],
 
     vips: BTreeMap<VipId, VipState>,
     free_vip_ids: VecDeque<u32>,
@@ -404,22 +418,9 @@ impl Balancer {
         let mut ebpf = loader.load(objects::BALANCER)?;
         let prog: &mut Xdp = program(&mut ebpf)?;
         prog.load()?;
-        // The trace program goes into the slot the balancer tail-calls.
-        let trace: &mut Xdp = ebpf
-            .program_mut(TRACE_PROGRAM_NAME)
-            .ok_or(MapsError::Options(format!(
-                "object has no program {TRACE_PROGRAM_NAME}"
-            )))?
-            .try_into()?;
-        trace.load()?;
-        let mut slot: aya::maps::ProgramArray<MapData> = take!(ebpf, "DEBUG_PROG");
-        let trace: &Xdp = ebpf
-            .program(TRACE_PROGRAM_NAME)
-            .expect("loaded above")
-            .try_into()?;
-        slot.set(0, trace.fd()?, 0).map_err(map_err("DEBUG_PROG"))?;
-        // Kept for its fd: the slot empties when the last one closes.
-        let trace_slot = slot;
+        // The programs the balancer tail-calls, each in its slot.
+        let trace_slot = install_tail_call(&mut ebpf, TRACE_PROGRAM_NAME, "DEBUG_PROG")?;
+        let too_big_slot = install_tail_call(&mut ebpf, TOO_BIG_PROGRAM_NAME, "TOO_BIG_PROG")?;
         let trace_pending = Pending::default();
         let trace_reader = aya_log::EbpfLogger::init_with_logger(&mut ebpf, trace_pending.clone())
             .map_err(|e| MapsError::Options(format!("the trace's log buffer: {e}")))?;
@@ -447,6 +448,7 @@ impl Balancer {
             backend_map: take!(ebpf, "BACKENDS"),
             conntrack: take!(ebpf, "CONNTRACK"),
             config: take!(ebpf, "LB_CONFIG"),
+            lb_config: LbConfig::default(),
             tx_ports: take!(ebpf, "TX_PORTS"),
             vip_filter: take!(ebpf, "VIP_FILTER"),
             filter_words: Vec::new(),
@@ -455,7 +457,7 @@ impl Balancer {
             backend_stats: take!(ebpf, "BACKEND_STATS"),
             debug: take!(ebpf, "DEBUG"),
             debug_bucket: take!(ebpf, "DEBUG_BUCKET"),
-            _trace_slot: trace_slot,
+            _tail_calls: [trace_slot, too_big_slot],
             trace_reader: Some(trace_reader),
             trace_pending,
             ebpf,
@@ -478,6 +480,7 @@ impl Balancer {
         }
         // Fresh maps: all clear. Adopted ones: drop bits no VIP needs.
         balancer.write_filter(None)?;
+        balancer.set_too_big(Some(DEFAULT_TOO_BIG_PER_SEC))?;
         Ok(balancer)
     }
 
@@ -577,6 +580,7 @@ impl Balancer {
                             ifindex: b.ifindex,
                             dst_mac: b.dst_mac,
                             src_mac: b.src_mac,
+                            mtu: b.mtu as u32,
                         },
                     );
                 }
@@ -693,7 +697,13 @@ impl Balancer {
 
     /// Sets the outer source addresses for `ipip`.
     pub fn set_encap_sources(&mut self, src: &EncapSources) -> Result<()> {
-        let mut cfg = LbConfig::default();
+        let mut cfg = LbConfig {
+            src_v4: 0,
+            src_v4_hostmask: 0,
+            src_v6: [0; 4],
+            src_v6_hostmask: 0,
+            ..self.lb_config
+        };
         if let Some((a, len)) = src.v4 {
             cfg.src_v4 = u32::from_ne_bytes(a.octets());
             cfg.src_v4_hostmask = host_mask(len.min(32), 32);
@@ -703,7 +713,23 @@ impl Balancer {
             // Only the last 32 bits vary; a shorter prefix still uses them.
             cfg.src_v6_hostmask = host_mask(len.clamp(96, 128) - 96, 32);
         }
-        self.config.set(0, cfg, 0).map_err(map_err("LB_CONFIG"))
+        self.config.set(0, cfg, 0).map_err(map_err("LB_CONFIG"))?;
+        self.lb_config = cfg;
+        Ok(())
+    }
+
+    /// Whether (and how often per second and CPU) a packet too big for the
+    /// egress MTU is answered with ICMP; `None`: dropped, counted.
+    pub fn set_too_big(&mut self, per_sec: Option<u32>) -> Result<()> {
+        let cfg = LbConfig {
+            too_big_icmp: u32::from(per_sec.is_some()),
+            too_big_per_sec: per_sec.unwrap_or(0),
+            too_big_burst: per_sec.unwrap_or(0).clamp(1, TOO_BIG_MAX_BURST),
+            ..self.lb_config
+        };
+        self.config.set(0, cfg, 0).map_err(map_err("LB_CONFIG"))?;
+        self.lb_config = cfg;
+        Ok(())
     }
 
     /// Lets the program redirect to `ifindex` (an egress other than the
@@ -975,6 +1001,7 @@ impl Balancer {
             b.ifindex = nh.ifindex;
             b.dst_mac = nh.dst_mac;
             b.src_mac = nh.src_mac;
+            b.mtu = nh.mtu.min(u16::MAX as u32) as u16;
         }
         self.backend_map.set(id, b, 0).map_err(map_err("BACKENDS"))
     }
@@ -1138,7 +1165,7 @@ impl Balancer {
     pub fn trace_suppressed(&self) -> u64 {
         self.debug_bucket
             .get(&0, 0)
-            .map(|v| v.iter().map(|b| b.suppressed).sum())
+            .map(|v| v.iter().map(|b| b.refused).sum())
             .unwrap_or(0)
     }
 
@@ -1344,6 +1371,27 @@ fn write_table(mem: &TableMem, base: u32, table: &[u32], old: Option<&[u32]>) ->
     }
     mem.publish();
     Ok(writes)
+}
+
+/// Loads program `name` and puts it in slot 0 of the program array `map`.
+fn install_tail_call(
+    ebpf: &mut Ebpf,
+    name: &str,
+    map: &'static str,
+) -> Result<aya::maps::ProgramArray<MapData>> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(MapsError::Options(format!("object has no program {name}")))?
+        .try_into()?;
+    prog.load()?;
+    let mut slot: aya::maps::ProgramArray<MapData> = ebpf
+        .take_map(map)
+        .ok_or(MapsError::Options(format!("object has no map {map}")))?
+        .try_into()
+        .map_err(map_err(map))?;
+    let prog: &Xdp = ebpf.program(name).expect("loaded above").try_into()?;
+    slot.set(0, prog.fd()?, 0).map_err(map_err(map))?;
+    Ok(slot)
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

@@ -229,8 +229,8 @@ struct Lookup {
     state: Option<NeighbourState>,
 }
 
-/// Source MACs by ifindex (`None`: not Ethernet), for one pass.
-type LinkCache = HashMap<u32, Option<[u8; 6]>>;
+/// Source MAC and MTU by ifindex (`None`: not Ethernet), for one pass.
+type LinkCache = HashMap<u32, Option<([u8; 6], u32)>>;
 
 async fn lookup(handle: &Handle, addr: IpAddr, links: &mut LinkCache) -> Result<Lookup> {
     let no_route = Lookup {
@@ -252,7 +252,7 @@ async fn lookup(handle: &Handle, addr: IpAddr, links: &mut LinkCache) -> Result<
             mac
         }
     };
-    let Some(src_mac) = src_mac else {
+    let Some((src_mac, mtu)) = src_mac else {
         return Ok(Lookup {
             resolution: Resolution::NotEthernet { ifindex },
             via: None,
@@ -267,6 +267,7 @@ async fn lookup(handle: &Handle, addr: IpAddr, links: &mut LinkCache) -> Result<
             ifindex,
             dst_mac,
             src_mac,
+            mtu,
         }),
         _ => Resolution::Incomplete { ifindex, via },
     };
@@ -357,9 +358,9 @@ async fn route(handle: &Handle, addr: IpAddr) -> Result<Option<(u32, Option<IpAd
     }
 }
 
-/// The interface's MAC: `Some(None)` when it is not Ethernet, `None` when
-/// there is no such interface.
-async fn link_mac(handle: &Handle, ifindex: u32) -> Result<Option<Option<[u8; 6]>>> {
+/// The interface's MAC and MTU: `Some(None)` when it is not Ethernet,
+/// `None` when there is no such interface.
+async fn link_mac(handle: &Handle, ifindex: u32) -> Result<Option<Option<([u8; 6], u32)>>> {
     let mut replies = handle.link().get().match_index(ifindex).execute();
     let link = match replies.next().await {
         Some(Ok(l)) => l,
@@ -370,8 +371,16 @@ async fn link_mac(handle: &Handle, ifindex: u32) -> Result<Option<Option<[u8; 6]
     if link.header.link_layer_type != LinkLayerType::Ether {
         return Ok(Some(None));
     }
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(0);
     Ok(Some(link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+        LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok().map(|m| (m, mtu)),
         _ => None,
     })))
 }

@@ -24,6 +24,9 @@ pub const LB_SRC_V6: &str = "2001:db8:ffff::10";
 
 pub struct TestLb {
     pub lb: Balancer,
+    /// The egress MTU `add_vip` gives its backends' next hops (0: none,
+    /// no MTU check).
+    pub mtu: u32,
 }
 
 /// A MAC derived from a backend address, so each backend's is distinct.
@@ -73,7 +76,7 @@ impl TestLb {
             v6: Some((LB_SRC_V6.parse().unwrap(), 128)),
         })
         .unwrap();
-        TestLb { lb }
+        TestLb { lb, mtu: 0 }
     }
 
     /// Adds a VIP with `backends`, each with a resolved next hop out of the
@@ -87,6 +90,7 @@ impl TestLb {
                         ifindex: TEST_IFINDEX,
                         dst_mac: backend_mac(b.addr),
                         src_mac: LB_MAC,
+                        mtu: self.mtu,
                     }),
                 )
                 .unwrap();

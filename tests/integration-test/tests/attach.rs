@@ -135,6 +135,7 @@ fn setup() -> anyhow::Result<Net> {
         ifindex: lb1,
         dst_mac: netns::mac(&backend, "b0")?,
         src_mac: netns::mac(&lb, "lb1")?,
+        mtu: 0,
     };
     // The kernel resolves a devmap entry's ifindex in the namespace of the
     // thread that writes it: from anywhere else this would name another

@@ -312,6 +312,7 @@ fn explain_agrees_with_the_data_path_as_backends_change() {
                 ifindex: TEST_IFINDEX,
                 dst_mac: backend_mac(s.addr),
                 src_mac: frame::LB_MAC,
+                mtu: 0,
             }),
         )
         .unwrap();

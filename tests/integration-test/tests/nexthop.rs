@@ -249,6 +249,8 @@ fn resolves_next_hops_in_a_namespace() {
         ifindex: a_index,
         dst_mac: b_mac,
         src_mac: a_mac,
+        // A veth's default MTU.
+        mtu: 1500,
     };
 
     let ns_a = a.clone();

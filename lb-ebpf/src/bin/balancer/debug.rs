@@ -154,6 +154,7 @@ fn write(ctx: &XdpContext, d: &DebugDecision) {
 pub fn counter_of(out: Out) -> u32 {
     match out {
         Out::Pass(c) | Out::Drop(c) => c as u32,
+        Out::TooBig(_) => Counter::DropTooBig as u32,
         Out::Tx => Counter::ActionTx as u32,
         Out::Redirect => Counter::ActionRedirect as u32,
     }

@@ -9,8 +9,8 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_OUTPUT,
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
     },
     helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
@@ -23,6 +23,16 @@ use lb_ebpf::{ipv4_header_checksum, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4
 
 use crate::{maps, parse::Packet, stats, Out};
 
+/// Bytes encapsulation adds: none for L2 DSR.
+#[inline(always)]
+fn encap_overhead(l2dsr: bool, family: u8) -> usize {
+    match (l2dsr, family == FAMILY_V4) {
+        (true, _) => 0,
+        (false, true) => IPV4_HLEN,
+        (false, false) => IPV6_HLEN,
+    }
+}
+
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const OUTER_TTL: u8 = 64;
@@ -32,6 +42,8 @@ pub struct NextHop {
     pub ifindex: u32,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
+    /// The egress MTU; 0: not known (no check).
+    pub mtu: u32,
 }
 
 /// Sends the packet to backend `backend_id` of `vip`, counting it against
@@ -57,6 +69,10 @@ pub fn to_backend(
     }
     let cfg = maps::config();
     let nh = next_hop(ctx, pkt, &backend, &cfg, l2dsr, hash)?;
+    let overhead = encap_overhead(l2dsr, pkt.flow.family);
+    if nh.mtu != 0 && pkt.ip_len + overhead > nh.mtu as usize {
+        return Err(Out::TooBig(nh.mtu.saturating_sub(overhead as u32)));
+    }
     stats::add_traffic(&maps::VIP_STATS, vip.vip_id, frame_len);
     stats::add_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
     if l2dsr {
@@ -95,6 +111,7 @@ fn next_hop(
             ifindex: backend.ifindex,
             dst_mac: backend.dst_mac,
             src_mac: backend.src_mac,
+            mtu: backend.mtu as u32,
         });
     }
     stats::count(Counter::NexthopFib);
@@ -131,11 +148,17 @@ fn next_hop(
         )
     };
     match rc as u32 {
+        // The lookup checked the MTU against `tot_len` already.
         BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
             ifindex: p.ifindex,
             dst_mac: p.dmac,
             src_mac: p.smac,
+            mtu: 0,
         }),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            let mtu = unsafe { p.__bindgen_anon_1.mtu_result } as u32;
+            Err(Out::TooBig(mtu.saturating_sub(extra as u32)))
+        }
         // No neighbour entry yet: hand the packet to the kernel (counted)
         // rather than guess a MAC. lbd's resolver solicits the backend's
         // neighbour (NTF_USE) as soon as the backend is configured and then
@@ -171,7 +194,7 @@ fn trim_padding(ctx: &XdpContext, pkt: &Packet) -> Result<(), Out> {
 /// Makes room for an outer header of `len` bytes and writes the Ethernet
 /// header (and the VLAN tag the frame came with) in front of it.
 #[inline(always)]
-fn push_outer(
+pub fn push_outer(
     ctx: &XdpContext,
     pkt: &Packet,
     len: usize,

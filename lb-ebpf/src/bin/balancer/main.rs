@@ -17,6 +17,7 @@ mod maps;
 mod parse;
 mod select;
 mod stats;
+mod toobig;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
@@ -35,14 +36,24 @@ pub enum Out {
     Drop(Counter),
     Tx,
     Redirect,
+    /// Too big for the egress MTU once encapsulated: answered by the
+    /// `toobig` program, with the largest datagram that fits.
+    TooBig(u32),
 }
 
+// Inlined into the entry point the macro makes: the tail call must not end
+// up in a subprogram (the kernel refuses those without BTF).
 #[xdp]
+#[inline(always)]
 pub fn lb_balancer(ctx: XdpContext) -> u32 {
     let mut trace = Trace::new();
     let out = match balance(&ctx, &mut trace) {
         Ok(out) | Err(out) => out,
     };
+    if let Out::TooBig(fits) = out {
+        // Returns only if the answering program is missing.
+        toobig::hand_over(&ctx, fits);
+    }
     let action = stats::finish(out);
     if trace.pending {
         debug::hand_over(&ctx);
@@ -113,7 +124,7 @@ pub fn find_vip(flow: &FlowKey) -> Option<VipInfo> {
 pub fn action(out: Out) -> u32 {
     match out {
         Out::Pass(_) => xdp_action::XDP_PASS,
-        Out::Drop(_) => xdp_action::XDP_DROP,
+        Out::Drop(_) | Out::TooBig(_) => xdp_action::XDP_DROP,
         Out::Tx => xdp_action::XDP_TX,
         Out::Redirect => xdp_action::XDP_REDIRECT,
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counters::COUNTER_COUNT, AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo,
+    counters::COUNTER_SLOTS, AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo,
     VipKey, CONNTRACK_MAX, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL, MAX_BACKENDS, MAX_TX_PORTS,
     VIP_FILTER_WORDS,
 };
@@ -68,7 +68,7 @@ pub fn maybe_vip(dst: &lb_common::Addr) -> bool {
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 #[map]
 pub static VIP_STATS: PerCpuArray<TrafficStats> =

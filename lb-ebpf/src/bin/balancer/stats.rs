@@ -24,6 +24,10 @@ pub fn finish(out: Out) -> u32 {
             count(Counter::ActionDrop);
             count(reason);
         }
+        Out::TooBig(_) => {
+            count(Counter::ActionDrop);
+            count(Counter::DropTooBig);
+        }
         Out::Tx => count(Counter::ActionTx),
         Out::Redirect => count(Counter::ActionRedirect),
     }

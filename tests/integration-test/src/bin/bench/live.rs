@@ -507,6 +507,7 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
                 ifindex: idx_a,
                 dst_mac: mac_b,
                 src_mac: mac_a,
+                mtu: 0,
             }),
         )?;
     }

@@ -317,6 +317,7 @@ http {{
                     ifindex: lb_index,
                     dst_mac: netns::mac(&self.backend_ns[i], &backend_if(i))?,
                     src_mac: lb_mac,
+                    mtu: 0,
                 }),
             )?;
             specs.push(BackendSpec { addr, weight: 100 });
