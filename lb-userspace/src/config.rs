@@ -61,6 +61,9 @@ pub const HEALTH_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=100;
 /// Bounds of an HTTP check's `expect_status`.
 pub const HEALTH_STATUS_RANGE: std::ops::RangeInclusive<u16> = 100..=599;
 
+/// Bounds of `[icmp] too_big_per_second`.
+pub const TOO_BIG_RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
+
 /// The daemon's configuration, as read from the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -78,6 +81,10 @@ pub struct Config {
     pub encap: EncapSources,
     /// `[limits]`: the balancer's capacity (a change needs a restart).
     pub limits: Limits,
+    /// `[icmp] too_big` / `too_big_per_second`: answers per second and CPU
+    /// to packets too big for the egress MTU once encapsulated; `None`: off
+    /// (such packets are dropped, counted).
+    pub too_big_per_second: Option<u32>,
     /// In file order.
     pub vips: Vec<VipConfig>,
 }
@@ -611,8 +618,16 @@ struct RawConfig {
     udp_idle_timeout: Option<Spanned<String>>,
     encap: Option<RawEncap>,
     limits: Option<RawLimits>,
+    icmp: Option<RawIcmp>,
     #[serde(default)]
     vip: Vec<Spanned<RawVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIcmp {
+    too_big: Option<bool>,
+    too_big_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -890,6 +905,16 @@ impl Source<'_> {
             None => Limits::default(),
             Some(l) => self.limits(l)?,
         };
+        let too_big_per_second = match &raw.icmp {
+            None => Some(crate::maps::DEFAULT_TOO_BIG_PER_SEC),
+            Some(i) => {
+                let rate = match &i.too_big_per_second {
+                    None => crate::maps::DEFAULT_TOO_BIG_PER_SEC,
+                    Some(v) => self.int(v, "[icmp]", "too_big_per_second", TOO_BIG_RATE_RANGE)?,
+                };
+                i.too_big.unwrap_or(true).then_some(rate)
+            }
+        };
         let vips = raw
             .vip
             .iter()
@@ -908,6 +933,7 @@ impl Source<'_> {
             udp_idle_timeout,
             encap,
             limits,
+            too_big_per_second,
             vips,
         })
     }

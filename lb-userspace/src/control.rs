@@ -194,6 +194,13 @@ pub struct BackendStatus {
     pub drained: bool,
     /// The next hop is resolved (interface and MACs known).
     pub next_hop: bool,
+    /// The next hop's egress MTU, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// The largest packet a client may send that still fits once
+    /// encapsulated; larger ones are answered with ICMP "too big".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_mtu: Option<u32>,
     pub packets: u64,
     pub bytes: u64,
     #[serde(default)]

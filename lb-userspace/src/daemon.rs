@@ -130,6 +130,7 @@ impl Daemon {
             tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
         }
         balancer.set_encap_sources(&config.encap)?;
+        balancer.set_too_big(config.too_big_per_second)?;
         let mut daemon = Daemon {
             rates: Rates::default(),
             config_path: config_path.to_path_buf(),
@@ -506,6 +507,17 @@ impl Daemon {
                 format!("~ encap {:?} -> {:?}", self.config.encap, config.encap),
             );
         }
+        if config.too_big_per_second != self.config.too_big_per_second {
+            let show = |r: Option<u32>| r.map_or("off".to_string(), |n| format!("{n}/s per CPU"));
+            diff.insert(
+                0,
+                format!(
+                    "~ icmp too_big {} -> {}",
+                    show(self.config.too_big_per_second),
+                    show(config.too_big_per_second)
+                ),
+            );
+        }
         if dry_run {
             return Ok(ReloadResult {
                 diff,
@@ -514,12 +526,17 @@ impl Daemon {
         }
         check_sources(&config, &next).map_err(ApplyError::Invalid)?;
         let old_config = std::mem::replace(&mut self.config, config);
-        if let Err(e) = self.balancer.set_encap_sources(&self.config.encap) {
+        let set = |b: &mut Balancer, c: &Config| {
+            b.set_encap_sources(&c.encap)?;
+            b.set_too_big(c.too_big_per_second)
+        };
+        if let Err(e) = set(&mut self.balancer, &self.config) {
+            let _ = set(&mut self.balancer, &old_config);
             self.config = old_config;
             return Err(ApplyError::Kernel(e.to_string()));
         }
         if let Err(e) = self.apply(next) {
-            let _ = self.balancer.set_encap_sources(&old_config.encap);
+            let _ = set(&mut self.balancer, &old_config);
             self.config = old_config;
             return Err(e);
         }
@@ -658,6 +675,19 @@ impl Daemon {
                             check: b.health.clone(),
                             drained: b.drained,
                             next_hop: self.balancer.next_hop(&b.addr).is_some(),
+                            mtu: self
+                                .balancer
+                                .next_hop(&b.addr)
+                                .map(|n| n.mtu)
+                                .filter(|m| *m != 0),
+                            inner_mtu: self
+                                .balancer
+                                .next_hop(&b.addr)
+                                .map(|n| n.mtu)
+                                .filter(|m| *m != 0)
+                                .map(|m| {
+                                    m.saturating_sub(encap_overhead(v.settings.forwarding, b.addr))
+                                }),
                             packets: t.packets,
                             bytes: t.bytes,
                             pps: self.rates.backends.get(&(*id, b.addr)).map_or(0.0, |r| r.0),
@@ -849,6 +879,15 @@ fn flow_text(src: IpAddr, sport: u16, vip: &VipId, dport: u16) -> String {
     match src {
         IpAddr::V4(a) => format!("{a}:{sport} -> {dst}"),
         IpAddr::V6(a) => format!("[{a}]:{sport} -> {dst}"),
+    }
+}
+
+/// Bytes encapsulation adds toward `backend` (none for L2 DSR).
+fn encap_overhead(forwarding: Forwarding, backend: IpAddr) -> u32 {
+    match (forwarding, backend) {
+        (Forwarding::L2dsr, _) => 0,
+        (Forwarding::Ipip, IpAddr::V4(_)) => 20,
+        (Forwarding::Ipip, IpAddr::V6(_)) => 40,
     }
 }
 

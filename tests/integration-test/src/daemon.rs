@@ -90,6 +90,11 @@ pub const VIP_EXTRA: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 3);
 /// The ports the backends' servers listen on.
 pub const PORTS: [u16; 2] = [80, 8080];
 
+/// The MTU of the links toward the balancer and the backends in the
+/// standard lab: above the clients' 1500, so encapsulated full-size packets
+/// fit and the ICMP "too big" path is not taken.
+pub const LAB_MTU: u32 = 1600;
+
 /// How long one connection attempt, or one answer, may take. A SYN lost
 /// once is retransmitted after 1 s, so this allows for one loss.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -524,16 +529,22 @@ impl Lab {
     /// Builds the topology with `n_backends` backends (b1..bn, all running
     /// decap and servers). lbd is not started.
     pub fn new(n_backends: usize) -> Result<Lab> {
-        Self::create(n_backends, false)
+        Self::create(n_backends, false, LAB_MTU)
     }
 
     /// [`Lab::new`] in the container layout: the client's, the balancer's
     /// and every backend's interface is named `eth0`.
     pub fn new_eth0(n_backends: usize) -> Result<Lab> {
-        Self::create(n_backends, true)
+        Self::create(n_backends, true, LAB_MTU)
     }
 
-    fn create(n_backends: usize, eth0: bool) -> Result<Lab> {
+    /// [`Lab::new`] with every link at `mtu`, the clients' included (the
+    /// usual data-centre network has 1500 everywhere).
+    pub fn new_with_mtu(n_backends: usize, mtu: u32) -> Result<Lab> {
+        Self::create(n_backends, false, mtu)
+    }
+
+    fn create(n_backends: usize, eth0: bool, mtu_to_backends: u32) -> Result<Lab> {
         sweep_stale();
         let tag = new_tag();
         let dir = std::env::temp_dir().join(&tag);
@@ -566,7 +577,7 @@ impl Lab {
             topo: Some(Topology::new()?),
             tag,
         };
-        lab.build(n_backends, eth0)?;
+        lab.build(n_backends, eth0, mtu_to_backends)?;
         Ok(lab)
     }
 
@@ -574,7 +585,7 @@ impl Lab {
         self.topo.as_mut().expect("topology lives until drop")
     }
 
-    fn build(&mut self, n_backends: usize, eth0: bool) -> Result<()> {
+    fn build(&mut self, n_backends: usize, eth0: bool, link_mtu: u32) -> Result<()> {
         let sw = self.topo().add_ns("sw")?;
         let cl = self.topo().add_ns("cl")?;
         let lb = self.topo().add_ns("lb")?;
@@ -612,8 +623,8 @@ impl Lab {
         let lb_if = self.lb_if.clone();
         self.topo().veth((&lb, &lb_if), (&sw, "plb"))?;
         self.topo().set_master(&sw, "plb", "br0")?;
-        mtu(&lb, &lb_if, 1600)?;
-        mtu(&sw, "plb", 1600)?;
+        mtu(&lb, &lb_if, link_mtu)?;
+        mtu(&sw, "plb", link_mtu)?;
         self.topo().add_addr(&lb, &lb_if, &format!("{LB4}/24"))?;
         self.topo().add_addr(&lb, &lb_if, &format!("{LB6}/64"))?;
         let mut pass = Decap::load().context("loading the pass-through program")?;
@@ -642,8 +653,8 @@ impl Lab {
             };
             self.topo().veth((&ns, &ifname), (&sw, &port))?;
             self.topo().set_master(&sw, &port, "br0")?;
-            mtu(&ns, &ifname, 1600)?;
-            mtu(&sw, &port, 1600)?;
+            mtu(&ns, &ifname, link_mtu)?;
+            mtu(&sw, &port, link_mtu)?;
             self.topo()
                 .add_addr(&ns, &ifname, &format!("{}/24", host.v4))?;
             self.topo()
@@ -681,7 +692,7 @@ impl Lab {
             }
             self.backends.push(host);
         }
-        mtu(&sw, "br0", 1600)?;
+        mtu(&sw, "br0", link_mtu)?;
         Ok(())
     }
 
