@@ -200,6 +200,16 @@ pub struct LbConfig {
 }
 const _: () = assert!(size_of::<LbConfig>() == 40);
 
+/// `MSS_CLAMP[0]` of the decap object: the largest MSS a SYN-ACK sent from a
+/// VIP may announce, per family (0: not clamped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MssClamp {
+    pub v4: u16,
+    pub v6: u16,
+}
+const _: () = assert!(size_of::<MssClamp>() == 4);
+
 /// Per-VIP and per-backend traffic (per CPU; user space sums).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,6 +12,45 @@ use lb_common::{counters::DecapCounter, AddrKey};
 use crate::{maps::AttachMode, objects};
 
 pub const PROGRAM_NAME: &str = "lb_decap";
+/// The TC egress program that clamps the MSS of SYN-ACKs sent from a VIP.
+pub const CLAMP_PROGRAM_NAME: &str = "lb_mss_clamp";
+/// Where the clamp's TC link is pinned, in decap's directory.
+pub const CLAMP_PIN: &str = "tc-egress";
+
+/// `--clamp-mss`: a value, or `auto` (from the interface's MTU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClampMss {
+    Auto,
+    Value(u16),
+}
+
+impl std::str::FromStr for ClampMss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(ClampMss::Auto);
+        }
+        match s.parse::<u16>() {
+            Ok(n) if (536..=9000).contains(&n) => Ok(ClampMss::Value(n)),
+            _ => Err(format!("{s:?}: auto, or an MSS of 536..=9000")),
+        }
+    }
+}
+
+impl ClampMss {
+    /// The largest MSS per family: `auto` leaves room, within the
+    /// interface's MTU, for the balancer's outer header and the inner IP
+    /// and TCP headers (IPv4: 20 + 20 + 20, IPv6: 40 + 40 + 20).
+    pub fn per_family(self, mtu: u32) -> lb_common::MssClamp {
+        match self {
+            ClampMss::Value(n) => lb_common::MssClamp { v4: n, v6: n },
+            ClampMss::Auto => lb_common::MssClamp {
+                v4: mtu.saturating_sub(60).min(u16::MAX as u32) as u16,
+                v6: mtu.saturating_sub(100).min(u16::MAX as u32) as u16,
+            },
+        }
+    }
+}
 
 /// Decap counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,6 +155,46 @@ impl Decap {
             "link-native"
         }))?;
         Ok(m)
+    }
+
+    /// Clamps the MSS of SYN-ACKs leaving `interface` from a VIP to `clamp`
+    /// (a TC egress program, its link pinned in `dir` so it stays), or with
+    /// `None` removes a clamp pinned there before.
+    pub fn set_mss_clamp(
+        &mut self,
+        interface: &str,
+        clamp: Option<lb_common::MssClamp>,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        use aya::programs::{links::FdLink, tc::TcAttachType, SchedClassifier};
+        let path = dir.join(CLAMP_PIN);
+        let Some(clamp) = clamp else {
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+            return Ok(());
+        };
+        let mut map: aya::maps::Array<MapData, lb_common::MssClamp> = self
+            .ebpf
+            .take_map("MSS_CLAMP")
+            .ok_or_else(|| anyhow::anyhow!("no MSS_CLAMP map"))?
+            .try_into()?;
+        map.set(0, clamp, 0)?;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(CLAMP_PROGRAM_NAME)
+            .ok_or_else(|| anyhow::anyhow!("no {CLAMP_PROGRAM_NAME} program"))?
+            .try_into()?;
+        prog.load()?;
+        let id = prog.attach(interface, TcAttachType::Egress)?;
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        std::fs::create_dir_all(dir)?;
+        // The clamp pinned before (if any) is detached once this one is in.
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+        link.pin(&path)?;
+        Ok(())
     }
 
     pub fn counters(&self) -> anyhow::Result<DecapCounters> {

@@ -13,6 +13,7 @@ pub struct Interface {
     pub ifindex: u32,
     /// The XDP program attached to it (any mode), if any.
     pub xdp_prog_id: Option<u32>,
+    pub mtu: u32,
 }
 
 /// Looks `name` up in the calling thread's network namespace: `None` when
@@ -43,9 +44,18 @@ pub async fn lookup(name: &str) -> anyhow::Result<Option<Interface>> {
         }),
         _ => None,
     });
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(0);
     Ok(Some(Interface {
         ifindex: link.header.index,
         xdp_prog_id,
+        mtu,
     }))
 }
 

@@ -322,6 +322,7 @@ mod tests {
         let iface = Interface {
             ifindex: 2,
             xdp_prog_id: Some(42),
+            mtu: 1500,
         };
         // No link pinned there: nothing proves it is this interface's.
         let r = claim_legacy(&legacy, Path::new("v2"), &to, &iface);

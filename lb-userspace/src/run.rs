@@ -296,7 +296,12 @@ pub fn detach(interface: &str) -> anyhow::Result<()> {
 /// place. Everything that can fail without touching the interface is
 /// checked first; if attaching fails, the directory made for the pin is
 /// removed again.
-pub fn decap(interface: &str, addresses: &[IpAddr], mode: AttachMode) -> anyhow::Result<()> {
+pub fn decap(
+    interface: &str,
+    addresses: &[IpAddr],
+    mode: AttachMode,
+    clamp: Option<crate::decap::ClampMss>,
+) -> anyhow::Result<()> {
     let place = PinPlace::current(interface)?;
     pin::ensure_bpffs(&place.bpffs)?;
     let found = iface::require_blocking(interface)?;
@@ -324,12 +329,23 @@ pub fn decap(interface: &str, addresses: &[IpAddr], mode: AttachMode) -> anyhow:
             return Err(e.context(format!("attaching decap to {interface}")));
         }
     };
+    let per_family = clamp.map(|c| c.per_family(found.mtu));
+    if let Err(e) = d.set_mss_clamp(interface, per_family, &dir) {
+        if first {
+            let _ = place.remove_decap();
+        }
+        return Err(e.context(format!("clamping the MSS on {interface}")));
+    }
     let list: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
     println!(
-        "decap attached to {interface} ({}) for {}; pinned at {}",
+        "decap attached to {interface} ({}) for {}; pinned at {}{}",
         daemon::mode_name(m),
         list.join(", "),
-        dir.display()
+        dir.display(),
+        per_family.map_or(String::new(), |c| format!(
+            "; SYN-ACKs from VIPs clamped to MSS {} (IPv4) / {} (IPv6)",
+            c.v4, c.v6
+        ))
     );
     Ok(())
 }

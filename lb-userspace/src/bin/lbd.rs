@@ -46,6 +46,10 @@ enum Command {
         addresses: Vec<std::net::IpAddr>,
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: lb::maps::AttachMode,
+        /// Also lower the MSS of SYN-ACKs sent from a VIP (a TC egress
+        /// program), for networks that drop ICMP: `auto` (from the MTU) or N.
+        #[arg(long, value_name = "auto|N")]
+        clamp_mss: Option<lb::decap::ClampMss>,
     },
 }
 
@@ -74,7 +78,8 @@ fn main() -> ExitCode {
             interface,
             addresses,
             xdp_mode,
-        } => lb::run::decap(&interface, &addresses, xdp_mode),
+            clamp_mss,
+        } => lb::run::decap(&interface, &addresses, xdp_mode, clamp_mss),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

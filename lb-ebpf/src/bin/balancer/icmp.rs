@@ -5,9 +5,7 @@
 //! header reversed.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    rules, Addr, Counter, FlowKey, HashMode, FAMILY_V4, PROTO_TCP, PROTO_UDP,
-};
+use lb_common::{rules, Addr, Counter, FlowKey, HashMode, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use lb_ebpf::ptr_at;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 

@@ -29,7 +29,11 @@ use lb_common::{
 };
 use lb_ebpf::{ptr_at, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, MAX_OFFSET};
 
-use crate::{conntrack, forward, maps, parse::{self, Packet}, Out};
+use crate::{
+    conntrack, forward, maps,
+    parse::{self, Packet},
+    Out,
+};
 
 /// ICMP (and ICMPv6) header: type, code, checksum, 4 bytes of MTU.
 const ICMP_HLEN: usize = 8;
@@ -101,7 +105,11 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, fits: usize, cfg: &LbConfig) -> Ou
     if !allowed {
         return Out::Drop(Counter::DropTooBigRateLimited);
     }
-    let sent = if v4 { frag_needed(ctx, pkt, fits) } else { packet_too_big(ctx, pkt, fits) };
+    let sent = if v4 {
+        frag_needed(ctx, pkt, fits)
+    } else {
+        packet_too_big(ctx, pkt, fits)
+    };
     match sent {
         Ok(()) => {
             crate::stats::count(Counter::IcmpTooBigSent);
@@ -115,7 +123,8 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, fits: usize, cfg: &LbConfig) -> Ou
 /// destination.
 #[inline(always)]
 fn reverse_l2(ctx: &XdpContext) -> Result<forward::NextHop, Out> {
-    let macs: *const [[u8; 6]; 2] = ptr_at(ctx, 0).ok_or(Out::Drop(Counter::DropTooBigMalformed))?;
+    let macs: *const [[u8; 6]; 2] =
+        ptr_at(ctx, 0).ok_or(Out::Drop(Counter::DropTooBigMalformed))?;
     let [dst, src] = unsafe { *macs };
     Ok(forward::NextHop {
         ifindex: 0,
@@ -181,7 +190,11 @@ fn fold(mut sum: u64) -> [u8; 2] {
 #[inline(always)]
 fn frag_needed(ctx: &XdpContext, pkt: &Packet, fits: usize) -> Result<(), Out> {
     let l3 = pkt.l2.l3_off;
-    let quote = if pkt.ip_len < QUOTE_V4 { pkt.ip_len } else { QUOTE_V4 } & !3;
+    let quote = if pkt.ip_len < QUOTE_V4 {
+        pkt.ip_len
+    } else {
+        QUOTE_V4
+    } & !3;
     let nh = reverse_l2(ctx)?;
     let (vip, client) = (pkt.flow.dst[0].to_ne_bytes(), pkt.flow.src[0].to_ne_bytes());
     forward::push_outer(ctx, pkt, IPV4_HLEN + ICMP_HLEN, ETH_P_IP, &nh)?;
@@ -202,7 +215,8 @@ fn frag_needed(ctx: &XdpContext, pkt: &Packet, fits: usize) -> Result<(), Out> {
     icmp[0] = ICMP_FRAG_NEEDED[0];
     icmp[1] = ICMP_FRAG_NEEDED[1];
     icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
-    let sum = sum_bytes(&icmp) + sum_words(ctx, l3 + IPV4_HLEN + ICMP_HLEN, quote / 4, QUOTE_V4 / 4)?;
+    let sum =
+        sum_bytes(&icmp) + sum_words(ctx, l3 + IPV4_HLEN + ICMP_HLEN, quote / 4, QUOTE_V4 / 4)?;
     let c = fold(sum);
     icmp[2] = c[0];
     icmp[3] = c[1];
@@ -218,7 +232,11 @@ fn frag_needed(ctx: &XdpContext, pkt: &Packet, fits: usize) -> Result<(), Out> {
 #[inline(always)]
 fn packet_too_big(ctx: &XdpContext, pkt: &Packet, fits: usize) -> Result<(), Out> {
     let l3 = pkt.l2.l3_off;
-    let quote = if pkt.ip_len < QUOTE_V6 { pkt.ip_len } else { QUOTE_V6 } & !3;
+    let quote = if pkt.ip_len < QUOTE_V6 {
+        pkt.ip_len
+    } else {
+        QUOTE_V6
+    } & !3;
     let nh = reverse_l2(ctx)?;
     let (vip, client) = (pkt.flow.dst, pkt.flow.src);
     forward::push_outer(ctx, pkt, IPV6_HLEN + ICMP_HLEN, ETH_P_IPV6, &nh)?;

@@ -2,8 +2,12 @@
 //! IP6IP6 outer header addressed to one of this host's configured tunnel
 //! addresses and hands the inner packet to the stack, so a backend needs no
 //! ipip/ip6_tunnel kernel module to serve a VIP.
+//!
+//! `mss` is the optional MSS clamp for the same host (TC egress).
 #![no_std]
 #![no_main]
+
+mod mss;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -21,7 +25,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 /// Tunnel endpoint addresses of this host (`proto` 0); the value is unused.
 #[map]
-static DECAP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+pub static DECAP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
 
 #[map]
 static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_COUNTER_COUNT, 0);
