@@ -786,16 +786,33 @@ impl Daemon {
         } else {
             self.config.udp_idle_timeout
         };
+        let now = monotonic_ns();
         let route = self
             .balancer
-            .route(&flow, monotonic_ns(), timeout.as_nanos() as u64)
+            .route(&flow, now, timeout.as_nanos() as u64)
             .ok_or_else(|| ApplyError::NotFound(format!("VIP {id} is not in the maps")))?;
-        Ok(explain_route(
-            &route,
-            flow_text,
-            &self.desired.vips[&id],
-            timeout,
-        ))
+        let mut e = explain_route(&route, flow_text, &self.desired.vips[&id], timeout);
+        // Where an ICMP error about the flow goes: a router quotes the reply
+        // (VIP -> client) and sends the error to the VIP; the data path's
+        // own rule turns the quote back into the flow.
+        let quoted = lb_common::rules::Quoted {
+            version: flow.family,
+            proto: flow.proto,
+            src: flow.dst,
+            dst: flow.src,
+            sport: flow.dport,
+            dport: flow.sport,
+        };
+        if let Ok(f) = lb_common::rules::icmp_quoted_flow(flow.family, &flow.dst, &quoted) {
+            if let Some(r) = self.balancer.route(&f, now, timeout.as_nanos() as u64) {
+                e.reasons.push(format!(
+                    "an ICMP error about this flow (\"too big\", \"unreachable\") goes to {}",
+                    r.backend
+                        .map_or("no backend (dropped)".to_string(), |a| a.to_string())
+                ));
+            }
+        }
+        Ok(e)
     }
 }
 

@@ -15,9 +15,9 @@
 //! lengths and versions, VLAN tags, fragments, protocol numbers, addresses)
 //! and checks invariants on every outcome: a passed frame comes back
 //! byte-identical; a forwarded one carries the input's IP packet
-//! byte-identical inside an outer header to a backend of a VIP on the
-//! input's destination address, and the input was well-formed; a frame for
-//! no VIP address is never dropped.
+//! byte-identical inside a correct outer header (checksum, length) to a
+//! backend of a VIP on the input's destination address, and the input was
+//! well-formed; a frame for no VIP address is never dropped.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -450,6 +450,17 @@ fn mutated_frames_keep_the_invariants() {
                 }
                 let l3 = frame::l3_offset(&out);
                 let outer = if outer_dst.is_ipv4() { 20 } else { 40 };
+                if outer_dst.is_ipv4() && !frame::ipv4_checksum_ok(&out) {
+                    bad("the outer IPv4 header's checksum is wrong".into());
+                }
+                let announced = if outer_dst.is_ipv4() {
+                    u16::from_be_bytes([out[l3 + 2], out[l3 + 3]]) as usize
+                } else {
+                    40 + u16::from_be_bytes([out[l3 + 4], out[l3 + 5]]) as usize
+                };
+                if announced != outer + inner.len() {
+                    bad(format!("the outer header announces {announced} bytes"));
+                }
                 if out.get(l3 + outer..) != Some(inner) {
                     bad("the tunnel does not carry the input's IP packet byte for byte".into());
                 }

@@ -68,7 +68,7 @@ pub fn to_backend(
         return Err(Out::Drop(Counter::DropBadBackend));
     }
     let cfg = maps::config();
-    let nh = next_hop(ctx, pkt, &backend, &cfg, l2dsr, hash)?;
+    let nh = next_hop(ctx, pkt, &backend, cfg, l2dsr, hash)?;
     let overhead = encap_overhead(l2dsr, pkt.flow.family);
     if nh.mtu != 0 && pkt.ip_len + overhead > nh.mtu as usize {
         return Err(Out::TooBig(nh.mtu.saturating_sub(overhead as u32)));
@@ -79,13 +79,13 @@ pub fn to_backend(
         set_macs(ctx, &nh)?;
     } else if pkt.flow.family == FAMILY_V4 {
         trim_padding(ctx, pkt)?;
-        encap_v4(ctx, pkt, &outer_source_v4(&cfg, hash), &backend.addr, &nh)?;
+        encap_v4(ctx, pkt, &outer_source_v4(cfg, hash), &backend.addr, &nh)?;
     } else {
         trim_padding(ctx, pkt)?;
         encap_v6(
             ctx,
             pkt,
-            &outer_source_v6(&cfg, hash),
+            &outer_source_v6(cfg, hash),
             &backend.addr,
             hash,
             &nh,

@@ -125,7 +125,17 @@ pub fn backend(id: u32) -> Option<&'static Backend> {
     BACKENDS.get(id)
 }
 
+/// The settings, read in place (an array lookup the kernel inlines; no copy).
 #[inline(always)]
-pub fn config() -> LbConfig {
-    LB_CONFIG.get(0).copied().unwrap_or_default()
+pub fn config() -> &'static LbConfig {
+    static ZERO: LbConfig = LbConfig {
+        src_v4: 0,
+        src_v4_hostmask: 0,
+        src_v6: [0; 4],
+        src_v6_hostmask: 0,
+        too_big_icmp: 0,
+        too_big_per_sec: 0,
+        too_big_burst: 0,
+    };
+    LB_CONFIG.get(0).unwrap_or(&ZERO)
 }

@@ -73,7 +73,7 @@ pub fn hand_over(ctx: &XdpContext, fits: u32) {
 pub fn lb_too_big(ctx: XdpContext) -> u32 {
     let fits = TOO_BIG_FITS.get(0).copied().unwrap_or(0) as usize;
     let out = match parse::parse(&ctx) {
-        Ok(pkt) => answer(&ctx, &pkt, fits, &maps::config()),
+        Ok(pkt) => answer(&ctx, &pkt, fits, maps::config()),
         Err(_) => Out::Drop(Counter::DropTooBigMalformed),
     };
     crate::stats::finish(out)

@@ -294,6 +294,9 @@ fn load_lb(conntrack_size: u32, all: bool) -> TestLb {
         },
         ..Default::default()
     });
+    // A known egress MTU, so every forwarded packet pays the MTU check (the
+    // bench's frames are far below it).
+    t.mtu = 1500;
     add_vips(&mut t, all);
     t
 }
