@@ -64,6 +64,8 @@ pub struct Decap {
     ebpf: Ebpf,
     addrs: HashMap<MapData, AddrKey, u32>,
     stats: PerCpuArray<MapData, u64>,
+    /// The MSS clamp's setting, once its program is loaded.
+    clamp: Option<aya::maps::Array<MapData, lb_common::MssClamp>>,
 }
 
 impl Decap {
@@ -77,7 +79,12 @@ impl Decap {
             .take_map("DECAP_STATS")
             .ok_or_else(|| anyhow::anyhow!("no DECAP_STATS map"))?
             .try_into()?;
-        let mut d = Decap { ebpf, addrs, stats };
+        let mut d = Decap {
+            ebpf,
+            addrs,
+            stats,
+            clamp: None,
+        };
         d.program().load()?;
         Ok(d)
     }
@@ -166,7 +173,7 @@ impl Decap {
         clamp: Option<lb_common::MssClamp>,
         dir: &std::path::Path,
     ) -> anyhow::Result<()> {
-        use aya::programs::{links::FdLink, tc::TcAttachType, SchedClassifier};
+        use aya::programs::{links::FdLink, tc::TcAttachType};
         let path = dir.join(CLAMP_PIN);
         let Some(clamp) = clamp else {
             if path.exists() {
@@ -174,18 +181,7 @@ impl Decap {
             }
             return Ok(());
         };
-        let mut map: aya::maps::Array<MapData, lb_common::MssClamp> = self
-            .ebpf
-            .take_map("MSS_CLAMP")
-            .ok_or_else(|| anyhow::anyhow!("no MSS_CLAMP map"))?
-            .try_into()?;
-        map.set(0, clamp, 0)?;
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(CLAMP_PROGRAM_NAME)
-            .ok_or_else(|| anyhow::anyhow!("no {CLAMP_PROGRAM_NAME} program"))?
-            .try_into()?;
-        prog.load()?;
+        let prog = self.mss_clamp_program(clamp)?;
         let id = prog.attach(interface, TcAttachType::Egress)?;
         let link = FdLink::try_from(prog.take_link(id)?)?;
         std::fs::create_dir_all(dir)?;
@@ -195,6 +191,34 @@ impl Decap {
         }
         link.pin(&path)?;
         Ok(())
+    }
+
+    /// The MSS clamp program, loaded, clamping to `clamp` (for attaching,
+    /// or `TestRun`).
+    pub fn mss_clamp_program(
+        &mut self,
+        clamp: lb_common::MssClamp,
+    ) -> anyhow::Result<&mut aya::programs::SchedClassifier> {
+        if self.clamp.is_none() {
+            let map = self
+                .ebpf
+                .take_map("MSS_CLAMP")
+                .ok_or_else(|| anyhow::anyhow!("no MSS_CLAMP map"))?
+                .try_into()?;
+            self.clamp = Some(map);
+            let prog: &mut aya::programs::SchedClassifier = self
+                .ebpf
+                .program_mut(CLAMP_PROGRAM_NAME)
+                .ok_or_else(|| anyhow::anyhow!("no {CLAMP_PROGRAM_NAME} program"))?
+                .try_into()?;
+            prog.load()?;
+        }
+        self.clamp.as_mut().expect("taken above").set(0, clamp, 0)?;
+        Ok(self
+            .ebpf
+            .program_mut(CLAMP_PROGRAM_NAME)
+            .expect("present")
+            .try_into()?)
     }
 
     pub fn counters(&self) -> anyhow::Result<DecapCounters> {

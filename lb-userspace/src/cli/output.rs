@@ -295,8 +295,8 @@ pub fn render_vip(v: &VipStatus) -> String {
             backend_state(b),
             match (b.next_hop, b.mtu, b.inner_mtu) {
                 (false, _, _) => "unresolved".into(),
-                (true, Some(m), Some(i)) if m != i => format!("MTU {m} ({i} inside)"),
-                (true, Some(m), _) => format!("MTU {m}"),
+                (true, Some(m), Some(i)) if m != i => format!("resolved MTU {m} ({i} inside)"),
+                (true, Some(m), _) => format!("resolved MTU {m}"),
                 (true, None, _) => "resolved".into(),
             },
             human_count(b.packets),

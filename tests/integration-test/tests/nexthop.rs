@@ -415,6 +415,20 @@ fn resolves_next_hops_in_a_namespace() {
             vec![(addr(B4), Some(moved)), (addr(REMOTE4), Some(moved))]
         );
 
+        // An MTU change is followed: the next hops on the interface carry it.
+        drain(&mut events).await;
+        ip(&ns_a, &["link", "set", IF_A, "mtu", "1400"]);
+        next_event(&mut events, |e| matches!(e, Event::Link { .. })).await;
+        assert!(resolver.wait_for_change(WAIT).await, "no wake-up");
+        let changes = resolver.refresh().await;
+        assert!(
+            changes.iter().any(|(a, _)| *a == addr(B4))
+                && changes
+                    .iter()
+                    .all(|(_, nh)| nh.is_some_and(|n| n.mtu == 1400)),
+            "{changes:?}"
+        );
+
         // A route change is reported too, and losing the route shows.
         drain(&mut events).await;
         ip(&ns_a, &["route", "del", "10.77.0.0/24"]);
