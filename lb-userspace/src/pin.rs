@@ -152,10 +152,15 @@ pub fn claim_legacy(legacy: &Path, link_rel: &Path, to: &Path, iface: &Interface
     if to.exists() {
         return foreign(format!("{} exists already", to.display()));
     }
-    let link_dir = legacy.join(link_rel);
-    let pinned: Vec<u32> = LINK_PINS
+    // The link of this build's layout, or of any other a version before
+    // left (after the move, the layout check names what to do about it).
+    let mut link_dirs = vec![legacy.join(link_rel), legacy.to_path_buf()];
+    if let Ok(entries) = fs::read_dir(legacy) {
+        link_dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    let pinned: Vec<u32> = link_dirs
         .iter()
-        .map(|n| link_dir.join(n))
+        .flat_map(|d| LINK_PINS.iter().map(move |n| d.join(n)))
         .filter(|p| p.exists())
         .filter_map(|p| link_program(&p).ok())
         .collect();
