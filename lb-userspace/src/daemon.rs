@@ -664,6 +664,8 @@ impl Daemon {
                             .get(&(*id, b.addr))
                             .copied()
                             .unwrap_or_default();
+                        let nh = self.balancer.next_hop(&b.addr);
+                        let mtu = nh.map(|n| n.mtu).filter(|m| *m != 0);
                         BackendStatus {
                             addr: b.addr,
                             weight: b.weight,
@@ -674,20 +676,11 @@ impl Daemon {
                             },
                             check: b.health.clone(),
                             drained: b.drained,
-                            next_hop: self.balancer.next_hop(&b.addr).is_some(),
-                            mtu: self
-                                .balancer
-                                .next_hop(&b.addr)
-                                .map(|n| n.mtu)
-                                .filter(|m| *m != 0),
-                            inner_mtu: self
-                                .balancer
-                                .next_hop(&b.addr)
-                                .map(|n| n.mtu)
-                                .filter(|m| *m != 0)
-                                .map(|m| {
-                                    m.saturating_sub(encap_overhead(v.settings.forwarding, b.addr))
-                                }),
+                            next_hop: nh.is_some(),
+                            mtu,
+                            inner_mtu: mtu.map(|m| {
+                                m.saturating_sub(encap_overhead(v.settings.forwarding, b.addr))
+                            }),
                             packets: t.packets,
                             bytes: t.bytes,
                             pps: self.rates.backends.get(&(*id, b.addr)).map_or(0.0, |r| r.0),

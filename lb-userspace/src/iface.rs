@@ -44,19 +44,23 @@ pub async fn lookup(name: &str) -> anyhow::Result<Option<Interface>> {
         }),
         _ => None,
     });
-    let mtu = link
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Mtu(m) => Some(*m),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let mtu = link_mtu(&link.attributes);
     Ok(Some(Interface {
         ifindex: link.header.index,
         xdp_prog_id,
         mtu,
     }))
+}
+
+/// The MTU in a link message's attributes (0 when it has none).
+pub fn link_mtu(attributes: &[LinkAttribute]) -> u32 {
+    attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// [`lookup`], refusing a missing interface with a message that says where

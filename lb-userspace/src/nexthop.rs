@@ -371,14 +371,7 @@ async fn link_mac(handle: &Handle, ifindex: u32) -> Result<Option<Option<([u8; 6
     if link.header.link_layer_type != LinkLayerType::Ether {
         return Ok(Some(None));
     }
-    let mtu = link
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Mtu(m) => Some(*m),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let mtu = crate::iface::link_mtu(&link.attributes);
     Ok(Some(link.attributes.iter().find_map(|a| match a {
         LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok().map(|m| (m, mtu)),
         _ => None,

@@ -138,10 +138,10 @@ pub enum Legacy {
     Foreign { at: PathBuf, why: String },
 }
 
-/// Moves `legacy` (a directory holding a pinned XDP link at `link_rel/
-/// link-*`) to `to` when that link's program is the one attached to `iface`;
-/// `to` must not exist yet.
-pub fn claim_legacy(legacy: &Path, link_rel: &Path, to: &Path, iface: &Interface) -> Legacy {
+/// Moves `legacy` (a directory holding a pinned XDP link, `link-*`, itself
+/// or in a layout directory below it) to `to` when that link's program is
+/// the one attached to `iface`; `to` must not exist yet.
+pub fn claim_legacy(legacy: &Path, to: &Path, iface: &Interface) -> Legacy {
     if !legacy.is_dir() {
         return Legacy::None;
     }
@@ -154,7 +154,7 @@ pub fn claim_legacy(legacy: &Path, link_rel: &Path, to: &Path, iface: &Interface
     }
     // The link of this build's layout, or of any other a version before
     // left (after the move, the layout check names what to do about it).
-    let mut link_dirs = vec![legacy.join(link_rel), legacy.to_path_buf()];
+    let mut link_dirs = vec![legacy.to_path_buf()];
     if let Ok(entries) = fs::read_dir(legacy) {
         link_dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
     }
@@ -330,13 +330,10 @@ mod tests {
             mtu: 1500,
         };
         // No link pinned there: nothing proves it is this interface's.
-        let r = claim_legacy(&legacy, Path::new("v2"), &to, &iface);
+        let r = claim_legacy(&legacy, &to, &iface);
         assert!(matches!(r, Legacy::Foreign { .. }), "{r:?}");
         assert!(legacy.exists() && !to.exists());
-        assert_eq!(
-            claim_legacy(&root.join("none"), Path::new("v2"), &to, &iface),
-            Legacy::None
-        );
+        assert_eq!(claim_legacy(&root.join("none"), &to, &iface), Legacy::None);
         fs::remove_dir_all(&root).unwrap();
     }
 }

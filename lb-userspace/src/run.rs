@@ -71,7 +71,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             "balancer",
             &pin::claim_legacy(
                 &place.legacy_balancer_dir(),
-                Path::new(&format!("v{}", lb_common::MAP_LAYOUT_VERSION)),
                 &place.interface_dir(),
                 &interface,
             ),
@@ -257,22 +256,15 @@ pub fn detach(interface: &str) -> anyhow::Result<()> {
     pin::ensure_bpffs(&place.bpffs)?;
     if let Some(found) = iface::lookup_blocking(interface)? {
         // Moved into this namespace's place first, then removed with it.
-        let v = Path::new(&format!("v{}", lb_common::MAP_LAYOUT_VERSION)).to_path_buf();
-        for (what, legacy, rel, to) in [
+        for (what, legacy, to) in [
             (
                 "balancer",
                 place.legacy_balancer_dir(),
-                v,
                 place.interface_dir(),
             ),
-            (
-                "decap",
-                place.legacy_decap_dir(),
-                Default::default(),
-                place.decap_dir(),
-            ),
+            ("decap", place.legacy_decap_dir(), place.decap_dir()),
         ] {
-            pin::report_legacy(what, &pin::claim_legacy(&legacy, &rel, &to, &found));
+            pin::report_legacy(what, &pin::claim_legacy(&legacy, &to, &found));
         }
     }
     let balancer = place.remove_balancer()?;
@@ -307,12 +299,7 @@ pub fn decap(
     let found = iface::require_blocking(interface)?;
     pin::report_legacy(
         "decap",
-        &pin::claim_legacy(
-            &place.legacy_decap_dir(),
-            Path::new(""),
-            &place.decap_dir(),
-            &found,
-        ),
+        &pin::claim_legacy(&place.legacy_decap_dir(), &place.decap_dir(), &found),
     );
     let mut d = Decap::load().context("loading the decap program")?;
     for a in addresses {

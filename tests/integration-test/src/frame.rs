@@ -293,6 +293,28 @@ pub fn transport_checksum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -
     checksum(&pseudo, 0)
 }
 
+/// The IP packet a backend sends back for the TCP or UDP flow of `f` (VIP
+/// to client) with `payload` bytes of data: what routers quote in their ICMP
+/// errors about the flow.
+pub fn reply_of(f: &Frame, payload: usize) -> Vec<u8> {
+    let mut r = f.clone();
+    std::mem::swap(&mut r.src, &mut r.dst);
+    r.l4 = match f.l4 {
+        L4::Tcp { sport, dport, .. } => L4::Tcp {
+            sport: dport,
+            dport: sport,
+            flags: TCP_ACK,
+        },
+        L4::Udp { sport, dport } => L4::Udp {
+            sport: dport,
+            dport: sport,
+        },
+        _ => panic!("a reply to a TCP or UDP flow only"),
+    };
+    r.payload = vec![0xab; payload];
+    r.ip_packet()
+}
+
 /// An ICMP (v4) error from `router` to `to`, quoting `quoted` (an IP packet,
 /// cut to its header plus 8 bytes as routers do).
 pub fn icmp4_error(router: &str, to: &str, ty: u8, code: u8, mtu: u16, quoted: &[u8]) -> Frame {

@@ -7,3 +7,4 @@ pub mod frame;
 pub mod harness;
 pub mod interrupt;
 pub mod netns;
+pub mod rng;

@@ -6,48 +6,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 use integration_test::{
     frame::{self, Frame},
     harness::*,
+    rng::Rng,
 };
 use lb::service::{BackendSpec, Proto, Scheduler, VipSettings};
 use lb_common::FlowKey;
-
-/// xorshift64*: a deterministic random source, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn client_v4(&mut self) -> (String, u16) {
-        let r = self.next();
-        (
-            format!(
-                "{}.{}.{}.{}",
-                1 + (r >> 8) % 223,
-                (r >> 16) as u8,
-                (r >> 24) as u8,
-                (r >> 32) as u8
-            ),
-            (r >> 40) as u16 | 1,
-        )
-    }
-
-    fn client_v6(&mut self) -> (String, u16) {
-        let r = self.next();
-        (
-            format!(
-                "2001:db8:{:x}:{:x}::{:x}",
-                (r >> 8) as u16,
-                (r >> 24) as u16,
-                (r >> 40) as u16
-            ),
-            (r >> 48) as u16 | 1,
-        )
-    }
-}
 
 fn spread(t: &mut TestLb, n: usize, rng: &mut Rng) -> BTreeMap<IpAddr, usize> {
     let mut counts = BTreeMap::new();
@@ -166,7 +128,7 @@ fn user_space_predicts_every_choice() {
             }
             1 => {
                 let (c, p) = rng.client_v4();
-                let dport = (rng.next() as u16) | 1;
+                let dport = (rng.next_u64() as u16) | 1;
                 (
                     Frame::udp(&c, p, "10.100.0.2", dport),
                     (c, p, "10.100.0.2", dport, 17),
@@ -339,7 +301,7 @@ fn explain_agrees_with_the_data_path_as_backends_change() {
     // Phase 2: old flows (entries live, stale or gone) and new ones.
     for i in 0..8000 {
         let flow = if i % 2 == 0 {
-            flows[(rng.next() % flows.len() as u64) as usize].clone()
+            flows[(rng.next_u64() % flows.len() as u64) as usize].clone()
         } else {
             let (c, p) = rng.client_v4();
             (

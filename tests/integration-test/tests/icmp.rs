@@ -24,6 +24,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use integration_test::{
     frame::{self, Frame, TCP_ACK},
     harness::*,
+    rng::Rng,
 };
 use lb::service::{BackendSpec, Forwarding, Proto, VipSettings};
 use lb_common::{user::addr_words, Counter};
@@ -35,26 +36,6 @@ const ROUTER6: &str = "2001:db8:ee::1";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// The reply a backend sends for `f` (what routers quote), cut as routers do.
-fn reply_of(f: &Frame) -> Vec<u8> {
-    let mut r = f.clone();
-    std::mem::swap(&mut r.src, &mut r.dst);
-    r.l4 = match f.l4 {
-        frame::L4::Tcp { sport, dport, .. } => frame::L4::Tcp {
-            sport: dport,
-            dport: sport,
-            flags: TCP_ACK,
-        },
-        frame::L4::Udp { sport, dport } => frame::L4::Udp {
-            sport: dport,
-            dport: sport,
-        },
-        _ => unreachable!(),
-    };
-    r.payload = vec![0xab; 200];
-    r.ip_packet()
 }
 
 /// VIPs: TCP:80 and UDP:53 on v4, an L2-DSR v4 VIP, TCP:80 on v6.
@@ -120,13 +101,29 @@ fn an_error_to_another_address_is_passed() {
     let dns = Frame::udp(CLIENT, 4000, "10.200.1.1", 53);
     // To an address that passes the VIP prefilter but is no VIP.
     let twin = prefilter_twin("10.200.1.1");
-    let e = frame::icmp4_error(ROUTER, &twin, 3, 4, 1400, &reply_of(&dns)).build();
+    let e = frame::icmp4_error(ROUTER, &twin, 3, 4, 1400, &frame::reply_of(&dns, 200)).build();
     assert_eq!(s.t.run(&e), (XDP_PASS, e.clone()), "to {twin}");
     // To another VIP's address (an L2-DSR one).
-    let e = frame::icmp4_error(ROUTER, "10.100.0.9", 3, 4, 1400, &reply_of(&dns)).build();
+    let e = frame::icmp4_error(
+        ROUTER,
+        "10.100.0.9",
+        3,
+        4,
+        1400,
+        &frame::reply_of(&dns, 200),
+    )
+    .build();
     assert_eq!(s.t.run(&e), (XDP_PASS, e.clone()));
     // To the flow's own VIP address it is steered, as before.
-    let e = frame::icmp4_error(ROUTER, "10.200.1.1", 3, 4, 1400, &reply_of(&dns)).build();
+    let e = frame::icmp4_error(
+        ROUTER,
+        "10.200.1.1",
+        3,
+        4,
+        1400,
+        &frame::reply_of(&dns, 200),
+    )
+    .build();
     assert_eq!(s.t.run(&e).0, XDP_TX);
 }
 
@@ -134,7 +131,14 @@ fn an_error_to_another_address_is_passed() {
 fn a_later_fragment_with_protocol_1_follows_the_fragment_rules() {
     let mut s = setup();
     let web = Frame::tcp(CLIENT, 4000, "10.100.0.1", 80);
-    let mut e = frame::icmp4_error(ROUTER, "10.100.0.1", 3, 4, 1400, &reply_of(&web));
+    let mut e = frame::icmp4_error(
+        ROUTER,
+        "10.100.0.1",
+        3,
+        4,
+        1400,
+        &frame::reply_of(&web, 200),
+    );
     // Offset 8 (64 bytes in): the middle of a message, no ICMP header.
     e.frag = 8;
     let f = e.build();
@@ -150,14 +154,26 @@ fn a_later_fragment_with_protocol_1_follows_the_fragment_rules() {
 fn icmp_of_the_other_family_is_not_icmp() {
     let mut s = setup();
     let web = Frame::tcp(CLIENT, 4000, "10.100.0.1", 80);
-    let mut e = frame::icmp4_error(ROUTER, "10.100.0.1", 3, 4, 1400, &reply_of(&web));
+    let mut e = frame::icmp4_error(
+        ROUTER,
+        "10.100.0.1",
+        3,
+        4,
+        1400,
+        &frame::reply_of(&web, 200),
+    );
     if let frame::L4::Raw { proto, .. } = &mut e.l4 {
         *proto = 58;
     }
     let f = e.build();
     assert_eq!(s.t.run(&f), (XDP_PASS, f.clone()), "IPv4 protocol 58");
     let web6 = Frame::tcp(CLIENT6, 4000, "2001:db8:100::1", 80);
-    let mut e6 = frame::icmp6_packet_too_big(ROUTER6, "2001:db8:100::1", 1280, &reply_of(&web6));
+    let mut e6 = frame::icmp6_packet_too_big(
+        ROUTER6,
+        "2001:db8:100::1",
+        1280,
+        &frame::reply_of(&web6, 200),
+    );
     if let frame::L4::Raw { proto, .. } = &mut e6.l4 {
         *proto = 1;
     }
@@ -170,12 +186,12 @@ fn icmp_of_the_other_family_is_not_icmp() {
 fn a_quote_of_the_wrong_version_is_malformed() {
     let mut s = setup();
     let web = Frame::tcp(CLIENT, 4000, "10.100.0.1", 80);
-    let mut quoted = reply_of(&web);
+    let mut quoted = frame::reply_of(&web, 200);
     quoted[0] = 0x65; // version 6, IHL 5
     let f = frame::icmp4_error(ROUTER, "10.100.0.1", 3, 4, 1400, &quoted).build();
     assert_eq!(s.t.run(&f).0, XDP_DROP, "ICMPv4 quoting version 6");
     let web6 = Frame::tcp(CLIENT6, 4000, "2001:db8:100::1", 80);
-    let mut quoted6 = reply_of(&web6);
+    let mut quoted6 = frame::reply_of(&web6, 200);
     quoted6[0] = 0xc0 | (quoted6[0] & 0x0f); // version 12
     let f = frame::icmp6_packet_too_big(ROUTER6, "2001:db8:100::1", 1280, &quoted6).build();
     assert_eq!(s.t.run(&f).0, XDP_DROP, "ICMPv6 quoting version 12");
@@ -183,21 +199,6 @@ fn a_quote_of_the_wrong_version_is_malformed() {
 }
 
 // ---------------------------------------------------------------- property
-
-/// xorshift64*: seeded, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// Valid frames of every kind the balancer handles, to mutate.
 fn seeds() -> Vec<Vec<u8>> {
@@ -219,10 +220,28 @@ fn seeds() -> Vec<Vec<u8>> {
         v.push(frag.build());
         frag.frag = 3;
         v.push(frag.build());
-        v.push(frame::icmp4_error(ROUTER, "10.100.0.1", 3, 4, 1400, &reply_of(&web)).build());
-        v.push(frame::icmp4_error(ROUTER, "10.200.1.1", 3, 3, 0, &reply_of(&dns)).build());
         v.push(
-            frame::icmp6_packet_too_big(ROUTER6, "2001:db8:100::1", 1280, &reply_of(&web6)).build(),
+            frame::icmp4_error(
+                ROUTER,
+                "10.100.0.1",
+                3,
+                4,
+                1400,
+                &frame::reply_of(&web, 200),
+            )
+            .build(),
+        );
+        v.push(
+            frame::icmp4_error(ROUTER, "10.200.1.1", 3, 3, 0, &frame::reply_of(&dns, 200)).build(),
+        );
+        v.push(
+            frame::icmp6_packet_too_big(
+                ROUTER6,
+                "2001:db8:100::1",
+                1280,
+                &frame::reply_of(&web6, 200),
+            )
+            .build(),
         );
     }
     v
@@ -321,7 +340,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
             // IHL, lengths, flags and offset, protocol, next header.
             let i = l3 + [0, 2, 3, 4, 5, 6, 7, 9][rng.below(8)];
             if i < f.len() {
-                f[i] = rng.next() as u8;
+                f[i] = rng.next_u64() as u8;
             }
         }
         4 => {
@@ -346,19 +365,19 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
             if f.get(l3).is_some_and(|b| b >> 4 == 4) && l3 + 8 <= f.len() {
                 let v = [0x20u8, 0x00, 0x01, 0x21][rng.below(4)];
                 f[l3 + 6] = v;
-                f[l3 + 7] = rng.next() as u8;
+                f[l3 + 7] = rng.next_u64() as u8;
             }
         }
         7 => {
             // Bytes appended (Ethernet padding, or garbage).
             let n = rng.below(64);
-            f.extend((0..n).map(|_| rng.next() as u8));
+            f.extend((0..n).map(|_| rng.next_u64() as u8));
         }
         8 => {
             // A byte inside the quoted header of an ICMP error.
             let i = l3 + 28 + rng.below(40);
             if i < f.len() {
-                f[i] = rng.next() as u8;
+                f[i] = rng.next_u64() as u8;
             }
         }
         _ => {

@@ -54,6 +54,24 @@ fn upload(lab: &Lab, to: SocketAddr, size: usize, wait: Duration) -> Result<Dura
     })
 }
 
+/// 200 KB and 10 MB to the IPv4 and to the IPv6 web VIP, which must all
+/// complete, echoed byte for byte.
+fn upload_all(lab: &Lab) {
+    let v4 = SocketAddr::from((VIP_WEB, 80));
+    let v6 = SocketAddr::from((VIP_WEB6, 80));
+    for (to, size) in [
+        (v4, 200_000),
+        (v4, 10_000_000),
+        (v6, 200_000),
+        (v6, 10_000_000),
+    ] {
+        let took = upload(lab, to, size, Duration::from_secs(20)).unwrap_or_else(|e| {
+            panic!("uploading {size} bytes to {to}: {e}\n{}", lab.log_tail(20))
+        });
+        println!("{size} bytes to {to} and back in {took:?}");
+    }
+}
+
 #[test]
 fn uploads_complete_at_mtu_1500() {
     let mut lab = Lab::new_with_mtu(1, 1500).expect("building the lab");
@@ -73,19 +91,7 @@ fn uploads_complete_at_mtu_1500() {
     assert_eq!(b.get("mtu").as_f64(), Some(1500.0), "{status:?}");
     assert_eq!(b.get("inner_mtu").as_f64(), Some(1480.0));
 
-    let v4 = SocketAddr::from((VIP_WEB, 80));
-    let v6 = SocketAddr::from((VIP_WEB6, 80));
-    for (to, size) in [
-        (v4, 200_000),
-        (v4, 10_000_000),
-        (v6, 200_000),
-        (v6, 10_000_000),
-    ] {
-        let took = upload(&lab, to, size, Duration::from_secs(20)).unwrap_or_else(|e| {
-            panic!("uploading {size} bytes to {to}: {e}\n{}", lab.log_tail(20))
-        });
-        println!("{size} bytes to {to} and back in {took:?}");
-    }
+    upload_all(&lab);
     let metrics = lab.scrape();
     let sent: f64 = metrics
         .lines()
@@ -153,18 +159,7 @@ fn with_clamped_mss_uploads_need_no_icmp() {
     lab.write_config(&without_icmp(&lab, &vips));
     lab.start_lbd().expect("starting lbd");
     lab.wait_next_hops(Duration::from_secs(10)).unwrap();
-    let v4 = SocketAddr::from((VIP_WEB, 80));
-    let v6 = SocketAddr::from((VIP_WEB6, 80));
-    for (to, size) in [
-        (v4, 200_000),
-        (v4, 10_000_000),
-        (v6, 200_000),
-        (v6, 10_000_000),
-    ] {
-        let took = upload(&lab, to, size, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("uploading {size} bytes to {to}: {e}"));
-        println!("clamped: {size} bytes to {to} and back in {took:?}");
-    }
+    upload_all(&lab);
     assert_eq!(
         metric(&lab, "lb_events_total{event=\"icmp_too_big_sent\"}"),
         0.0

@@ -448,26 +448,6 @@ fn bad_headers_to_a_vip_are_dropped_and_counted() {
     assert_eq!(t.run(&other), (XDP_PASS, other.clone()));
 }
 
-/// The reply a backend sends for `f` (VIP → client), as a router would quote it.
-fn reply_of(f: &Frame) -> Vec<u8> {
-    let mut r = f.clone();
-    std::mem::swap(&mut r.src, &mut r.dst);
-    r.l4 = match f.l4 {
-        frame::L4::Tcp { sport, dport, .. } => frame::L4::Tcp {
-            sport: dport,
-            dport: sport,
-            flags: TCP_ACK,
-        },
-        frame::L4::Udp { sport, dport } => frame::L4::Udp {
-            sport: dport,
-            dport: sport,
-        },
-        _ => unreachable!(),
-    };
-    r.payload = vec![0xab; 1400];
-    r.ip_packet()
-}
-
 #[test]
 fn icmp_errors_reach_the_flows_backend() {
     let mut t = TestLb::new();
@@ -497,9 +477,9 @@ fn icmp_errors_reach_the_flows_backend() {
             let (_, first) = t.run(&flow.build());
             let owner = frame::outer_dst(&first);
             let icmp = if client.contains(':') {
-                frame::icmp6_packet_too_big(router, vip_addr, 1280, &reply_of(&flow))
+                frame::icmp6_packet_too_big(router, vip_addr, 1280, &frame::reply_of(&flow, 1400))
             } else {
-                frame::icmp4_error(router, vip_addr, 3, 4, 1400, &reply_of(&flow))
+                frame::icmp4_error(router, vip_addr, 3, 4, 1400, &frame::reply_of(&flow, 1400))
             };
             let (action, out) = t.run(&icmp.build());
             assert_eq!(action, XDP_TX);
@@ -536,7 +516,14 @@ fn icmp_errors_follow_the_table_when_the_flow_has_no_entry() {
     for sport in 100..120 {
         let flow = Frame::tcp(V4_CLIENT, sport, "10.100.0.1", 80);
         let want = t.lb.predict(&flow_of(&flow)).unwrap().backend.unwrap();
-        let icmp = frame::icmp4_error("203.0.113.1", "10.100.0.1", 3, 4, 1400, &reply_of(&flow));
+        let icmp = frame::icmp4_error(
+            "203.0.113.1",
+            "10.100.0.1",
+            3,
+            4,
+            1400,
+            &frame::reply_of(&flow, 1400),
+        );
         let (action, out) = t.run(&icmp.build());
         assert_eq!((action, frame::outer_dst(&out)), (XDP_TX, want));
     }

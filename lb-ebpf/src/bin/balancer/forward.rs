@@ -68,8 +68,8 @@ pub fn to_backend(
         return Err(Out::Drop(Counter::DropBadBackend));
     }
     let cfg = maps::config();
-    let nh = next_hop(ctx, pkt, &backend, cfg, l2dsr, hash)?;
     let overhead = encap_overhead(l2dsr, pkt.flow.family);
+    let nh = next_hop(ctx, pkt, &backend, cfg, l2dsr, overhead, hash)?;
     if nh.mtu != 0 && pkt.ip_len + overhead > nh.mtu as usize {
         return Err(Out::TooBig(nh.mtu.saturating_sub(overhead as u32)));
     }
@@ -104,6 +104,7 @@ fn next_hop(
     backend: &Backend,
     cfg: &LbConfig,
     l2dsr: bool,
+    overhead: usize,
     hash: u32,
 ) -> Result<NextHop, Out> {
     if backend.flags & BACKEND_F_NEXTHOP != 0 {
@@ -119,14 +120,7 @@ fn next_hop(
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = if v4 { AF_INET } else { AF_INET6 };
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let extra = if l2dsr {
-        0
-    } else if v4 {
-        IPV4_HLEN
-    } else {
-        IPV6_HLEN
-    };
-    p.__bindgen_anon_1.tot_len = (pkt.ip_len + extra) as u16;
+    p.__bindgen_anon_1.tot_len = (pkt.ip_len + overhead) as u16;
     if l2dsr {
         p.l4_protocol = pkt.flow.proto;
     } else {
@@ -157,7 +151,7 @@ fn next_hop(
         }),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             let mtu = unsafe { p.__bindgen_anon_1.mtu_result } as u32;
-            Err(Out::TooBig(mtu.saturating_sub(extra as u32)))
+            Err(Out::TooBig(mtu.saturating_sub(overhead as u32)))
         }
         // No neighbour entry yet: hand the packet to the kernel (counted)
         // rather than guess a MAC. lbd's resolver solicits the backend's
