@@ -9,7 +9,7 @@ use aya::{
 };
 use lb_common::{counters::DecapCounter, AddrKey};
 
-use crate::{maps::AttachMode, objects};
+use crate::{model::AttachMode, objects};
 
 pub const PROGRAM_NAME: &str = "lb_decap";
 /// The TC egress program that clamps the MSS of SYN-ACKs sent from a VIP.

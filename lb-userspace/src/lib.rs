@@ -1,27 +1,25 @@
-//! lb's control-plane library: the Maglev table builder, the operator-facing
-//! service model, and the loaders that own the XDP programs and their maps.
+//! lb's control plane. Dependencies point one way, from the bottom up:
+//!
+//! - [`model`]: the domain's words, rules, defaults and ranges (nothing of lb);
+//! - [`state`]: the desired state, changes to it, plans, persistence;
+//! - [`config`]: the config file, read into the model and a desired state;
+//! - [`balancer`]: the loaded XDP program and its maps (the only writer);
+//! - [`host`]: namespaces, interfaces, bpffs pins, next hops;
+//! - [`objects`]: the embedded eBPF objects; [`decap`]: the backend-side program;
+//! - [`daemon`]: lbd's core over a [`daemon::DataPath`], its views and start-up;
+//! - [`api`], [`metrics`], [`health`]: what runs beside the core and calls in;
+//! - [`cli`]: lbctl, which speaks [`api::types`] to the daemon.
 
 pub mod api;
-pub mod audit;
+pub mod balancer;
 pub mod cli;
 pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod decap;
 pub mod health;
-pub mod iface;
-pub mod lock;
-pub mod maglev;
-pub mod maps;
+pub mod host;
 pub mod metrics;
-pub mod netns;
-pub mod nexthop;
+pub mod model;
 pub mod objects;
-pub mod pin;
-pub mod plan;
-pub mod pool;
-pub mod run;
-pub mod service;
 pub mod state;
-pub mod table_mem;
 pub mod trace;

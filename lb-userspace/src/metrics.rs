@@ -27,7 +27,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{api::SharedDaemon, service::VipId};
+use crate::{daemon::Shared as SharedDaemon, model::VipId};
 
 type Labels = Vec<(String, String)>;
 

@@ -16,7 +16,7 @@ use std::{
 
 use lb_common::debug::DebugEvent;
 
-use crate::service::VipId;
+use crate::model::VipId;
 
 /// Lines `lbctl debug` can still fetch.
 pub const KEPT_EVENTS: usize = 2000;

@@ -1,5 +1,5 @@
 //! lbd: the lb daemon. Thin: argument parsing and logging here, the work in
-//! `lb::daemon` (state and maps), `lb::api` (control socket) and `lb::run`.
+//! `lb::daemon` (its start-up, state and maps) and `lb::api` (control socket).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -45,7 +45,7 @@ enum Command {
         #[arg(long = "address", required = true, num_args = 1..)]
         addresses: Vec<std::net::IpAddr>,
         #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: lb::maps::AttachMode,
+        xdp_mode: lb::model::AttachMode,
         /// Also lower the MSS of SYN-ACKs sent from a VIP (a TC egress
         /// program), for networks that drop ICMP: `auto` (from the MTU) or N.
         #[arg(long, value_name = "auto|N")]
@@ -70,16 +70,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, log_format } => {
             init_logging(log_format);
-            lb::run::run(&config)
+            lb::daemon::run(&config)
         }
-        Command::CheckConfig { config } => lb::run::check_config(&config),
-        Command::Detach { interface } => lb::run::detach(&interface),
+        Command::CheckConfig { config } => lb::daemon::check_config(&config),
+        Command::Detach { interface } => lb::daemon::detach(&interface),
         Command::Decap {
             interface,
             addresses,
             xdp_mode,
             clamp_mss,
-        } => lb::run::decap(&interface, &addresses, xdp_mode, clamp_mss),
+        } => lb::daemon::decap(&interface, &addresses, xdp_mode, clamp_mss),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

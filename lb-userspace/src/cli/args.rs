@@ -8,13 +8,13 @@ use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{
-    config::{HealthError, HealthKind, HealthSpec, HEALTH_COUNT_RANGE, HEALTH_STATUS_RANGE},
-    service::{Forwarding, Scheduler, VipId, MAX_WEIGHT},
+use crate::model::{
+    defaults::{HEALTH_COUNT_RANGE, HEALTH_STATUS_RANGE, MAX_WEIGHT},
+    Forwarding, HealthError, HealthKind, HealthSpec, Scheduler, VipId,
 };
 
 /// Where lbd listens unless told otherwise (the config file's default).
-pub const DEFAULT_SOCKET: &str = crate::config::DEFAULT_CONTROL_SOCKET;
+pub const DEFAULT_SOCKET: &str = crate::model::defaults::DEFAULT_CONTROL_SOCKET;
 
 /// Control the lb XDP load balancer through lbd's control socket.
 #[derive(Debug, Parser)]

@@ -14,7 +14,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::UnixStream;
 
 use super::CliError;
-use crate::control::ErrorBody;
+use crate::api::types::ErrorBody;
 
 /// How long one request may take, connecting included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -195,7 +195,7 @@ pub fn connect_message(socket: &Path, e: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{Change, Status, PATH_CHANGE, PATH_STATUS};
+    use crate::api::types::{Change, Status, PATH_CHANGE, PATH_STATUS};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixListener;
 

@@ -18,11 +18,11 @@ use super::{
     output, CliError,
 };
 use crate::{
-    config::HealthKind,
-    control::{
+    api::types::{
         Change, ReloadRequest, ReloadResult, Stats, Status, TraceView, PATH_CHANGE, PATH_DEBUG,
         PATH_EXPLAIN, PATH_RELOAD, PATH_STATS, PATH_STATUS,
     },
+    model::HealthKind,
 };
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {

@@ -1,5 +1,5 @@
 //! lbctl: the operator's command line for lbd, over the control socket
-//! (see [`crate::control`]).
+//! (see [`crate::api::types`]).
 //!
 //! `args` is the command tree, `client` the HTTP client, `output` the pure
 //! rendering of answers, `commands` ties them together. Exit status: 0 done,

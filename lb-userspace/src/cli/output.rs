@@ -5,11 +5,11 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 
 use lb_common::counters::{Counter, CounterKind};
 
-use crate::config::{HealthKind, HealthSpec};
-use crate::control::{
+use crate::api::types::{
     BackendStatus, ChangeResult, Explain, ReloadResult, Stats, Status, TrafficRow, VipStatus,
 };
-use crate::service::{Forwarding, Scheduler, VipId};
+use crate::model::{Forwarding, Scheduler, VipId};
+use crate::model::{HealthKind, HealthSpec};
 
 /// The loud line of a VIP whose backends are all down.
 pub const FAIL_OPEN_LINE: &str = "ALL BACKENDS DOWN: failing open, sending to all";

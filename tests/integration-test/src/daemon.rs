@@ -65,7 +65,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb::{decap::Decap, maps::AttachMode, pin::PinPlace};
+use lb::{decap::Decap, host::pin::PinPlace, model::AttachMode};
 use lb_common::{ConnEntry, FlowKey, PROTO_TCP};
 
 use crate::netns::{self, in_netns, spawn_in_netns, Topology, NETNS_RUN_DIR};
@@ -308,7 +308,7 @@ pub fn netns_dirs(dir: &Path) -> Vec<PathBuf> {
     };
     entries
         .flatten()
-        .filter(|e| lb::netns::NetnsId::parse(&e.file_name().to_string_lossy()).is_some())
+        .filter(|e| lb::host::netns::NetnsId::parse(&e.file_name().to_string_lossy()).is_some())
         .map(|e| e.path())
         .collect()
 }
@@ -338,7 +338,11 @@ pub fn remove_interface_leftovers(ns: &str, ifname: &str) {
     if let Ok(place) = pin_place(ns, ifname) {
         let _ = place.remove_balancer();
         let _ = place.remove_decap();
-        let _ = fs::remove_file(lb::lock::lock_path(Path::new(RUN_DIR), place.netns, ifname));
+        let _ = fs::remove_file(lb::daemon::lock::lock_path(
+            Path::new(RUN_DIR),
+            place.netns,
+            ifname,
+        ));
     }
 }
 

@@ -4,8 +4,11 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use lb::maps::{Balancer, EncapSources, Limits, LoadOptions, NextHop};
-use lb::service::{BackendSpec, Proto, VipId, VipSettings};
+use lb::model::{BackendSpec, Proto, VipId, VipSettings};
+use lb::{
+    balancer::{Balancer, LoadOptions},
+    model::{EncapSources, Limits, NextHop},
+};
 
 use crate::frame::LB_MAC;
 

@@ -27,9 +27,9 @@ use std::{
 use aya::programs::XdpMode;
 use integration_test::netns::{self, in_netns, Capture, Frame, Topology};
 use lb::{
+    balancer::{Balancer, LoadOptions},
     decap::Decap,
-    maps::{AttachMode, Balancer, EncapSources, Limits, LoadOptions, NextHop},
-    service::{BackendSpec, Proto, VipId, VipSettings},
+    model::{AttachMode, BackendSpec, EncapSources, Limits, NextHop, Proto, VipId, VipSettings},
 };
 use lb_common::{Counter, FlowKey, PROTO_TCP};
 

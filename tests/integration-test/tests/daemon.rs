@@ -522,7 +522,7 @@ fn changes_through_lbctl() {
 ///
 /// Fails with the current lbd: the next-hop resolver only learns of new
 /// backend addresses on its periodic refresh (every 10 s) or a netlink
-/// event (`lb::run`: `on_change` is a no-op and `resolve_next_hops` reads
+/// event (`lb::daemon`: `on_change` is a no-op and `resolve_next_hops` reads
 /// `backend_addrs()` only after `wait_for_change(NEXTHOP_REFRESH)`), and
 /// until then the data path's fallback (`bpf_fib_lookup` → `NO_NEIGH` →
 /// `XDP_PASS`) hands the client's packet to the balancer's stack, which
@@ -1084,7 +1084,7 @@ fn bad_inputs_change_nothing() {
     // A 100 KB garbage change is refused and audited, but bounded: its
     // entry keeps the first 4 KiB and the size.
     let garbage = "x".repeat(100_000);
-    let (answer, _) = raw_request(&lab.socket, &post(lb::control::PATH_CHANGE, &garbage));
+    let (answer, _) = raw_request(&lab.socket, &post(lb::api::types::PATH_CHANGE, &garbage));
     assert!(
         answer.starts_with("HTTP/1.1 400"),
         "{}",
@@ -1265,7 +1265,7 @@ impl Drop for Reap {
 /// A second lbd (for another interface) whose config names the control
 /// socket of a running lbd must not take that socket over.
 ///
-/// Fails with the current lbd: `lb::api::bind` removes whatever is at the
+/// Fails with the current lbd: `lb::api::server::bind` removes whatever is at the
 /// socket path before binding, live or stale, so the second daemon
 /// silently takes the first one's socket (lbctl then talks to the wrong
 /// daemon), and once it exits the first daemon, still running, cannot be

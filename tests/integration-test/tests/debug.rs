@@ -19,7 +19,7 @@ use integration_test::{
     frame::{Frame, TCP_ACK},
     harness::{self, TestLb, XDP_TX},
 };
-use lb::service::{Proto, VipSettings};
+use lb::model::{Proto, VipSettings};
 use lb_common::debug::{
     DebugConfig, DebugEvent, DEBUG_ALL_VIPS, DEBUG_BURST, DEBUG_SOURCE_CONNTRACK,
     DEBUG_SOURCE_TABLE,

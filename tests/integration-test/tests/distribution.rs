@@ -8,7 +8,7 @@ use integration_test::{
     harness::*,
     rng::Rng,
 };
-use lb::service::{BackendSpec, Proto, Scheduler, VipSettings};
+use lb::model::{BackendSpec, Proto, Scheduler, VipSettings};
 use lb_common::FlowKey;
 
 fn spread(t: &mut TestLb, n: usize, rng: &mut Rng) -> BTreeMap<IpAddr, usize> {
@@ -179,13 +179,13 @@ impl Drop for PinDir {
 /// lowest free ids first.
 #[test]
 fn explain_agrees_with_the_data_path_as_backends_change() {
-    use lb::maps::{LoadOptions, NextHop};
+    use lb::{balancer::LoadOptions, model::NextHop};
     let dir = PinDir(std::path::PathBuf::from(format!(
         "/sys/fs/bpf/lb-test-agree-{}",
         std::process::id()
     )));
     let opts = LoadOptions {
-        limits: lb::maps::Limits {
+        limits: lb::model::Limits {
             max_vips: 8,
             table_pool: 8 * 2 * lb_common::MAGLEV_MAX_SIZE,
             conntrack_size: 1 << 16,
@@ -226,9 +226,9 @@ fn explain_agrees_with_the_data_path_as_backends_change() {
         let sent = (action == XDP_TX).then(|| frame::outer_dst(&out));
         assert_eq!(sent, route.backend, "flow {flow:?}: explain says {route:?}");
         let source = match route.entry {
-            Some((_, _, lb::maps::EntryCheck::Live)) => "connection table",
-            Some((_, _, lb::maps::EntryCheck::Stale)) => "stale entry, table",
-            Some((_, _, lb::maps::EntryCheck::Expired)) => "expired entry, table",
+            Some((_, _, lb::balancer::EntryCheck::Live)) => "connection table",
+            Some((_, _, lb::balancer::EntryCheck::Stale)) => "stale entry, table",
+            Some((_, _, lb::balancer::EntryCheck::Expired)) => "expired entry, table",
             None => "table",
         };
         *by_source.entry(source).or_default() += 1;

@@ -26,7 +26,7 @@ use integration_test::{
     harness::*,
     rng::Rng,
 };
-use lb::service::{BackendSpec, Forwarding, Proto, VipSettings};
+use lb::model::{BackendSpec, Forwarding, Proto, VipSettings};
 use lb_common::{user::addr_words, Counter};
 
 const CLIENT: &str = "198.51.100.7";

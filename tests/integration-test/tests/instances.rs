@@ -232,8 +232,9 @@ fn failure(lab: &Lab, good: &str, i: usize) -> Failure {
             _guard: None,
         },
         1 => {
-            let lock = lb::lock::Lock::interface(Path::new(RUN_DIR), place.netns, &lab.lb_if)
-                .expect("taking the interface lock");
+            let lock =
+                lb::daemon::lock::Lock::interface(Path::new(RUN_DIR), place.netns, &lab.lb_if)
+                    .expect("taking the interface lock");
             Failure {
                 name: "busy lock",
                 config: good.into(),
@@ -350,7 +351,7 @@ fn failed_first_starts_leave_nothing() {
             f.name
         );
         if f.name != "busy lock" {
-            let lock = lb::lock::lock_path(Path::new(RUN_DIR), place.netns, &lab.lb_if);
+            let lock = lb::daemon::lock::lock_path(Path::new(RUN_DIR), place.netns, &lab.lb_if);
             assert!(!lock.exists(), "{}: lock file left", f.name);
         }
         if f.name == "socket path in use" {

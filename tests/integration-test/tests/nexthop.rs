@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use lb::nexthop::{self, Event, NextHop, Resolution, Resolver};
+use lb::host::nexthop::{self, Event, NextHop, Resolution, Resolver};
 
 const PREFIX: &str = "lbnh-";
 const IF_A: &str = "nha";

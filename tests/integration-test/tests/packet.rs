@@ -8,8 +8,8 @@ use integration_test::{
     frame::{self, expected_ipip, Frame, LB_MAC, TCP_ACK, TCP_RST},
     harness::*,
 };
-use lb::maps::EncapSources;
-use lb::service::{BackendSpec, Forwarding, Proto, Scheduler, VipId, VipSettings};
+use lb::model::EncapSources;
+use lb::model::{BackendSpec, Forwarding, Proto, Scheduler, VipId, VipSettings};
 use lb_common::{ConnEntry, Counter, FlowKey};
 
 fn ip(s: &str) -> IpAddr {

@@ -10,8 +10,8 @@ use integration_test::{
     harness::*,
 };
 use lb::{
-    maps::{Limits, LoadOptions, MapsError},
-    service::{Proto, VipId, VipSettings},
+    balancer::{LoadOptions, MapsError},
+    model::{Limits, Proto, VipId, VipSettings},
 };
 use lb_common::FlowKey;
 

@@ -9,7 +9,7 @@ use integration_test::{
     frame::{self, Frame, CLIENT_MAC, LB_MAC, TCP_ACK},
     harness::*,
 };
-use lb::service::{Proto, VipSettings};
+use lb::model::{Proto, VipSettings};
 use lb_common::Counter;
 
 const CLIENT: &str = "198.51.100.7";

@@ -17,9 +17,9 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use integration_test::daemon::{Lab, VipSpec};
 use lb::{
-    maglev::{self, MaglevBackend},
-    maps::{Balancer, Limits, LoadOptions},
-    service::{BackendSpec, Proto, VipId, VipSettings},
+    balancer::maglev::{self, MaglevBackend},
+    balancer::{Balancer, LoadOptions},
+    model::{BackendSpec, Limits, Proto, VipId, VipSettings},
 };
 use lb_common::{user::addr_words, MAGLEV_MAX_SIZE};
 
@@ -63,7 +63,7 @@ fn maglev_backends(n: usize) -> Vec<MaglevBackend> {
 fn maglev_builds(opts: &Opts) -> Table {
     let reps = if opts.quick { 3 } else { 10 };
     let mut t = Table::new(
-        format!("Maglev table build, size {MAGLEV_MAX_SIZE} (lb::maglev, release build)"),
+        format!("Maglev table build, size {MAGLEV_MAX_SIZE} (lb::balancer::maglev, release build)"),
         &[
             "backends",
             "min ms",

@@ -44,8 +44,8 @@ use integration_test::{
     harness::XDP_TX,
 };
 use lb::{
-    maps::{AttachMode, Balancer, Counters, EncapSources, Limits, LoadOptions, NextHop},
-    service::{BackendSpec, Proto, VipId, VipSettings},
+    balancer::{Balancer, Counters, LoadOptions},
+    model::{AttachMode, BackendSpec, EncapSources, Limits, NextHop, Proto, VipId, VipSettings},
 };
 use lb_common::Counter;
 

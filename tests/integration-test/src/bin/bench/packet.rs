@@ -50,9 +50,9 @@ use integration_test::{
     harness::{backend_mac, try_run_xdp, vip, TestLb, LB_SRC_V4, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use lb::{
+    balancer::{Counters, LoadOptions},
     decap::Decap,
-    maps::{Counters, Limits, LoadOptions},
-    service::{BackendSpec, Forwarding, Proto, Scheduler, VipSettings},
+    model::{BackendSpec, Forwarding, Limits, Proto, Scheduler, VipSettings},
 };
 use lb_common::Counter;
 

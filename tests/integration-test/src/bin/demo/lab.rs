@@ -39,7 +39,7 @@ use integration_test::{
     daemon::pins_named,
     netns::{self, Topology, NETNS_RUN_DIR, NS_PREFIX},
 };
-use lb::control::{BackendStatus, Status};
+use lb::api::types::{BackendStatus, Status};
 
 use crate::{check_interrupt, http::Server};
 

@@ -24,9 +24,9 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use integration_test::netns::{self, in_netns, Topology};
 use lb::{
+    balancer::{Balancer, LoadOptions},
     decap::Decap,
-    maps::{AttachMode, Balancer, EncapSources, Limits, LoadOptions, NextHop},
-    service::{BackendSpec, Proto, VipId, VipSettings},
+    model::{AttachMode, BackendSpec, EncapSources, Limits, NextHop, Proto, VipId, VipSettings},
 };
 use lb_common::Counter;
 

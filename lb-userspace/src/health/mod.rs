@@ -27,10 +27,9 @@ use tokio::{
 };
 
 use crate::{
-    api::SharedDaemon,
-    config::{HealthKind, HealthSpec},
+    daemon::Shared as SharedDaemon,
     metrics::Metrics,
-    service::VipId,
+    model::{HealthKind, HealthSpec, VipId},
 };
 
 /// Consecutive-result hysteresis: `rise` successes bring a backend up,

@@ -4,10 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::{
-    service::VipId,
-    state::{BackendDesired, DesiredState, VipDesired},
-};
+use super::{BackendDesired, DesiredState, VipDesired};
+use crate::model::VipId;
 
 /// What to do to the maps to get from one state to another.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -135,7 +133,7 @@ fn drained(d: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{service::VipSettings, state::BackendDesired};
+    use crate::model::VipSettings;
 
     fn vip(name: &str, backends: &[(&str, u32)]) -> VipDesired {
         VipDesired {
@@ -194,7 +192,7 @@ mod tests {
 
     #[test]
     fn diffs_health_checks() {
-        use crate::config::{HealthKind, HealthSpec};
+        use crate::model::{HealthKind, HealthSpec};
         let a: VipId = "10.0.0.1:80/tcp".parse().unwrap();
         let mut from = DesiredState::default();
         from.vips

@@ -1,27 +1,21 @@
 //! The one desired state every input changes (config file, lbctl, health
-//! checks), its validation, and its persistence in `state_dir`.
-//!
-//! A change is made on a copy, validated whole, applied to the maps, and only
-//! then becomes the daemon's state and is written to disk; a failure at any
-//! step leaves the previous state in place.
+//! checks): VIPs with their settings, backends and checks, and the rules the
+//! whole must follow. A change is made on a copy ([`DesiredState::with_change`]),
+//! validated whole, planned against the running state ([`plan`]), applied
+//! to the data path by the daemon, and only then persisted ([`persist`]); a
+//! failure at any step leaves the previous state in place.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    io::Write,
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+pub mod change;
+pub mod persist;
+pub mod plan;
+
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::{HealthError, HealthSpec},
-    service::{self, BackendSpec, SpecError, VipId, VipSettings, MAX_WEIGHT},
+use crate::model::{
+    self, parse_vip, BackendSpec, HealthError, HealthSpec, Limits, SpecError, VipId, VipSettings,
 };
-
-/// Default weight of a backend added without one.
-pub const DEFAULT_WEIGHT: u32 = 100;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
@@ -98,7 +92,7 @@ impl DesiredState {
     /// anything is applied, so a state over them is refused whole, not
     /// applied up to the limit. (Fragmentation of the table pool can still
     /// refuse one VIP's resize later; that VIP keeps its old table.)
-    pub fn check_capacity(&self, limits: &crate::maps::Limits) -> Result<(), StateError> {
+    pub fn check_capacity(&self, limits: &Limits) -> Result<(), StateError> {
         if self.vips.len() > limits.max_vips as usize {
             return Err(StateError::TooManyVips {
                 count: self.vips.len(),
@@ -126,8 +120,8 @@ impl DesiredState {
             if !names.insert(v.name.as_str()) {
                 return Err(StateError::DuplicateName(v.name.clone()));
             }
-            service::validate_vip(id, &v.settings)?;
-            service::validate_backends(id, &v.settings, &v.backend_specs())?;
+            model::validate_vip(id, &v.settings)?;
+            model::validate_backends(id, &v.settings, &v.backend_specs())?;
             let checks = std::iter::once((None, &v.health))
                 .chain(v.backends.iter().map(|b| (Some(b.addr), &b.health)));
             for (backend, spec) in checks {
@@ -241,182 +235,13 @@ impl VipDesired {
     }
 }
 
-/// Parses `ADDR[:PORT]/PROTO` (see [`VipId`]'s `FromStr`).
-pub fn parse_vip(s: &str) -> Result<VipId, String> {
-    s.parse()
-}
-
-/// Where the daemon keeps its runtime state.
-pub fn state_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("state.json")
-}
-
-/// The state file: the desired state and the interface whose daemon owns
-/// it, so two daemons given one `state_dir` cannot take each other's state.
-#[derive(Serialize, Deserialize)]
-struct Persisted<'a> {
-    #[serde(default)]
-    interface: std::borrow::Cow<'a, str>,
-    #[serde(flatten)]
-    state: std::borrow::Cow<'a, DesiredState>,
-}
-
-/// Reads the runtime state persisted by the daemon of `interface`, if any.
-pub fn load(state_dir: &Path, interface: &str) -> anyhow::Result<Option<DesiredState>> {
-    let path = state_file(state_dir);
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let p: Persisted = serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!("{}: not a valid lbd state file: {e}", path.display())
-            })?;
-            if !p.interface.is_empty() && p.interface != interface {
-                anyhow::bail!(
-                    "{} holds the runtime state of the lbd on interface {}, not {interface}: \
-                     give each lbd its own state_dir",
-                    path.display(),
-                    p.interface
-                );
-            }
-            let s = p.state.into_owned();
-            s.validate()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok(Some(s))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
-    }
-}
-
-/// Writes the state atomically: a temporary file, fsync, then rename over
-/// the old one, so a crash leaves either the old or the new state.
-pub fn save(state_dir: &Path, interface: &str, state: &DesiredState) -> anyhow::Result<()> {
-    fs::create_dir_all(state_dir)?;
-    let path = state_file(state_dir);
-    let tmp = state_dir.join(".state.json.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    let p = Persisted {
-        interface: interface.into(),
-        state: std::borrow::Cow::Borrowed(state),
-    };
-    f.write_all(&serde_json::to_vec_pretty(&p)?)?;
-    f.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    if let Ok(dir) = fs::File::open(state_dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-/// Bounds for weights, for messages.
-pub const WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 0..=MAX_WEIGHT;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::Proto;
-
-    #[test]
-    fn parses_vips() {
-        let v = |s| parse_vip(s).unwrap();
-        assert_eq!(
-            v("10.0.0.1:80/tcp"),
-            VipId {
-                addr: "10.0.0.1".parse().unwrap(),
-                port: 80,
-                proto: Proto::Tcp
-            }
-        );
-        assert_eq!(v("10.0.0.1/udp").port, 0);
-        assert_eq!(v("[2001:db8::1]:443/tcp").port, 443);
-        assert_eq!(v("2001:db8::1/tcp").port, 0);
-        assert_eq!(v("[2001:db8::1]/udp").port, 0);
-        for bad in [
-            "10.0.0.1:80",
-            "10.0.0.1:0/tcp",
-            "10.0.0.1:99999/tcp",
-            "x:80/tcp",
-            "10.0.0.1:80/sctp",
-            "[::1:80/tcp",
-        ] {
-            assert!(parse_vip(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn display_round_trips() {
-        for s in [
-            "10.0.0.1:80/tcp",
-            "10.0.0.1/udp",
-            "[2001:db8::1]:443/tcp",
-            "[2001:db8::1]/udp",
-        ] {
-            assert_eq!(parse_vip(s).unwrap().to_string(), s);
-        }
-    }
-
-    #[test]
-    fn persists_atomically() {
-        let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
-        let mut s = DesiredState::default();
-        let id = parse_vip("10.0.0.1:80/tcp").unwrap();
-        s.add_vip(
-            id,
-            VipDesired {
-                name: "web".into(),
-                settings: VipSettings::default(),
-                backends: vec![],
-                health: None,
-            },
-        )
-        .unwrap();
-        s.add_backend(
-            &id,
-            BackendDesired {
-                addr: "10.0.0.2".parse().unwrap(),
-                weight: 5,
-                drained: true,
-                health: None,
-            },
-        )
-        .unwrap();
-        let tcp = |port| HealthSpec {
-            port,
-            ..HealthSpec::new(crate::config::HealthKind::Tcp)
-        };
-        s.vips.get_mut(&id).unwrap().health = Some(tcp(80));
-        s.add_backend(
-            &id,
-            BackendDesired {
-                addr: "10.0.0.3".parse().unwrap(),
-                weight: 1,
-                drained: false,
-                health: Some(tcp(8080)),
-            },
-        )
-        .unwrap();
-        save(&dir, "eth0", &s).unwrap();
-        let json = fs::read_to_string(state_file(&dir)).unwrap();
-        // No override, no key: files of an older lbd read the same.
-        assert_eq!(json.matches("\"health\"").count(), 2, "{json}");
-        assert_eq!(load(&dir, "eth0").unwrap(), Some(s.clone()));
-        // Another interface's daemon does not take this state.
-        let other = load(&dir, "eth1").unwrap_err().to_string();
-        assert!(other.contains("interface eth0, not eth1"), "{other}");
-
-        // A bad check in a state file is refused like any other value.
-        s.vips.get_mut(&id).unwrap().backends[1].health = Some(tcp(0));
-        save(&dir, "eth0", &s).unwrap();
-        let e = load(&dir, "eth0").unwrap_err().to_string();
-        assert!(
-            e.contains("VIP 10.0.0.1:80/tcp backend 10.0.0.3: health check: key `port`"),
-            "{e}"
-        );
-        fs::remove_dir_all(&dir).unwrap();
-    }
+    use crate::model::HealthKind;
 
     #[test]
     fn backends_use_their_own_check_or_the_vips() {
-        use crate::config::HealthKind;
         let b = |addr: &str, health: Option<HealthSpec>| BackendDesired {
             addr: addr.parse().unwrap(),
             weight: 1,

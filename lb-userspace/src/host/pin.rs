@@ -28,7 +28,7 @@ use std::{
 
 use lb_common::MAP_LAYOUT_VERSION;
 
-use crate::{iface::Interface, netns::NetnsId};
+use super::{iface::Interface, netns::NetnsId};
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 
@@ -231,7 +231,7 @@ fn remove_if_empty(dir: &Path) {
 /// program with it. There lbd accepts only the host's bpffs (the one pid 1
 /// sees at the same path), and otherwise refuses, naming the fix.
 pub fn ensure_bpffs(path: &Path) -> anyhow::Result<()> {
-    if !crate::netns::mount_namespace_outlives_us() {
+    if !crate::host::netns::mount_namespace_outlives_us() {
         let host = Path::new("/proc/1/root").join(path.strip_prefix("/").unwrap_or(path));
         if is_bpffs(path) && is_bpffs(&host) && same_filesystem(path, &host) {
             return Ok(());

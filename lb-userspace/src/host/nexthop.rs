@@ -57,7 +57,7 @@ use rtnetlink::{
     MulticastGroup,
 };
 
-pub use crate::maps::NextHop;
+pub use crate::model::NextHop;
 pub use rtnetlink::Handle;
 
 /// Receive buffer of the watch socket: room for bursts of notifications
@@ -371,7 +371,7 @@ async fn link_mac(handle: &Handle, ifindex: u32) -> Result<Option<Option<([u8; 6
     if link.header.link_layer_type != LinkLayerType::Ether {
         return Ok(Some(None));
     }
-    let mtu = crate::iface::link_mtu(&link.attributes);
+    let mtu = crate::host::iface::link_mtu(&link.attributes);
     Ok(Some(link.attributes.iter().find_map(|a| match a {
         LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok().map(|m| (m, mtu)),
         _ => None,

@@ -20,10 +20,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use lb_common::hash::hash_words;
-use lb_common::{MAGLEV_MAX_SIZE, NO_BACKEND};
+use lb_common::NO_BACKEND;
 
-/// Table size used when a VIP does not ask for another one. Prime.
-pub const DEFAULT_TABLE_SIZE: u32 = MAGLEV_MAX_SIZE;
+use crate::model::is_prime;
 
 // Seeds of the two hashes that make a backend's permutation. Pinned: changing
 // either reshuffles every table, i.e. moves most flows on an upgrade.
@@ -41,26 +40,6 @@ pub struct MaglevBackend {
     pub key: [u32; 4],
     /// Relative share of the table; 0 keeps the backend out of it.
     pub weight: u32,
-}
-
-/// Whether `n` is prime (trial division; fast enough for table sizes).
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n.is_multiple_of(2) {
-        return n == 2;
-    }
-    // u64 so that `d * d` cannot overflow for `n` near `u32::MAX`.
-    let n = n as u64;
-    let mut d = 3u64;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 2;
-    }
-    true
 }
 
 /// Builds the weighted Maglev table of `size` slots (`size` must be prime)
@@ -193,6 +172,7 @@ fn fillers(backends: &[MaglevBackend], size: u32) -> Vec<Filler> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::defaults::DEFAULT_TABLE_SIZE;
 
     /// Backend `i` of a test VIP: IPv4 address 10.0.0.0 + i, id `i`.
     fn backend(i: u32, weight: u32) -> MaglevBackend {

@@ -1,16 +1,11 @@
-//! What an operator asks for: VIPs and their backends, independent of how the
-//! maps encode them. Validation lives here so every input path (config file,
-//! API, tests) refuses the same things with the same words.
+//! A VIP: its identity (`ADDR[:PORT]/PROTO`), protocol, scheduler,
+//! forwarding method and settings.
 
 use std::{fmt, net::IpAddr};
 
 use lb_common::{PROTO_TCP, PROTO_UDP};
 
-use crate::maglev;
-
-/// Largest weight a backend may have. Weights are relative; this bound keeps
-/// the Maglev arithmetic far from overflow and matches IPVS's range.
-pub const MAX_WEIGHT: u32 = 65535;
+use super::defaults::DEFAULT_TABLE_SIZE;
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -102,7 +97,7 @@ impl<'de> serde::Deserialize<'de> for VipId {
 
 /// Parses `ADDR[:PORT]/PROTO`, with IPv6 addresses in brackets when a port
 /// is given (`[2001:db8::1]:443/tcp`); a bare IPv6 address is port-less.
-fn parse_vip(s: &str) -> Result<VipId, String> {
+pub fn parse_vip(s: &str) -> Result<VipId, String> {
     let (addr_port, proto) = s
         .rsplit_once('/')
         .ok_or_else(|| format!("{s:?}: expected ADDR[:PORT]/PROTO, e.g. 10.0.0.1:80/tcp"))?;
@@ -161,92 +156,51 @@ impl Default for VipSettings {
             scheduler: Scheduler::Maglev,
             forwarding: Forwarding::Ipip,
             stateless: false,
-            table_size: maglev::DEFAULT_TABLE_SIZE,
+            table_size: DEFAULT_TABLE_SIZE,
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BackendSpec {
-    pub addr: IpAddr,
-    /// 0 = drained: no new flows, established ones stay.
-    pub weight: u32,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Why a VIP or backend set is refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SpecError {
-    #[error("table size {0} is not a prime between 2 and {max}", max = lb_common::MAGLEV_MAX_SIZE)]
-    TableSize(u32),
-    #[error("backend {backend} is {}, but VIP {vip} is {}: ipip forwarding keeps the family (IPv4 in IPv4, IPv6 in IPv6)", family(.backend), family(&.vip.addr))]
-    FamilyMismatch { vip: VipId, backend: IpAddr },
-    #[error("backend {backend} of VIP {vip}: weight {weight} is out of range 0..={MAX_WEIGHT}")]
-    Weight {
-        vip: VipId,
-        backend: IpAddr,
-        weight: u32,
-    },
-    #[error("backend {backend} is listed twice for VIP {vip}")]
-    DuplicateBackend { vip: VipId, backend: IpAddr },
-    #[error("backend address {0} is not usable (unspecified, multicast or broadcast)")]
-    BadBackendAddr(IpAddr),
-    #[error("VIP address {0} is not usable (unspecified, multicast or broadcast)")]
-    BadVipAddr(IpAddr),
-}
-
-fn family(a: &IpAddr) -> &'static str {
-    if a.is_ipv4() {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
-}
-
-fn usable(a: &IpAddr) -> bool {
-    !(a.is_unspecified() || a.is_multicast() || *a == IpAddr::from([255, 255, 255, 255]))
-}
-
-/// Checks a VIP's own settings.
-pub fn validate_vip(vip: &VipId, settings: &VipSettings) -> Result<(), SpecError> {
-    if !usable(&vip.addr) {
-        return Err(SpecError::BadVipAddr(vip.addr));
-    }
-    let size = settings.table_size;
-    if size > lb_common::MAGLEV_MAX_SIZE || !maglev::is_prime(size) {
-        return Err(SpecError::TableSize(size));
-    }
-    Ok(())
-}
-
-/// Checks a VIP's backend set as a whole.
-pub fn validate_backends(
-    vip: &VipId,
-    settings: &VipSettings,
-    backends: &[BackendSpec],
-) -> Result<(), SpecError> {
-    for (i, b) in backends.iter().enumerate() {
-        if !usable(&b.addr) {
-            return Err(SpecError::BadBackendAddr(b.addr));
-        }
-        if settings.forwarding == Forwarding::Ipip && b.addr.is_ipv4() != vip.addr.is_ipv4() {
-            return Err(SpecError::FamilyMismatch {
-                vip: *vip,
-                backend: b.addr,
-            });
-        }
-        if b.weight > MAX_WEIGHT {
-            return Err(SpecError::Weight {
-                vip: *vip,
-                backend: b.addr,
-                weight: b.weight,
-            });
-        }
-        if backends[..i].iter().any(|o| o.addr == b.addr) {
-            return Err(SpecError::DuplicateBackend {
-                vip: *vip,
-                backend: b.addr,
-            });
+    #[test]
+    fn parses_vips() {
+        let v = |s| parse_vip(s).unwrap();
+        assert_eq!(
+            v("10.0.0.1:80/tcp"),
+            VipId {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 80,
+                proto: Proto::Tcp
+            }
+        );
+        assert_eq!(v("10.0.0.1/udp").port, 0);
+        assert_eq!(v("[2001:db8::1]:443/tcp").port, 443);
+        assert_eq!(v("2001:db8::1/tcp").port, 0);
+        assert_eq!(v("[2001:db8::1]/udp").port, 0);
+        for bad in [
+            "10.0.0.1:80",
+            "10.0.0.1:0/tcp",
+            "10.0.0.1:99999/tcp",
+            "x:80/tcp",
+            "10.0.0.1:80/sctp",
+            "[::1:80/tcp",
+        ] {
+            assert!(parse_vip(bad).is_err(), "{bad}");
         }
     }
-    Ok(())
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "10.0.0.1:80/tcp",
+            "10.0.0.1/udp",
+            "[2001:db8::1]:443/tcp",
+            "[2001:db8::1]/udp",
+        ] {
+            assert_eq!(parse_vip(s).unwrap().to_string(), s);
+        }
+    }
 }

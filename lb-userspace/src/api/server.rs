@@ -4,12 +4,7 @@
 //! (SO_PEERCRED): changes only from uid 0, reads also from members of the
 //! configured read group. Every change request is audited, refused or not.
 
-use std::{
-    net::IpAddr,
-    os::unix::fs::PermissionsExt,
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::{net::IpAddr, os::unix::fs::PermissionsExt, path::Path, sync::Arc};
 
 use axum::{
     body::Bytes,
@@ -23,13 +18,11 @@ use axum::{
 use serde::Deserialize;
 use tokio::net::UnixListener;
 
-use crate::{
+use super::{
     audit::{AuditLog, Peer},
-    control::{self, Change, ErrorBody, ReloadRequest},
-    daemon::{ApplyError, Daemon},
+    types::{self as control, Change, ErrorBody, ReloadRequest},
 };
-
-pub type SharedDaemon = Arc<Mutex<Daemon>>;
+use crate::daemon::{ApplyError, Daemon, Shared as SharedDaemon};
 
 #[derive(Clone)]
 struct Api {

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::netns::NetnsId;
+use crate::host::netns::NetnsId;
 
 /// Where lbd keeps its lock files.
 pub const RUN_DIR: &str = "/run/lb";

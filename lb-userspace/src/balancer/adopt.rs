@@ -1,0 +1,128 @@
+//! Taking over maps pinned by an earlier lbd: the mirror is rebuilt from
+//! what they hold, so a restart keeps every flow.
+
+use std::collections::BTreeMap;
+
+use lb_common::{
+    Backend, BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP, MAX_BACKENDS, VIP_F_L2DSR,
+    VIP_F_SRC_HASH, VIP_F_STATELESS,
+};
+
+use super::{
+    error::{map_err, Result},
+    Balancer, MapsError, Region, VipState,
+};
+use crate::model::{
+    defaults::DEFAULT_TABLE_SIZE, BackendSpec, Forwarding, NextHop, Scheduler, VipId, VipSettings,
+};
+
+impl Balancer {
+    /// Rebuilds the mirror from adopted maps: VIP and backend ids, which
+    /// table slot is live and what it holds, next hops. Weights are not in the
+    /// maps; the caller reconciles with its desired state right after, which
+    /// writes the idle slot and flips, so no VIP is ever without a table.
+    pub(super) fn adopt(&mut self) -> Result<()> {
+        let mut vips = Vec::new();
+        for key in self.vip_map.keys() {
+            let key = key.map_err(map_err("VIPS"))?;
+            let info = self.vip_map.get(&key, 0).map_err(map_err("VIPS"))?;
+            vips.push((key, info));
+        }
+        let mut backends_of: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        for id in 0..MAX_BACKENDS {
+            let b = self.backend_map.get(&id, 0).map_err(map_err("BACKENDS"))?;
+            if b.flags & BACKEND_F_ACTIVE != 0 {
+                backends_of.entry(b.vip_id).or_default().push((id, b));
+            }
+        }
+        for (key, info) in vips {
+            let proto = match key.proto {
+                lb_common::PROTO_TCP => crate::model::Proto::Tcp,
+                lb_common::PROTO_UDP => crate::model::Proto::Udp,
+                p => return Err(MapsError::Layout(format!("adopted VIP with protocol {p}"))),
+            };
+            let id = VipId {
+                addr: key.ip(),
+                port: u16::from_be(key.port),
+                proto,
+            };
+            let settings = VipSettings {
+                scheduler: if info.flags & VIP_F_SRC_HASH != 0 {
+                    Scheduler::SourceHash
+                } else {
+                    Scheduler::Maglev
+                },
+                forwarding: if info.flags & VIP_F_L2DSR != 0 {
+                    Forwarding::L2dsr
+                } else {
+                    Forwarding::Ipip
+                },
+                stateless: info.flags & VIP_F_STATELESS != 0,
+                table_size: if info.table_size == 0 {
+                    DEFAULT_TABLE_SIZE
+                } else {
+                    info.table_size
+                },
+            };
+            let region = Region {
+                base: info.region_base,
+                half: info.region_half,
+            };
+            if !self.pool.reserve(region.base, region.len()) {
+                return Err(MapsError::Layout(format!(
+                    "adopted VIP {id}: its Maglev region {region:?} overlaps another or lies \
+                     outside the table pool"
+                )));
+            }
+            let live_slot = u32::from(info.table_size > 0 && info.table_base != region.base);
+            let mut table = Vec::with_capacity(info.table_size as usize);
+            for slot in 0..info.table_size {
+                let index = region.table(live_slot) + slot;
+                table.push(self.tables.get(index).ok_or_else(|| {
+                    MapsError::Layout(format!("adopted VIP {id}: table outside the pool"))
+                })?);
+            }
+            let mut state = VipState {
+                vip_id: info.vip_id,
+                settings,
+                backends: Vec::new(),
+                down: Vec::new(),
+                region,
+                tables: [None, None],
+                live_slot,
+                live_size: info.table_size,
+                fail_open: false,
+            };
+            state.tables[state.live_slot as usize] = (info.table_size > 0).then_some(table);
+            for (bid, b) in backends_of.remove(&info.vip_id).unwrap_or_default() {
+                let addr = b.ip();
+                // Weight unknown until the caller's reconcile; only ids matter here.
+                state.backends.push((BackendSpec { addr, weight: 0 }, bid));
+                if b.flags & BACKEND_F_DOWN != 0 {
+                    state.down.push(addr);
+                }
+                if b.flags & BACKEND_F_NEXTHOP != 0 {
+                    self.next_hops.insert(
+                        addr,
+                        NextHop {
+                            ifindex: b.ifindex,
+                            dst_mac: b.dst_mac,
+                            src_mac: b.src_mac,
+                            mtu: b.mtu as u32,
+                        },
+                    );
+                }
+                self.free_backend_ids.retain(|i| *i != bid);
+            }
+            self.free_vip_ids.retain(|i| *i != info.vip_id);
+            self.vips.insert(id, state);
+        }
+        // Active entries of no adopted VIP are leftovers: clear them.
+        for (_, orphans) in backends_of {
+            for (bid, _) in orphans {
+                self.clear_backend(bid)?;
+            }
+        }
+        Ok(())
+    }
+}

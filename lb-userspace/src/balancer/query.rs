@@ -1,0 +1,278 @@
+//! Reads: the mirror, predictions by the data path's own rules, the
+//! connection table and the counters.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use lb_common::{
+    Backend, ConnEntry, Counter, FlowKey, HashMode, TrafficStats, VipInfo, VipKey, NO_BACKEND,
+    VIP_F_L2DSR, VIP_F_SRC_HASH, VIP_F_STATELESS,
+};
+
+use super::{
+    error::{map_err, Result},
+    Balancer, VipState,
+};
+use crate::model::{BackendSpec, Forwarding, NextHop, Scheduler, VipId, VipSettings};
+
+/// Summed counters.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub global: Vec<(Counter, u64)>,
+    pub vips: BTreeMap<VipId, TrafficStats>,
+    pub backends: BTreeMap<(VipId, IpAddr), TrafficStats>,
+}
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.global
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+/// Where user space predicts a flow goes, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prediction {
+    pub vip: VipId,
+    pub backend: Option<IpAddr>,
+    pub backend_id: u32,
+    pub hash: u32,
+    pub slot: u32,
+}
+
+/// What the data path makes of a flow's connection-table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryCheck {
+    /// Taken: the flow stays on the entry's backend.
+    Live,
+    /// Idle past the timeout: replaced by the table's choice.
+    Expired,
+    /// Its backend is gone, down or now another VIP's: replaced.
+    Stale,
+}
+
+/// Where a packet of a flow goes, and why (see [`Balancer::route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub vip: VipId,
+    /// The flow's connection-table entry, its idle time (ns) and verdict.
+    pub entry: Option<(ConnEntry, u64, EntryCheck)>,
+    /// The Maglev table's choice (taken unless the entry is live).
+    pub table: Prediction,
+    /// The backend the packet is sent to; `None`: dropped (no backend).
+    pub backend: Option<IpAddr>,
+}
+
+impl Balancer {
+    pub fn vips(&self) -> impl Iterator<Item = (&VipId, &VipSettings)> {
+        self.vips.iter().map(|(k, s)| (k, &s.settings))
+    }
+
+    /// A VIP's backends, in the order last given.
+    pub fn backends(&self, vip: &VipId) -> Option<Vec<BackendSpec>> {
+        self.vips
+            .get(vip)
+            .map(|s| s.backends.iter().map(|(b, _)| *b).collect())
+    }
+
+    /// The live Maglev table of a VIP as user space wrote it.
+    pub fn live_table(&self, vip: &VipId) -> Option<&[u32]> {
+        let s = self.vips.get(vip)?;
+        if s.live_size == 0 {
+            return None;
+        }
+        s.tables[s.live_slot as usize].as_deref()
+    }
+
+    /// The data path's id of a VIP.
+    pub fn vip_index(&self, vip: &VipId) -> Option<u32> {
+        self.vips.get(vip).map(|s| s.vip_id)
+    }
+
+    /// The VIP a data-path id stands for.
+    pub fn vip_by_index(&self, vip_id: u32) -> Option<VipId> {
+        self.vips
+            .iter()
+            .find(|(_, s)| s.vip_id == vip_id)
+            .map(|(v, _)| *v)
+    }
+
+    /// The resolved next hop of a backend address, if known.
+    pub fn next_hop(&self, addr: &IpAddr) -> Option<NextHop> {
+        self.next_hops.get(addr).copied()
+    }
+
+    /// A backend entry as the data path sees it.
+    pub fn backend_entry(&self, id: u32) -> Option<Backend> {
+        self.backend_map.get(&id, 0).ok()
+    }
+
+    /// The backend address a backend id stands for.
+    pub fn backend_addr(&self, id: u32) -> Option<(VipId, IpAddr)> {
+        self.vips.iter().find_map(|(v, s)| {
+            s.backends
+                .iter()
+                .find(|(_, i)| *i == id)
+                .map(|(b, _)| (*v, b.addr))
+        })
+    }
+
+    /// Where the Maglev table sends a new flow, computed with the data path's
+    /// own rules (`lb_common::rules`) over user space's copy of the table.
+    pub fn predict(&self, flow: &FlowKey) -> Option<Prediction> {
+        let (vip, state) = self.find_vip(flow)?;
+        let info = vip_info(state);
+        let mode = lb_common::rules::hash_mode(info.flags, HashMode::FiveTuple);
+        let hash = lb_common::flow_hash(flow, mode);
+        let size = state.live_size.max(1);
+        let slot = lb_common::maglev_slot(hash, size);
+        let backend_id = lb_common::rules::table_index(&info, hash)
+            .and_then(|_| self.live_table(&vip))
+            .map_or(NO_BACKEND, |t| t[slot as usize]);
+        let backend = self.backend_addr(backend_id).map(|(_, a)| a);
+        Some(Prediction {
+            vip,
+            backend,
+            backend_id,
+            hash,
+            slot,
+        })
+    }
+
+    /// Where the data path sends a packet of `flow` (not a TCP SYN) now: its
+    /// connection-table entry when the program would accept it, else the
+    /// Maglev table. `now_ns` is CLOCK_MONOTONIC; `timeout_ns` the idle
+    /// timeout of the flow's protocol.
+    pub fn route(&self, flow: &FlowKey, now_ns: u64, timeout_ns: u64) -> Option<Route> {
+        use lb_common::rules;
+        let (vip, state) = self.find_vip(flow)?;
+        let info = vip_info(state);
+        let mut entry = None;
+        let mut live_backend = None;
+        if rules::consults_conntrack(info.flags, false) {
+            if let Some(e) = self.conntrack_entry(flow) {
+                let idle = now_ns.saturating_sub(e.last_seen_ns);
+                let backend = self
+                    .backend_entry(e.backend_id)
+                    .filter(|b| rules::conn_backend_valid(b, info.vip_id));
+                let check = if !rules::conn_entry_live(idle, timeout_ns) {
+                    EntryCheck::Expired
+                } else if let Some(b) = backend {
+                    live_backend = Some(b.ip());
+                    EntryCheck::Live
+                } else {
+                    EntryCheck::Stale
+                };
+                entry = Some((e, idle, check));
+            }
+        }
+        let table = self.predict(flow)?;
+        Some(Route {
+            vip,
+            entry,
+            table,
+            backend: live_backend.or(table.backend),
+        })
+    }
+
+    pub(super) fn find_vip(&self, flow: &FlowKey) -> Option<(VipId, &VipState)> {
+        let proto = match flow.proto {
+            lb_common::PROTO_TCP => crate::model::Proto::Tcp,
+            lb_common::PROTO_UDP => crate::model::Proto::Udp,
+            _ => return None,
+        };
+        lb_common::rules::find_vip(flow, |key| {
+            let id = VipId {
+                addr: key.ip(),
+                port: u16::from_be(key.port),
+                proto,
+            };
+            self.vips.get(&id).map(|s| (id, s))
+        })
+    }
+
+    /// The connection-table entry of a flow, if any.
+    pub fn conntrack_entry(&self, flow: &FlowKey) -> Option<ConnEntry> {
+        self.conntrack.get(flow, 0).ok()
+    }
+
+    /// Writes a connection-table entry (tests, and adoption of old state).
+    pub fn set_conntrack_entry(&mut self, flow: &FlowKey, entry: ConnEntry) -> Result<()> {
+        self.conntrack
+            .insert(flow, entry, 0)
+            .map_err(map_err("CONNTRACK"))
+    }
+
+    /// Number of entries in the connection table (walks it).
+    pub fn conntrack_len(&self) -> usize {
+        self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// The backend id user space assigned to `addr` in `vip`.
+    pub fn backend_id(&self, vip: &VipId, addr: IpAddr) -> Option<u32> {
+        self.vips
+            .get(vip)?
+            .backends
+            .iter()
+            .find(|(b, _)| b.addr == addr)
+            .map(|(_, id)| *id)
+    }
+
+    /// All counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut out = Counters::default();
+        for c in Counter::ALL {
+            let v = self.stats.get(&(*c as u32), 0).map_err(map_err("STATS"))?;
+            out.global.push((*c, v.iter().sum()));
+        }
+        let sum = |values: aya::maps::PerCpuValues<TrafficStats>| {
+            values
+                .iter()
+                .fold(TrafficStats::default(), |a, v| TrafficStats {
+                    packets: a.packets + v.packets,
+                    bytes: a.bytes + v.bytes,
+                })
+        };
+        for (vip, s) in &self.vips {
+            let v = self
+                .vip_stats
+                .get(&s.vip_id, 0)
+                .map_err(map_err("VIP_STATS"))?;
+            out.vips.insert(*vip, sum(v));
+            for (b, id) in &s.backends {
+                let v = self
+                    .backend_stats
+                    .get(id, 0)
+                    .map_err(map_err("BACKEND_STATS"))?;
+                out.backends.insert((*vip, b.addr), sum(v));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn vip_key(vip: &VipId) -> VipKey {
+    VipKey::new(vip.addr, vip.port, vip.proto.number())
+}
+
+pub(super) fn vip_info(s: &VipState) -> VipInfo {
+    let mut flags = 0;
+    if s.settings.stateless {
+        flags |= VIP_F_STATELESS;
+    }
+    if s.settings.scheduler == Scheduler::SourceHash {
+        flags |= VIP_F_SRC_HASH;
+    }
+    if s.settings.forwarding == Forwarding::L2dsr {
+        flags |= VIP_F_L2DSR;
+    }
+    VipInfo {
+        vip_id: s.vip_id,
+        flags,
+        table_size: s.live_size,
+        table_base: s.region.table(s.live_slot),
+        region_base: s.region.base,
+        region_half: s.region.half,
+    }
+}

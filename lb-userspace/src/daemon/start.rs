@@ -1,0 +1,195 @@
+//! lbd's start-up, in one place: from what touches nothing to what touches
+//! the data path ([`run`]), then the balancer's load, reconcile and attach
+//! ([`Daemon::start`]). A failure before the attach leaves the host as it was.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Notify,
+};
+
+use super::{
+    check_sources,
+    lock::{self, Lock},
+    mode_name, tasks, Daemon,
+};
+use crate::{
+    api::{audit::AuditLog, server},
+    balancer::{Balancer, LoadOptions},
+    config::{self, Config},
+    health::Checker,
+    host::{
+        iface,
+        pin::{self, PinPlace},
+    },
+    metrics::{self, Metrics},
+    state::persist,
+};
+
+/// Removes a file when dropped: the control socket, on every way out.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs the daemon. Start-up goes from what touches nothing to what touches
+/// the data path: the config is validated, the locks taken, the control
+/// socket and metrics listener bound, the interface, bpffs and pinned layout
+/// checked; only then are maps written and the program attached. A failure
+/// before that last step leaves the host as it was (the socket file and
+/// locks are removed again); see `Daemon::start` for the last step.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let cfg = config::load(config_path)?;
+    cfg.desired_state()?;
+    let read_gid = cfg
+        .read_group
+        .as_deref()
+        .map(server::group_id)
+        .transpose()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let place = PinPlace::current(&cfg.interface)?;
+        let _lock = Lock::interface(Path::new(lock::RUN_DIR), place.netns, &cfg.interface)?;
+        let _state_lock = Lock::state_dir(&cfg.state_dir)?;
+        let socket_path = cfg.control_socket.clone();
+        let listener = server::bind(&socket_path, read_gid)?;
+        let _socket = RemoveOnDrop(socket_path.clone());
+        let metrics_listener = metrics::bind(cfg.metrics_listen).await?;
+        let interface = iface::require(&cfg.interface).await?;
+        pin::ensure_bpffs(&place.bpffs)?;
+        pin::report_legacy(
+            "balancer",
+            &pin::claim_legacy(
+                &place.legacy_balancer_dir(),
+                &place.interface_dir(),
+                &interface,
+            ),
+        );
+        place.check_layout()?;
+
+        let daemon = Daemon::start(config_path, cfg, &place)?;
+        let audit = Arc::new(AuditLog::new(&daemon.config().state_dir));
+        let shared = Arc::new(Mutex::new(daemon));
+        tracing::info!(socket = %socket_path.display(), "control socket ready");
+        tracing::info!(listen = %metrics_listener.local_addr()?, "metrics ready at /metrics");
+        let metrics = Arc::new(Metrics::new(shared.clone()));
+        let changed = Arc::new(Notify::new());
+        let nexthops_changed = Arc::new(Notify::new());
+        let hooks = Arc::new(server::Hooks {
+            changed: changed.clone(),
+            nexthops: nexthops_changed.clone(),
+            metrics: metrics.clone(),
+        });
+
+        let tasks = [
+            tokio::spawn(tasks::resolve_next_hops(shared.clone(), nexthops_changed)),
+            tokio::spawn(tasks::sample_rates(shared.clone())),
+            tokio::spawn(tasks::read_trace(shared.clone())),
+            tokio::spawn(tasks::reload_on_sighup(shared.clone(), hooks.clone())),
+            tokio::spawn(async move { metrics::serve(metrics_listener, metrics).await }),
+            tokio::spawn({
+                let checker = Checker::new(shared.clone(), hooks.metrics.clone());
+                async move {
+                    checker.run(changed).await;
+                    Ok(())
+                }
+            }),
+        ];
+        let server = server::serve(listener, shared.clone(), audit, read_gid, hooks);
+
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let outcome = tokio::select! {
+            r = server => r.context("control socket"),
+            _ = term.recv() => Ok(()),
+            _ = int.recv() => Ok(()),
+        };
+        for t in tasks {
+            t.abort();
+        }
+        // The link, program and maps stay pinned: forwarding goes on with
+        // the last state until the next lbd adopts it.
+        tracing::info!("lbd stopped; the balancer keeps forwarding with the last state");
+        outcome
+    })
+}
+
+impl Daemon<Balancer> {
+    /// Adopts or creates the pinned maps at `place`, reconciles them with
+    /// the desired state (the persisted runtime state if any, else the
+    /// config), then attaches (taking over a pinned link atomically).
+    ///
+    /// The caller has checked everything that can be checked without
+    /// touching the data path (config, locks, listeners, interface, bpffs,
+    /// layout). If a step here fails on a first start, the pins it made are
+    /// removed again, so nothing stays attached or pinned.
+    pub fn start(config_path: &Path, config: Config, place: &PinPlace) -> anyhow::Result<Daemon> {
+        let first_start = !place.interface_dir().exists();
+        let result = Self::start_at(config_path, config, place);
+        if result.is_err() && first_start {
+            if let Err(e) = place.remove_balancer() {
+                tracing::error!("removing the pins of the failed start: {e:#}");
+            }
+        }
+        result
+    }
+
+    fn start_at(config_path: &Path, config: Config, place: &PinPlace) -> anyhow::Result<Daemon> {
+        let from_config = config.desired_state()?;
+        let pin_dir = place.balancer_dir();
+        let opts = LoadOptions {
+            tcp_idle_timeout: config.tcp_idle_timeout,
+            udp_idle_timeout: config.udp_idle_timeout,
+            limits: config.limits,
+            pin_dir: Some(pin_dir.clone()),
+        };
+        let desired = match persist::load(&config.state_dir, &config.interface)? {
+            Some(saved) => {
+                tracing::info!(
+                    "using runtime state from {} (config file changes apply on reload)",
+                    persist::state_file(&config.state_dir).display()
+                );
+                saved
+            }
+            None => from_config,
+        };
+        check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
+        let balancer = Balancer::load(&opts).context("loading the balancer")?;
+        if balancer.adopted() {
+            tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
+        }
+        let mut daemon = Daemon::new(config_path, config, balancer, desired)
+            .context("writing the desired state to the maps")?;
+        daemon.pin_dir = pin_dir;
+        let iface = daemon.config.interface.clone();
+        daemon.xdp_mode = daemon
+            .data_path
+            .attach(&iface, daemon.config.xdp_mode)
+            .with_context(|| format!("attaching to {iface}"))?;
+        daemon.program_id = daemon.data_path.program_id().unwrap_or(0);
+        persist::save(
+            &daemon.config.state_dir,
+            &daemon.config.interface,
+            &daemon.desired,
+        )?;
+        tracing::info!(
+            interface = %iface,
+            mode = mode_name(daemon.xdp_mode),
+            program_id = daemon.program_id,
+            "balancer attached"
+        );
+        Ok(daemon)
+    }
+}

@@ -1,0 +1,124 @@
+//! What runs beside the core once lbd is up: counter sampling, the trace
+//! reader, reload on SIGHUP and the next-hop resolver.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Notify,
+};
+
+use super::Shared;
+use crate::{api::server::Hooks, host::nexthop, model::NextHop};
+
+/// How often next hops are re-resolved even without a netlink event.
+const NEXTHOP_REFRESH: Duration = Duration::from_secs(10);
+
+/// Samples the counters once a second for the rates `lbctl status` shows.
+pub(super) async fn sample_rates(daemon: Shared) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample_rates();
+    }
+}
+
+/// Reads the decision trace's records as the data path writes them (the
+/// ring buffer's fd becomes readable), names them and ends a trace whose
+/// time is up (checked every second).
+pub(super) async fn read_trace(daemon: Shared) -> anyhow::Result<()> {
+    let reader = daemon
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .balancer_mut()
+        .take_trace_reader()
+        .context("the trace reader was taken already")?;
+    // SAFETY: the reader owns the ring buffer's fd, which stays open and the
+    // same for as long as the reader lives, and the AsyncFd owns the reader.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the trace buffer: {e}"))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = ready.context("waiting for trace records")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {}
+        }
+        daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .follow_trace();
+    }
+}
+
+pub(super) async fn reload_on_sighup(daemon: Shared, hooks: Arc<Hooks>) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    while hup.recv().await.is_some() {
+        let result = daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reload(false);
+        hooks.metrics.reload(result.is_ok());
+        hooks.notify_changed();
+        match result {
+            Ok(r) if r.diff.is_empty() => tracing::info!("SIGHUP: config reloaded, no change"),
+            Ok(r) => tracing::info!(changes = %r.diff.join("; "), "SIGHUP: config reloaded"),
+            Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Keeps every backend's next hop (egress interface, MACs) current: at once
+/// when the backend set changes, on netlink route/neighbour/link events, and
+/// every `NEXTHOP_REFRESH`.
+pub(super) async fn resolve_next_hops(daemon: Shared, changed: Arc<Notify>) -> anyhow::Result<()> {
+    let mut resolver = nexthop::Resolver::new().context("netlink")?;
+    loop {
+        let addrs: Vec<IpAddr> = daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .backend_addrs();
+        resolver.track(&addrs);
+        for (addr, nh) in resolver.refresh().await {
+            let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+            match d.set_next_hop(addr, nh) {
+                Ok(()) => {
+                    tracing::info!(backend = %addr, next_hop = %show_next_hop(nh), "next hop updated")
+                }
+                Err(e) => tracing::warn!(backend = %addr, "next hop update failed: {e:#}"),
+            }
+        }
+        tokio::select! {
+            _ = resolver.wait_for_change(NEXTHOP_REFRESH) => {}
+            _ = changed.notified() => {}
+        }
+    }
+}
+
+fn show_next_hop(nh: Option<NextHop>) -> String {
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match nh {
+        Some(nh) => format!(
+            "ifindex {} {} -> {}",
+            nh.ifindex,
+            mac(nh.src_mac),
+            mac(nh.dst_mac)
+        ),
+        None => "unresolved".into(),
+    }
+}

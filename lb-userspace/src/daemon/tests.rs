@@ -1,0 +1,425 @@
+//! The core's rules over the in-memory data path: no root, no kernel.
+
+use std::{fs, net::IpAddr, path::PathBuf};
+
+use super::{fake::FakeDataPath, ApplyError, Daemon, DataPath};
+use crate::{
+    config,
+    model::{Change, HealthKind, HealthSpec, VipId},
+    state::DesiredState,
+};
+
+/// A directory of its own for one test's config and state, removed after.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("lb-daemon-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.0.join("lb.toml")
+    }
+
+    /// Writes a config with `body` after the keys every test shares.
+    fn write_config(&self, head: &str, body: &str) {
+        let text = format!(
+            "{head}\nstate_dir = {:?}\ncontrol_socket = {:?}\n\n[encap]\nsource_v4 = \"192.0.2.10\"\n\n{body}",
+            self.0.join("state").display().to_string(),
+            self.0.join("lbd.sock").display().to_string(),
+        );
+        fs::write(self.config_path(), text).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+const HEAD: &str = "interface = \"eth0\"";
+
+const TWO_VIPS: &str = r#"
+[[vip]]
+name = "web"
+address = "10.100.0.1"
+port = 80
+protocol = "tcp"
+table_size = 7
+backends = [ { address = "10.0.0.2" }, { address = "10.0.0.3", weight = 5 } ]
+
+[[vip]]
+name = "dns"
+address = "10.100.0.2"
+port = 53
+protocol = "udp"
+table_size = 7
+backends = [ { address = "10.0.0.4" } ]
+"#;
+
+fn start(scratch: &Scratch, head: &str, body: &str) -> Daemon<FakeDataPath> {
+    scratch.write_config(head, body);
+    let path = scratch.config_path();
+    let cfg = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let desired = cfg.desired_state().unwrap();
+    Daemon::new(&path, cfg, FakeDataPath::default(), desired).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn id(s: &str) -> VipId {
+    s.parse().unwrap()
+}
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// What the data path should hold for `desired`.
+fn expected(desired: &DesiredState) -> Vec<(VipId, Vec<(IpAddr, u32)>)> {
+    desired
+        .vips
+        .iter()
+        .map(|(id, v)| {
+            let b = v
+                .backend_specs()
+                .iter()
+                .map(|b| (b.addr, b.weight))
+                .collect();
+            (*id, b)
+        })
+        .collect()
+}
+
+fn held(fake: &FakeDataPath) -> Vec<(VipId, Vec<(IpAddr, u32)>)> {
+    fake.vips
+        .iter()
+        .map(|(id, (_, b))| (*id, b.iter().map(|b| (b.addr, b.weight)).collect()))
+        .collect()
+}
+
+/// The next state of the rollback test: one VIP removed, one changed, one
+/// added.
+fn next_state(d: &Daemon<FakeDataPath>) -> DesiredState {
+    let mut next = d.desired().clone();
+    for change in [
+        Change::VipDel { vip: "dns".into() },
+        Change::BackendSet {
+            vip: "web".into(),
+            addr: addr("10.0.0.2"),
+            weight: 9,
+        },
+        Change::BackendAdd {
+            vip: "web".into(),
+            addr: addr("10.0.0.9"),
+            weight: None,
+        },
+        Change::VipAdd {
+            vip: id("10.100.0.3:443/tcp"),
+            name: Some("tls".into()),
+            scheduler: Default::default(),
+            forwarding: Default::default(),
+            stateless: false,
+            table_size: Some(7),
+        },
+        Change::BackendAdd {
+            vip: "tls".into(),
+            addr: addr("10.0.0.5"),
+            weight: Some(2),
+        },
+    ] {
+        next = next.with_change(&change).unwrap();
+    }
+    next
+}
+
+#[test]
+fn a_start_writes_the_whole_desired_state() {
+    let s = Scratch::new("start");
+    let d = start(&s, HEAD, TWO_VIPS);
+    assert_eq!(held(d.data_path()), expected(d.desired()));
+    assert!(d.data_path().encap.v4.is_some());
+    assert_eq!(d.data_path().too_big, Some(100));
+}
+
+#[test]
+fn a_change_refused_at_any_write_leaves_data_path_and_state_as_they_were() {
+    let s = Scratch::new("rollback");
+    // How many writes the change takes when nothing fails.
+    let probe_dir = Scratch::new("rollback-probe");
+    let mut probe = start(&probe_dir, HEAD, TWO_VIPS);
+    let before = probe.data_path().writes;
+    probe.apply(next_state(&probe)).unwrap();
+    let writes = probe.data_path().writes - before;
+    assert!(writes >= 5, "{writes} writes");
+    assert_eq!(held(probe.data_path()), expected(probe.desired()));
+
+    for n in 1..=writes {
+        let mut d = start(&s, HEAD, TWO_VIPS);
+        let (state, contents) = (d.desired().clone(), d.data_path().contents());
+        let next = next_state(&d);
+        d.data_path.fail_in(n);
+        match d.apply(next) {
+            Err(ApplyError::Kernel(e)) => assert!(e.contains("refused"), "write {n}: {e}"),
+            other => panic!("write {n} of {writes} refused, yet {other:?}"),
+        }
+        assert_eq!(d.desired(), &state, "write {n}: desired state changed");
+        assert_eq!(
+            d.data_path().contents(),
+            contents,
+            "write {n}: the data path was not restored"
+        );
+        // The state on disk is still the one before the change.
+        let saved = crate::state::persist::load(&d.config().state_dir, "eth0").unwrap();
+        assert!(saved.is_none_or(|saved| saved == state), "write {n}");
+    }
+}
+
+#[test]
+fn an_applied_change_is_persisted() {
+    let s = Scratch::new("persist");
+    let mut d = start(&s, HEAD, TWO_VIPS);
+    let said = d
+        .change(&Change::BackendDrain {
+            vip: "web".into(),
+            addr: addr("10.0.0.3"),
+        })
+        .unwrap();
+    assert!(said.contains("10.0.0.3"), "{said}");
+    let saved = crate::state::persist::load(&d.config().state_dir, "eth0").unwrap();
+    assert_eq!(saved.as_ref(), Some(d.desired()));
+    let web = &d.data_path().vips[&id("10.100.0.1:80/tcp")].1;
+    assert_eq!(
+        web.iter()
+            .find(|b| b.addr == addr("10.0.0.3"))
+            .unwrap()
+            .weight,
+        0
+    );
+    assert_eq!(
+        d.change(&Change::BackendDrain {
+            vip: "web".into(),
+            addr: addr("10.0.0.3")
+        })
+        .unwrap(),
+        "no change"
+    );
+}
+
+#[test]
+fn refused_changes_map_to_the_apis_classes() {
+    let s = Scratch::new("classes");
+    let mut d = start(&s, HEAD, TWO_VIPS);
+    let before = d.data_path().clone();
+    let not_found = d.change(&Change::VipDel { vip: "nope".into() });
+    assert!(
+        matches!(not_found, Err(ApplyError::NotFound(_))),
+        "{not_found:?}"
+    );
+    let conflict = d.change(&Change::BackendAdd {
+        vip: "web".into(),
+        addr: addr("10.0.0.2"),
+        weight: None,
+    });
+    assert!(
+        matches!(conflict, Err(ApplyError::Conflict(_))),
+        "{conflict:?}"
+    );
+    let invalid = d.change(&Change::BackendSet {
+        vip: "web".into(),
+        addr: addr("10.0.0.2"),
+        weight: 1 << 20,
+    });
+    assert!(
+        matches!(invalid, Err(ApplyError::Invalid(_))),
+        "{invalid:?}"
+    );
+    assert_eq!(d.data_path(), &before);
+}
+
+#[test]
+fn a_reload_that_changes_a_restart_only_setting_changes_nothing() {
+    let s = Scratch::new("restart-only");
+    let cases = [
+        ("interface = \"eth1\"", "interface"),
+        ("interface = \"eth0\"\nxdp_mode = \"generic\"", "xdp_mode"),
+        (
+            "interface = \"eth0\"\nmetrics_listen = \"127.0.0.1:9999\"",
+            "metrics_listen",
+        ),
+        (
+            "interface = \"eth0\"\ntcp_idle_timeout = \"1m\"",
+            "idle timeouts",
+        ),
+        ("interface = \"eth0\"\nread_group = \"adm\"", "read_group"),
+    ];
+    for (head, what) in cases {
+        let mut d = start(&s, HEAD, TWO_VIPS);
+        let (state, contents) = (d.desired().clone(), d.data_path().clone());
+        // Restart-only key changed, and a backend too: neither is applied.
+        s.write_config(head, &TWO_VIPS.replace("weight = 5", "weight = 6"));
+        let e = d.reload(false).unwrap_err().to_string();
+        assert!(
+            e.contains(what) && e.contains("restart lbd to apply (nothing was changed)"),
+            "{what}: {e}"
+        );
+        assert_eq!(d.desired(), &state, "{what}");
+        assert_eq!(d.data_path(), &contents, "{what}");
+    }
+    let mut d = start(&s, HEAD, TWO_VIPS);
+    s.write_config(HEAD, &format!("{TWO_VIPS}\n[limits]\nmax_vips = 8\n"));
+    let e = d.reload(false).unwrap_err().to_string();
+    assert!(e.contains("[limits]"), "{e}");
+}
+
+#[test]
+fn a_reload_shows_its_diff_dry_and_applies_it_for_real() {
+    let s = Scratch::new("reload");
+    let mut d = start(&s, HEAD, TWO_VIPS);
+    let before = d.data_path().clone();
+    s.write_config(HEAD, &TWO_VIPS.replace("weight = 5", "weight = 6"));
+    let dry = d.reload(true).unwrap();
+    assert!(!dry.applied);
+    assert_eq!(dry.diff.len(), 1, "{:?}", dry.diff);
+    assert!(
+        dry.diff[0].contains("10.0.0.3") && dry.diff[0].contains('6'),
+        "{:?}",
+        dry.diff
+    );
+    assert_eq!(d.data_path(), &before);
+    let real = d.reload(false).unwrap();
+    assert!(real.applied);
+    assert_eq!(real.diff, dry.diff);
+    assert_eq!(held(d.data_path()), expected(d.desired()));
+
+    // A reload whose data-path write fails puts the old settings back.
+    s.write_config(HEAD, &TWO_VIPS.replace("weight = 5", "weight = 7"));
+    let (state, contents) = (d.desired().clone(), d.data_path().contents());
+    let encap = d.data_path().encap;
+    d.data_path.fail_in(3);
+    assert!(matches!(d.reload(false), Err(ApplyError::Kernel(_))));
+    assert_eq!(d.desired(), &state);
+    assert_eq!(d.data_path().contents(), contents);
+    assert_eq!(d.data_path().encap, encap);
+}
+
+#[test]
+fn new_backends_under_checks_start_down_and_unchecked_ones_are_up() {
+    let s = Scratch::new("health");
+    let mut d = start(&s, HEAD, TWO_VIPS);
+    let web = id("10.100.0.1:80/tcp");
+    // Backends there before the check came are not marked down by it.
+    d.change(&Change::VipHealth {
+        vip: "web".into(),
+        health: Some(HealthSpec::new(HealthKind::Tcp)),
+    })
+    .unwrap();
+    assert!(!d.data_path().is_down(&web, &addr("10.0.0.2")));
+    // A backend added under checks starts down until it passes them.
+    d.change(&Change::BackendAdd {
+        vip: "web".into(),
+        addr: addr("10.0.0.9"),
+        weight: None,
+    })
+    .unwrap();
+    assert!(d.data_path().is_down(&web, &addr("10.0.0.9")));
+    let health = d.status_health();
+    let (_, backends, fail_open) = health.iter().find(|(v, _, _)| *v == web).unwrap();
+    assert!(
+        backends.contains(&(addr("10.0.0.9"), false, 100)),
+        "{backends:?}"
+    );
+    assert!(!fail_open);
+    d.set_backend_health(&web, addr("10.0.0.9"), true).unwrap();
+    assert!(!d.data_path().is_down(&web, &addr("10.0.0.9")));
+    d.set_backend_health(&web, addr("10.0.0.9"), false).unwrap();
+    assert!(d.data_path().is_down(&web, &addr("10.0.0.9")));
+
+    // Its own check of kind `none` takes it out of the checks: up at once.
+    d.change(&Change::BackendHealth {
+        vip: "web".into(),
+        addr: addr("10.0.0.9"),
+        health: Some(HealthSpec::new(HealthKind::None)),
+    })
+    .unwrap();
+    assert!(!d.data_path().is_down(&web, &addr("10.0.0.9")));
+    // A down verdict for a backend no longer checked is ignored.
+    d.set_backend_health(&web, addr("10.0.0.9"), false).unwrap();
+    assert!(!d.data_path().is_down(&web, &addr("10.0.0.9")));
+
+    // Checks removed from the VIP: its backends are up again.
+    d.set_backend_health(&web, addr("10.0.0.2"), false).unwrap();
+    assert!(d.data_path().is_down(&web, &addr("10.0.0.2")));
+    d.change(&Change::VipHealth {
+        vip: "web".into(),
+        health: None,
+    })
+    .unwrap();
+    assert!(!d.data_path().is_down(&web, &addr("10.0.0.2")));
+
+    // A backend added to a VIP without checks is up.
+    let dns = id("10.100.0.2:53/udp");
+    d.change(&Change::BackendAdd {
+        vip: "dns".into(),
+        addr: addr("10.0.0.8"),
+        weight: None,
+    })
+    .unwrap();
+    assert!(!d.data_path().is_down(&dns, &addr("10.0.0.8")));
+}
+
+#[test]
+fn the_trace_switch_needs_a_known_vip_and_a_sane_window() {
+    let s = Scratch::new("trace");
+    let mut d = start(&s, HEAD, TWO_VIPS);
+    let e = d
+        .change(&Change::DebugOn {
+            vip: None,
+            seconds: Some(0),
+        })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Invalid(_)), "{e:?}");
+    let e = d
+        .change(&Change::DebugOn {
+            vip: Some("nope".into()),
+            seconds: None,
+        })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::NotFound(_)), "{e:?}");
+    let said = d
+        .change(&Change::DebugOn {
+            vip: Some("dns".into()),
+            seconds: Some(5),
+        })
+        .unwrap();
+    assert!(said.contains("VIP 10.100.0.2:53/udp for 5s"), "{said}");
+    let cfg = d.data_path().trace.unwrap();
+    // The fake numbers VIPs in order: web 0, dns 1.
+    assert_eq!((cfg.enabled, cfg.vip_id), (1, 1));
+    assert_eq!(d.change(&Change::DebugOff).unwrap(), "trace off");
+    assert_eq!(d.data_path().trace.unwrap().enabled, 0);
+    assert_eq!(d.change(&Change::DebugOff).unwrap(), "no trace was on");
+}
+
+#[test]
+fn next_hops_open_their_egress_port() {
+    let s = Scratch::new("nexthop");
+    let mut d = start(&s, HEAD, TWO_VIPS);
+    let nh = crate::model::NextHop {
+        ifindex: 7,
+        dst_mac: [2, 0, 0, 0, 0, 1],
+        src_mac: [2, 0, 0, 0, 0, 2],
+        mtu: 1500,
+    };
+    d.set_next_hop(addr("10.0.0.2"), Some(nh)).unwrap();
+    assert!(d.data_path().tx_ports.contains(&7));
+    assert_eq!(d.data_path().next_hops[&addr("10.0.0.2")], nh);
+    d.set_next_hop(addr("10.0.0.2"), None).unwrap();
+    assert!(d.data_path().next_hops.is_empty());
+    assert_eq!(
+        d.backend_addrs(),
+        ["10.0.0.2", "10.0.0.3", "10.0.0.4"].map(addr).to_vec()
+    );
+}

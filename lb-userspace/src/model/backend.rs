@@ -1,0 +1,115 @@
+//! A backend as an operator gives it, and the rules a VIP's settings and
+//! backend set must follow, so every input path (config file, API, stored
+//! state) refuses the same things with the same words.
+
+use std::net::IpAddr;
+
+use super::{
+    defaults::MAX_WEIGHT,
+    vip::{Forwarding, VipId, VipSettings},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackendSpec {
+    pub addr: IpAddr,
+    /// 0 = drained: no new flows, established ones stay.
+    pub weight: u32,
+}
+
+/// Why a VIP or backend set is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("table size {0} is not a prime between 2 and {max}", max = lb_common::MAGLEV_MAX_SIZE)]
+    TableSize(u32),
+    #[error("backend {backend} is {}, but VIP {vip} is {}: ipip forwarding keeps the family (IPv4 in IPv4, IPv6 in IPv6)", family(.backend), family(&.vip.addr))]
+    FamilyMismatch { vip: VipId, backend: IpAddr },
+    #[error("backend {backend} of VIP {vip}: weight {weight} is out of range 0..={MAX_WEIGHT}")]
+    Weight {
+        vip: VipId,
+        backend: IpAddr,
+        weight: u32,
+    },
+    #[error("backend {backend} is listed twice for VIP {vip}")]
+    DuplicateBackend { vip: VipId, backend: IpAddr },
+    #[error("backend address {0} is not usable (unspecified, multicast or broadcast)")]
+    BadBackendAddr(IpAddr),
+    #[error("VIP address {0} is not usable (unspecified, multicast or broadcast)")]
+    BadVipAddr(IpAddr),
+}
+
+fn family(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+fn usable(a: &IpAddr) -> bool {
+    !(a.is_unspecified() || a.is_multicast() || *a == IpAddr::from([255, 255, 255, 255]))
+}
+
+/// Checks a VIP's own settings.
+pub fn validate_vip(vip: &VipId, settings: &VipSettings) -> Result<(), SpecError> {
+    if !usable(&vip.addr) {
+        return Err(SpecError::BadVipAddr(vip.addr));
+    }
+    let size = settings.table_size;
+    if size > lb_common::MAGLEV_MAX_SIZE || !is_prime(size) {
+        return Err(SpecError::TableSize(size));
+    }
+    Ok(())
+}
+
+/// Checks a VIP's backend set as a whole.
+pub fn validate_backends(
+    vip: &VipId,
+    settings: &VipSettings,
+    backends: &[BackendSpec],
+) -> Result<(), SpecError> {
+    for (i, b) in backends.iter().enumerate() {
+        if !usable(&b.addr) {
+            return Err(SpecError::BadBackendAddr(b.addr));
+        }
+        if settings.forwarding == Forwarding::Ipip && b.addr.is_ipv4() != vip.addr.is_ipv4() {
+            return Err(SpecError::FamilyMismatch {
+                vip: *vip,
+                backend: b.addr,
+            });
+        }
+        if b.weight > MAX_WEIGHT {
+            return Err(SpecError::Weight {
+                vip: *vip,
+                backend: b.addr,
+                weight: b.weight,
+            });
+        }
+        if backends[..i].iter().any(|o| o.addr == b.addr) {
+            return Err(SpecError::DuplicateBackend {
+                vip: *vip,
+                backend: b.addr,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `n` is prime (trial division; fast enough for table sizes).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    // u64 so that `d * d` cannot overflow for `n` near `u32::MAX`.
+    let n = n as u64;
+    let mut d = 3u64;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}

@@ -1,0 +1,77 @@
+//! Every default and every allowed range of what an operator sets, in one
+//! place: the config file, lbctl's flags and the API all take them from
+//! here, so a bound is never written twice. Where the data path fixes a
+//! bound (map sizes, the largest Maglev table), it comes from `lb_common`.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    ops::RangeInclusive,
+    time::Duration,
+};
+
+// --- Where lbd finds and keeps things -------------------------------------
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/lb/lb.toml";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lb/lbd.sock";
+/// Loopback only unless configured.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9469);
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lb";
+
+// --- The connection table -------------------------------------------------
+
+/// IPVS's TCP established timeout.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+/// IPVS's UDP timeout.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bounds of the connection-table idle timeouts.
+pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+
+// --- Capacity (`[limits]`; a change needs a restart) ----------------------
+
+pub const DEFAULT_MAX_VIPS: u32 = lb_common::DEFAULT_MAX_VIPS;
+pub const DEFAULT_TABLE_POOL: u32 = lb_common::DEFAULT_TABLE_POOL;
+pub const DEFAULT_CONNTRACK_SIZE: u32 = lb_common::CONNTRACK_MAX;
+pub const MAX_VIPS_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_VIPS;
+/// At least one table of 2 slots; at most 2^28 slots (1 GiB of table).
+pub const TABLE_POOL_RANGE: RangeInclusive<u32> = 2..=(1 << 28);
+/// The kernel splits the connection table's LRU over the possible CPUs, so
+/// a very small table would leave each CPU a handful of flows.
+pub const CONNTRACK_SIZE_RANGE: RangeInclusive<u32> = 1024..=(1 << 26);
+
+// --- VIPs and backends ----------------------------------------------------
+
+/// Table size used when a VIP does not ask for another one. Prime: the
+/// largest table the data path takes, for the finest weights.
+pub const DEFAULT_TABLE_SIZE: u32 = lb_common::MAGLEV_MAX_SIZE;
+/// Largest weight a backend may have. Weights are relative; this bound keeps
+/// the Maglev arithmetic far from overflow and matches IPVS's range.
+pub const MAX_WEIGHT: u32 = 65535;
+/// Bounds for weights, for messages (0 = drained).
+pub const WEIGHT_RANGE: RangeInclusive<u32> = 0..=MAX_WEIGHT;
+/// Weight of a backend added without one.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+// --- Health checks --------------------------------------------------------
+
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+/// Bounds of a health check's interval.
+pub const HEALTH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
+/// Bounds of `rise` and `fall`.
+pub const HEALTH_COUNT_RANGE: RangeInclusive<u32> = 1..=100;
+/// Bounds of an HTTP check's `expect_status`.
+pub const HEALTH_STATUS_RANGE: RangeInclusive<u16> = 100..=599;
+
+// --- ICMP "too big" answers -----------------------------------------------
+
+/// Answers per second and CPU unless configured otherwise.
+pub const DEFAULT_TOO_BIG_PER_SEC: u32 = 100;
+/// The most answers one CPU sends at once after a quiet spell.
+pub const TOO_BIG_MAX_BURST: u32 = 100;
+/// Bounds of `[icmp] too_big_per_second`.
+pub const TOO_BIG_RATE_RANGE: RangeInclusive<u32> = 1..=100_000;

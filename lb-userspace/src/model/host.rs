@@ -1,0 +1,58 @@
+//! What belongs to one balancer host rather than to a VIP: the balancer's
+//! capacity, the outer source of encapsulated packets, how the program is
+//! attached, and where frames to a backend leave.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::defaults::{DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL};
+
+/// The balancer's capacity, fixed when it is loaded (`[limits]` in lbd's
+/// config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_vips: u32,
+    /// Maglev slots all VIPs share; a VIP takes twice its table size.
+    pub table_pool: u32,
+    /// Flows in the connection table (split over the possible CPUs).
+    pub conntrack_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_vips: DEFAULT_MAX_VIPS,
+            table_pool: DEFAULT_TABLE_POOL,
+            conntrack_size: DEFAULT_CONNTRACK_SIZE,
+        }
+    }
+}
+
+/// The outer source of `ipip` packets, per family: an address, or a prefix
+/// (the host bits then come from the flow hash).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapSources {
+    pub v4: Option<(Ipv4Addr, u8)>,
+    pub v6: Option<(Ipv6Addr, u8)>,
+}
+
+/// How to attach: `Auto` tries native (driver) mode, then generic.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Where frames to a backend leave: resolved by the control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// The egress interface's MTU (0: unknown); a packet that would leave
+    /// larger once encapsulated is answered with ICMP "too big".
+    pub mtu: u32,
+}

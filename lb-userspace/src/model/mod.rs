@@ -1,0 +1,18 @@
+//! The domain model: the words every other part of lb uses (VIPs, backends,
+//! health checks, changes, host settings) with their rules, defaults and
+//! ranges. It depends on nothing else in lb (only on `lb_common`, the rules
+//! the data path shares), so the config file, the desired state, the CLI
+//! and the API all build on it without building on each other.
+
+pub mod backend;
+pub mod change;
+pub mod defaults;
+pub mod health;
+pub mod host;
+pub mod vip;
+
+pub use backend::{is_prime, validate_backends, validate_vip, BackendSpec, SpecError};
+pub use change::Change;
+pub use health::{HealthError, HealthKind, HealthSpec};
+pub use host::{AttachMode, EncapSources, Limits, NextHop};
+pub use vip::{parse_vip, Forwarding, Proto, Scheduler, VipId, VipSettings};
