@@ -6,8 +6,9 @@
 //! - [`balancer`]: the loaded XDP program and its maps (the only writer);
 //! - [`host`]: namespaces, interfaces, bpffs pins, next hops;
 //! - [`objects`]: the embedded eBPF objects; [`decap`]: the backend-side program;
-//! - [`daemon`]: lbd's core over a [`daemon::DataPath`], its views and start-up;
+//! - [`daemon`]: lbd's core over a [`daemon::DataPath`], and its views;
 //! - [`api`], [`metrics`], [`health`]: what runs beside the core and calls in;
+//! - [`lbd`]: the process: start-up in order, its tasks, one-shot subcommands;
 //! - [`cli`]: lbctl, which speaks [`api::types`] to the daemon.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod decap;
 pub mod health;
 pub mod host;
+pub mod lbd;
 pub mod metrics;
 pub mod model;
 pub mod objects;

@@ -1,5 +1,5 @@
 //! lbd: the lb daemon. Thin: argument parsing and logging here, the work in
-//! `lb::daemon` (its start-up, state and maps) and `lb::api` (control socket).
+//! `lb::lbd` (start-up), `lb::daemon` (state and maps) and `lb::api` (control socket).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -70,16 +70,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, log_format } => {
             init_logging(log_format);
-            lb::daemon::run(&config)
+            lb::lbd::run(&config)
         }
-        Command::CheckConfig { config } => lb::daemon::check_config(&config),
-        Command::Detach { interface } => lb::daemon::detach(&interface),
+        Command::CheckConfig { config } => lb::lbd::check_config(&config),
+        Command::Detach { interface } => lb::lbd::detach(&interface),
         Command::Decap {
             interface,
             addresses,
             xdp_mode,
             clamp_mss,
-        } => lb::daemon::decap(&interface, &addresses, xdp_mode, clamp_mss),
+        } => lb::lbd::decap(&interface, &addresses, xdp_mode, clamp_mss),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

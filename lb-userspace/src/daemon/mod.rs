@@ -5,23 +5,19 @@
 //!
 //! The core asks the data path for what [`DataPath`] names, so its rules
 //! (rollback, restart-only settings, health marks) are unit-tested over an
-//! in-memory fake; [`views`] (status, stats, explain, the trace) and
-//! [`start`] need the real [`Balancer`].
+//! in-memory fake; its views (status, stats, explain, the trace) need the
+//! real [`Balancer`]. lbd's start-up, which loads and attaches that, is in
+//! [`crate::lbd`].
 
 mod data_path;
 #[cfg(test)]
 mod fake;
 pub mod lock;
-mod oneshot;
-pub mod start;
-mod tasks;
 #[cfg(test)]
 mod tests;
 mod views;
 
 pub use data_path::DataPath;
-pub use oneshot::{check_config, decap, detach};
-pub use start::run;
 
 use std::{
     net::IpAddr,
@@ -134,6 +130,13 @@ impl<D: DataPath> Daemon<D> {
 
     pub fn desired(&self) -> &DesiredState {
         &self.desired
+    }
+
+    /// Records where the data path was attached (for status).
+    pub(crate) fn attached(&mut self, mode: XdpMode, program_id: u32, pin_dir: PathBuf) {
+        self.xdp_mode = mode;
+        self.program_id = program_id;
+        self.pin_dir = pin_dir;
     }
 
     /// What the daemon drives (the balancer, or a fake in tests).
@@ -433,7 +436,7 @@ fn checked(v: &VipDesired, b: &BackendDesired) -> bool {
 }
 
 /// Every `ipip` VIP needs an outer source of its family.
-fn check_sources(config: &Config, desired: &DesiredState) -> Result<(), String> {
+pub(crate) fn check_sources(config: &Config, desired: &DesiredState) -> Result<(), String> {
     for (id, v) in &desired.vips {
         if v.settings.forwarding != Forwarding::Ipip {
             continue;

@@ -9,8 +9,7 @@ use tokio::{
     sync::Notify,
 };
 
-use super::Shared;
-use crate::{api::server::Hooks, host::nexthop, model::NextHop};
+use crate::{api::server::Hooks, daemon::Shared, host::nexthop, model::NextHop};
 
 /// How often next hops are re-resolved even without a netlink event.
 const NEXTHOP_REFRESH: Duration = Duration::from_secs(10);

@@ -4,12 +4,12 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::Context;
 
-use super::{
-    lock::{self, Lock},
-    mode_name,
-};
 use crate::{
     config,
+    daemon::{
+        lock::{self, Lock},
+        mode_name,
+    },
     decap::{ClampMss, Decap},
     host::{
         iface,

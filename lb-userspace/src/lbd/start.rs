@@ -1,6 +1,6 @@
 //! lbd's start-up, in one place: from what touches nothing to what touches
 //! the data path ([`run`]), then the balancer's load, reconcile and attach
-//! ([`Daemon::start`]). A failure before the attach leaves the host as it was.
+//! ([`start_daemon`]). A failure before the attach leaves the host as it was.
 
 use std::{
     path::Path,
@@ -13,15 +13,16 @@ use tokio::{
     sync::Notify,
 };
 
-use super::{
-    check_sources,
-    lock::{self, Lock},
-    mode_name, tasks, Daemon,
-};
+use super::tasks;
 use crate::{
     api::{audit::AuditLog, server},
     balancer::{Balancer, LoadOptions},
     config::{self, Config},
+    daemon::{
+        check_sources,
+        lock::{self, Lock},
+        mode_name, Daemon,
+    },
     health::Checker,
     host::{
         iface,
@@ -79,7 +80,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         );
         place.check_layout()?;
 
-        let daemon = Daemon::start(config_path, cfg, &place)?;
+        let daemon = start_daemon(config_path, cfg, &place)?;
         let audit = Arc::new(AuditLog::new(&daemon.config().state_dir));
         let shared = Arc::new(Mutex::new(daemon));
         tracing::info!(socket = %socket_path.display(), "control socket ready");
@@ -126,70 +127,70 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     })
 }
 
-impl Daemon<Balancer> {
-    /// Adopts or creates the pinned maps at `place`, reconciles them with
-    /// the desired state (the persisted runtime state if any, else the
-    /// config), then attaches (taking over a pinned link atomically).
-    ///
-    /// The caller has checked everything that can be checked without
-    /// touching the data path (config, locks, listeners, interface, bpffs,
-    /// layout). If a step here fails on a first start, the pins it made are
-    /// removed again, so nothing stays attached or pinned.
-    pub fn start(config_path: &Path, config: Config, place: &PinPlace) -> anyhow::Result<Daemon> {
-        let first_start = !place.interface_dir().exists();
-        let result = Self::start_at(config_path, config, place);
-        if result.is_err() && first_start {
-            if let Err(e) = place.remove_balancer() {
-                tracing::error!("removing the pins of the failed start: {e:#}");
-            }
+/// Adopts or creates the pinned maps at `place`, reconciles them with the
+/// desired state (the persisted runtime state if any, else the config),
+/// then attaches (taking over a pinned link atomically) and persists.
+///
+/// The caller has checked everything that can be checked without touching
+/// the data path (config, locks, listeners, interface, bpffs, layout). If a
+/// step here fails on a first start, the pins it made are removed again, so
+/// nothing stays attached or pinned.
+pub fn start_daemon(
+    config_path: &Path,
+    config: Config,
+    place: &PinPlace,
+) -> anyhow::Result<Daemon> {
+    let first_start = !place.interface_dir().exists();
+    let result = load_and_attach(config_path, config, place);
+    if result.is_err() && first_start {
+        if let Err(e) = place.remove_balancer() {
+            tracing::error!("removing the pins of the failed start: {e:#}");
         }
-        result
     }
+    result
+}
 
-    fn start_at(config_path: &Path, config: Config, place: &PinPlace) -> anyhow::Result<Daemon> {
-        let from_config = config.desired_state()?;
-        let pin_dir = place.balancer_dir();
-        let opts = LoadOptions {
-            tcp_idle_timeout: config.tcp_idle_timeout,
-            udp_idle_timeout: config.udp_idle_timeout,
-            limits: config.limits,
-            pin_dir: Some(pin_dir.clone()),
-        };
-        let desired = match persist::load(&config.state_dir, &config.interface)? {
-            Some(saved) => {
-                tracing::info!(
-                    "using runtime state from {} (config file changes apply on reload)",
-                    persist::state_file(&config.state_dir).display()
-                );
-                saved
-            }
-            None => from_config,
-        };
-        check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
-        let balancer = Balancer::load(&opts).context("loading the balancer")?;
-        if balancer.adopted() {
-            tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
+fn load_and_attach(config_path: &Path, config: Config, place: &PinPlace) -> anyhow::Result<Daemon> {
+    let from_config = config.desired_state()?;
+    let pin_dir = place.balancer_dir();
+    let opts = LoadOptions {
+        tcp_idle_timeout: config.tcp_idle_timeout,
+        udp_idle_timeout: config.udp_idle_timeout,
+        limits: config.limits,
+        pin_dir: Some(pin_dir.clone()),
+    };
+    let desired = match persist::load(&config.state_dir, &config.interface)? {
+        Some(saved) => {
+            tracing::info!(
+                "using runtime state from {} (config file changes apply on reload)",
+                persist::state_file(&config.state_dir).display()
+            );
+            saved
         }
-        let mut daemon = Daemon::new(config_path, config, balancer, desired)
-            .context("writing the desired state to the maps")?;
-        daemon.pin_dir = pin_dir;
-        let iface = daemon.config.interface.clone();
-        daemon.xdp_mode = daemon
-            .data_path
-            .attach(&iface, daemon.config.xdp_mode)
-            .with_context(|| format!("attaching to {iface}"))?;
-        daemon.program_id = daemon.data_path.program_id().unwrap_or(0);
-        persist::save(
-            &daemon.config.state_dir,
-            &daemon.config.interface,
-            &daemon.desired,
-        )?;
-        tracing::info!(
-            interface = %iface,
-            mode = mode_name(daemon.xdp_mode),
-            program_id = daemon.program_id,
-            "balancer attached"
-        );
-        Ok(daemon)
+        None => from_config,
+    };
+    check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
+    let balancer = Balancer::load(&opts).context("loading the balancer")?;
+    if balancer.adopted() {
+        tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
     }
+    let mut daemon = Daemon::new(config_path, config, balancer, desired)
+        .context("writing the desired state to the maps")?;
+    let iface = daemon.config().interface.clone();
+    let want = daemon.config().xdp_mode;
+    let mode = daemon
+        .balancer_mut()
+        .attach(&iface, want)
+        .with_context(|| format!("attaching to {iface}"))?;
+    let program_id = daemon.balancer_mut().program_id().unwrap_or(0);
+    daemon.attached(mode, program_id, pin_dir);
+    let (cfg, desired) = (daemon.config(), daemon.desired());
+    persist::save(&cfg.state_dir, &cfg.interface, desired)?;
+    tracing::info!(
+        interface = %iface,
+        mode = mode_name(mode),
+        program_id,
+        "balancer attached"
+    );
+    Ok(daemon)
 }
