@@ -1,7 +1,8 @@
-//! Active health checks. One tokio task per (VIP, backend) probes the
-//! backend's own address from this host on a jittered schedule and reports
-//! each result; the [`Checker`] turns results into up/down transitions with
-//! rise/fall hysteresis and applies them to the maps through the daemon.
+//! Active health checks, probing apart from acting: one task per (VIP,
+//! backend) probes ([`probe`], [`task`]); the [`Checker`] turns results
+//! into transitions ([`tracker`]) and applies them through the daemon.
+//! Each probes the backend's own address from this host on a jittered
+//! schedule; transitions follow rise/fall hysteresis.
 //!
 //! A check never waits on another: each task has its own timer and timeout,
 //! so one slow backend cannot delay the rest.
@@ -12,16 +13,17 @@
 //! service usually listens on the VIP only: make it listen on the wildcard
 //! address (or on the backend address too) so the probe is answered.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+pub mod probe;
+mod task;
+pub mod tracker;
+
+pub use probe::probe;
+pub use task::Observation;
+pub use tracker::Tracker;
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, UdpSocket},
     sync::{mpsc, Notify},
     task::JoinHandle,
 };
@@ -29,208 +31,9 @@ use tokio::{
 use crate::{
     daemon::Shared as SharedDaemon,
     metrics::Metrics,
-    model::{HealthKind, HealthSpec, VipId},
+    model::{HealthSpec, VipId},
 };
-
-/// Consecutive-result hysteresis: `rise` successes bring a backend up,
-/// `fall` failures take it down; anything less changes nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tracker {
-    pub up: bool,
-    successes: u32,
-    failures: u32,
-}
-
-impl Tracker {
-    pub fn new(up: bool) -> Self {
-        Tracker {
-            up,
-            successes: 0,
-            failures: 0,
-        }
-    }
-
-    /// Feeds one result; returns the new state on a transition.
-    pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
-        if ok {
-            self.successes += 1;
-            self.failures = 0;
-            if !self.up && self.successes >= rise {
-                self.up = true;
-                return Some(true);
-            }
-        } else {
-            self.failures += 1;
-            self.successes = 0;
-            if self.up && self.failures >= fall {
-                self.up = false;
-                return Some(false);
-            }
-        }
-        None
-    }
-}
-
-/// One probe's result.
-#[derive(Debug)]
-pub struct Observation {
-    pub vip: VipId,
-    pub addr: IpAddr,
-    pub result: Result<(), String>,
-    pub duration: Duration,
-    /// When the probe finished.
-    pub at: Instant,
-}
-
-/// Probes `target` once, within the spec's timeout.
-pub async fn probe(spec: &HealthSpec, target: SocketAddr) -> Result<(), String> {
-    match tokio::time::timeout(spec.timeout, probe_inner(spec, target)).await {
-        Ok(r) => r,
-        // A UDP probe that got no ICMP error by the deadline counts as
-        // answered: most UDP services do not reply to a stranger's datagram.
-        Err(_) if spec.kind == HealthKind::Udp => Ok(()),
-        Err(_) => Err(format!("timed out after {:?}", spec.timeout)),
-    }
-}
-
-async fn probe_inner(spec: &HealthSpec, target: SocketAddr) -> Result<(), String> {
-    match spec.kind {
-        HealthKind::None => Ok(()),
-        HealthKind::Tcp => TcpStream::connect(target)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        HealthKind::Http => http_get(spec, target).await,
-        HealthKind::Udp => udp_probe(target).await,
-    }
-}
-
-async fn http_get(spec: &HealthSpec, target: SocketAddr) -> Result<(), String> {
-    let mut s = TcpStream::connect(target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let host = match target.ip() {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("[{a}]"),
-    };
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lbd-health\r\nConnection: close\r\n\r\n",
-        spec.path
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    // The status line is all we need: "HTTP/1.x NNN ...".
-    let mut buf = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
-        if r == 0 {
-            break;
-        }
-        n += r;
-    }
-    let line = String::from_utf8_lossy(&buf[..n]);
-    let code: u16 = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP response: {:?}",
-                line.lines().next().unwrap_or("")
-            )
-        })?;
-    let ok = match spec.expect_status {
-        Some(want) => code == want,
-        None => (200..300).contains(&code),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("HTTP status {code}"))
-    }
-}
-
-/// Sends a datagram on a connected socket: a closed port answers with ICMP
-/// port unreachable, which the socket reports as "connection refused".
-async fn udp_probe(target: SocketAddr) -> Result<(), String> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("literal");
-    let sock = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
-    sock.connect(target).await.map_err(|e| e.to_string())?;
-    sock.send(b"lbd health probe\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 512];
-    sock.recv(&mut buf)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// A deterministic per-task jitter source (no need for a crypto RNG).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: &str) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ now;
-        for b in seed.bytes().chain(std::process::id().to_le_bytes()) {
-            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-        Jitter(h | 1)
-    }
-
-    /// A fraction in [0, 1).
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Probes one backend forever: first after a random fraction of the
-/// interval, then every interval ±10%, so checks do not fire in lockstep.
-fn spawn_task(
-    vip: VipId,
-    addr: IpAddr,
-    spec: HealthSpec,
-    tx: mpsc::Sender<Observation>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let target = SocketAddr::new(addr, spec.port);
-        let mut jitter = Jitter::new(&format!("{vip}{addr}"));
-        tokio::time::sleep(spec.interval.mul_f64(jitter.next())).await;
-        loop {
-            let started = Instant::now();
-            let result = probe(&spec, target).await;
-            let at = Instant::now();
-            let obs = Observation {
-                vip,
-                addr,
-                result,
-                duration: at - started,
-                at,
-            };
-            if tx.send(obs).await.is_err() {
-                return;
-            }
-            // Checks start an interval apart (±10%), however long each took:
-            // a backend that stops answering is probed as often as a live one.
-            let next = spec.interval.mul_f64(0.9 + 0.2 * jitter.next());
-            tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
-        }
-    })
-}
+use task::spawn_task;
 
 struct Checked {
     spec: HealthSpec,
@@ -357,50 +160,6 @@ impl Checker {
         self.metrics.transition(&obs.vip, &obs.addr, up);
         if fail_open {
             tracing::error!(vip = %obs.vip, "ALL BACKENDS DOWN: failing open, sending to all of them");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rise_and_fall_need_consecutive_results() {
-        let mut t = Tracker::new(true);
-        assert_eq!(t.observe(false, 2, 3), None);
-        assert_eq!(t.observe(false, 2, 3), None);
-        assert_eq!(
-            t.observe(true, 2, 3),
-            None,
-            "a success resets the failure count"
-        );
-        assert_eq!(t.observe(false, 2, 3), None);
-        assert_eq!(t.observe(false, 2, 3), None);
-        assert_eq!(t.observe(false, 2, 3), Some(false));
-        assert_eq!(t.observe(false, 2, 3), None, "already down");
-        assert_eq!(t.observe(true, 2, 3), None);
-        assert_eq!(t.observe(true, 2, 3), Some(true));
-    }
-
-    #[test]
-    fn alternating_results_never_flap() {
-        let mut t = Tracker::new(true);
-        for i in 0..100 {
-            assert_eq!(t.observe(i % 2 == 0, 2, 3), None);
-        }
-        let mut t = Tracker::new(false);
-        for i in 0..100 {
-            assert_eq!(t.observe(i % 2 == 0, 2, 3), None);
-        }
-    }
-
-    #[test]
-    fn jitter_stays_in_range() {
-        let mut j = Jitter::new("x");
-        for _ in 0..1000 {
-            let f = j.next();
-            assert!((0.0..1.0).contains(&f));
         }
     }
 }
