@@ -13,7 +13,7 @@ pub struct TokenBucket {
     /// Events refused.
     pub refused: u64,
 }
-const _: () = assert!(core::mem::size_of::<TokenBucket>() == 24);
+const _: () = assert!(size_of::<TokenBucket>() == 24);
 
 /// Whether the bucket lets one more event through at `now_ns`, at most
 /// `per_sec` a second in bursts of up to `burst`; takes its cost if so,

@@ -3,7 +3,8 @@
 //!
 //! Each packet bumps exactly one `Action*` counter; drops also bump one `Drop*`
 //! reason, VIP packets one `Conn*` result (when the VIP is stateful), and the
-//! other counters mark the cases the issue asks to see.
+//! other counters mark cases an operator wants to see (ICMP, fragments,
+//! too big, the trace).
 
 /// What a counter counts, for grouping into metrics families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

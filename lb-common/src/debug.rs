@@ -32,7 +32,7 @@ pub struct DebugConfig {
     /// if nobody switched it off.
     pub until_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<DebugConfig>() == 16);
+const _: () = assert!(size_of::<DebugConfig>() == 16);
 
 /// `DEBUG_BUCKET[0]`, per CPU, written by the program only.
 pub type DebugBucket = crate::bucket::TokenBucket;
@@ -65,7 +65,7 @@ pub struct DebugDecision {
     pub source: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<DebugDecision>() == 64);
+const _: () = assert!(size_of::<DebugDecision>() == 64);
 
 /// How the backend was chosen.
 pub const DEBUG_SOURCE_NONE: u32 = 0;

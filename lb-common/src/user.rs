@@ -4,22 +4,31 @@ use core::net::IpAddr;
 
 use crate::maps::*;
 
-// SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte
-// arrays, with every padding byte an explicit field, so any bit pattern is a
-// valid value and no byte is uninitialised.
-unsafe impl aya::Pod for VipKey {}
-unsafe impl aya::Pod for VipInfo {}
-unsafe impl aya::Pod for AddrKey {}
-unsafe impl aya::Pod for Backend {}
-unsafe impl aya::Pod for FlowKey {}
-unsafe impl aya::Pod for ConnEntry {}
-unsafe impl aya::Pod for LbConfig {}
-unsafe impl aya::Pod for TrafficStats {}
-unsafe impl aya::Pod for MssClamp {}
-unsafe impl aya::Pod for crate::bench::BenchTemplate {}
-unsafe impl aya::Pod for crate::debug::DebugConfig {}
-unsafe impl aya::Pod for crate::bucket::TokenBucket {}
-unsafe impl aya::Pod for crate::debug::DebugDecision {}
+/// `aya::Pod` for map keys and values.
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers
+        // and byte arrays, with every padding byte an explicit field, so any
+        // bit pattern is a valid value and no byte is uninitialised.
+        unsafe impl aya::Pod for $t {}
+    )*};
+}
+
+pod!(
+    VipKey,
+    VipInfo,
+    AddrKey,
+    Backend,
+    FlowKey,
+    ConnEntry,
+    LbConfig,
+    TrafficStats,
+    MssClamp,
+    crate::bench::BenchTemplate,
+    crate::debug::DebugConfig,
+    crate::bucket::TokenBucket,
+    crate::debug::DebugDecision,
+);
 
 /// Packet-order words of an address, and its family.
 pub fn addr_words(ip: IpAddr) -> (Addr, u8) {

@@ -182,7 +182,7 @@ impl std::fmt::Debug for MapCollector {
 }
 
 fn counter_family(
-    enc: &mut DescriptorEncoder,
+    enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     rows: &[(Labels, u64)],
@@ -196,7 +196,7 @@ fn counter_family(
 }
 
 fn gauge_family(
-    enc: &mut DescriptorEncoder,
+    enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     rows: &[(Labels, i64)],
@@ -210,7 +210,7 @@ fn gauge_family(
 }
 
 impl Collector for MapCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let d = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(c) = d.balancer().counters() else {
             return Ok(());

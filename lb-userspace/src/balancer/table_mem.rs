@@ -30,6 +30,8 @@ pub struct TableMem {
 // SAFETY: the mapping is plain shared memory owned by this value; all
 // access goes through atomics.
 unsafe impl Send for TableMem {}
+// SAFETY: as for Send: shared references only reach the memory through
+// atomics.
 unsafe impl Sync for TableMem {}
 
 impl TableMem {
@@ -61,8 +63,8 @@ impl TableMem {
     }
 
     fn slot(&self, i: u32) -> Option<&AtomicU32> {
-        // SAFETY: in bounds of the mapping, which lives as long as `self`.
         let words = STRIDE / 4;
+        // SAFETY: in bounds of the mapping, which lives as long as `self`.
         (i < self.entries).then(|| unsafe { &*self.base.as_ptr().add(i as usize * words) })
     }
 

@@ -156,11 +156,11 @@ impl Table {
                 }
                 let pad = " ".repeat(widths[i] - width(cell));
                 match self.align[i] {
-                    Align::Left => {
+                    Left => {
                         line.push_str(cell);
                         line.push_str(&pad);
                     }
-                    Align::Right => {
+                    Right => {
                         line.push_str(&pad);
                         line.push_str(cell);
                     }

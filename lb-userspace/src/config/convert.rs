@@ -564,8 +564,8 @@ impl Source<'_> {
         &self,
         ctx: &str,
         vip_port: u16,
-        over: &HealthLayer,
-        base: Option<&HealthLayer>,
+        over: &HealthLayer<'_>,
+        base: Option<&HealthLayer<'_>>,
     ) -> Checked<HealthSpec> {
         let Some(kind) = over.kind.or(base.and_then(|b| b.kind)) else {
             return Err(self.at(

@@ -231,7 +231,7 @@ impl Config {
 
     /// The VIP a name or `ADDR[:PORT]/PROTO` names.
     pub fn vip(&self, vip: &str) -> Option<&VipConfig> {
-        let id = crate::model::parse_vip(vip).ok();
+        let id = model::parse_vip(vip).ok();
         self.vips
             .iter()
             .find(|v| Some(v.id) == id)

@@ -809,7 +809,7 @@ fn backend_health_overrides() {
 
 #[test]
 fn health_specs_validate_like_the_file() {
-    let tcp = HealthSpec::new(HealthKind::Tcp);
+    let tcp = HealthSpec::new(Tcp);
     // Port 0 is the VIP's; a port-less VIP needs one.
     assert_eq!(tcp.clone().resolve(80).unwrap().port, 80);
     assert_eq!(
@@ -823,7 +823,7 @@ fn health_specs_validate_like_the_file() {
     // An empty http path is `/`.
     let http = HealthSpec {
         path: String::new(),
-        ..HealthSpec::new(HealthKind::Http)
+        ..HealthSpec::new(Http)
     };
     assert_eq!(http.resolve(80).unwrap().path, "/");
 

@@ -12,9 +12,12 @@ use lb_common::debug::DebugConfig;
 use super::DataPath;
 use crate::model::{BackendSpec, EncapSources, NextHop, VipId, VipSettings};
 
+/// VIPs with their settings and backends.
+pub type Vips = BTreeMap<VipId, (VipSettings, Vec<BackendSpec>)>;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FakeDataPath {
-    pub vips: BTreeMap<VipId, (VipSettings, Vec<BackendSpec>)>,
+    pub vips: Vips,
     pub down: BTreeSet<(VipId, IpAddr)>,
     pub encap: EncapSources,
     pub too_big: Option<u32>,
@@ -44,12 +47,7 @@ impl FakeDataPath {
     }
 
     /// What it holds, without the counters: to compare two fakes.
-    pub fn contents(
-        &self,
-    ) -> (
-        BTreeMap<VipId, (VipSettings, Vec<BackendSpec>)>,
-        BTreeSet<(VipId, IpAddr)>,
-    ) {
+    pub fn contents(&self) -> (Vips, BTreeSet<(VipId, IpAddr)>) {
         (self.vips.clone(), self.down.clone())
     }
 

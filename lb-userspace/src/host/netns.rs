@@ -33,7 +33,7 @@ impl NetnsId {
             .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
             .map_err(|e| anyhow::anyhow!("opening a socket to learn the network namespace: {e}"))?;
         let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let mut len = size_of::<u64>() as libc::socklen_t;
         // SAFETY: a valid socket fd and an out-buffer of the stated length.
         let rc = unsafe {
             libc::getsockopt(

@@ -31,7 +31,7 @@ pub fn load(state_dir: &Path, interface: &str) -> anyhow::Result<Option<DesiredS
     let path = state_file(state_dir);
     match fs::read(&path) {
         Ok(bytes) => {
-            let p: Persisted = serde_json::from_slice(&bytes).map_err(|e| {
+            let p: Persisted<'_> = serde_json::from_slice(&bytes).map_err(|e| {
                 anyhow::anyhow!("{}: not a valid lbd state file: {e}", path.display())
             })?;
             if !p.interface.is_empty() && p.interface != interface {

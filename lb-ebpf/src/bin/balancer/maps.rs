@@ -1,5 +1,10 @@
-//! The balancer's maps and the load-time settings. User space owns every
-//! write except the connection table's and the counters'.
+//! The balancer's maps and the load-time settings, grouped by who writes
+//! them: user space writes the configuration maps (the program only reads
+//! them); the program writes the connection table and the counters (user
+//! space reads them, and writes connection entries only in tests). The
+//! maps of the trace and of ICMP "too big" answers live beside their code
+//! (`debug.rs`, `toobig.rs`). Every capacity here is a default: lbd sets
+//! the real ones at load time from `[limits]`.
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
@@ -12,6 +17,10 @@ use lb_common::{
     VIP_FILTER_WORDS,
 };
 
+// --- Written by user space, read by the program ---------------------------
+
+/// Every VIP by (address, port, protocol): its id, flags and where its live
+/// Maglev table is. A port-less VIP has port 0 and is looked up second.
 #[map]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
@@ -21,14 +30,35 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(DEFAULT_MA
 pub static VIP_ADDRS: HashMap<AddrKey, VipKey> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 /// Every VIP's Maglev tables, each VIP in a region user space allocated
-/// (`VipInfo::table_base`). Sizes of all maps are set again at load time.
-/// Mappable, so user space writes tables with plain stores (`table_mem`).
+/// (`VipInfo::table_base`). Mappable, so user space writes tables with
+/// plain stores (`table_mem`).
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_POOL, BPF_F_MMAPABLE);
 
+/// Backends by id (what Maglev slots and connection entries hold): address,
+/// owning VIP, flags (active, down, next hop known), next hop and MTU.
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// One entry: outer source addresses of encapsulated packets and the ICMP
+/// "too big" settings.
+#[map]
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// One bit per hash of every VIP address (`lb_common::vip_filter_bit`): the
+/// prefilter that lets most packets that are not for a VIP pass without a
+/// hash lookup.
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// Interfaces the balancer may redirect to, keyed by ifindex.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+// --- Written by the program, read by user space ----------------------------
+
+/// Flows → their backend and last-seen time.
+///
 /// One table shared by all CPUs rather than one per CPU, for two reasons:
 /// - correctness: an ICMP error about a flow comes from a router, hashes to
 ///   another RX queue and CPU than the flow's own packets, and must still
@@ -46,12 +76,21 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static CONNTRACK: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
 
+/// Global outcome counters, one slot per `lb_common::Counter`, per CPU.
 #[map]
-pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// One bit per hash of every VIP address (`lb_common::vip_filter_bit`).
+/// Packets and bytes per VIP id, per CPU.
 #[map]
-pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+pub static VIP_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Packets and bytes per backend id, per CPU.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+// --- Read helpers -----------------------------------------------------------
 
 /// Whether `dst` may be a VIP's address; `false` means certainly not.
 #[inline(always)]
@@ -62,21 +101,6 @@ pub fn maybe_vip(dst: &lb_common::Addr) -> bool {
         None => true,
     }
 }
-
-/// Interfaces the balancer may redirect to, keyed by ifindex.
-#[map]
-pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
-
-#[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
-
-#[map]
-pub static VIP_STATS: PerCpuArray<TrafficStats> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
-
-#[map]
-pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
-    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Idle timeouts of connection-table entries, set by the loader at load time
 /// (read-only globals, so the verifier folds them into the code).

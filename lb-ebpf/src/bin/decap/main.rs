@@ -27,6 +27,8 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 #[map]
 pub static DECAP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
 
+/// Decap's outcome counters, one slot per `lb_common::counters::DecapCounter`,
+/// per CPU.
 #[map]
 static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_COUNTER_COUNT, 0);
 
