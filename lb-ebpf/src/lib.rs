@@ -87,7 +87,7 @@ pub fn ipv4_header_checksum(hdr: &[u8; 20]) -> u16 {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // Unreachable: a program that could get here would loop forever, which
     // the verifier rejects; both programs load, so no panic path is reachable.
     loop {}
