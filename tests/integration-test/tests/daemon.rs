@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::{daemon::*, netns};
+use integration_test::{clients::*, lab::*, netns, process::*, status::*};
 
 fn web() -> SocketAddr {
     SocketAddr::from((VIP_WEB, 80))

@@ -15,9 +15,10 @@ use std::{
 };
 
 use integration_test::{
-    daemon::*,
     frame::{Frame, TCP_ACK},
     harness::{self, TestLb, XDP_TX},
+    lab::*,
+    process::*,
 };
 use lb::service::{Proto, VipSettings};
 use lb_common::debug::{

@@ -45,7 +45,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::daemon::*;
+use integration_test::{clients::*, lab::*, servers::*, status::*};
 
 const WEB: &str = "10.100.0.1:80/tcp";
 const UDP_PORT: u16 = 5353;

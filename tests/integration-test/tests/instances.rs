@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::{daemon::*, netns};
+use integration_test::{clients::*, lab::*, netns, process::*};
 
 fn web() -> SocketAddr {
     SocketAddr::from((VIP_WEB, 80))

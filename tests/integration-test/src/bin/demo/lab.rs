@@ -36,8 +36,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use integration_test::{
-    daemon::pins_named,
     netns::{self, Topology, NETNS_RUN_DIR, NS_PREFIX},
+    process::pins_named,
 };
 use lb::control::{BackendStatus, Status};
 
@@ -148,7 +148,7 @@ impl Output {
 /// process group of its own so that a Ctrl-C on the terminal reaches only
 /// the demo, which then cleans up in order.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
-    let out = integration_test::daemon::run_bounded(cmd.process_group(0), timeout)?;
+    let out = integration_test::process::run_bounded(cmd.process_group(0), timeout)?;
     Ok(Output {
         ok: out.ok(),
         stdout: out.stdout,
