@@ -1,10 +1,11 @@
 //! A lab for acceptance tests of the real `lbd` and `lbctl` binaries: a
-//! one-armed balancer on a switched segment, in network namespaces.
+//! one-armed balancer on a switched segment, in network namespaces (a
+//! [`SwitchedLab`], the one the demo and the bench use too).
 //!
 //! ```text
 //!                      switch ns: bridge br0 (MTU 1600)
 //!      ┌──────────────┬──────────────┬─────────────┬─────────────┐
-//!    pcl (1500)     plb [XDP pass]   pb1           pb2   ...     (bridge ports)
+//!    pclient        plb [XDP pass]   pb1           pb2   ...     (bridge ports)
 //!      │              │              │             │
 //!   client ns       lb ns          b1 ns         b2 ns   ...
 //!   c0 10.10.0.2    <lb if> .1     <b1 if> .11   <b2 if> .12
@@ -63,14 +64,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb::{decap::Decap, maps::AttachMode, pin::PinPlace};
+use lb::{decap::Decap, pin::PinPlace};
 use lb_common::{ConnEntry, FlowKey, PROTO_TCP};
 
 use crate::{
-    netns::{self, in_netns, Topology},
     process::*,
     servers::*,
     status::*,
+    switched::{SwitchedLab, SwitchedSpec},
 };
 
 pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
@@ -136,7 +137,7 @@ pub struct Lab {
     /// Stopped ones, joined on drop (and counted by `accepted`).
     stopped: Mutex<Vec<Server>>,
     passthrough: Option<Decap>,
-    topo: Option<Topology>,
+    net: Option<SwitchedLab>,
 }
 
 impl Lab {
@@ -158,140 +159,89 @@ impl Lab {
         Self::create(n_backends, false, mtu)
     }
 
-    fn create(n_backends: usize, eth0: bool, mtu_to_backends: u32) -> Result<Lab> {
+    fn create(n_backends: usize, eth0: bool, link_mtu: u32) -> Result<Lab> {
         sweep_stale();
         let tag = new_tag();
+        let named = |tagged: String| if eth0 { "eth0".to_string() } else { tagged };
+        let spec = SwitchedSpec {
+            ns_prefix: String::new(),
+            bridge: "br0".into(),
+            port_prefix: "p".into(),
+            client_if: named("c0".into()),
+            lb_if: named(format!("{tag}lb")),
+            backend_ifs: (1..=n_backends)
+                .map(|i| named(format!("{tag}b{i}")))
+                .collect(),
+            v4: LB4,
+            v6: Some(LB6),
+            mtu: link_mtu,
+            backend_lo: vec![
+                VIP_WEB.into(),
+                VIP_ANY.into(),
+                VIP_EXTRA.into(),
+                VIP_WEB6.into(),
+            ],
+            client_routes: vec!["10.100.0.0/24".into(), "fd10:100::/64".into()],
+            quiet_arp: false,
+        };
+        let net = SwitchedLab::build(&spec)?;
         let dir = std::env::temp_dir().join(&tag);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         // Traversable by others, so a non-root client is stopped by the
         // socket's own mode, not by the directory's.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        let backends = net
+            .backends
+            .iter()
+            .map(|h| BackendHost {
+                name: h.role.clone(),
+                ns: h.ns.clone(),
+                ifname: h.ifname.clone(),
+                v4: h.v4,
+                v6: h.v6.expect("the lab has IPv6"),
+            })
+            .collect();
         let mut lab = Lab {
             config_path: dir.join("lb.toml"),
             socket: dir.join("lbd.sock"),
             state_dir: dir.join("state"),
             log_path: dir.join("lbd.log"),
             dir,
-            lb_if: if eth0 {
-                "eth0".into()
-            } else {
-                format!("{tag}lb")
-            },
-            lb_ns: String::new(),
-            client_ns: String::new(),
-            client_if: if eth0 { "eth0".into() } else { "c0".into() },
-            switch_ns: String::new(),
-            backends: Vec::new(),
+            lb_if: net.lb.ifname.clone(),
+            lb_ns: net.lb.ns.clone(),
+            client_ns: net.client.ns.clone(),
+            client_if: net.client.ifname.clone(),
+            switch_ns: net.switch_ns.clone(),
+            backends,
             lbd: None,
             lbd_starts: 0,
             servers: Mutex::new(Vec::new()),
             stopped: Mutex::new(Vec::new()),
             passthrough: None,
-            topo: Some(Topology::new()?),
+            net: Some(net),
             tag,
         };
-        lab.build(n_backends, eth0, mtu_to_backends)?;
+        lab.start_backends()?;
         Ok(lab)
     }
 
-    fn topo(&mut self) -> &mut Topology {
-        self.topo.as_mut().expect("topology lives until drop")
+    pub(crate) fn net(&self) -> &SwitchedLab {
+        self.net
+            .as_ref()
+            .expect("the lab's network lives until drop")
     }
 
-    fn build(&mut self, n_backends: usize, eth0: bool, link_mtu: u32) -> Result<()> {
-        let sw = self.topo().add_ns("sw")?;
-        let cl = self.topo().add_ns("cl")?;
-        let lb = self.topo().add_ns("lb")?;
-        self.switch_ns = sw.clone();
-        self.client_ns = cl.clone();
-        self.lb_ns = lb.clone();
-        self.topo().add_bridge(&sw, "br0")?;
-        netns::ip(
-            &sw,
-            &[
-                "link",
-                "set",
-                "br0",
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ],
-        )?;
-
-        // Client: MTU 1500, checksums finished in software (see
-        // `netns::set_tx_checksum`), the VIPs routed to the balancer.
-        let c0 = self.client_if.clone();
-        self.topo().veth((&cl, &c0), (&sw, "pcl"))?;
-        self.topo().set_master(&sw, "pcl", "br0")?;
-        netns::set_tx_checksum(&cl, &c0, false)?;
-        self.topo().add_addr(&cl, &c0, &format!("{CLIENT4}/24"))?;
-        self.topo().add_addr(&cl, &c0, &format!("{CLIENT6}/64"))?;
-        self.topo()
-            .add_route(&cl, &["10.100.0.0/24", "via", &LB4.to_string()])?;
-        self.topo()
-            .add_route(&cl, &["fd10:100::/64", "via", &LB6.to_string()])?;
-
-        // The balancer: one arm; its bridge port passes XDP_TX frames on.
-        let lb_if = self.lb_if.clone();
-        self.topo().veth((&lb, &lb_if), (&sw, "plb"))?;
-        self.topo().set_master(&sw, "plb", "br0")?;
-        mtu(&lb, &lb_if, link_mtu)?;
-        mtu(&sw, "plb", link_mtu)?;
-        self.topo().add_addr(&lb, &lb_if, &format!("{LB4}/24"))?;
-        self.topo().add_addr(&lb, &lb_if, &format!("{LB6}/64"))?;
-        let mut pass = Decap::load().context("loading the pass-through program")?;
-        let mode = in_netns(&sw, || pass.attach("plb", AttachMode::Native))??;
-        anyhow::ensure!(
-            mode == aya::programs::XdpMode::Driver,
-            "pass-through not native"
-        );
-        self.passthrough = Some(pass);
-
-        for i in 1..=n_backends {
-            let name = format!("b{i}");
-            let ns = self.topo().add_ns(&name)?;
-            let ifname = if eth0 {
-                "eth0".to_string()
-            } else {
-                format!("{}{name}", self.tag)
-            };
-            let port = format!("p{name}");
-            let host = BackendHost {
-                name: name.clone(),
-                ns: ns.clone(),
-                ifname: ifname.clone(),
-                v4: Ipv4Addr::new(10, 10, 0, 10 + i as u8),
-                v6: format!("fd10::{}", 10 + i).parse().expect("IPv6"),
-            };
-            self.topo().veth((&ns, &ifname), (&sw, &port))?;
-            self.topo().set_master(&sw, &port, "br0")?;
-            mtu(&ns, &ifname, link_mtu)?;
-            mtu(&sw, &port, link_mtu)?;
-            self.topo()
-                .add_addr(&ns, &ifname, &format!("{}/24", host.v4))?;
-            self.topo()
-                .add_addr(&ns, &ifname, &format!("{}/64", host.v6))?;
-            self.topo().add_addr(&ns, "lo", &format!("{VIP_WEB}/32"))?;
-            self.topo().add_addr(&ns, "lo", &format!("{VIP_ANY}/32"))?;
-            self.topo()
-                .add_addr(&ns, "lo", &format!("{VIP_EXTRA}/32"))?;
-            self.topo()
-                .add_addr(&ns, "lo", &format!("{VIP_WEB6}/128"))?;
-            for key in [
-                "net.ipv4.conf.all.rp_filter".to_string(),
-                "net.ipv4.conf.default.rp_filter".to_string(),
-                "net.ipv4.conf.lo.rp_filter".to_string(),
-                format!("net.ipv4.conf.{ifname}.rp_filter"),
-            ] {
-                self.topo().sysctl(&ns, &key, "0")?;
-            }
+    /// The pass-through program on the balancer's bridge port; on each
+    /// backend `lbd decap` and the greeters.
+    fn start_backends(&mut self) -> Result<()> {
+        self.passthrough = Some(self.net().passthrough()?);
+        for host in self.backends.clone() {
             let out = run_bounded(
-                nsenter(&ns, &lbd_bin()).args([
+                nsenter(&host.ns, &lbd_bin()).args([
                     "decap",
                     "--interface",
-                    &ifname,
+                    &host.ifname,
                     "--address",
                     &host.v4.to_string(),
                     "--address",
@@ -299,14 +249,17 @@ impl Lab {
                 ]),
                 Duration::from_secs(20),
             )?;
-            anyhow::ensure!(out.ok(), "lbd decap on {ifname} in {ns}: {out}");
+            anyhow::ensure!(
+                out.ok(),
+                "lbd decap on {} in {}: {out}",
+                host.ifname,
+                host.ns
+            );
             for port in PORTS {
                 let server = Server::start(&host, Service::Greeter(port))?;
                 self.servers.lock().expect("not poisoned").push(server);
             }
-            self.backends.push(host);
         }
-        mtu(&sw, "br0", link_mtu)?;
         Ok(())
     }
 
@@ -613,14 +566,9 @@ impl Drop for Lab {
             remove_interface_leftovers(&ns, &ifname);
         }
         self.passthrough = None;
-        self.topo = None;
+        self.net = None;
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn mtu(ns: &str, ifname: &str, mtu: u32) -> Result<()> {
-    netns::ip(ns, &["link", "set", "dev", ifname, "mtu", &mtu.to_string()])?;
-    Ok(())
 }
 
 /// Every entry of a pinned connection table.

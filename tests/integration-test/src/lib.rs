@@ -12,3 +12,4 @@ pub mod process;
 pub mod rng;
 pub mod servers;
 pub mod status;
+pub mod switched;

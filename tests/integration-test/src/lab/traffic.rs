@@ -153,10 +153,7 @@ impl Lab {
     /// port goes up or down, so it neither receives nor answers anything,
     /// while its own interface and addresses stay as they are.
     pub fn set_backend_cable(&self, backend: &str, plugged: bool) -> Result<()> {
-        let port = format!("p{backend}");
-        let state = if plugged { "up" } else { "down" };
-        netns::ip(&self.switch_ns, &["link", "set", "dev", &port, state])?;
-        Ok(())
+        self.net().set_cable(backend, plugged)
     }
 
     // ------------------------------------------------------------ health
@@ -270,7 +267,7 @@ impl Lab {
         let mut links = vec![
             (self.client_ns.clone(), self.client_if.clone()),
             (self.lb_ns.clone(), self.lb_if.clone()),
-            (self.switch_ns.clone(), "plb".to_string()),
+            (self.switch_ns.clone(), self.net().port_of("lb")),
         ];
         for b in &self.backends {
             links.push((b.ns.clone(), b.ifname.clone()));

@@ -1,5 +1,6 @@
-//! The demo's world: namespaces on a switch, the XDP programs, lbd, the
-//! backends' web servers, and the cleanup that removes all of it.
+//! The demo's world: namespaces on a switch (a `SwitchedLab`, the tests' and
+//! the bench's lab too), the XDP programs, lbd, the backends' web servers,
+//! and the cleanup that removes all of it.
 //!
 //! ```text
 //!                         switch ns: bridge dm-br (MTU 1600)
@@ -36,8 +37,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use integration_test::{
-    netns::{self, Topology, NETNS_RUN_DIR, NS_PREFIX},
+    netns::{NETNS_RUN_DIR, NS_PREFIX},
     process::pins_named,
+    switched::{SwitchedLab, SwitchedSpec},
 };
 use lb::control::{BackendStatus, Status};
 
@@ -54,7 +56,6 @@ pub const VIP_ID: &str = "198.18.100.1:80/tcp";
 /// so it passes everything else unchanged.
 pub const UNUSED_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
 pub const METRICS_ADDR: &str = "127.0.0.1:9469";
-pub const SEGMENT_PREFIX: u8 = 24;
 pub const BACKENDS: usize = 3;
 
 pub const IF_LB: &str = "dm-lb";
@@ -64,7 +65,9 @@ pub const BRIDGE: &str = "dm-br";
 const NS_TAG: &str = "-demo-";
 /// MTU of everything on the balancer's path: room for the 20-byte outer
 /// header in front of a 1500-byte packet. The client stays at 1500.
-const MTU: &str = "1600";
+const MTU: u32 = 1600;
+/// The start of every bridge port's name, which ends with the host's role.
+const PORT_PREFIX: &str = "dm-sw-";
 
 const BPFFS: &str = "/sys/fs/bpf";
 const RUN_DIR: &str = "/run/lb";
@@ -73,18 +76,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one lbd/lbctl/nsenter command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn backend_name(i: usize) -> String {
-    format!("b{}", i + 1)
-}
-pub fn backend_addr(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, 11 + i as u8)
-}
 fn backend_if(i: usize) -> String {
     format!("dm-b{}", i + 1)
 }
 /// The bridge port (in the switch namespace) of a host's interface.
 fn port_of(ifname: &str) -> String {
-    format!("dm-sw-{}", ifname.trim_start_matches("dm-"))
+    format!("{PORT_PREFIX}{}", ifname.trim_start_matches("dm-"))
 }
 /// Every interface the demo may pin a program on.
 fn pinnable_interfaces() -> Vec<String> {
@@ -191,7 +188,7 @@ pub struct Lab {
     lbd: Option<Child>,
     /// (namespace, interface) of every program attached and pinned, in order.
     pinned: Vec<(String, String)>,
-    topo: Option<Topology>,
+    net: Option<SwitchedLab>,
     /// bpffs and run directories that did not exist before the demo (removed
     /// at the end if they are empty then).
     created_dirs: Vec<PathBuf>,
@@ -232,7 +229,7 @@ impl Lab {
             lbctl_bin,
             lbd: None,
             pinned: Vec::new(),
-            topo: None,
+            net: None,
             created_dirs,
             cleaned: false,
         })
@@ -247,10 +244,6 @@ impl Lab {
             .iter()
             .find(|b| b.name == name)
             .expect("a backend of the demo")
-    }
-
-    fn topo(&mut self) -> &mut Topology {
-        self.topo.as_mut().expect("built")
     }
 
     /// Refuses to run next to another demo; removes what a demo killed
@@ -306,55 +299,40 @@ impl Lab {
     pub fn build(&mut self) -> Result<()> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
-        self.topo = Some(Topology::new()?);
-        let sw = self.topo().add_ns("demo-switch")?;
-        let cl = self.topo().add_ns("demo-client")?;
-        let lb = self.topo().add_ns("demo-lb")?;
-        self.switch_ns = sw.clone();
-        self.client_ns = cl.clone();
-        self.lb_ns = lb.clone();
-        self.topo().add_bridge(&sw, BRIDGE)?;
-
-        // Client: checksums finished in software, as from a wire (see
-        // `netns::set_tx_checksum`), and the VIP routed to the balancer.
-        self.plug(&cl, IF_CLIENT, CLIENT_ADDR, false)?;
-        netns::set_tx_checksum(&cl, IF_CLIENT, false)?;
-        self.topo()
-            .add_route(&cl, &[&format!("{VIP}/32"), "via", &LB_ADDR.to_string()])?;
-        say!("  client  {CLIENT_ADDR} on {IF_CLIENT}; its route to the VIP goes via the balancer");
-
-        // Balancer: one arm on the switch.
-        self.plug(&lb, IF_LB, LB_ADDR, true)?;
-        say!("  lb      {LB_ADDR} on {IF_LB}, where lbd will attach the balancer");
-
-        for i in 0..BACKENDS {
-            let name = backend_name(i);
-            let ns = self.topo().add_ns(&format!("demo-{name}"))?;
-            let ifname = backend_if(i);
-            self.plug(&ns, &ifname, backend_addr(i), true)?;
-            // The VIP is local (on lo), never announced by ARP: the usual
-            // direct-server-return setup. Decapsulated packets arrive with
-            // the client's source on the backend's interface.
-            self.topo().add_addr(&ns, "lo", &format!("{VIP}/32"))?;
-            for (key, value) in [
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-                (&format!("net.ipv4.conf.{ifname}.rp_filter"), "0"),
-                ("net.ipv4.conf.lo.rp_filter", "0"),
-                ("net.ipv4.conf.all.arp_ignore", "1"),
-                ("net.ipv4.conf.all.arp_announce", "2"),
-            ] {
-                self.topo().sysctl(&ns, key, value)?;
-            }
-            self.backends.push(Backend {
-                name,
-                addr: backend_addr(i),
-                ns,
-                ifname,
+        // The VIP is local on each backend (on lo), never announced by ARP:
+        // the usual direct-server-return setup.
+        let net = SwitchedLab::build(&SwitchedSpec {
+            ns_prefix: "demo-".into(),
+            bridge: BRIDGE.into(),
+            port_prefix: PORT_PREFIX.into(),
+            client_if: IF_CLIENT.into(),
+            lb_if: IF_LB.into(),
+            backend_ifs: (0..BACKENDS).map(backend_if).collect(),
+            v4: LB_ADDR,
+            v6: None,
+            mtu: MTU,
+            backend_lo: vec![VIP.into()],
+            client_routes: vec![format!("{VIP}/32")],
+            quiet_arp: true,
+        })?;
+        self.switch_ns = net.switch_ns.clone();
+        self.client_ns = net.client.ns.clone();
+        self.lb_ns = net.lb.ns.clone();
+        let sw = self.switch_ns.clone();
+        self.backends = net
+            .backends
+            .iter()
+            .map(|h| Backend {
+                name: h.role.clone(),
+                addr: h.v4,
+                ns: h.ns.clone(),
+                ifname: h.ifname.clone(),
                 server: None,
-            });
-        }
-        netns::ip(&sw, &["link", "set", "dev", BRIDGE, "mtu", MTU])?;
+            })
+            .collect();
+        self.net = Some(net);
+        say!("  client  {CLIENT_ADDR} on {IF_CLIENT}; its route to the VIP goes via the balancer");
+        say!("  lb      {LB_ADDR} on {IF_LB}, where lbd will attach the balancer");
 
         // A frame the balancer sends with XDP_TX out of a veth reaches the
         // peer only if the peer runs a native XDP program: give the
@@ -379,16 +357,6 @@ impl Lab {
                 "  {name}      {addr} on {ifname}, VIP on lo, decap XDP ({out}), web server on :80"
             );
         }
-        Ok(())
-    }
-
-    /// A veth from `ns` (`ifname`, with `addr`) to a new port of the bridge.
-    fn plug(&mut self, ns: &str, ifname: &str, addr: Ipv4Addr, big_mtu: bool) -> Result<()> {
-        let sw = self.switch_ns.clone();
-        self.topo()
-            .plug((ns, ifname), &sw, &port_of(ifname), BRIDGE, MTU, big_mtu)?;
-        self.topo()
-            .add_addr(ns, ifname, &format!("{addr}/{SEGMENT_PREFIX}"))?;
         Ok(())
     }
 
@@ -659,10 +627,10 @@ fall = 2  # failed checks in a row to go down
             );
         }
 
-        if let Some(topo) = self.topo.take() {
-            let n = topo.namespaces().len();
-            let prefix = topo.prefix().to_string();
-            drop(topo);
+        if let Some(net) = self.net.take() {
+            let n = net.topo.namespaces().len();
+            let prefix = net.topo.prefix().to_string();
+            drop(net);
             if let Ok(list) = run_ok(Command::new("ip").args(["netns", "list"])) {
                 if list.lines().any(|l| l.starts_with(&prefix)) {
                     problems.push(format!("namespaces {prefix}* are still there"));
@@ -768,7 +736,7 @@ mod tests {
             .into_iter()
             .chain([port_of(IF_CLIENT), BRIDGE.to_string()])
         {
-            assert!(n.len() <= netns::IFNAME_MAX, "{n}");
+            assert!(n.len() <= integration_test::netns::IFNAME_MAX, "{n}");
         }
         assert_eq!(port_of("dm-b2"), "dm-sw-b2");
     }

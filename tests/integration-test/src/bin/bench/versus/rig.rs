@@ -1,4 +1,5 @@
-//! The `versus` topology and the balancers set up in it, one at a time.
+//! The `versus` topology (a `SwitchedLab`, as in the tests and the demo) and
+//! the balancers set up in it, one at a time.
 //!
 //! ```text
 //!                        switch ns: bridge vs-br (MTU 1600)
@@ -22,7 +23,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use integration_test::netns::{self, in_netns, Topology};
+use integration_test::{
+    netns::{self, in_netns},
+    switched::{SwitchedLab, SwitchedSpec},
+};
 use lb::{
     decap::Decap,
     maps::{AttachMode, Balancer, EncapSources, Limits, LoadOptions, NextHop},
@@ -33,7 +37,6 @@ use lb_common::Counter;
 use super::tools::{exec_ok, process_cpu, wait_for, Procs};
 
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 /// The client's source addresses: a fresh one for each balancer set up
 /// (see [`Rig::use_client_source`]).
@@ -41,16 +44,13 @@ const CLIENT_SOURCES: &str = "198.18.1.0/24";
 fn client_source(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 1, n)
 }
-/// An address nobody has: the pass-through program on the balancer's
-/// bridge port "decapsulates" for it only, so it passes everything.
-const UNUSED_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
 pub const BACKENDS: usize = 3;
 const IF_LB: &str = "vs-lb";
 const IF_CLIENT: &str = "vs-client";
 const BRIDGE: &str = "vs-br";
 /// Room for the 20-byte IPIP header in front of a 1500-byte packet on the
 /// balancer's path; the client stays at 1500.
-const MTU: &str = "1600";
+const MTU: u32 = 1600;
 const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn backend_addr(i: usize) -> Ipv4Addr {
@@ -59,9 +59,6 @@ pub fn backend_addr(i: usize) -> Ipv4Addr {
 fn backend_if(i: usize) -> String {
     format!("vs-b{}", i + 1)
 }
-fn port_of(ifname: &str) -> String {
-    format!("vs-sw-{}", ifname.trim_start_matches("vs-"))
-}
 
 /// Namespaces, backends' web servers and whatever balancer runs now.
 /// Field order is drop order: processes, then the balancer's programs, then
@@ -69,11 +66,10 @@ fn port_of(ifname: &str) -> String {
 pub struct Rig {
     pub procs: Procs,
     pub lb: Option<LbRig>,
-    topo: Topology,
+    net: SwitchedLab,
     pub dir: PathBuf,
     pub client_ns: String,
     pub lb_ns: String,
-    switch_ns: String,
     pub backend_ns: Vec<String>,
 }
 
@@ -95,73 +91,68 @@ pub struct LbRig {
 
 impl Rig {
     pub fn build() -> Result<Rig> {
-        let mut topo = Topology::new()?;
-        let sw = topo.add_ns("vs-switch")?;
-        let cl = topo.add_ns("vs-client")?;
-        let lb = topo.add_ns("vs-lb")?;
-        let mut backend_ns = Vec::new();
-        for i in 0..BACKENDS {
-            backend_ns.push(topo.add_ns(&format!("vs-b{}", i + 1))?);
-        }
+        // Backends as in the demo: the VIP on lo, never announced.
+        let net = SwitchedLab::build(&SwitchedSpec {
+            ns_prefix: "vs-".into(),
+            bridge: BRIDGE.into(),
+            port_prefix: "vs-sw-".into(),
+            client_if: IF_CLIENT.into(),
+            lb_if: IF_LB.into(),
+            backend_ifs: (0..BACKENDS).map(backend_if).collect(),
+            v4: LB_ADDR,
+            v6: None,
+            mtu: MTU,
+            backend_lo: vec![VIP.into()],
+            // Routed per balancer, from a source of its own.
+            client_routes: Vec::new(),
+            quiet_arp: true,
+        })?;
         sweep_stale_dirs();
         let dir = std::env::temp_dir().join(format!("lb-versus-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut rig = Rig {
             procs: Procs::default(),
             lb: None,
-            topo,
+            client_ns: net.client.ns.clone(),
+            lb_ns: net.lb.ns.clone(),
+            backend_ns: net.backends.iter().map(|b| b.ns.clone()).collect(),
+            net,
             dir,
-            client_ns: cl.clone(),
-            lb_ns: lb.clone(),
-            switch_ns: sw.clone(),
-            backend_ns: backend_ns.clone(),
         };
-        rig.topo.add_bridge(&sw, BRIDGE)?;
-        netns::ip(&sw, &["link", "set", "dev", BRIDGE, "mtu", MTU])?;
-
-        rig.plug(&cl, IF_CLIENT, CLIENT_ADDR, false)?;
-        // Checksums finished in software, as from a wire: frames lb forwards
-        // in XDP would otherwise leave with them unfinished.
-        netns::set_tx_checksum(&cl, IF_CLIENT, false)?;
+        let (cl, lb) = (rig.client_ns.clone(), rig.lb_ns.clone());
         for (k, v) in [
             ("net.ipv4.ip_local_port_range", "1024 65535"),
             ("net.ipv4.tcp_tw_reuse", "1"),
             ("net.ipv4.conf.all.accept_redirects", "0"),
             (&format!("net.ipv4.conf.{IF_CLIENT}.accept_redirects"), "0"),
         ] {
-            rig.topo.sysctl(&cl, k, v)?;
+            rig.net.topo.sysctl(&cl, k, v)?;
         }
 
-        rig.plug(&lb, IF_LB, LB_ADDR, true)?;
-        rig.topo.add_route(&lb, &[CLIENT_SOURCES, "dev", IF_LB])?;
+        rig.net
+            .topo
+            .add_route(&lb, &[CLIENT_SOURCES, "dev", IF_LB])?;
         for (k, v) in [
             ("net.ipv4.conf.all.send_redirects", "0"),
             (&format!("net.ipv4.conf.{IF_LB}.send_redirects"), "0"),
             ("net.ipv4.ip_local_port_range", "1024 65535"),
             ("net.ipv4.tcp_tw_reuse", "1"),
         ] {
-            rig.topo.sysctl(&lb, k, v)?;
+            rig.net.topo.sysctl(&lb, k, v)?;
         }
 
-        for (i, ns) in backend_ns.iter().enumerate() {
+        for (i, ns) in rig.backend_ns.clone().iter().enumerate() {
             let ifname = backend_if(i);
-            rig.plug(ns, &ifname, backend_addr(i), true)?;
-            // Direct server return: the VIP is local, never announced.
-            rig.topo.add_addr(ns, "lo", &format!("{VIP}/32"))?;
-            rig.topo.add_route(ns, &[CLIENT_SOURCES, "dev", &ifname])?;
+            rig.net
+                .topo
+                .add_route(ns, &[CLIENT_SOURCES, "dev", &ifname])?;
             for (k, v) in [
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-                (&format!("net.ipv4.conf.{ifname}.rp_filter"), "0"),
-                ("net.ipv4.conf.lo.rp_filter", "0"),
-                ("net.ipv4.conf.all.arp_ignore", "1"),
-                ("net.ipv4.conf.all.arp_announce", "2"),
                 ("net.ipv4.conf.all.accept_redirects", "0"),
                 (&format!("net.ipv4.conf.{ifname}.accept_redirects"), "0"),
                 ("net.core.somaxconn", "4096"),
                 ("net.ipv4.tcp_max_syn_backlog", "4096"),
             ] {
-                rig.topo.sysctl(ns, k, v)?;
+                rig.net.topo.sysctl(ns, k, v)?;
             }
             rig.start_nginx(i)?;
         }
@@ -175,15 +166,6 @@ impl Rig {
             .or_else(|e| rig.procs.check(&what, &log).and(Err(e)))?;
         }
         Ok(rig)
-    }
-
-    /// A veth from `ns` to a new port of the bridge.
-    fn plug(&mut self, ns: &str, ifname: &str, addr: Ipv4Addr, big_mtu: bool) -> Result<()> {
-        let sw = self.switch_ns.clone();
-        self.topo
-            .plug((ns, ifname), &sw, &port_of(ifname), BRIDGE, MTU, big_mtu)?;
-        self.topo.add_addr(ns, ifname, &format!("{addr}/24"))?;
-        Ok(())
     }
 
     fn start_nginx(&mut self, i: usize) -> Result<()> {
@@ -283,7 +265,8 @@ http {{
 
     pub fn set_forwarding(&mut self, on: bool) -> Result<()> {
         let lb = self.lb_ns.clone();
-        self.topo
+        self.net
+            .topo
             .sysctl(&lb, "net.ipv4.ip_forward", if on { "1" } else { "0" })
     }
 
@@ -330,11 +313,7 @@ http {{
         balancer.upsert_vip(vip, VipSettings::default())?;
         balancer.set_backends(vip, &specs)?;
 
-        let mut pass = Decap::load()?;
-        pass.add_address(IpAddr::V4(UNUSED_ADDR))?;
-        let port = port_of(IF_LB);
-        in_netns(&self.switch_ns, || pass.attach(&port, AttachMode::Native))?
-            .with_context(|| format!("attaching the pass-through program to {port}"))?;
+        let pass = self.net.passthrough()?;
         let mut decaps = Vec::new();
         let mut modes = Vec::new();
         for i in 0..BACKENDS {
