@@ -25,7 +25,7 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use integration_test::netns::{self, in_netns, Capture, Frame, Topology};
+use lb_lab::netns::{self, in_netns, Capture, Frame, Topology};
 use lb::{
     decap::Decap,
     maps::{AttachMode, Balancer, EncapSources, Limits, LoadOptions, NextHop},

@@ -1,6 +1,6 @@
 //! Acceptance tests of the real `lbd` and `lbctl` binaries: a one-armed
 //! balancer on a switched segment in network namespaces, with real TCP
-//! connections from a client to backends (see `integration_test::daemon`
+//! connections from a client to backends (see `lb_lab::daemon`
 //! for the lab).
 //!
 //! 1. [`bring_up`]: a config with three VIPs comes up natively; `lbctl
@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::{clients::*, lab::*, netns, process::*, status::*};
+use lb_lab::{clients::*, lab::*, netns, process::*, status::*};
 
 fn web() -> SocketAddr {
     SocketAddr::from((VIP_WEB, 80))

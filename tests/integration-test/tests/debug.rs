@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::{
+use lb_lab::{
     frame::{Frame, TCP_ACK},
     harness::{self, TestLb, XDP_TX},
     lab::*,

@@ -1,6 +1,6 @@
 //! The backend-side decap program, through BPF_PROG_TEST_RUN.
 
-use integration_test::{
+use lb_lab::{
     frame::{self, Frame, LB_MAC},
     harness::{run_xdp, XDP_DROP, XDP_PASS},
 };

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use integration_test::{
+use lb_lab::{
     frame::{self, Frame},
     harness::*,
     rng::Rng,

@@ -21,7 +21,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use integration_test::{
+use lb_lab::{
     frame::{self, Frame, TCP_ACK},
     harness::*,
     rng::Rng,

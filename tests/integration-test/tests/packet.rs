@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use integration_test::{
+use lb_lab::{
     frame::{self, expected_ipip, Frame, LB_MAC, TCP_ACK, TCP_RST},
     harness::*,
 };

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use integration_test::{
+use lb_lab::{
     frame::{self, Frame},
     harness::*,
 };

@@ -5,7 +5,7 @@
 //! MTU that fits; IPv4 without DF, ICMP off and the rate limit drop the
 //! packet, counted; anything under the MTU is forwarded as before.
 
-use integration_test::{
+use lb_lab::{
     frame::{self, Frame, CLIENT_MAC, LB_MAC, TCP_ACK},
     harness::*,
 };

@@ -1,6 +1,6 @@
 //! The scenarios' frames, and the connection-table key of one.
 
-use integration_test::frame::{Frame, TCP_ACK};
+use lb_lab::frame::{Frame, TCP_ACK};
 use lb_common::{FlowKey, FAMILY_V4, FAMILY_V6};
 
 /// A TCP frame from `src` to port 80 of `dst`: 64 bytes for IPv4 (payload

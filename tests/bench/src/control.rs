@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use integration_test::lab::{Lab, VipSpec};
+use lb_lab::lab::{Lab, VipSpec};
 use lb::{
     maglev::{self, MaglevBackend},
     maps::{Balancer, Limits, LoadOptions},

@@ -45,7 +45,7 @@ const SECTIONS: &[(&str, Section)] = &[
 /// An error once the bench was asked to stop (Ctrl-C, SIGTERM): sections
 /// call it between rounds, so their guards clean up on the way out.
 pub fn interrupted() -> Result<()> {
-    Ok(integration_test::interrupt::check()?)
+    Ok(lb_lab::interrupt::check()?)
 }
 
 const USAGE: &str = "usage: bench [--quick] [--only packet,live,versus,control]";
@@ -96,7 +96,7 @@ fn main() -> Result<()> {
         }
     }
 
-    integration_test::interrupt::install();
+    lb_lab::interrupt::install();
     let started = Instant::now();
     let machine = report::machine();
     println!(

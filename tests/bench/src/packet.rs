@@ -45,7 +45,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{ensure, Context, Result};
 use aya::programs::Xdp;
-use integration_test::{
+use lb_lab::{
     frame::{self, Frame, LB_MAC, TCP_ACK, TCP_SYN},
     harness::{backend_mac, try_run_xdp, vip, TestLb, LB_SRC_V4, XDP_DROP, XDP_PASS, XDP_TX},
 };

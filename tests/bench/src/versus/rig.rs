@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use integration_test::{
+use lb_lab::{
     netns::{self, in_netns},
     switched::{SwitchedLab, SwitchedSpec},
 };

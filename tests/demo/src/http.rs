@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use integration_test::netns::in_netns;
+use lb_lab::netns::in_netns;
 
 /// Connect, read and write timeout of one request.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(1);

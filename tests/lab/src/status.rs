@@ -107,7 +107,7 @@ pub fn health_view(status: &Json) -> String {
 
 // ---------------------------------------------------------------- JSON
 
-/// A JSON value (this crate has no serde_json): enough to read lbctl's
+/// A JSON value (lb-lab has no serde_json): enough to read lbctl's
 /// output.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Json {

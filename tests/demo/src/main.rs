@@ -18,7 +18,7 @@
 //! demo's namespaces.
 //!
 //! Run: `cargo xtask demo` (sets up the toolchain and builds first), or
-//! `cargo xtask build && cargo run -p integration-test --bin demo` as root.
+//! `cargo xtask build && cargo run -p demo --bin demo` as root.
 
 /// `println!` that never panics: stdout is line-buffered, so each line shows
 /// at once (also in CI), and a closed stdout (`demo | head`) must not stop
@@ -30,9 +30,7 @@ macro_rules! say {
     }};
 }
 
-#[path = "demo/http.rs"]
 mod http;
-#[path = "demo/lab.rs"]
 mod lab;
 
 use std::{
@@ -44,7 +42,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Result};
-use integration_test::{interrupt, netns::in_netns};
+use lb_lab::{interrupt, netns::in_netns};
 
 use http::{Slow, Tally, SLOW_GAP, SLOW_PARTS};
 use lab::{Lab, METRICS_ADDR, VIP, VIP_ID};

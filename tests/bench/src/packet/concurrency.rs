@@ -7,7 +7,7 @@ use std::{sync::Barrier, thread, time::Instant};
 
 use anyhow::{ensure, Context, Result};
 use aya::programs::Xdp;
-use integration_test::harness::{XDP_PASS, XDP_TX};
+use lb_lab::harness::{XDP_PASS, XDP_TX};
 use lb_common::Counter;
 
 use super::{

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use integration_test::process::run_bounded;
+use lb_lab::process::run_bounded;
 
 /// Debian package of each program the bench runs (bpftool: the `packet`
 /// section's call counts).

@@ -36,7 +36,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use integration_test::{
+use lb_lab::{
     netns::{NETNS_RUN_DIR, NS_PREFIX},
     process::pins_named,
     switched::{SwitchedLab, SwitchedSpec},
@@ -145,7 +145,7 @@ impl Output {
 /// process group of its own so that a Ctrl-C on the terminal reaches only
 /// the demo, which then cleans up in order.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
-    let out = integration_test::process::run_bounded(cmd.process_group(0), timeout)?;
+    let out = lb_lab::process::run_bounded(cmd.process_group(0), timeout)?;
     Ok(Output {
         ok: out.ok(),
         stdout: out.stdout,
@@ -736,7 +736,7 @@ mod tests {
             .into_iter()
             .chain([port_of(IF_CLIENT), BRIDGE.to_string()])
         {
-            assert!(n.len() <= integration_test::netns::IFNAME_MAX, "{n}");
+            assert!(n.len() <= lb_lab::netns::IFNAME_MAX, "{n}");
         }
         assert_eq!(port_of("dm-b2"), "dm-sw-b2");
     }

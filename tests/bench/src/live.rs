@@ -39,7 +39,7 @@ use std::{
 
 use anyhow::{anyhow, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
-use integration_test::{
+use lb_lab::{
     frame::{self, Frame, CLIENT_MAC, TCP_ACK, TCP_SYN},
     harness::XDP_TX,
 };
