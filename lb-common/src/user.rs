@@ -16,7 +16,6 @@ unsafe impl aya::Pod for ConnEntry {}
 unsafe impl aya::Pod for LbConfig {}
 unsafe impl aya::Pod for TrafficStats {}
 unsafe impl aya::Pod for MssClamp {}
-unsafe impl aya::Pod for crate::bench::BenchTemplate {}
 unsafe impl aya::Pod for crate::debug::DebugConfig {}
 unsafe impl aya::Pod for crate::bucket::TokenBucket {}
 unsafe impl aya::Pod for crate::debug::DebugDecision {}

@@ -4,7 +4,7 @@
 //! Why a wrapper: with `repeat > 1` the kernel reruns the program on the same
 //! buffer without resetting it, so from the second run on an encapsulating
 //! program sees its own output (no longer a VIP packet). `bench_wrapper`
-//! (`lb-ebpf/src/bin/bench`) puts the frame back before every run (head
+//! (`tests/bench-ebpf`) puts the frame back before every run (head
 //! adjusted back, template bytes copied in, and for new-flow cases a fresh
 //! source address per run) and tail-calls the program under test. So:
 //!

@@ -1,4 +1,4 @@
-//! The bench-only XDP programs of `lb-ebpf/src/bin/bench` (see there): the
+//! The bench-only XDP programs of `tests/bench-ebpf` (see there): the
 //! frame-restoring wrapper, the `XDP_PASS` and MAC-swap `XDP_TX` floors and
 //! the counting-and-dropping receiver.
 
@@ -8,12 +8,12 @@ use aya::{
     programs::{ProgramFd, Xdp},
     Ebpf,
 };
-use lb_common::bench::{BenchTemplate, BENCH_COUNT_BYTES, BENCH_COUNT_PACKETS, BENCH_FRAME_MAX};
+use bench_common::{BenchTemplate, BENCH_COUNT_BYTES, BENCH_COUNT_PACKETS, BENCH_FRAME_MAX};
 
 /// Built by `cargo xtask build` (which `cargo xtask bench` runs first).
 static OBJECT: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../target/bpf/bpfel-unknown-none/release/lb-bench"
+    "/../../target/bpf/bpfel-unknown-none/release/bench-ebpf"
 ));
 
 pub struct BenchProgs {
@@ -29,11 +29,11 @@ pub const COUNT: &str = "bench_count";
 impl BenchProgs {
     /// Loads all four programs (none is attached).
     pub fn load() -> Result<BenchProgs> {
-        let mut ebpf = Ebpf::load(OBJECT).context("loading lb-bench")?;
+        let mut ebpf = Ebpf::load(OBJECT).context("loading bench-ebpf")?;
         for name in [WRAPPER, PASS, TX, COUNT] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
-                .with_context(|| format!("{name} not in lb-bench"))?
+                .with_context(|| format!("{name} not in bench-ebpf"))?
                 .try_into()?;
             prog.load().with_context(|| format!("loading {name}"))?;
         }
@@ -44,7 +44,7 @@ impl BenchProgs {
         Ok(self
             .ebpf
             .program_mut(name)
-            .with_context(|| format!("{name} not in lb-bench"))?
+            .with_context(|| format!("{name} not in bench-ebpf"))?
             .try_into()?)
     }
 

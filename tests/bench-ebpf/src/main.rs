@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::bench::{BenchTemplate, BENCH_COUNT_BYTES, BENCH_COUNT_PACKETS, BENCH_FRAME_MAX};
+use bench_common::{BenchTemplate, BENCH_COUNT_BYTES, BENCH_COUNT_PACKETS, BENCH_FRAME_MAX};
 use lb_ebpf::ptr_at;
 
 #[map]

@@ -1,5 +1,9 @@
-//! Types shared by the bench-only XDP programs (`lb-ebpf`'s `lb-bench`) and
-//! the benchmark in `tests/integration-test`. Nothing in the product uses them.
+//! Types shared by the bench-only XDP programs (`tests/bench-ebpf`) and the
+//! bench (`tests/bench`). Nothing in the product uses them.
+//!
+//! `no_std`, so the same definitions compile for `bpfel-unknown-none`; the
+//! `user` feature adds what user space needs (`aya::Pod`).
+#![cfg_attr(not(test), no_std)]
 
 use core::mem::size_of;
 
@@ -27,3 +31,8 @@ const _: () = assert!(size_of::<BenchTemplate>() == 16 + BENCH_FRAME_MAX);
 /// Slots of the per-CPU counters of the counting-and-dropping receiver.
 pub const BENCH_COUNT_PACKETS: u32 = 0;
 pub const BENCH_COUNT_BYTES: u32 = 1;
+
+// SAFETY: `#[repr(C)]`, `Copy`, integers and a byte array only, with the
+// padding an explicit field: any bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BenchTemplate {}
