@@ -174,7 +174,7 @@ struct Scenario {
     action: u32,
     /// Balancer counters each packet bumps once (every other one stays put).
     each: &'static [Counter],
-    /// The target for the ratio to `XDP_PASS`.
+    /// The ratio to `XDP_PASS` this scenario aims for.
     goal: Option<f64>,
 }
 

@@ -13,8 +13,8 @@
 //! 5. prints `lbctl status` and a few Prometheus metrics, then cleans up.
 //!
 //! Every step checks what it claims; the demo exits 0 only if all held (1
-//! otherwise, 130 when interrupted). See `demo/lab.rs` for the topology and
-//! `demo/http.rs` for the servers and the client. Traffic never leaves the
+//! otherwise, 130 when interrupted). See `lab.rs` for the topology and
+//! `http.rs` for the servers and the client. Traffic never leaves the
 //! demo's namespaces.
 //!
 //! Run: `cargo xtask demo` (sets up the toolchain and builds first), or

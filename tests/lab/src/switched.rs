@@ -233,10 +233,6 @@ impl SwitchedLab {
         format!("{}{role}", self.port_prefix)
     }
 
-    pub fn backend(&self, role: &str) -> Option<&Host> {
-        self.backends.iter().find(|b| b.role == role)
-    }
-
     /// A pass-through program (the decap program for no address: it passes
     /// everything) attached natively to the balancer's bridge port: a frame
     /// the balancer sends with `XDP_TX` out of a veth reaches the peer only

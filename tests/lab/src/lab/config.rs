@@ -135,7 +135,8 @@ impl HealthCheck {
     }
 
     /// How long detecting a failed backend may take: `fall × interval +
-    /// timeout`, plus one interval of slack (the bound).
+    /// timeout`, plus one interval of slack: the bound the health tests
+    /// hold lbd to.
     pub fn down_bound(&self) -> Duration {
         self.interval * self.fall + self.timeout + self.interval
     }
