@@ -15,13 +15,13 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use lb_lab::lab::{Lab, VipSpec};
 use lb::{
     maglev::{self, MaglevBackend},
     maps::{Balancer, Limits, LoadOptions},
     service::{BackendSpec, Proto, VipId, VipSettings},
 };
 use lb_common::{user::addr_words, MAGLEV_MAX_SIZE};
+use lb_lab::lab::{Lab, VipSpec};
 
 use crate::{
     report::{Cell, Table},

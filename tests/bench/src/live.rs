@@ -39,15 +39,15 @@ use std::{
 
 use anyhow::{anyhow, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
-use lb_lab::{
-    frame::{self, Frame, CLIENT_MAC, TCP_ACK, TCP_SYN},
-    harness::XDP_TX,
-};
 use lb::{
     maps::{AttachMode, Balancer, Counters, EncapSources, Limits, LoadOptions, NextHop},
     service::{BackendSpec, Proto, VipId, VipSettings},
 };
 use lb_common::Counter;
+use lb_lab::{
+    frame::{self, Frame, CLIENT_MAC, TCP_ACK, TCP_SYN},
+    harness::XDP_TX,
+};
 
 use crate::{
     progs::{BenchProgs, COUNT, TX, WRAPPER},

@@ -45,16 +45,16 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{ensure, Context, Result};
 use aya::programs::Xdp;
-use lb_lab::{
-    frame::{self, Frame, LB_MAC, TCP_ACK, TCP_SYN},
-    harness::{backend_mac, try_run_xdp, vip, TestLb, LB_SRC_V4, XDP_DROP, XDP_PASS, XDP_TX},
-};
 use lb::{
     decap::Decap,
     maps::{Counters, Limits, LoadOptions},
     service::{BackendSpec, Forwarding, Proto, Scheduler, VipSettings},
 };
 use lb_common::Counter;
+use lb_lab::{
+    frame::{self, Frame, LB_MAC, TCP_ACK, TCP_SYN},
+    harness::{backend_mac, try_run_xdp, vip, TestLb, LB_SRC_V4, XDP_DROP, XDP_PASS, XDP_TX},
+};
 
 use crate::{
     progs::{BenchProgs, PASS, TX, WRAPPER},

@@ -36,12 +36,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use lb::control::{BackendStatus, Status};
 use lb_lab::{
     netns::{NETNS_RUN_DIR, NS_PREFIX},
     process::pins_named,
     switched::{SwitchedLab, SwitchedSpec},
 };
-use lb::control::{BackendStatus, Status};
 
 use crate::{check_interrupt, http::Server};
 

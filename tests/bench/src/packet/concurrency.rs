@@ -7,8 +7,8 @@ use std::{sync::Barrier, thread, time::Instant};
 
 use anyhow::{ensure, Context, Result};
 use aya::programs::Xdp;
-use lb_lab::harness::{XDP_PASS, XDP_TX};
 use lb_common::Counter;
+use lb_lab::harness::{XDP_PASS, XDP_TX};
 
 use super::{
     check, tcp_v4,

@@ -1,7 +1,7 @@
 //! The scenarios' frames, and the connection-table key of one.
 
-use lb_lab::frame::{Frame, TCP_ACK};
 use lb_common::{FlowKey, FAMILY_V4, FAMILY_V6};
+use lb_lab::frame::{Frame, TCP_ACK};
 
 /// A TCP frame from `src` to port 80 of `dst`: 64 bytes for IPv4 (payload
 /// padded), 74 for IPv6 (no payload).

@@ -23,16 +23,16 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use lb_lab::{
-    netns::{self, in_netns},
-    switched::{SwitchedLab, SwitchedSpec},
-};
 use lb::{
     decap::Decap,
     maps::{AttachMode, Balancer, EncapSources, Limits, LoadOptions, NextHop},
     service::{BackendSpec, Proto, VipId, VipSettings},
 };
 use lb_common::Counter;
+use lb_lab::{
+    netns::{self, in_netns},
+    switched::{SwitchedLab, SwitchedSpec},
+};
 
 use super::tools::{exec_ok, process_cpu, wait_for, Procs};
 
