@@ -6,7 +6,6 @@
 //! layout the kernel sees is the layout user space writes.
 #![cfg_attr(not(test), no_std)]
 
-pub mod bench;
 pub mod bucket;
 pub mod counters;
 pub mod debug;

@@ -24,7 +24,6 @@ pod!(
     LbConfig,
     TrafficStats,
     MssClamp,
-    crate::bench::BenchTemplate,
     crate::debug::DebugConfig,
     crate::bucket::TokenBucket,
     crate::debug::DebugDecision,

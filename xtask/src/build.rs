@@ -45,19 +45,27 @@ pub fn all(release: bool) -> Result<()> {
     userspace(release)
 }
 
+/// The eBPF crates, each a workspace of its own: the product's programs
+/// (lb-ebpf) and the bench-only ones (tests/bench-ebpf).
+const EBPF_CRATES: &[&str] = &["lb-ebpf", "tests/bench-ebpf"];
+
 /// Always release: the verifier needs optimised code, and lb-userspace/build.rs
-/// looks only in target/bpf/bpfel-unknown-none/release.
+/// (and the bench) look only in target/bpf/bpfel-unknown-none/release. One
+/// target dir for both crates, so `core` (build-std) is built once.
 fn ebpf() -> Result<()> {
     let root = repo_root();
-    let mut cmd = Command::new("cargo");
-    clean_env(&mut cmd);
-    // ~/.cargo/bin first: rustup's cargo proxy (which honours rust-toolchain.toml)
-    // and the bpf-linker that setup checked.
-    cmd.env("PATH", setup::path_with(&[setup::cargo_bin()]))
-        .current_dir(root.join("lb-ebpf"))
-        .args(["build", "--release", "--target-dir"])
-        .arg(root.join("target/bpf"));
-    status(&mut cmd)
+    for dir in EBPF_CRATES {
+        let mut cmd = Command::new("cargo");
+        clean_env(&mut cmd);
+        // ~/.cargo/bin first: rustup's cargo proxy (which honours rust-toolchain.toml)
+        // and the bpf-linker that setup checked.
+        cmd.env("PATH", setup::path_with(&[setup::cargo_bin()]))
+            .current_dir(root.join(dir))
+            .args(["build", "--release", "--target-dir"])
+            .arg(root.join("target/bpf"));
+        status(&mut cmd)?;
+    }
+    Ok(())
 }
 
 fn userspace(release: bool) -> Result<()> {

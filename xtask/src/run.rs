@@ -23,7 +23,7 @@ pub fn bench(args: Vec<String>) -> Result<()> {
     build::all(true)?;
     mount_bpffs()?;
     let mut cmd = build::workspace_cargo();
-    cmd.args("run --release -p integration-test --bin bench".split(' '));
+    cmd.args("run --release -p bench --bin bench".split(' '));
     pass_through(&mut cmd, args);
     status(&mut cmd)
 }
@@ -33,7 +33,7 @@ pub fn demo(args: Vec<String>) -> Result<()> {
     build::all(false)?;
     mount_bpffs()?;
     let mut cmd = build::workspace_cargo();
-    cmd.args("run -p integration-test --bin demo".split(' '));
+    cmd.args("run -p demo --bin demo".split(' '));
     pass_through(&mut cmd, args);
     status(&mut cmd)
 }

@@ -25,13 +25,13 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use integration_test::netns::{self, in_netns, Capture, Frame, Topology};
 use lb::{
     balancer::{Balancer, LoadOptions},
     decap::Decap,
     model::{AttachMode, BackendSpec, EncapSources, Limits, NextHop, Proto, VipId, VipSettings},
 };
 use lb_common::{Counter, FlowKey, PROTO_TCP};
+use lb_lab::netns::{self, in_netns, Capture, Frame, Topology};
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);

@@ -1,6 +1,6 @@
 //! Acceptance tests of the real `lbd` and `lbctl` binaries: a one-armed
 //! balancer on a switched segment in network namespaces, with real TCP
-//! connections from a client to backends (see `integration_test::daemon`
+//! connections from a client to backends (see `lb_lab::daemon`
 //! for the lab).
 //!
 //! 1. [`bring_up`]: a config with three VIPs comes up natively; `lbctl
@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::{daemon::*, netns};
+use lb_lab::{clients::*, lab::*, netns, process::*, status::*};
 
 fn web() -> SocketAddr {
     SocketAddr::from((VIP_WEB, 80))
@@ -1161,14 +1161,7 @@ fn pin_small_map(path: &Path) {
     attr[2] = 16; // value size
     attr[3] = 8; // max entries
                  // SAFETY: bpf(BPF_MAP_CREATE) with a zeroed attribute block we own.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), size_of_val(&attr)) };
     assert!(
         fd >= 0,
         "BPF_MAP_CREATE: {}",
@@ -1179,14 +1172,7 @@ fn pin_small_map(path: &Path) {
     attr[0] = c.as_ptr() as u64; // pathname
     attr[1] = fd as u64; // bpf_fd, file_flags 0
                          // SAFETY: bpf(BPF_OBJ_PIN) with a path that outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            6,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), size_of_val(&attr)) };
     let err = std::io::Error::last_os_error();
     // SAFETY: our descriptor.
     unsafe { libc::close(fd as i32) };

@@ -14,15 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::{
-    daemon::*,
-    frame::{Frame, TCP_ACK},
-    harness::{self, TestLb, XDP_TX},
-};
 use lb::model::{Proto, VipSettings};
 use lb_common::debug::{
     DebugConfig, DebugEvent, DEBUG_ALL_VIPS, DEBUG_BURST, DEBUG_SOURCE_CONNTRACK,
     DEBUG_SOURCE_TABLE,
+};
+use lb_lab::{
+    frame::{Frame, TCP_ACK},
+    harness::{self, TestLb, XDP_TX},
+    lab::*,
+    process::*,
 };
 
 #[test]

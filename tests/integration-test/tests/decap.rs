@@ -1,10 +1,10 @@
 //! The backend-side decap program, through BPF_PROG_TEST_RUN.
 
-use integration_test::{
+use lb::decap::{Decap, DecapCounters};
+use lb_lab::{
     frame::{self, Frame, LB_MAC},
     harness::{run_xdp, XDP_DROP, XDP_PASS},
 };
-use lb::decap::{Decap, DecapCounters};
 
 const BACKEND_MAC: [u8; 6] = [2, 0xbe, 0, 0, 0, 2];
 

@@ -3,13 +3,13 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use integration_test::{
+use lb::model::{BackendSpec, Proto, Scheduler, VipSettings};
+use lb_common::FlowKey;
+use lb_lab::{
     frame::{self, Frame},
     harness::*,
     rng::Rng,
 };
-use lb::model::{BackendSpec, Proto, Scheduler, VipSettings};
-use lb_common::FlowKey;
 
 fn spread(t: &mut TestLb, n: usize, rng: &mut Rng) -> BTreeMap<IpAddr, usize> {
     let mut counts = BTreeMap::new();

@@ -1,5 +1,5 @@
 //! Acceptance tests of health checks, fail-open and metrics, against the
-//! real `lbd` and `lbctl` in the namespace lab of `integration_test::daemon`
+//! real `lbd` and `lbctl` in the namespace lab of `lb_lab::daemon`
 //! (a client, the balancer and backends b1..bn on a bridge).
 //!
 //! 1. [`tcp_check`], [`http_check`], [`udp_check`]: a stopped backend is
@@ -45,7 +45,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::daemon::*;
+use lb_lab::{clients::*, lab::*, servers::*, status::*};
 
 const WEB: &str = "10.100.0.1:80/tcp";
 const UDP_PORT: u16 = 5353;

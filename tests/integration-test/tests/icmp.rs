@@ -21,13 +21,13 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use integration_test::{
+use lb::model::{BackendSpec, Forwarding, Proto, VipSettings};
+use lb_common::{user::addr_words, Counter};
+use lb_lab::{
     frame::{self, Frame, TCP_ACK},
     harness::*,
     rng::Rng,
 };
-use lb::model::{BackendSpec, Forwarding, Proto, VipSettings};
-use lb_common::{user::addr_words, Counter};
 
 const CLIENT: &str = "198.51.100.7";
 const CLIENT6: &str = "2001:db8:c::7";

@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::{daemon::*, netns};
+use lb_lab::{clients::*, lab::*, netns, process::*};
 
 fn web() -> SocketAddr {
     SocketAddr::from((VIP_WEB, 80))

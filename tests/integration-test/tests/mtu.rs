@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_test::{daemon::*, netns};
+use lb_lab::{clients::*, lab::*, netns, process::*};
 
 /// Sends `size` bytes of numbered lines to `to`'s echo service and checks
 /// every line that comes back; runs in the client's namespace.

@@ -5,15 +5,15 @@
 
 use std::net::IpAddr;
 
-use integration_test::{
-    frame::{self, Frame},
-    harness::*,
-};
 use lb::{
     balancer::{LoadOptions, MapsError},
     model::{Limits, Proto, VipId, VipSettings},
 };
 use lb_common::FlowKey;
+use lb_lab::{
+    frame::{self, Frame},
+    harness::*,
+};
 
 fn sized(table_size: u32) -> VipSettings {
     VipSettings {

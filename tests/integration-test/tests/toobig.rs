@@ -5,12 +5,12 @@
 //! MTU that fits; IPv4 without DF, ICMP off and the rate limit drop the
 //! packet, counted; anything under the MTU is forwarded as before.
 
-use integration_test::{
+use lb::model::{Proto, VipSettings};
+use lb_common::Counter;
+use lb_lab::{
     frame::{self, Frame, CLIENT_MAC, LB_MAC, TCP_ACK},
     harness::*,
 };
-use lb::model::{Proto, VipSettings};
-use lb_common::Counter;
 
 const CLIENT: &str = "198.51.100.7";
 const CLIENT6: &str = "2001:db8:c::7";
