@@ -1,4 +1,4 @@
-//! The control socket: HTTP/JSON over a Unix socket (see `control` for the
+//! The control socket: HTTP/JSON over a Unix socket (see `types` for the
 //! protocol). The socket is root's (mode 0600, or 0660 with the read group);
 //! on top of that every request is authorised by the peer's credentials
 //! (SO_PEERCRED): changes only from uid 0, reads also from members of the

@@ -30,7 +30,7 @@ pub struct LoadOptions {
     pub udp_idle_timeout: Duration,
     /// The maps' sizes (`max_vips` at most `lb_common::MAX_VIPS`).
     pub limits: Limits,
-    /// Pin maps, program and link here (see `pin`), adopting maps already
+    /// Pin maps, program and link here (see `host::pin`), adopting maps already
     /// pinned there. `None`: nothing outlives this process.
     pub pin_dir: Option<PathBuf>,
 }

@@ -3,7 +3,7 @@
 //! 65537-slot table costs microseconds, not tens of milliseconds, and a
 //! config of a thousand VIPs applies in well under a second.
 //!
-//! Safe because of how tables are switched (see `maps`): user space only
+//! Safe because of how tables are switched (see the `balancer` module): user space only
 //! writes the half of a VIP's region that the data path does not read, and
 //! makes it live afterwards with a map update (a syscall, after a fence).
 //! Each slot is a naturally aligned `u32`, written whole.
