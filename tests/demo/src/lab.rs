@@ -38,8 +38,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb::api::types::{BackendStatus, Status};
 use lb_lab::{
-    netns::{NETNS_RUN_DIR, NS_PREFIX},
-    process::pins_named,
+    netns::NS_PREFIX,
+    process::{nsenter, pins_named},
     switched::{SwitchedLab, SwitchedSpec},
 };
 
@@ -111,15 +111,6 @@ pub fn bin(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// `nsenter --net=/var/run/netns/<ns> <prog>`: the program runs in the
-/// namespace's network stack but keeps the host's mounts, hence bpffs
-/// (`ip netns exec` remounts /sys and would hide it).
-fn nsenter(ns: &str, prog: &Path) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={NETNS_RUN_DIR}/{ns}")).arg(prog);
-    c
 }
 
 /// A finished command's exit status and output.
