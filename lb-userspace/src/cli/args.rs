@@ -72,7 +72,7 @@ pub enum DebugAction {
         #[arg(long, value_parser = parse_vip_ref)]
         vip: Option<String>,
         /// How long (1..=3600; default 60).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=lb_common::debug::DEBUG_MAX_SECONDS))]
         seconds: Option<u64>,
     },
     /// Stop tracing.
