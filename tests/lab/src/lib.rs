@@ -4,6 +4,7 @@
 //! real `lbd` and `lbctl` in it with its clients, servers and status views.
 
 pub mod clients;
+pub mod cpu;
 pub mod frame;
 pub mod harness;
 pub mod interrupt;

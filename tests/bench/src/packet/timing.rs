@@ -1,8 +1,9 @@
 //! Running programs through `BPF_PROG_TEST_RUN` on a chosen CPU, and the
 //! statistics of the rounds.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+pub use lb_lab::cpu::{pin, Affinity};
 
 /// One `BPF_PROG_TEST_RUN` call without copying the output back: the XDP
 /// action of the last repetition and the kernel's ns per repetition (whole
@@ -63,54 +64,12 @@ pub fn housekeeping_cpu() -> usize {
     }
 }
 
-/// Pins the calling thread to `cpu` and checks it is running there.
-pub fn pin(cpu: usize) -> Result<()> {
-    // SAFETY: `set` is a valid, initialised cpu_set_t of the size passed.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "sched_setaffinity(CPU {cpu}): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let now = libc::sched_getcpu();
-        ensure!(now == cpu as i32, "pinned to CPU {cpu}, running on {now}");
-    }
-    Ok(())
-}
-
 /// Runs `f` on the measured CPU, then moves back to the housekeeping one.
 pub fn on_measure_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     pin(MEASURE_CPU)?;
     let out = f();
     pin(housekeeping_cpu())?;
     out
-}
-
-/// The calling thread's CPU affinity, put back when dropped (the sections
-/// after this one must not inherit a pin).
-pub struct Affinity(libc::cpu_set_t);
-
-impl Affinity {
-    pub fn save() -> Result<Affinity> {
-        // SAFETY: as in `pin`.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
-            }
-            Ok(Affinity(set))
-        }
-    }
-}
-
-impl Drop for Affinity {
-    fn drop(&mut self) {
-        // SAFETY: as in `pin`.
-        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.0) };
-    }
 }
 
 pub fn min(v: &[f64]) -> f64 {
