@@ -13,10 +13,11 @@
 //!   entry still naming it is far more likely to find it inactive (a miss)
 //!   than reused, and reuse by another VIP is caught by `Backend::vip_id`.
 //!
-//! One file per concern: `lifecycle` here (load), `layout` (the maps' shapes
-//! and pins), `adopt`, `attach`, `settings` (the one-entry maps), `vips`
-//! (VIP entries and table switching, over `pool` and `table_mem`),
-//! `backends` (backend entries, down marks, next hops), `query` (reads).
+//! One file per concern: loading here, `layout` (the maps' shapes and the
+//! pinned-layout check), `adopt`, `attach`, `settings` (the one-entry maps),
+//! `vips` (VIP entries and table switching, over `pool`, `table_mem` and
+//! `maglev`), `backends` (backend entries, down marks, next hops), `query`
+//! (reads), `error`.
 
 mod adopt;
 mod attach;
