@@ -3,9 +3,11 @@
 //! - [`model`]: the domain's words, rules, defaults and ranges (nothing of lb);
 //! - [`state`]: the desired state, changes to it, plans, persistence;
 //! - [`config`]: the config file, read into the model and a desired state;
+//! - [`trace`]: the decision trace's reader and lines; [`objects`]: the
+//!   embedded eBPF objects;
 //! - [`balancer`]: the loaded XDP program and its maps (the only writer);
 //! - [`host`]: namespaces, interfaces, bpffs pins, next hops;
-//! - [`objects`]: the embedded eBPF objects; [`decap`]: the backend-side program;
+//! - [`decap`]: the backend-side program;
 //! - [`daemon`]: lbd's core over a [`daemon::DataPath`], and its views;
 //! - [`api`], [`metrics`], [`health`]: what runs beside the core and calls in;
 //! - [`lbd`]: the process: start-up in order, its tasks, one-shot subcommands;

@@ -49,10 +49,12 @@ use aya::{
 use lb_common::{
     debug::{DebugBucket, DebugConfig},
     AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS,
-    MAX_VIPS,
 };
 
-use crate::model::{defaults::DEFAULT_TOO_BIG_PER_SEC, BackendSpec, NextHop, VipId, VipSettings};
+use crate::model::{
+    defaults::{DEFAULT_TOO_BIG_PER_SEC, MAX_VIPS_RANGE, TABLE_POOL_RANGE},
+    BackendSpec, NextHop, VipId, VipSettings,
+};
 use crate::trace::Pending;
 use error::{map_err, Result};
 use layout::{check_pinned_maps, map_layout};
@@ -148,15 +150,17 @@ macro_rules! take {
 impl Balancer {
     /// Loads the embedded balancer object and verifies the program.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        if opts.limits.max_vips == 0 || opts.limits.max_vips > MAX_VIPS {
-            return Err(MapsError::Options(format!(
-                "max_vips must be 1..={MAX_VIPS}"
-            )));
-        }
-        if opts.limits.table_pool < 2 {
-            return Err(MapsError::Options(
-                "table_pool must hold at least one table of 2 slots".into(),
-            ));
+        for (key, value, range) in [
+            ("max_vips", opts.limits.max_vips, MAX_VIPS_RANGE),
+            ("table_pool", opts.limits.table_pool, TABLE_POOL_RANGE),
+        ] {
+            if !range.contains(&value) {
+                return Err(MapsError::Options(format!(
+                    "{key} {value} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                )));
+            }
         }
         let tcp = opts.tcp_idle_timeout.as_nanos() as u64;
         let udp = opts.udp_idle_timeout.as_nanos() as u64;

@@ -4,6 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use lb::model::defaults::DEFAULT_CONFIG_PATH;
 
 #[derive(Parser)]
 #[command(name = "lbd", version, about = "The lb load balancer daemon")]
@@ -22,14 +23,14 @@ enum LogFormat {
 enum Command {
     /// Run the balancer in the foreground.
     Run {
-        #[arg(long, default_value = "/etc/lb/lb.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
     /// Validate a config file without touching the system.
     CheckConfig {
-        #[arg(long, default_value = "/etc/lb/lb.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Remove the programs and everything pinned for an interface.
@@ -44,7 +45,8 @@ enum Command {
         /// Tunnel endpoint addresses of this host (outer destinations).
         #[arg(long = "address", required = true, num_args = 1..)]
         addresses: Vec<std::net::IpAddr>,
-        #[arg(long, value_enum, default_value = "auto")]
+        /// auto (native, else generic), native or generic.
+        #[arg(long, default_value = "auto")]
         xdp_mode: lb::model::AttachMode,
         /// Also lower the MSS of SYN-ACKs sent from a VIP (a TC egress
         /// program), for networks that drop ICMP: `auto` (from the MTU) or N.

@@ -1,6 +1,7 @@
-//! Steps 1 and 3 of reading the file: where a byte offset is (for
-//! messages), and each key's own rules, turning the serde shapes into a
-//! [`Config`](super::Config).
+//! From text to [`Config`](super::Config): where a byte offset is (for
+//! messages), the messages of syntax (step 1) and shape (step 2, located
+//! with the `spans` index) errors, and each key's own rules (step 3),
+//! turning the serde shapes into the config.
 
 use std::{
     fmt,

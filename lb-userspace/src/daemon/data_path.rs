@@ -15,7 +15,8 @@ use crate::{
 /// write either happens whole or fails with nothing changed, so the core
 /// can undo a change VIP by VIP.
 pub trait DataPath {
-    type Error: std::fmt::Display;
+    /// Kept whole (with its causes, e.g. the errno) for the messages.
+    type Error: std::error::Error + Send + Sync + 'static;
 
     /// The VIPs it holds.
     fn vips(&self) -> Vec<VipId>;

@@ -34,6 +34,8 @@ pub struct FakeDataPath {
 #[derive(Debug)]
 pub struct Refused(pub usize);
 
+impl std::error::Error for Refused {}
+
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "write {} refused", self.0)
@@ -91,8 +93,9 @@ impl DataPath for FakeDataPath {
         self.vip_mut(&vip)?.1 = backends.to_vec();
         Ok(())
     }
+    // Like the balancer's, a mark in the mirror only: not a write that can
+    // be refused.
     fn preset_down(&mut self, vip: &VipId, addrs: &[IpAddr]) -> Result<(), Refused> {
-        self.write()?;
         self.vip_mut(vip)?;
         self.down.extend(addrs.iter().map(|a| (*vip, *a)));
         Ok(())
@@ -101,8 +104,12 @@ impl DataPath for FakeDataPath {
         self.down.remove(&(*vip, addr));
     }
     fn set_backend_down(&mut self, vip: &VipId, addr: IpAddr, down: bool) -> Result<(), Refused> {
-        self.write()?;
         self.vip_mut(vip)?;
+        // Like the balancer's: no write when nothing changes.
+        if self.is_down(vip, &addr) == down {
+            return Ok(());
+        }
+        self.write()?;
         if down {
             self.down.insert((*vip, addr));
         } else {

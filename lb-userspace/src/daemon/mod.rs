@@ -102,7 +102,7 @@ impl<D: DataPath> Daemon<D> {
         desired: DesiredState,
     ) -> Result<Self, ApplyError> {
         check_sources(&config, &desired).map_err(ApplyError::Invalid)?;
-        let kernel = |e: D::Error| ApplyError::Kernel(e.to_string());
+        let kernel = |e: D::Error| ApplyError::Kernel(chain(e));
         data_path.set_encap_sources(&config.encap).map_err(kernel)?;
         data_path
             .set_too_big(config.too_big_per_second)
@@ -159,7 +159,7 @@ impl<D: DataPath> Daemon<D> {
     }
 
     fn sync_vip(&mut self, id: &VipId, want: Option<&VipDesired>) -> Result<(), ApplyError> {
-        let kernel = |e: D::Error| ApplyError::Kernel(format!("VIP {id}: {e}"));
+        let kernel = |e: D::Error| ApplyError::Kernel(format!("VIP {id}: {}", chain(e)));
         match want {
             None => {
                 if self.data_path.backends(id).is_some() {
@@ -406,7 +406,7 @@ impl<D: DataPath> Daemon<D> {
 
     /// Records a backend's resolved next hop in the maps.
     pub fn set_next_hop(&mut self, addr: IpAddr, nh: Option<NextHop>) -> anyhow::Result<()> {
-        let e = |e: D::Error| anyhow::anyhow!("{e}");
+        let e = |e: D::Error| anyhow::Error::new(e);
         if let Some(nh) = nh {
             if nh.ifindex != 0 {
                 self.data_path.add_tx_port(nh.ifindex).map_err(e)?;
@@ -433,6 +433,12 @@ impl<D: DataPath> Daemon<D> {
 /// it has one, else by its VIP's.
 fn checked(v: &VipDesired, b: &BackendDesired) -> bool {
     v.active_check(b).is_some()
+}
+
+/// An error with its causes (`bpf_map_update_elem failed: Operation not
+/// permitted`), as the operator reads it.
+fn chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }
 
 /// Every `ipip` VIP needs an outer source of its family.

@@ -26,8 +26,13 @@ impl Scratch {
 
     /// Writes a config with `body` after the keys every test shares.
     fn write_config(&self, head: &str, body: &str) {
+        self.write_config_with_source(head, "192.0.2.10", body)
+    }
+
+    /// The same, with `source_v4` as the outer source of `ipip`.
+    fn write_config_with_source(&self, head: &str, source_v4: &str, body: &str) {
         let text = format!(
-            "{head}\nstate_dir = {:?}\ncontrol_socket = {:?}\n\n[encap]\nsource_v4 = \"192.0.2.10\"\n\n{body}",
+            "{head}\nstate_dir = {:?}\ncontrol_socket = {:?}\n\n[encap]\nsource_v4 = {source_v4:?}\n\n{body}",
             self.0.join("state").display().to_string(),
             self.0.join("lbd.sock").display().to_string(),
         );
@@ -159,6 +164,8 @@ fn a_change_refused_at_any_write_leaves_data_path_and_state_as_they_were() {
     for n in 1..=writes {
         let mut d = start(&s, HEAD, TWO_VIPS);
         let (state, contents) = (d.desired().clone(), d.data_path().contents());
+        let dir = d.config().state_dir.clone();
+        crate::state::persist::save(&dir, "eth0", &state).unwrap();
         let next = next_state(&d);
         d.data_path.fail_in(n);
         match d.apply(next) {
@@ -172,8 +179,12 @@ fn a_change_refused_at_any_write_leaves_data_path_and_state_as_they_were() {
             "write {n}: the data path was not restored"
         );
         // The state on disk is still the one before the change.
-        let saved = crate::state::persist::load(&d.config().state_dir, "eth0").unwrap();
-        assert!(saved.is_none_or(|saved| saved == state), "write {n}");
+        let saved = crate::state::persist::load(&dir, "eth0").unwrap();
+        assert_eq!(
+            saved.as_ref(),
+            Some(&state),
+            "write {n}: the state file changed"
+        );
     }
 }
 
@@ -294,8 +305,13 @@ fn a_reload_shows_its_diff_dry_and_applies_it_for_real() {
     assert_eq!(real.diff, dry.diff);
     assert_eq!(held(d.data_path()), expected(d.desired()));
 
-    // A reload whose data-path write fails puts the old settings back.
-    s.write_config(HEAD, &TWO_VIPS.replace("weight = 5", "weight = 7"));
+    // A reload whose data-path write fails puts the old settings back: the
+    // new encap source written first, then the VIPs'.
+    s.write_config_with_source(
+        HEAD,
+        "192.0.2.99",
+        &TWO_VIPS.replace("weight = 5", "weight = 7"),
+    );
     let (state, contents) = (d.desired().clone(), d.data_path().contents());
     let encap = d.data_path().encap;
     d.data_path.fail_in(3);

@@ -1,5 +1,5 @@
 //! Active health checks, probing apart from acting: one task per (VIP,
-//! backend) probes ([`probe`], [`task`]); the [`Checker`] turns results
+//! backend) probes ([`probe`](mod@probe), `task`); the [`Checker`] turns results
 //! into transitions ([`tracker`]) and applies them through the daemon.
 //! Each probes the backend's own address from this host on a jittered
 //! schedule; transitions follow rise/fall hysteresis.

@@ -46,7 +46,7 @@ impl Drop for RemoveOnDrop {
 /// socket and metrics listener bound, the interface, bpffs and pinned layout
 /// checked; only then are maps written and the program attached. A failure
 /// before that last step leaves the host as it was (the socket file and
-/// locks are removed again); see `Daemon::start` for the last step.
+/// locks are removed again); see [`start_daemon`] for the last step.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = config::load(config_path)?;
     cfg.desired_state()?;
@@ -175,7 +175,7 @@ fn load_and_attach(config_path: &Path, config: Config, place: &PinPlace) -> anyh
         tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
     }
     let mut daemon = Daemon::new(config_path, config, balancer, desired)
-        .context("writing the desired state to the maps")?;
+        .context("writing the settings and the desired state to the maps")?;
     let iface = daemon.config().interface.clone();
     let want = daemon.config().xdp_mode;
     let mode = daemon

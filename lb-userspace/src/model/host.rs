@@ -35,15 +35,26 @@ pub struct EncapSources {
     pub v6: Option<(Ipv6Addr, u8)>,
 }
 
-/// How to attach: `Auto` tries native (driver) mode, then generic.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+/// How to attach: `Auto` tries native (driver) mode, then generic. Written
+/// `auto`, `native`, `generic` (config file, `lbd decap --xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Auto,
     Native,
     Generic,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AttachMode::Auto),
+            "native" => Ok(AttachMode::Native),
+            "generic" => Ok(AttachMode::Generic),
+            _ => Err(format!("{s:?} is not auto, native or generic")),
+        }
+    }
 }
 
 /// Where frames to a backend leave: resolved by the control plane.

@@ -23,6 +23,7 @@ use aya_ebpf::{
 use bench_common::{BenchTemplate, BENCH_COUNT_BYTES, BENCH_COUNT_PACKETS, BENCH_FRAME_MAX};
 use lb_ebpf::ptr_at;
 
+/// The frame the wrapper restores before each run, written by the bench.
 #[map]
 static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 
@@ -34,6 +35,8 @@ static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// Packets and bytes the counting receiver dropped, per CPU
+/// (`BENCH_COUNT_PACKETS`, `BENCH_COUNT_BYTES`).
 #[map]
 static BENCH_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 

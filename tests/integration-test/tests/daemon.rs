@@ -1,7 +1,7 @@
 //! Acceptance tests of the real `lbd` and `lbctl` binaries: a one-armed
 //! balancer on a switched segment in network namespaces, with real TCP
-//! connections from a client to backends (see `lb_lab::daemon`
-//! for the lab).
+//! connections from a client to backends (see `lb_lab::lab` for the
+//! lab).
 //!
 //! 1. [`bring_up`]: a config with three VIPs comes up natively; `lbctl
 //!    status` (table and JSON) says so; connections to every VIP are
@@ -520,15 +520,12 @@ fn changes_through_lbctl() {
 /// A backend added at run time with an address lbd has not resolved
 /// before is reachable at once.
 ///
-/// Fails with the current lbd: the next-hop resolver only learns of new
-/// backend addresses on its periodic refresh (every 10 s) or a netlink
-/// event (`lb::daemon`: `on_change` is a no-op and `resolve_next_hops` reads
-/// `backend_addrs()` only after `wait_for_change(NEXTHOP_REFRESH)`), and
-/// until then the data path's fallback (`bpf_fib_lookup` → `NO_NEIGH` →
-/// `XDP_PASS`) hands the client's packet to the balancer's stack, which
-/// drops it (the VIP is not local and nothing there resolves the backend's
-/// neighbour). New connections to the added backend time out for up to
-/// ~10 s.
+/// Guards the wake-up of the next-hop resolver on every change: if it
+/// learned of new backend addresses only on its periodic refresh (every
+/// 10 s), the data path's fallback until then (`bpf_fib_lookup` →
+/// `NO_NEIGH` → `XDP_PASS`) would hand the client's packets to the
+/// balancer's stack, which drops them, and new connections to the added
+/// backend would time out for up to ~10 s.
 #[test]
 fn new_backend_is_reachable_at_once() {
     let lab = lab_with_lbd(4, &["b1", "b2", "b3"]);
@@ -1251,12 +1248,12 @@ impl Drop for Reap {
 /// A second lbd (for another interface) whose config names the control
 /// socket of a running lbd must not take that socket over.
 ///
-/// Fails with the current lbd: `lb::api::server::bind` removes whatever is at the
-/// socket path before binding, live or stale, so the second daemon
-/// silently takes the first one's socket (lbctl then talks to the wrong
-/// daemon), and once it exits the first daemon, still running, cannot be
-/// reached at all. Both configs naming the default `/run/lb/lbd.sock` is
-/// enough for this (the per-interface lock allows the two daemons).
+/// Guards `lb::api::server::bind`'s refusal of a socket that answers: if
+/// it removed whatever is at the path, the second daemon would silently
+/// take the first one's socket (lbctl would then talk to the wrong daemon),
+/// and once it exits the first daemon, still running, could not be reached
+/// at all. Both configs naming the default `/run/lb/lbd.sock` is enough for
+/// this (the per-interface lock allows the two daemons).
 #[test]
 fn a_running_daemons_socket_is_not_taken_over() {
     let first = lab_with_lbd(1, &["b1"]);

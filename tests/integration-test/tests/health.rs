@@ -1,5 +1,5 @@
 //! Acceptance tests of health checks, fail-open and metrics, against the
-//! real `lbd` and `lbctl` in the namespace lab of `lb_lab::daemon`
+//! real `lbd` and `lbctl` in the namespace lab of `lb_lab::lab`
 //! (a client, the balancer and backends b1..bn on a bridge).
 //!
 //! 1. [`tcp_check`], [`http_check`], [`udp_check`]: a stopped backend is

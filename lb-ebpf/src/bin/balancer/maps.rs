@@ -3,8 +3,9 @@
 //! them); the program writes the connection table and the counters (user
 //! space reads them, and writes connection entries only in tests). The
 //! maps of the trace and of ICMP "too big" answers live beside their code
-//! (`debug.rs`, `toobig.rs`). Every capacity here is a default: lbd sets
-//! the real ones at load time from `[limits]`.
+//! (`debug.rs`, `toobig.rs`). The capacities of VIPS, VIP_ADDRS, MAGLEV,
+//! CONNTRACK and VIP_STATS are defaults: lbd sets them at load time from
+//! `[limits]`; the others are fixed here.
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
@@ -31,7 +32,7 @@ pub static VIP_ADDRS: HashMap<AddrKey, VipKey> = HashMap::with_max_entries(DEFAU
 
 /// Every VIP's Maglev tables, each VIP in a region user space allocated
 /// (`VipInfo::table_base`). Mappable, so user space writes tables with
-/// plain stores (`table_mem`).
+/// plain stores (`lb::balancer::table_mem`).
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_POOL, BPF_F_MMAPABLE);
 
