@@ -79,6 +79,19 @@ pub fn conn_backend_valid(backend: &Backend, vip_id: u32) -> bool {
         && backend.vip_id == vip_id
 }
 
+/// Bytes forwarding adds in front of a packet of `family`: the outer IPv4 or
+/// IPv6 header of `ipip` (which keeps the family), nothing for L2 DSR (only
+/// the Ethernet header is rewritten). A packet over the egress MTU minus
+/// this is answered with ICMP "too big", naming that difference.
+#[inline(always)]
+pub fn encap_overhead(l2dsr: bool, family: u8) -> usize {
+    match (l2dsr, family == FAMILY_V4) {
+        (true, _) => 0,
+        (false, true) => 20,
+        (false, false) => 40,
+    }
+}
+
 /// The index in `MAGLEV` of the slot `hash` selects in the VIP's live table;
 /// `None` when the VIP has no table (no backend: the packet is dropped).
 #[inline(always)]
@@ -204,6 +217,14 @@ pub fn icmp_quoted_flow(family: u8, outer_dst: &Addr, q: &Quoted) -> Result<Flow
 mod tests {
     use super::*;
     use crate::maps::{FAMILY_V4, PROTO_TCP};
+
+    #[test]
+    fn encapsulation_adds_the_outer_header_of_the_family() {
+        assert_eq!(encap_overhead(false, FAMILY_V4), 20);
+        assert_eq!(encap_overhead(false, FAMILY_V6), 40);
+        assert_eq!(encap_overhead(true, FAMILY_V4), 0);
+        assert_eq!(encap_overhead(true, FAMILY_V6), 0);
+    }
 
     fn flow(dport: u16) -> FlowKey {
         FlowKey {

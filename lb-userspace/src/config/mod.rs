@@ -38,7 +38,7 @@ use serde::Deserialize;
 use toml::de::DeTable;
 
 use crate::{
-    model::{self, AttachMode, BackendSpec, EncapSources, Forwarding, Limits, SpecError, VipId},
+    model::{self, AttachMode, BackendSpec, EncapSources, Limits, SpecError, VipId},
     state::{DesiredState, StateError, VipDesired},
 };
 use convert::Source;
@@ -204,21 +204,16 @@ impl Config {
             model::validate_backends(&v.id, &v.desired.settings, &specs)
                 .map_err(|e| self.spec_error(v, e))?;
 
-            if v.desired.settings.forwarding == Forwarding::Ipip {
-                let (has, family, v46) = match v.id.addr {
-                    IpAddr::V4(_) => (self.encap.v4.is_some(), "IPv4", "v4"),
-                    IpAddr::V6(_) => (self.encap.v6.is_some(), "IPv6", "v6"),
-                };
-                if !has {
-                    return Err(self.error(
-                        v.lines.forwarding,
-                        format!(
-                            "vip {name:?}: ipip forwarding of {family} VIP {} needs an outer \
-                             source address: set source_{v46} or source_{v46}_prefix in [encap]",
-                            v.id
-                        ),
-                    ));
-                }
+            if let Some(v46) = self.encap.missing_for(&v.id, &v.desired.settings) {
+                let family = if v46 == "v4" { "IPv4" } else { "IPv6" };
+                return Err(self.error(
+                    v.lines.forwarding,
+                    format!(
+                        "vip {name:?}: ipip forwarding of {family} VIP {} needs an outer \
+                         source address: set source_{v46} or source_{v46}_prefix in [encap]",
+                        v.id
+                    ),
+                ));
             }
             state.vips.insert(v.id, v.desired.clone());
         }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::{
-    model::{defaults::*, HealthKind, HealthSpec, Scheduler, VipSettings},
+    model::{defaults::*, Forwarding, HealthKind, HealthSpec, Scheduler, VipSettings},
     state::BackendDesired,
 };
 

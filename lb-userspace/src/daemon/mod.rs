@@ -32,7 +32,7 @@ use crate::{
     api::types::ReloadResult,
     balancer::Balancer,
     config::{self, Config},
-    model::{Change, Forwarding, NextHop, VipId},
+    model::{Change, NextHop, VipId},
     state::{plan, BackendDesired, DesiredState, StateError, VipDesired},
     trace::{TraceLog, Window},
 };
@@ -444,20 +444,8 @@ fn chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
 /// Every `ipip` VIP needs an outer source of its family.
 pub(crate) fn check_sources(config: &Config, desired: &DesiredState) -> Result<(), String> {
     for (id, v) in &desired.vips {
-        if v.settings.forwarding != Forwarding::Ipip {
-            continue;
-        }
-        let missing = if id.addr.is_ipv4() {
-            config.encap.v4.is_none()
-        } else {
-            config.encap.v6.is_none()
-        };
-        if missing {
-            let key = if id.addr.is_ipv4() {
-                "source_v4"
-            } else {
-                "source_v6"
-            };
+        if let Some(v46) = config.encap.missing_for(id, &v.settings) {
+            let key = format!("source_{v46}");
             return Err(format!(
                 "VIP {id} ({}) forwards with ipip but [encap] has no {key} (or {key}_prefix)",
                 v.name

@@ -4,7 +4,7 @@
 
 use std::{net::IpAddr, time::Instant};
 
-use lb_common::FlowKey;
+use lb_common::{rules, user::addr_words, FlowKey};
 
 use super::{checked, mode_name, monotonic_ns, ApplyError, Daemon};
 use crate::{
@@ -184,7 +184,9 @@ impl Daemon<Balancer> {
                             next_hop: nh.is_some(),
                             mtu,
                             inner_mtu: mtu.map(|m| {
-                                m.saturating_sub(encap_overhead(v.settings.forwarding, b.addr))
+                                let l2dsr = v.settings.forwarding == Forwarding::L2dsr;
+                                let family = addr_words(b.addr).1;
+                                m.saturating_sub(rules::encap_overhead(l2dsr, family) as u32)
                             }),
                             packets: t.packets,
                             bytes: t.bytes,
@@ -293,7 +295,7 @@ impl Daemon<Balancer> {
         // Where an ICMP error about the flow goes: a router quotes the reply
         // (VIP -> client) and sends the error to the VIP; the data path's
         // own rule turns the quote back into the flow.
-        let quoted = lb_common::rules::Quoted {
+        let quoted = rules::Quoted {
             version: flow.family,
             proto: flow.proto,
             src: flow.dst,
@@ -301,7 +303,7 @@ impl Daemon<Balancer> {
             sport: flow.dport,
             dport: flow.sport,
         };
-        if let Ok(f) = lb_common::rules::icmp_quoted_flow(flow.family, &flow.dst, &quoted) {
+        if let Ok(f) = rules::icmp_quoted_flow(flow.family, &flow.dst, &quoted) {
             if let Some(r) = self.data_path.route(&f, now, timeout.as_nanos() as u64) {
                 e.reasons.push(format!(
                     "an ICMP error about this flow (\"too big\", \"unreachable\") goes to {}",
@@ -392,14 +394,5 @@ fn flow_text(src: IpAddr, sport: u16, vip: &VipId, dport: u16) -> String {
     match src {
         IpAddr::V4(a) => format!("{a}:{sport} -> {dst}"),
         IpAddr::V6(a) => format!("[{a}]:{sport} -> {dst}"),
-    }
-}
-
-/// Bytes encapsulation adds toward `backend` (none for L2 DSR).
-fn encap_overhead(forwarding: Forwarding, backend: IpAddr) -> u32 {
-    match (forwarding, backend) {
-        (Forwarding::L2dsr, _) => 0,
-        (Forwarding::Ipip, IpAddr::V4(_)) => 20,
-        (Forwarding::Ipip, IpAddr::V6(_)) => 40,
     }
 }

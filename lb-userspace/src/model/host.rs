@@ -2,9 +2,12 @@
 //! capacity, the outer source of encapsulated packets, how the program is
 //! attached, and where frames to a backend leave.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::defaults::{DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL};
+use super::{
+    defaults::{DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL},
+    vip::{Forwarding, VipId, VipSettings},
+};
 
 /// The balancer's capacity, fixed when it is loaded (`[limits]` in lbd's
 /// config).
@@ -33,6 +36,22 @@ impl Default for Limits {
 pub struct EncapSources {
     pub v4: Option<(Ipv4Addr, u8)>,
     pub v6: Option<(Ipv6Addr, u8)>,
+}
+
+impl EncapSources {
+    /// The family a VIP forwarding with `ipip` has no outer source for, as
+    /// the config file names it (`"v4"`, `"v6"`); `None` when it needs none
+    /// or has one.
+    pub fn missing_for(&self, vip: &VipId, settings: &VipSettings) -> Option<&'static str> {
+        if settings.forwarding != Forwarding::Ipip {
+            return None;
+        }
+        match vip.addr {
+            IpAddr::V4(_) if self.v4.is_none() => Some("v4"),
+            IpAddr::V6(_) if self.v6.is_none() => Some("v6"),
+            _ => None,
+        }
+    }
 }
 
 /// How to attach: `Auto` tries native (driver) mode, then generic. Written

@@ -16,22 +16,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    outer_source_v4, outer_source_v6, Addr, Backend, Counter, LbConfig, VipInfo, BACKEND_F_ACTIVE,
+    outer_source_v4, outer_source_v6, rules, Addr, Backend, Counter, LbConfig, VipInfo, BACKEND_F_ACTIVE,
     BACKEND_F_NEXTHOP, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, VIP_F_L2DSR,
 };
 use lb_ebpf::{ipv4_header_checksum, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN};
 
 use crate::{maps, parse::Packet, stats, Out};
-
-/// Bytes encapsulation adds: none for L2 DSR.
-#[inline(always)]
-fn encap_overhead(l2dsr: bool, family: u8) -> usize {
-    match (l2dsr, family == FAMILY_V4) {
-        (true, _) => 0,
-        (false, true) => IPV4_HLEN,
-        (false, false) => IPV6_HLEN,
-    }
-}
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -68,7 +58,7 @@ pub fn to_backend(
         return Err(Out::Drop(Counter::DropBadBackend));
     }
     let cfg = maps::config();
-    let overhead = encap_overhead(l2dsr, pkt.flow.family);
+    let overhead = rules::encap_overhead(l2dsr, pkt.flow.family);
     let nh = next_hop(ctx, pkt, &backend, cfg, l2dsr, overhead, hash)?;
     if nh.mtu != 0 && pkt.ip_len + overhead > nh.mtu as usize {
         return Err(Out::TooBig(nh.mtu.saturating_sub(overhead as u32)));
