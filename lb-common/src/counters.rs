@@ -55,6 +55,9 @@ counters! {
     PassMalformed = Event "pass_malformed",
     /// ICMP to a VIP address that is not an error about a VIP flow (e.g. echo).
     PassIcmp = Event "pass_icmp",
+    /// For a VIP address, but in a frame addressed to another MAC than the
+    /// interface's: a flooded frame that another balancer serves.
+    PassOtherHost = Event "pass_other_host",
 
     DropTruncated = Drop "truncated",
     DropBadHeader = Drop "bad_header",

@@ -9,7 +9,8 @@ use core::mem::size_of;
 /// Bumped whenever a map below changes layout or meaning. The loader pins maps
 /// under a directory named after it, so a daemon never adopts maps it cannot
 /// read. 2: Maglev tables live in regions of one shared array (`VipInfo`).
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+/// 4: `LbConfig` carries the interface's MAC address.
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Most VIPs a balancer can be loaded for (the default is lower).
 pub const MAX_VIPS: u32 = 65536;
@@ -197,8 +198,14 @@ pub struct LbConfig {
     /// The rate limit of those answers, per CPU.
     pub too_big_per_sec: u32,
     pub too_big_burst: u32,
+    /// The MAC address of the interface the balancer serves: a frame for
+    /// another destination MAC (flooded by a bridge that has not learned
+    /// where it goes, or seen in promiscuous mode) is another host's, and
+    /// passes. All zero: no check (no lbd has written it).
+    pub if_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<LbConfig>() == 40);
+const _: () = assert!(size_of::<LbConfig>() == 48);
 
 /// `MSS_CLAMP[0]` of the decap object: the largest MSS a SYN-ACK sent from a
 /// VIP may announce, per family (0: not clamped).

@@ -8,11 +8,14 @@
 //! - [`balancer`]: the loaded XDP program and its maps (the only writer);
 //! - [`host`]: namespaces, interfaces, bpffs pins, next hops;
 //! - [`decap`]: the backend-side program;
+//! - [`announce`]: which VIP addresses to announce, lbd's routing table,
+//!   the node's drain flag;
 //! - [`daemon`]: lbd's core over a [`daemon::DataPath`], and its views;
 //! - [`api`], [`metrics`], [`health`]: what runs beside the core and calls in;
 //! - [`lbd`]: the process: start-up in order, its tasks, one-shot subcommands;
 //! - [`cli`]: lbctl, which speaks [`api::types`] to the daemon.
 
+pub mod announce;
 pub mod api;
 pub mod balancer;
 pub mod cli;

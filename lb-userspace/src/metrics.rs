@@ -216,7 +216,47 @@ impl Collector for MapCollector {
             return Ok(());
         };
         let status = d.status_health();
+        let checksums: Vec<(Labels, i64)> = status
+            .iter()
+            .map(|(vip, _, _)| {
+                // The low 48 bits: exact in a float sample, and enough to
+                // tell two nodes' tables apart at a glance.
+                let sum = d.balancer().table_checksum(vip).unwrap_or(0);
+                (labels(&[("vip", vip.to_string())]), (sum & 0xffff_ffff_ffff) as i64)
+            })
+            .collect();
+        let node = d.node_status();
         drop(d);
+        let announced: Vec<(Labels, i64)> = node
+            .addresses
+            .iter()
+            .map(|a| (labels(&[("address", a.address.to_string())]), a.announced as i64))
+            .collect();
+        gauge_family(
+            &mut enc,
+            "lb_announced",
+            "1 if lbd's route to the VIP address is in its routing table (announced)",
+            &announced,
+        )?;
+        counter_family(
+            &mut enc,
+            "lb_announce_changes",
+            "Routes lbd added to or removed from its routing table",
+            &[(labels(&[]), node.changes)],
+        )?;
+        gauge_family(
+            &mut enc,
+            "lb_drained",
+            "1 if the node is drained (lbctl node drain)",
+            &[(labels(&[]), node.drained as i64)],
+        )?;
+        gauge_family(
+            &mut enc,
+            "lb_vip_table_checksum",
+            "Low 48 bits of the VIP's Maglev table checksum (as in lbctl status --json): \
+             equal on nodes that make the same choices; 0 without a backend",
+            &checksums,
+        )?;
 
         let mut vip_packets = Vec::new();
         let mut vip_bytes = Vec::new();

@@ -219,6 +219,7 @@ pub async fn serve(
         .route(control::PATH_CHANGE, post(change))
         .route(control::PATH_RELOAD, post(reload))
         .route(control::PATH_DEBUG, get(debug_view))
+        .route(control::PATH_NODE, get(node))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(api);
     axum::serve(
@@ -315,7 +316,11 @@ async fn change(
             return Err(e);
         }
     };
-    let result = api.daemon().change(&change);
+    let result = match change {
+        Change::NodeDrain => set_drained(&api, true).await,
+        Change::NodeUndrain => set_drained(&api, false).await,
+        _ => api.daemon().change(&change),
+    };
     match result {
         Ok(summary) => {
             api.audit.record(&who, &raw, "ok");
@@ -327,6 +332,61 @@ async fn change(
             Err(e.into())
         }
     }
+}
+
+/// How long a drain or undrain waits for the announcer to update the table.
+const ANNOUNCE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drains or undrains the node and waits until the routing table shows it:
+/// the answer says what was withdrawn or announced, not what was asked.
+async fn set_drained(api: &Api, drained: bool) -> Result<String, ApplyError> {
+    let (what, epoch, mut settled, managed) = {
+        let mut d = api.daemon();
+        let managed = d.config().announce.and_then(|a| a.table).is_some();
+        let settled = d.announce_settled();
+        let (what, epoch) = d.set_drained(drained)?;
+        (what, epoch, settled, managed)
+    };
+    if !managed {
+        return Ok(format!("{what} (no [announce] table: lbd writes no routes)"));
+    }
+    let waited = tokio::time::timeout(ANNOUNCE_WAIT, settled.wait_for(|e| *e >= epoch)).await;
+    let status = api.daemon().node_status();
+    let unsettled = waited.is_err() || status.error.is_some();
+    if unsettled {
+        return Err(ApplyError::Kernel(format!(
+            "{what} (saved), but routing table {} is not updated yet: {}; lbd retries every second",
+            status.table.unwrap_or_default(),
+            status.error.as_deref().unwrap_or("the announcer did not answer in time")
+        )));
+    }
+    let list = |announced: bool| -> String {
+        let v: Vec<String> = status
+            .addresses
+            .iter()
+            .filter(|a| a.announced == announced)
+            .map(|a| a.address.to_string())
+            .collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    Ok(format!(
+        "{what}: announced {}; withdrawn {}",
+        list(true),
+        list(false)
+    ))
+}
+
+async fn node(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+) -> Result<Response, ApiError> {
+    api.allow_read(&peer)?;
+    let s = api.daemon().node_status();
+    Ok(Json(s).into_response())
 }
 
 async fn reload(

@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::Change;
-use crate::model::{Forwarding, HealthSpec, Scheduler, VipId};
+pub use crate::announce::Reason;
+use crate::model::{AnnounceWhen, Forwarding, HealthSpec, Scheduler, VipId};
 
 pub const PATH_STATUS: &str = "/v1/status";
 pub const PATH_STATS: &str = "/v1/stats";
@@ -21,6 +22,8 @@ pub const PATH_EXPLAIN: &str = "/v1/explain";
 pub const PATH_CHANGE: &str = "/v1/change";
 /// `POST` with a [`ReloadRequest`].
 pub const PATH_RELOAD: &str = "/v1/reload";
+/// `GET`: the node's announcements and drain ([`NodeStatus`]).
+pub const PATH_NODE: &str = "/v1/node";
 /// `GET /v1/debug?after=N`: the decision trace's state and its lines
 /// numbered N and later ([`TraceView`]).
 pub const PATH_DEBUG: &str = "/v1/debug";
@@ -104,6 +107,11 @@ pub struct VipStatus {
     /// The VIP's health check, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<HealthSpec>,
+    /// A fingerprint of the live Maglev table by backend address (16 hex
+    /// digits; `None`: no backend in it). Nodes with the same VIPs,
+    /// backends, weights and health show the same value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_checksum: Option<String>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -161,4 +169,36 @@ pub struct Explain {
     pub backend: Option<IpAddr>,
     /// Human-readable reasoning, line by line.
     pub reasons: Vec<String>,
+}
+
+/// `GET /v1/node`: what this node announces, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub drained: bool,
+    /// When it was last drained or undrained (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// `[announce] table`; `None`: lbd writes no routes.
+    pub table: Option<u32>,
+    pub when: Option<AnnounceWhen>,
+    /// The routing protocol number on lbd's routes.
+    pub protocol: u8,
+    pub addresses: Vec<AddressStatus>,
+    /// Routes added or removed since lbd started.
+    pub changes: u64,
+    /// The last failure to update the table, if the last try failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressStatus {
+    pub address: IpAddr,
+    /// lbd's route to it is in the table.
+    pub announced: bool,
+    /// It should be.
+    pub wanted: bool,
+    pub reason: Reason,
+    /// The reason, for people.
+    pub why: String,
 }

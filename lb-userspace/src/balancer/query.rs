@@ -1,7 +1,10 @@
 //! Reads: the mirror, predictions by the data path's own rules, the
 //! connection table and the counters.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    net::IpAddr,
+};
 
 use lb_common::{
     Backend, ConnEntry, Counter, FlowKey, HashMode, TrafficStats, VipInfo, VipKey, NO_BACKEND,
@@ -83,6 +86,34 @@ impl Balancer {
             return None;
         }
         s.tables[s.live_slot as usize].as_deref()
+    }
+
+    /// A fingerprint of the VIP's live table in terms of backend addresses,
+    /// never of ids: two balancers (or one before and after a restart) that
+    /// send every slot to the same backend report the same checksum, however
+    /// they allocated ids. `None`: no backend in the table.
+    pub fn table_checksum(&self, vip: &VipId) -> Option<u64> {
+        let s = self.vips.get(vip)?;
+        let table = self.live_table(vip)?;
+        let mut addrs: Vec<(IpAddr, u32)> = s.backends.iter().map(|(b, id)| (b.addr, *id)).collect();
+        addrs.sort();
+        let rank: StdHashMap<u32, u32> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, id))| (*id, i as u32))
+            .collect();
+        let mut h = Fnv1a::default();
+        h.write(&(table.len() as u32).to_le_bytes());
+        for (addr, _) in &addrs {
+            match addr {
+                IpAddr::V4(a) => h.write(&a.octets()),
+                IpAddr::V6(a) => h.write(&a.octets()),
+            }
+        }
+        for id in table {
+            h.write(&rank.get(id).copied().unwrap_or(u32::MAX).to_le_bytes());
+        }
+        Some(h.0)
     }
 
     /// The data path's id of a VIP.
@@ -274,5 +305,24 @@ pub(super) fn vip_info(s: &VipState) -> VipInfo {
         table_base: s.region.table(s.live_slot),
         region_base: s.region.base,
         region_half: s.region.half,
+    }
+}
+
+/// 64-bit FNV-1a: simple, stable across versions and machines (unlike std's
+/// hasher), which is what a checksum compared between nodes needs.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
 }

@@ -52,6 +52,18 @@ impl Balancer {
         Ok(())
     }
 
+    /// The interface's MAC: frames to any other destination MAC pass
+    /// (counted `pass_other_host`). All zero switches the check off.
+    pub fn set_interface_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        let cfg = LbConfig {
+            if_mac: mac,
+            ..self.lb_config
+        };
+        self.config.set(0, cfg, 0).map_err(map_err("LB_CONFIG"))?;
+        self.lb_config = cfg;
+        Ok(())
+    }
+
     /// Lets the program redirect to `ifindex` (an egress other than the
     /// interface a packet came in on). The kernel resolves `ifindex` in the
     /// calling thread's network namespace: call this from the namespace of

@@ -33,7 +33,8 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Remove the programs and everything pinned for an interface.
+    /// Remove the programs, everything pinned and the routes lbd wrote for
+    /// an interface.
     Detach {
         #[arg(long)]
         interface: String,

@@ -50,6 +50,10 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<DebugAction>,
     },
+    /// This node's announcements: drain (withdraw every VIP route, keep
+    /// forwarding what still arrives), undrain, status.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Re-read the config file and apply the difference.
     Reload {
         /// Only show what would change.
@@ -61,6 +65,16 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Withdraw every route of this node; survives a restart of lbd.
+    Drain,
+    /// Announce again what this node should announce.
+    Undrain,
+    /// Each VIP address: announced or not, and why.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     args::{
-        BackendCommand, Cli, Command, DebugAction, ExplainArgs, HealthArgs, StatsArgs, VipAddArgs,
-        VipCommand,
+        BackendCommand, Cli, Command, DebugAction, ExplainArgs, HealthArgs, NodeCommand,
+        StatsArgs, VipAddArgs, VipCommand,
     },
     client::{decode, with_query, Client},
     output, CliError,
@@ -20,7 +20,7 @@ use super::{
 use crate::{
     api::types::{
         Change, ReloadRequest, ReloadResult, Stats, Status, TraceView, PATH_CHANGE, PATH_DEBUG,
-        PATH_EXPLAIN, PATH_RELOAD, PATH_STATS, PATH_STATUS,
+        PATH_EXPLAIN, PATH_NODE, PATH_RELOAD, PATH_STATS, PATH_STATUS,
     },
     model::HealthKind,
 };
@@ -44,6 +44,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stats(_) => stats(&client, json).await,
         Command::Explain(a) => explain(&client, json, &a).await,
         Command::Reload { dry_run } => reload(&client, json, dry_run).await,
+        Command::Node(NodeCommand::Drain) => change(&client, json, Change::NodeDrain).await,
+        Command::Node(NodeCommand::Undrain) => change(&client, json, Change::NodeUndrain).await,
+        Command::Node(NodeCommand::Status) => {
+            let raw = client.get(PATH_NODE).await?;
+            print_answer(&raw, json, output::render_node)
+        }
         Command::Debug {
             action: Some(DebugAction::On { vip, seconds }),
         } => change(&client, json, Change::DebugOn { vip, seconds }).await,

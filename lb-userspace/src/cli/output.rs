@@ -6,6 +6,7 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 use lb_common::counters::{Counter, CounterKind};
 
 use crate::api::types::{
+    NodeStatus,
     BackendStatus, ChangeResult, Explain, ReloadResult, Stats, Status, TrafficRow, VipStatus,
 };
 use crate::model::{Forwarding, Scheduler, VipId};
@@ -243,6 +244,57 @@ pub fn render_status(s: &Status) -> String {
             out.push('\n');
         }
         out.push_str(&render_vip(v));
+    }
+    out
+}
+
+/// `lbctl node status`: the node's drain and announce settings, then one
+/// line per VIP address.
+pub fn render_node(n: &NodeStatus) -> String {
+    let mut out = String::new();
+    let drained = match (n.drained, &n.since) {
+        (true, Some(t)) => format!("yes (since {t})"),
+        (true, None) => "yes".to_string(),
+        (false, _) => "no".to_string(),
+    };
+    let announce = match (n.table, n.when) {
+        (Some(t), Some(w)) => format!("table {t}, when {w}, proto {}", n.protocol),
+        (None, Some(w)) => format!("when {w}, no table"),
+        _ => "no [announce] section: lbd writes no routes".to_string(),
+    };
+    for (k, v) in [
+        ("Drained:", drained),
+        ("Announce:", announce),
+        ("Changes:", n.changes.to_string()),
+    ] {
+        let _ = writeln!(out, "{k:<11}{v}");
+    }
+    if let Some(e) = &n.error {
+        let _ = writeln!(out, "{:<11}{e}", "Error:");
+    }
+    out.push('\n');
+    if n.addresses.is_empty() {
+        out.push_str("No VIP addresses.\n");
+        return out;
+    }
+    let rows: Vec<[String; 3]> = n
+        .addresses
+        .iter()
+        .map(|a| {
+            let state = match (a.announced, a.wanted) {
+                (true, true) => "announced",
+                (false, false) => "withdrawn",
+                (false, true) => "announcing",
+                (true, false) => "withdrawing",
+            };
+            [a.address.to_string(), state.to_string(), a.why.clone()]
+        })
+        .collect();
+    let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max(7);
+    let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max(5);
+    let _ = writeln!(out, "{:<w0$}  {:<w1$}  WHY", "ADDRESS", "STATE");
+    for r in rows {
+        let _ = writeln!(out, "{:<w0$}  {:<w1$}  {}", r[0], r[1], r[2]);
     }
     out
 }
@@ -653,6 +705,7 @@ mod tests {
             bps: 2048.0,
             fail_open: false,
             check: None,
+            table_checksum: None,
             backends: vec![
                 BackendStatus {
                     packets: 1_200,

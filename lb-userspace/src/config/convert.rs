@@ -15,13 +15,13 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    raw::{HealthLayer, RawConfig, RawEncap, RawLimits, RawVip},
+    raw::{HealthLayer, RawAnnounce, RawConfig, RawEncap, RawLimits, RawVip},
     spans::{Index, Seg},
     Config, ConfigError, VipConfig, VipLines,
 };
 use crate::{
     model::{
-        defaults::*, is_prime, AttachMode, EncapSources, HealthError, HealthKind, HealthSpec,
+        announce, defaults::*, is_prime, Announce, AnnounceWhen, AttachMode, EncapSources, HealthError, HealthKind, HealthSpec,
         Limits, VipId, VipSettings,
     },
     state::{BackendDesired, VipDesired},
@@ -222,6 +222,10 @@ impl Source<'_> {
                 i.too_big.unwrap_or(true).then_some(rate)
             }
         };
+        let announce = match &raw.announce {
+            None => None,
+            Some(a) => Some(self.announce(a)?),
+        };
         let vips = raw
             .vip
             .iter()
@@ -241,8 +245,36 @@ impl Source<'_> {
             encap,
             limits,
             too_big_per_second,
+            announce,
             vips,
         })
+    }
+
+    /// `[announce]`: a table lbd may own (none of the kernel's), required
+    /// unless nothing is announced.
+    pub(super) fn announce(&self, a: &Spanned<RawAnnounce>) -> Checked<Announce> {
+        let ctx = "[announce]";
+        let r = a.get_ref();
+        let when = r.when.unwrap_or_default();
+        let table = match &r.table {
+            None if when == AnnounceWhen::Never => None,
+            None => {
+                return Err(self.at(
+                    a.span(),
+                    ctx,
+                    "key `table` is missing: name the kernel routing table lbd writes VIP routes \
+                     into (e.g. 100), or set when = \"never\"",
+                ))
+            }
+            Some(v) => {
+                let t: u32 = self.int(v, ctx, "table", 0..=u32::MAX)?;
+                if let Some(p) = announce::table_problem(t) {
+                    return Err(self.at(v.span(), ctx, format!("key `table`: {p}")));
+                }
+                Some(t)
+            }
+        };
+        Ok(Announce { table, when })
     }
 
     pub(super) fn limits(&self, l: &RawLimits) -> Checked<Limits> {

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use toml::de::DeTable;
 
 use crate::{
-    model::{self, AttachMode, BackendSpec, EncapSources, Limits, SpecError, VipId},
+    model::{self, Announce, AttachMode, BackendSpec, EncapSources, Limits, SpecError, VipId},
     state::{DesiredState, StateError, VipDesired},
 };
 use convert::Source;
@@ -66,6 +66,8 @@ pub struct Config {
     /// to packets too big for the egress MTU once encapsulated; `None`: off
     /// (such packets are dropped, counted).
     pub too_big_per_second: Option<u32>,
+    /// `[announce]`; `None`: lbd writes no routes.
+    pub announce: Option<Announce>,
     /// In file order.
     pub vips: Vec<VipConfig>,
 }

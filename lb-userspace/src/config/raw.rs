@@ -6,7 +6,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{AttachMode, Forwarding, HealthKind, Proto, Scheduler};
+use crate::model::{AnnounceWhen, AttachMode, Forwarding, HealthKind, Proto, Scheduler};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,8 +22,16 @@ pub(super) struct RawConfig {
     pub(super) encap: Option<RawEncap>,
     pub(super) limits: Option<RawLimits>,
     pub(super) icmp: Option<RawIcmp>,
+    pub(super) announce: Option<Spanned<RawAnnounce>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    pub(super) table: Option<Spanned<i64>>,
+    pub(super) when: Option<AnnounceWhen>,
 }
 
 #[derive(Deserialize)]

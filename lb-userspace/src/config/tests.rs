@@ -964,3 +964,55 @@ fn health_spec_json() {
     let json = serde_json::to_string(&h).unwrap();
     assert_eq!(serde_json::from_str::<HealthSpec>(&json).unwrap(), h);
 }
+
+#[test]
+fn announce_names_a_table_of_lbds_own() {
+    let base = "interface = \"eth0\"\n";
+    assert_eq!(ok(base).announce, None);
+    let c = ok(&format!("{base}[announce]\ntable = 100\n"));
+    assert_eq!(
+        c.announce,
+        Some(Announce {
+            table: Some(100),
+            when: model::AnnounceWhen::Healthy
+        })
+    );
+    let c = ok(&format!("{base}[announce]\ntable = 4000\nwhen = \"always\"\n"));
+    assert_eq!(c.announce.unwrap().when, model::AnnounceWhen::Always);
+    // Only documentation: no table needed.
+    let c = ok(&format!("{base}[announce]\nwhen = \"never\"\n"));
+    assert_eq!(c.announce.unwrap().table, None);
+
+    for (table, name) in [(254, "main"), (255, "local"), (0, "unspec"), (253, "default")] {
+        bad(
+            &format!("{base}[announce]\n\ntable = {table}\n"),
+            4,
+            &["[announce]", "key `table`", name],
+        );
+    }
+    bad(
+        &format!("{base}[announce]\ntable = -1\n"),
+        3,
+        &["key `table`", "out of range"],
+    );
+    bad(
+        &format!("{base}[announce]\ntable = 4294967296\n"),
+        3,
+        &["key `table`", "out of range"],
+    );
+    bad(
+        &format!("{base}[announce]\nwhen = \"healthy\"\n"),
+        2,
+        &["key `table` is missing"],
+    );
+    bad(
+        &format!("{base}[announce]\ntable = 100\nwhen = \"sometimes\"\n"),
+        4,
+        &["sometimes", "healthy", "always", "never"],
+    );
+    bad(
+        &format!("{base}[announce]\ntable = 100\nprotocol = 12\n"),
+        4,
+        &["protocol"],
+    );
+}

@@ -9,6 +9,7 @@
 //! real [`Balancer`]. lbd's start-up, which loads and attaches that, is in
 //! [`crate::lbd`].
 
+mod announce;
 mod data_path;
 #[cfg(test)]
 mod fake;
@@ -89,6 +90,7 @@ pub struct Daemon<D = Balancer> {
     program_id: u32,
     pin_dir: PathBuf,
     trace: TraceLog,
+    announcing: announce::Announcing,
 }
 
 impl<D: DataPath> Daemon<D> {
@@ -118,6 +120,7 @@ impl<D: DataPath> Daemon<D> {
             program_id: 0,
             pin_dir: PathBuf::new(),
             trace: TraceLog::default(),
+            announcing: announce::Announcing::default(),
         };
         daemon.reconcile(&desired)?;
         daemon.desired = desired;
@@ -137,6 +140,7 @@ impl<D: DataPath> Daemon<D> {
         self.xdp_mode = mode;
         self.program_id = program_id;
         self.pin_dir = pin_dir;
+        self.announce_changed();
     }
 
     /// What the daemon drives (the balancer, or a fake in tests).
@@ -220,6 +224,7 @@ impl<D: DataPath> Daemon<D> {
             return Err(e);
         }
         self.desired = next;
+        self.announce_changed();
         if let Err(e) = crate::state::persist::save(
             &self.config.state_dir,
             &self.config.interface,
@@ -235,6 +240,8 @@ impl<D: DataPath> Daemon<D> {
         match change {
             Change::DebugOn { vip, seconds } => return self.trace_on(vip.as_deref(), *seconds),
             Change::DebugOff => return self.trace_off(),
+            Change::NodeDrain => return self.set_drained(true).map(|(s, _)| s),
+            Change::NodeUndrain => return self.set_drained(false).map(|(s, _)| s),
             _ => {}
         }
         let next = self.desired.with_change(change)?;
@@ -378,7 +385,9 @@ impl<D: DataPath> Daemon<D> {
         }
         self.data_path
             .set_backend_down(vip, addr, !up)
-            .map_err(|e| ApplyError::Kernel(format!("VIP {vip} backend {addr}: {e}")))
+            .map_err(|e| ApplyError::Kernel(format!("VIP {vip} backend {addr}: {e}")))?;
+        self.announce_changed();
+        Ok(())
     }
 
     /// Per VIP: each backend's (address, up, effective weight), and whether
@@ -482,6 +491,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.limits != new.limits {
         v.push("[limits]");
+    }
+    if old.announce != new.announce {
+        v.push("[announce]");
     }
     v
 }

@@ -14,6 +14,8 @@ pub struct Interface {
     /// The XDP program attached to it (any mode), if any.
     pub xdp_prog_id: Option<u32>,
     pub mtu: u32,
+    /// Its hardware address (all zero for a link without one).
+    pub mac: [u8; 6],
 }
 
 /// Looks `name` up in the calling thread's network namespace: `None` when
@@ -45,10 +47,19 @@ pub async fn lookup(name: &str) -> anyhow::Result<Option<Interface>> {
         _ => None,
     });
     let mtu = link_mtu(&link.attributes);
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(a) => <[u8; 6]>::try_from(a.as_slice()).ok(),
+            _ => None,
+        })
+        .unwrap_or_default();
     Ok(Some(Interface {
         ifindex: link.header.index,
         xdp_prog_id,
         mtu,
+        mac,
     }))
 }
 

@@ -329,6 +329,7 @@ mod tests {
             ifindex: 2,
             xdp_prog_id: Some(42),
             mtu: 1500,
+            mac: [2, 0, 0, 0, 0, 1],
         };
         // No link pinned there: nothing proves it is this interface's.
         let r = claim_legacy(&legacy, &to, &iface);

@@ -2,6 +2,7 @@
 //! beside the core, and the one-shot subcommands (`check-config`, `detach`,
 //! `decap`). `bin/lbd.rs` only parses arguments and sets up logging.
 
+mod announce;
 mod oneshot;
 mod start;
 mod tasks;

@@ -53,9 +53,17 @@ pub fn detach(interface: &str) -> anyhow::Result<()> {
             pin::report_legacy(what, &pin::claim_legacy(&legacy, &to, &found));
         }
     }
+    let routes = match iface::lookup_blocking(interface)? {
+        Some(found) => withdraw_all(found.ifindex)?,
+        None => Vec::new(),
+    };
+    for (table, addr) in &routes {
+        println!("withdrew {addr} (routing table {table})");
+    }
     let balancer = place.remove_balancer()?;
     let decap = place.remove_decap()?;
     match (balancer, decap) {
+        (false, false) if !routes.is_empty() => {}
         (false, false) => println!("nothing pinned for {interface} in this network namespace"),
         _ => println!(
             "detached from {interface}:{}{}",
@@ -68,6 +76,16 @@ pub fn detach(interface: &str) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Removes every route lbd wrote for the interface `ifindex` (in any table:
+/// detach has no config to name it).
+fn withdraw_all(ifindex: u32) -> anyhow::Result<Vec<(u32, IpAddr)>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::announce::routes::remove_all_owned(ifindex))
+        .context("removing lbd's routes")
 }
 
 /// Attaches decap to `interface` and pins its link in this namespace's

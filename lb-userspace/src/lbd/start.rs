@@ -13,8 +13,12 @@ use tokio::{
     sync::Notify,
 };
 
-use super::tasks;
+use super::{announce::Announcer, tasks};
 use crate::{
+    announce::{
+        node,
+        routes::{self, KernelTable},
+    },
     api::{audit::AuditLog, server},
     balancer::{Balancer, LoadOptions},
     config::{self, Config},
@@ -79,10 +83,24 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             ),
         );
         place.check_layout()?;
+        let node = node::load(&cfg.state_dir)?;
+        let table = match cfg.announce.and_then(|a| a.table) {
+            Some(t) => Some(own_table(t, interface.ifindex).await?),
+            None => None,
+        };
 
-        let daemon = start_daemon(config_path, cfg, &place)?;
+        let mut daemon = start_daemon(config_path, cfg, &place, interface.mac)?;
+        daemon.set_node_state(node);
+        if node.drained {
+            tracing::warn!("the node is drained: nothing is announced until `lbctl node undrain`");
+        }
         let audit = Arc::new(AuditLog::new(&daemon.config().state_dir));
         let shared = Arc::new(Mutex::new(daemon));
+        let announcer = table.map(|t| Arc::new(Announcer::new(t, shared.clone(), audit.clone())));
+        if let Some(a) = &announcer {
+            // Failures are in status and the log; the announcer retries.
+            let _ = a.reconcile().await;
+        }
         tracing::info!(socket = %socket_path.display(), "control socket ready");
         tracing::info!(listen = %metrics_listener.local_addr()?, "metrics ready at /metrics");
         let metrics = Arc::new(Metrics::new(shared.clone()));
@@ -94,7 +112,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             metrics: metrics.clone(),
         });
 
-        let tasks = [
+        let mut tasks = vec![
             tokio::spawn(tasks::resolve_next_hops(shared.clone(), nexthops_changed)),
             tokio::spawn(tasks::sample_rates(shared.clone())),
             tokio::spawn(tasks::read_trace(shared.clone())),
@@ -108,6 +126,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
             }),
         ];
+        if let Some(a) = announcer {
+            tasks.push(tokio::spawn(a.run()));
+        }
         let server = server::serve(listener, shared.clone(), audit, read_gid, hooks);
 
         let mut term = signal(SignalKind::terminate())?;
@@ -127,6 +148,24 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// Opens `[announce] table` for the lbd on `ifindex`, refusing a table
+/// that holds any route lbd did not write: another program owns it.
+async fn own_table(table: u32, ifindex: u32) -> anyhow::Result<KernelTable> {
+    let t = KernelTable::open(table, ifindex)?;
+    let routes = t
+        .list()
+        .await
+        .with_context(|| format!("reading routing table {table}"))?;
+    if let Some(problem) = routes::foreign(&routes, table, ifindex) {
+        anyhow::bail!("[announce] table = {table}: {problem}");
+    }
+    let owned = routes.iter().filter(|r| r.owned_by(ifindex)).count();
+    if owned > 0 {
+        tracing::info!(table, routes = owned, "adopted the routes of the previous lbd");
+    }
+    Ok(t)
+}
+
 /// Adopts or creates the pinned maps at `place`, reconciles them with the
 /// desired state (the persisted runtime state if any, else the config),
 /// then attaches (taking over a pinned link atomically) and persists.
@@ -139,9 +178,10 @@ pub fn start_daemon(
     config_path: &Path,
     config: Config,
     place: &PinPlace,
+    mac: [u8; 6],
 ) -> anyhow::Result<Daemon> {
     let first_start = !place.interface_dir().exists();
-    let result = load_and_attach(config_path, config, place);
+    let result = load_and_attach(config_path, config, place, mac);
     if result.is_err() && first_start {
         if let Err(e) = place.remove_balancer() {
             tracing::error!("removing the pins of the failed start: {e:#}");
@@ -150,7 +190,12 @@ pub fn start_daemon(
     result
 }
 
-fn load_and_attach(config_path: &Path, config: Config, place: &PinPlace) -> anyhow::Result<Daemon> {
+fn load_and_attach(
+    config_path: &Path,
+    config: Config,
+    place: &PinPlace,
+    mac: [u8; 6],
+) -> anyhow::Result<Daemon> {
     let from_config = config.desired_state()?;
     let pin_dir = place.balancer_dir();
     let opts = LoadOptions {
@@ -177,6 +222,10 @@ fn load_and_attach(config_path: &Path, config: Config, place: &PinPlace) -> anyh
     let mut daemon = Daemon::new(config_path, config, balancer, desired)
         .context("writing the settings and the desired state to the maps")?;
     let iface = daemon.config().interface.clone();
+    daemon
+        .balancer_mut()
+        .set_interface_mac(mac)
+        .with_context(|| format!("writing the MAC address of {iface}"))?;
     let want = daemon.config().xdp_mode;
     let mode = daemon
         .balancer_mut()

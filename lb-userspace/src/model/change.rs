@@ -80,4 +80,10 @@ pub enum Change {
         seconds: Option<u64>,
     },
     DebugOff,
+    /// Withdraws every route of this node's (`[announce]`): routers send
+    /// new traffic to other nodes, and the balancer keeps forwarding what
+    /// still arrives. Persisted: it survives a restart.
+    NodeDrain,
+    /// Announces again what the node should announce.
+    NodeUndrain,
 }

@@ -4,6 +4,7 @@
 //! the data path shares), so the config file, the desired state, the CLI
 //! and the API all build on it without building on each other.
 
+pub mod announce;
 pub mod backend;
 pub mod change;
 pub mod defaults;
@@ -11,6 +12,7 @@ pub mod health;
 pub mod host;
 pub mod vip;
 
+pub use announce::{Announce, AnnounceWhen};
 pub use backend::{is_prime, validate_backends, validate_vip, BackendSpec, SpecError};
 pub use change::Change;
 pub use health::{HealthError, HealthKind, HealthSpec};

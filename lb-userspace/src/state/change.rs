@@ -11,12 +11,15 @@ use crate::model::{
 
 impl DesiredState {
     /// The state `change` asks for, checked as a whole. The decision trace's
-    /// switches (`debug-on`, `debug-off`) are not part of the desired state:
-    /// for them this is the state as it is.
+    /// switches (`debug-on`, `debug-off`) and the node's drain are not part
+    /// of the desired state: for them this is the state as it is.
     pub fn with_change(&self, change: &Change) -> Result<DesiredState, StateError> {
         let mut next = self.clone();
         match change {
-            Change::DebugOn { .. } | Change::DebugOff => {}
+            Change::DebugOn { .. }
+            | Change::DebugOff
+            | Change::NodeDrain
+            | Change::NodeUndrain => {}
             Change::VipAdd {
                 vip,
                 name,

@@ -161,6 +161,8 @@ pub fn config() -> &'static LbConfig {
         too_big_icmp: 0,
         too_big_per_sec: 0,
         too_big_burst: 0,
+        if_mac: [0; 6],
+        _pad: [0; 2],
     };
     LB_CONFIG.get(0).unwrap_or(&ZERO)
 }

@@ -57,6 +57,26 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Out> {
     }
 }
 
+/// Whether the frame is addressed to the interface's MAC (or no MAC was
+/// set). Checked only once the destination may be a VIP: other traffic
+/// passes anyway, and pays nothing for it.
+#[inline(always)]
+fn for_this_host(ctx: &XdpContext) -> bool {
+    let mac = &maps::config().if_mac;
+    // Two loads and compares, not a byte loop (or a `bcmp` call BPF lacks).
+    let want_hi = u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let want_lo = u16::from_ne_bytes([mac[4], mac[5]]);
+    if want_hi == 0 && want_lo == 0 {
+        return true;
+    }
+    let (Some(hi), Some(lo)) = (ptr_at::<u32>(ctx, 0), ptr_at::<u16>(ctx, 4)) else {
+        return false;
+    };
+    // SAFETY: `ptr_at` checked both reads are inside the frame; unaligned
+    // reads of packet data are what the verifier allows on this target.
+    unsafe { hi.read_unaligned() == want_hi && lo.read_unaligned() == want_lo }
+}
+
 /// The outcome for a packet to `dst` that is malformed for `reason`.
 #[inline(always)]
 pub fn malformed(dst: &Addr, family: u8, proto: u8, reason: Counter) -> Out {
@@ -75,6 +95,9 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
     let dst: Addr = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
     if !maps::maybe_vip(&dst) {
         return Err(Out::Pass(Counter::PassNotVip));
+    }
+    if !for_this_host(ctx) {
+        return Err(Out::Pass(Counter::PassOtherHost));
     }
     let proto = ip.proto;
     let bad = |reason| malformed(&dst, FAMILY_V4, proto, reason);
@@ -128,6 +151,9 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
     let dst = words(&ip.dst_addr);
     if !maps::maybe_vip(&dst) {
         return Err(Out::Pass(Counter::PassNotVip));
+    }
+    if !for_this_host(ctx) {
+        return Err(Out::Pass(Counter::PassOtherHost));
     }
     let proto = ip.next_hdr;
     let bad = |reason| malformed(&dst, FAMILY_V6, proto, reason);
