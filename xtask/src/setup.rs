@@ -5,7 +5,9 @@
 //! - bpf-linker 0.13.0, built against Debian's LLVM 22 (prebuilt downloads
 //!   do not work here, so it is compiled from source);
 //! - the preinstalled nightly toolchain with `rust-src` (`build-std = core`);
-//! - iproute2's `ip`, which the namespace tests drive.
+//! - iproute2's `ip`, which the namespace tests drive;
+//! - BIRD 2 and keepalived, which the cluster tests start in their
+//!   namespaces (the BGP speaker and the VRRP daemon lb is run with).
 
 use std::env;
 use std::ffi::OsString;
@@ -40,6 +42,12 @@ fn debian_packages() -> Result<()> {
     // Non-root users often lack /usr/sbin in PATH, where `ip` lives.
     if find_program("ip", &[PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).is_none() {
         missing.push("iproute2");
+    }
+    let sbin = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
+    for (program, package) in [("bird", "bird2"), ("keepalived", "keepalived")] {
+        if find_program(program, &sbin).is_none() {
+            missing.push(package);
+        }
     }
     if missing.is_empty() {
         return Ok(());

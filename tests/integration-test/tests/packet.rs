@@ -997,3 +997,46 @@ fn the_vip_address_filter_passes_other_traffic_and_tolerates_collisions() {
     assert_eq!(t.run(&bad), (XDP_PASS, bad.clone()));
     assert_eq!(t.counter(Counter::PassNotVip), before + 2);
 }
+
+#[test]
+fn only_frames_to_the_interfaces_mac_are_forwarded() {
+    let mut t = lb_with_web_vips(Proto::Tcp);
+    t.lb.set_interface_mac(LB_MAC).unwrap();
+    let to = |mac: [u8; 6], src: &str, sport: u16, dst: &str| {
+        let mut f = Frame::tcp(src, sport, dst, 80);
+        f.dst_mac = mac;
+        f.build()
+    };
+    // Addressed to this interface: forwarded, both families.
+    assert_eq!(t.run(&to(LB_MAC, V4_CLIENT, 1, "10.100.0.1")).0, XDP_TX);
+    assert_eq!(t.run(&to(LB_MAC, V6_CLIENT, 1, "2001:db8:100::1")).0, XDP_TX);
+    // Flooded frames for another balancer (one MAC byte off, each end),
+    // broadcast and multicast: passed untouched, counted, no flow made.
+    let others = [
+        [0x02, 0, 0, 0, 0, 0x0c],
+        [0x03, 0, 0, 0, 0, 0x0b],
+        [0xff; 6],
+        [0x33, 0x33, 0, 0, 0, 1],
+    ];
+    let entries = t.lb.conntrack_len();
+    let mut passed = 0;
+    for (i, mac) in others.iter().enumerate() {
+        let sport = 100 + i as u16;
+        for f in [
+            to(*mac, V4_CLIENT, sport, "10.100.0.1"),
+            to(*mac, V6_CLIENT, sport, "2001:db8:100::1"),
+        ] {
+            assert_eq!(t.run(&f), (XDP_PASS, f.clone()), "dst MAC {mac:02x?}");
+            passed += 1;
+        }
+    }
+    assert_eq!(t.counter(Counter::PassOtherHost), passed);
+    assert_eq!(t.lb.conntrack_len(), entries, "no entry for another host's flow");
+    // Traffic for no VIP is the kernel's whatever its MAC: not-VIP, as before.
+    let not_vip = to([0x02, 0, 0, 0, 0, 0x0c], V4_CLIENT, 1, "10.0.0.99");
+    assert_eq!(t.run(&not_vip).0, XDP_PASS);
+    assert_eq!(t.counter(Counter::PassOtherHost), passed);
+    // No MAC written (all zero): no check.
+    t.lb.set_interface_mac([0; 6]).unwrap();
+    assert_eq!(t.run(&to(others[0], V4_CLIENT, 1, "10.100.0.1")).0, XDP_TX);
+}

@@ -422,6 +422,26 @@ impl Lab {
         }
     }
 
+    /// SIGTERM to lbd, and wait (bounded) for it to exit: the stop an
+    /// init system makes.
+    pub fn stop_lbd(&mut self) -> Result<()> {
+        let Some(mut c) = self.lbd.take() else {
+            return Ok(());
+        };
+        // SAFETY: a signal to our own child, which we have not reaped yet.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if c.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        bail!("lbd did not exit within 10 s of SIGTERM")
+    }
+
     pub fn lbd_pid(&self) -> Option<u32> {
         self.lbd.as_ref().map(|c| c.id())
     }
