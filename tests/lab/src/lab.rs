@@ -113,6 +113,8 @@ pub struct BackendHost {
     pub ifname: String,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
+    /// The VIPs it holds on `lo` (where its UDP service answers too).
+    pub lo_addrs: Vec<IpAddr>,
 }
 
 pub struct Lab {
@@ -200,6 +202,7 @@ impl Lab {
                 ifname: h.ifname.clone(),
                 v4: h.v4,
                 v6: h.v6.expect("the lab has IPv6"),
+                lo_addrs: spec.backend_lo.clone(),
             })
             .collect();
         let mut lab = Lab {

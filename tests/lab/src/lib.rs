@@ -1,9 +1,12 @@
 //! What the tests, the demo and the bench share: a frame builder, a balancer
 //! loaded for packet tests (`harness`), network namespaces (`netns`), the
 //! switched lab they all run in (`switched`), and the test lab running the
-//! real `lbd` and `lbctl` in it with its clients, servers and status views.
+//! real `lbd` and `lbctl` in it with its clients, servers and status views;
+//! the cluster lab (`cluster`): a router, balancer nodes with BIRD or
+//! keepalived, backends.
 
 pub mod clients;
+pub mod cluster;
 pub mod cpu;
 pub mod frame;
 pub mod harness;

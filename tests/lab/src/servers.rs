@@ -146,14 +146,10 @@ impl Server {
                 }
             }
             Service::Udp(port) => {
-                let addrs: [IpAddr; 6] = [
-                    host.v4.into(),
-                    host.v6.into(),
-                    VIP_WEB.into(),
-                    VIP_ANY.into(),
-                    VIP_EXTRA.into(),
-                    VIP_WEB6.into(),
-                ];
+                let addrs: Vec<IpAddr> = [host.v4.into(), host.v6.into()]
+                    .into_iter()
+                    .chain(host.lo_addrs.iter().copied())
+                    .collect();
                 let socks = in_netns(ns, || {
                     addrs
                         .iter()
