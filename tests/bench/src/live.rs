@@ -488,6 +488,8 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
         v4: Some((LB_SRC.parse()?, 32)),
         v6: None,
     })?;
+    // As lbd does: frames must be addressed to the interface.
+    lb.set_interface_mac(mac_a)?;
     let vip = VipId {
         addr: VIP.parse()?,
         port: 80,

@@ -297,6 +297,11 @@ fn load_lb(conntrack_size: u32, all: bool) -> TestLb {
     // A known egress MTU, so every forwarded packet pays the MTU check (the
     // bench's frames are far below it).
     t.mtu = 1500;
+    // The interface's MAC, as lbd writes it: every frame pays the check
+    // that it is addressed to this node (the bench's frames are).
+    t.lb
+        .set_interface_mac(LB_MAC)
+        .expect("writing the interface MAC");
     add_vips(&mut t, all);
     t
 }
