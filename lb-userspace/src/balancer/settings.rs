@@ -64,6 +64,11 @@ impl Balancer {
         Ok(())
     }
 
+    /// The MAC the check compares with (all zero: none).
+    pub fn interface_mac(&self) -> [u8; 6] {
+        self.lb_config.if_mac
+    }
+
     /// Lets the program redirect to `ifindex` (an egress other than the
     /// interface a packet came in on). The kernel resolves `ifindex` in the
     /// calling thread's network namespace: call this from the namespace of

@@ -80,8 +80,14 @@ impl Announcer {
             tracing::warn!("reading routing table {}: {e:#}", table.table);
             BTreeSet::new()
         });
+        // Once per new failure, not every retry (a link that is down makes
+        // every try fail until it is back).
         if let Some(e) = &error {
-            tracing::error!("announcing: {e}");
+            if d.announce_view().error.as_ref() != Some(e) {
+                tracing::error!("announcing (retried every second): {e}");
+            }
+        } else if d.announce_view().error.is_some() {
+            tracing::info!("announcing works again");
         }
         d.record_announce(
             decisions,

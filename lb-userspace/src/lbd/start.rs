@@ -89,6 +89,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             None => None,
         };
 
+        let cfg_interface = cfg.interface.clone();
         let mut daemon = start_daemon(config_path, cfg, &place, interface.mac)?;
         daemon.set_node_state(node);
         if node.drained {
@@ -116,6 +117,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             tokio::spawn(tasks::resolve_next_hops(shared.clone(), nexthops_changed)),
             tokio::spawn(tasks::sample_rates(shared.clone())),
             tokio::spawn(tasks::read_trace(shared.clone())),
+            tokio::spawn(tasks::follow_interface_mac(
+                shared.clone(),
+                cfg_interface.clone(),
+                interface.ifindex,
+            )),
             tokio::spawn(tasks::reload_on_sighup(shared.clone(), hooks.clone())),
             tokio::spawn(async move { metrics::serve(metrics_listener, metrics).await }),
             tokio::spawn({

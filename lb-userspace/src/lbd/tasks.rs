@@ -1,5 +1,5 @@
 //! What runs beside the core once lbd is up: counter sampling, the trace
-//! reader, reload on SIGHUP and the next-hop resolver.
+//! reader, reload on SIGHUP, the next-hop resolver and the interface's MAC.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -9,7 +9,14 @@ use tokio::{
     sync::Notify,
 };
 
-use crate::{api::server::Hooks, daemon::Shared, host::nexthop, model::NextHop};
+use futures::StreamExt;
+
+use crate::{
+    api::server::Hooks,
+    daemon::Shared,
+    host::{iface, nexthop},
+    model::NextHop,
+};
 
 /// How often next hops are re-resolved even without a netlink event.
 const NEXTHOP_REFRESH: Duration = Duration::from_secs(10);
@@ -56,6 +63,63 @@ pub(super) async fn read_trace(daemon: Shared) -> anyhow::Result<()> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .follow_trace();
+    }
+}
+
+/// How often the interface's MAC is checked without a netlink event.
+const MAC_RECHECK: Duration = Duration::from_secs(10);
+
+/// Keeps the MAC the balancer checks frames against equal to the
+/// interface's: an operator (or a bonding or VRRP setup) may change it under
+/// a running lbd, and frames to the new address must not pass as another
+/// host's.
+pub(super) async fn follow_interface_mac(
+    daemon: Shared,
+    ifname: String,
+    ifindex: u32,
+) -> anyhow::Result<()> {
+    let mut events = nexthop::watch()?;
+    let mut tick = tokio::time::interval(MAC_RECHECK);
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(nexthop::Event::Link { ifindex: i }) if i == ifindex => {}
+                Some(nexthop::Event::Lost) => {}
+                Some(_) => continue,
+                None => {
+                    events = nexthop::watch()?;
+                    continue;
+                }
+            },
+            _ = tick.tick() => {}
+        }
+        let found = match iface::lookup(&ifname).await {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("reading {ifname}'s MAC: {e:#}");
+                continue;
+            }
+        };
+        let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+        let old = d.balancer().interface_mac();
+        if old != found.mac {
+            let show = |m: [u8; 6]| {
+                m.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            };
+            match d.balancer_mut().set_interface_mac(found.mac) {
+                Ok(()) => tracing::info!(
+                    interface = %ifname,
+                    "MAC changed {} -> {}: frames to the new one are forwarded",
+                    show(old),
+                    show(found.mac)
+                ),
+                Err(e) => tracing::error!("writing {ifname}'s new MAC: {e}"),
+            }
+        }
     }
 }
 

@@ -9,8 +9,13 @@
 //!    adopts them without a change; a route removed by hand is put back;
 //!    metrics and the audit log see it; `lbd detach` removes lbd's routes
 //!    and no other.
+//!    A link that goes down takes the routes with it (the kernel's doing);
+//!    they are back once it is up.
 //! 2. [`a_table_in_use_is_refused_at_start`]: a table with a route lbd did
 //!    not write stops lbd before it touches anything.
+//! 3. [`a_new_interface_mac_is_followed`]: the balancer forwards only frames
+//!    to its interface's MAC; when the MAC changes under a running lbd,
+//!    frames to the new one are forwarded.
 
 use std::{
     collections::BTreeSet,
@@ -204,6 +209,14 @@ fn routes_follow_health_drain_and_restarts() {
     let took = wait_routes(&lab, &ALL, Duration::from_secs(3), "put back");
     println!("a route removed by hand was back after {took:?}");
 
+    // A link that goes down loses its routes (the kernel removes them);
+    // they are back once it is up again.
+    netns::ip(&lab.lb_ns, &["link", "set", &lab.lb_if, "down"]).unwrap();
+    wait_routes(&lab, &[], Duration::from_secs(3), "link down");
+    netns::ip(&lab.lb_ns, &["link", "set", &lab.lb_if, "up"]).unwrap();
+    let took = wait_routes(&lab, &ALL, Duration::from_secs(5), "link up again");
+    println!("routes back {took:?} after the link came up");
+
     // detach removes lbd's routes, and only those.
     netns::ip(
         &lab.lb_ns,
@@ -241,4 +254,40 @@ fn a_table_in_use_is_refused_at_start() {
     assert!(!lab.pin_dir().exists(), "pins left at {}", lab.pin_dir().display());
     let (ours, text) = routes(&lab);
     assert!(ours.is_empty() && text.contains("192.0.2.0/24"), "{text}");
+}
+
+#[test]
+fn a_new_interface_mac_is_followed() {
+    let lab = Lab::with_lbd(1, |_| {}, |lab| lab.standard_vips(&["b1"]));
+    let web = SocketAddr::from((VIP_WEB, 80));
+    assert_eq!(lab.greet(web).as_deref(), Ok("b1"));
+    let passed = |lab: &Lab| -> f64 {
+        let m = lab.scrape();
+        metric(&m, "lb_events_total{event=\"pass_other_host\"}").unwrap_or(0.0)
+    };
+    let before = passed(&lab);
+    netns::ip(
+        &lab.lb_ns,
+        &["link", "set", "dev", &lab.lb_if, "address", "02:00:00:00:77:01"],
+    )
+    .unwrap();
+    // The client learns the new MAC at once, as from a gratuitous ARP.
+    netns::ip(&lab.client_ns, &["neigh", "flush", "all"]).unwrap();
+    let start = Instant::now();
+    loop {
+        match lab.greet(web) {
+            Ok(b) if b == "b1" => break,
+            other => assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "after the MAC change: {other:?}\n{}",
+                lab.log_tail(20)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("forwarding to the new MAC {:?} after the change", start.elapsed());
+    assert!(lab.log_tail(20).contains("MAC changed"), "{}", lab.log_tail(20));
+    // Frames to the old MAC until lbd noticed are the only ones passed.
+    let after = passed(&lab);
+    assert!(after - before < 20.0, "{before} -> {after}");
 }
