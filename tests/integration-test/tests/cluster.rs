@@ -1,7 +1,8 @@
 //! lb as the front door of a cluster, with real BIRD 2 and keepalived
 //! (see `lb_lab::cluster` for the topology):
 //!
-//! 1. [`three_nodes_behind_ecmp`]: three nodes announce the VIPs over BGP
+//! 1. [`three_nodes_behind_ecmp`]: three nodes announce the VIPs (IPv4 and
+//!    IPv6) over BGP
 //!    (BIRD learning lbd's table, BFD to the router), the router spreads
 //!    300 long-lived connections over them with ECMP; a flooding bridge
 //!    gets no duplicates through; a site whose backends all fail
@@ -52,9 +53,14 @@ struct BackendAddr(String);
 const SITE_HEALTH: &str = "[vip.health]\nkind = \"tcp\"\nport = 8080\ninterval = \"200ms\"\n\
                            timeout = \"100ms\"\nrise = 1\nfall = 2\n";
 
-/// Greetings of `n` new connections to `to`, from the client's addresses.
+/// Greetings of `n` new connections to `to`, from the client's addresses
+/// (IPv4), or from its one IPv6 address.
 fn new_connections(c: &Cluster, to: SocketAddr, n: usize) -> Result<BTreeMap<String, usize>, String> {
-    let sources = c.sources(n, SOURCES);
+    let sources = if to.is_ipv4() {
+        c.sources(n, SOURCES)
+    } else {
+        vec![IpAddr::V6(CLIENT6); n]
+    };
     in_netns(&c.client_ns, || {
         let mut seen = BTreeMap::new();
         for src in sources {
@@ -91,9 +97,14 @@ fn three_nodes_behind_ecmp() {
         .iter()
         .map(|n| BackendAddr(c.backend(n).v4.to_string()))
         .collect();
+    let b6: Vec<BackendAddr> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|n| BackendAddr(c.backend(n).v6.to_string()))
+        .collect();
     // The same VIPs everywhere, but the site VIP: site A (n1, n2) has b1
     // and b2, site B (n3) has b3.
     let common = vip_toml("web", "203.0.113.10", 80, "tcp", &[&b[0], &b[1], &b[2]])
+        + &vip_toml("web6", "2001:db8:100::10", 80, "tcp", &[&b6[0], &b6[1], &b6[2]])
         + &vip_toml("dns", "203.0.113.30", 53, "udp", &[&b[0], &b[1], &b[2]]);
     let site_a = vip_toml("site", "203.0.113.20", 80, "tcp", &[&b[0], &b[1]]) + SITE_HEALTH;
     let site_b = vip_toml("site", "203.0.113.20", 80, "tcp", &[&b[2]]) + SITE_HEALTH;
@@ -104,10 +115,11 @@ fn three_nodes_behind_ecmp() {
     for n in ["n1", "n2", "n3"] {
         c.start_bird(n).expect("node BIRD");
     }
-    let took = wait_established(&c, 3);
+    let took = wait_established(&c, 6);
     println!("BGP sessions established {took:?} after BIRD started");
     thread::sleep(Duration::from_millis(500));
     assert!(c.router_next_hops(VIP_WEB).is_empty(), "no route before lbd runs");
+    assert!(c.router_next_hops(VIP_WEB6).is_empty(), "no route before lbd runs");
 
     for (n, site) in [("n1", &site_a), ("n2", &site_a), ("n3", &site_b)] {
         let cfg = c.lbd_config(n, "healthy", &format!("{common}{site}"));
@@ -122,6 +134,9 @@ fn three_nodes_behind_ecmp() {
     let ecmp = started.elapsed();
     c.wait_router(VIP_SITE, &all, Duration::from_secs(10)).unwrap();
     c.wait_router(VIP_DNS, &all, Duration::from_secs(10)).unwrap();
+    c.wait_router(VIP_WEB6, &all, Duration::from_secs(10)).unwrap();
+    let seen = new_connections(&c, SocketAddr::from((VIP_WEB6, 80)), 20).unwrap();
+    assert_eq!(seen.values().sum::<usize>(), 20, "IPv6 through the cluster: {seen:?}");
     println!("router holds a 3-way ECMP route to every VIP {ecmp:?} after the last lbd answered");
     let learned = c.node_birdc("n1", &["show", "route", "all", "203.0.113.10/32"]);
     assert!(learned.contains("lbd_routes"), "n1's BIRD learned it from lbd's table:\n{learned}");
@@ -186,6 +201,7 @@ fn three_nodes_behind_ecmp() {
         .wait_router(VIP_WEB, &["n1", "n3"], Duration::from_secs(2))
         .unwrap_or_else(|e| panic!("{e:#}\n{out}"));
     let drain_total = t.elapsed();
+    c.wait_router(VIP_WEB6, &["n1", "n3"], Duration::from_secs(2)).unwrap();
     let seen = new_connections(&c, Cluster::web(), 60).unwrap();
     assert_eq!(seen.values().sum::<usize>(), 60, "{seen:?}");
     assert!(fleet.wait_exchanges(3, FLEET - fleet.broken() as usize, Duration::from_secs(10)));
@@ -193,6 +209,7 @@ fn three_nodes_behind_ecmp() {
     let t = Instant::now();
     c.lbctl_ok("n2", &["node", "undrain"]);
     let undrain_took = c.wait_router(VIP_WEB, &all, Duration::from_secs(2)).unwrap();
+    c.wait_router(VIP_WEB6, &all, Duration::from_secs(2)).unwrap();
     assert!(fleet.wait_exchanges(3, FLEET, Duration::from_secs(10)));
     assert_eq!(fleet.broken(), 0, "an undrain breaks nothing");
     println!(
@@ -218,6 +235,7 @@ fn three_nodes_behind_ecmp() {
         .wait_router(VIP_WEB, &["n1", "n2"], Duration::from_secs(2))
         .unwrap();
     let reroute_total = t.elapsed();
+    c.wait_router(VIP_WEB6, &["n1", "n2"], Duration::from_secs(2)).unwrap();
     thread::sleep(Duration::from_secs(3));
     let report = fleet.stop();
     let broken = report.broken();

@@ -65,19 +65,27 @@ pub const VIP_WEB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const VIP_SITE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 /// A UDP VIP (port 53): a datagram forwarded twice is answered twice.
 pub const VIP_DNS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
-/// The VIP keepalived moves between two nodes (in the fabric's subnet).
+/// The IPv6 VIP every node serves alike (TCP 80).
+pub const VIP_WEB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+/// The fabric's IPv6 /64: the same host numbers as in IPv4 (`fd20::21`).
+pub const ROUTER_FABRIC6: Ipv6Addr = Ipv6Addr::new(0xfd20, 0, 0, 0, 0, 0, 0, 1);
+pub const ROUTER_CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xcafe, 0, 0, 0, 0, 1);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xcafe, 0, 0, 0, 0, 2);
+/// The keepalived VIP moves between two nodes (in the fabric's subnet).
 pub const VIP_VRRP: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 100);
 /// lbd's routing table on every node.
 pub const TABLE: u32 = 100;
 const BRIDGE: &str = "br0";
-/// The address prefix BIRD exports (the VIPs' /24).
+/// The address prefixes BIRD exports host routes of.
 pub const VIP_PREFIX: &str = "203.0.113.0/24";
+pub const VIP_PREFIX6: &str = "2001:db8:100::/48";
 
 /// A balancer node: its namespace, address, and what runs there.
 pub struct Node {
     pub name: String,
     pub ns: String,
     pub addr: Ipv4Addr,
+    pub addr6: Ipv6Addr,
     pub dir: PathBuf,
     lbd: Option<Child>,
     bird: Option<Child>,
@@ -115,6 +123,12 @@ fn fabric(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, n)
 }
 
+/// Host `n` of the fabric's /64, written with the same digits (`fd20::21`).
+fn fabric6(n: u8) -> Ipv6Addr {
+    let digits = u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex");
+    Ipv6Addr::new(0xfd20, 0, 0, 0, 0, 0, 0, digits)
+}
+
 /// The client's `i`th extra source address.
 pub fn client_source(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, CLIENT_SOURCES + i)
@@ -138,20 +152,26 @@ impl Cluster {
         let client_ns = topo.add_ns("client")?;
         topo.veth((&client_ns, "eth0"), (&router_ns, "eth0"))?;
         topo.add_addr(&client_ns, "eth0", &format!("{CLIENT}/24"))?;
+        topo.add_addr(&client_ns, "eth0", &format!("{CLIENT6}/64"))?;
         for i in 0..client_sources {
             topo.add_addr(&client_ns, "eth0", &format!("{}/24", client_source(i)))?;
         }
         topo.add_route(&client_ns, &["default", "via", &ROUTER_CLIENT.to_string()])?;
+        topo.add_route(&client_ns, &["default", "via", &ROUTER_CLIENT6.to_string()])?;
         // Frames the client's stack sends must carry finished checksums:
         // the balancer forwards them in XDP (see `netns::set_tx_checksum`).
         netns::set_tx_checksum(&client_ns, "eth0", false)?;
         topo.add_addr(&router_ns, "eth0", &format!("{ROUTER_CLIENT}/24"))?;
+        topo.add_addr(&router_ns, "eth0", &format!("{ROUTER_CLIENT6}/64"))?;
         topo.plug((&router_ns, "eth1"), &switch_ns, "p-r", BRIDGE, "1500", false)?;
         topo.add_addr(&router_ns, "eth1", &format!("{ROUTER_FABRIC}/24"))?;
+        topo.add_addr(&router_ns, "eth1", &format!("{ROUTER_FABRIC6}/64"))?;
         for (k, v) in [
             ("net.ipv4.ip_forward", "1"),
             // Layer-4 hashing: flows from one client address spread too.
             ("net.ipv4.fib_multipath_hash_policy", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv6.fib_multipath_hash_policy", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
         ] {
@@ -163,16 +183,23 @@ impl Cluster {
             let name = format!("b{}", i + 1);
             let ns = topo.add_ns(&name)?;
             let v4 = fabric(11 + i as u8);
-            let v6 = Ipv6Addr::new(0xfd20, 0, 0, 0, 0, 0, 0, 0x11 + i as u16);
+            let v6 = fabric6(11 + i as u8);
             topo.plug((&ns, "eth0"), &switch_ns, &format!("p-{name}"), BRIDGE, "1600", true)?;
             topo.add_addr(&ns, "eth0", &format!("{v4}/24"))?;
             topo.add_addr(&ns, "eth0", &format!("{v6}/64"))?;
-            let lo_addrs: Vec<IpAddr> =
-                vec![VIP_WEB.into(), VIP_SITE.into(), VIP_DNS.into(), VIP_VRRP.into()];
+            let lo_addrs: Vec<IpAddr> = vec![
+                VIP_WEB.into(),
+                VIP_SITE.into(),
+                VIP_DNS.into(),
+                VIP_VRRP.into(),
+                VIP_WEB6.into(),
+            ];
             for a in &lo_addrs {
-                topo.add_addr(&ns, "lo", &format!("{a}/32"))?;
+                let len = if a.is_ipv4() { 32 } else { 128 };
+                topo.add_addr(&ns, "lo", &format!("{a}/{len}"))?;
             }
             topo.add_route(&ns, &["default", "via", &ROUTER_FABRIC.to_string()])?;
+            topo.add_route(&ns, &["default", "via", &ROUTER_FABRIC6.to_string()])?;
             // Decapsulated packets carry the client's source; the VIPs on lo
             // are never announced (VIP_VRRP is in the fabric's subnet).
             for (k, v) in [
@@ -200,9 +227,11 @@ impl Cluster {
             let name = format!("n{}", i + 1);
             let ns = topo.add_ns(&name)?;
             let addr = fabric(21 + i as u8);
+            let addr6 = fabric6(21 + i as u8);
             let port = format!("p-{name}");
             topo.plug((&ns, "eth0"), &switch_ns, &port, BRIDGE, "1600", true)?;
             topo.add_addr(&ns, "eth0", &format!("{addr}/24"))?;
+            topo.add_addr(&ns, "eth0", &format!("{addr6}/64"))?;
             topo.add_route(&ns, &["default", "via", &ROUTER_FABRIC.to_string()])?;
             let mut pass = Decap::load().context("loading the pass-through program")?;
             in_netns(&switch_ns, || pass.attach(&port, AttachMode::Native))?
@@ -213,6 +242,7 @@ impl Cluster {
                 name,
                 ns,
                 addr,
+                addr6,
                 dir: node_dir,
                 lbd: None,
                 bird: None,
@@ -245,6 +275,8 @@ impl Cluster {
                     "eth0",
                     "--address",
                     &host.v4.to_string(),
+                    "--address",
+                    &host.v6.to_string(),
                 ]),
                 Duration::from_secs(20),
             )?;
@@ -311,6 +343,7 @@ impl Cluster {
              \n\
              [encap]\n\
              source_v4 = \"{addr}\"\n\
+             source_v6 = \"{addr6}\"\n\
              \n\
              [announce]\n\
              table = {TABLE}\n\
@@ -319,6 +352,7 @@ impl Cluster {
             socket = n.socket().display(),
             state = n.dir.join("state").display(),
             addr = n.addr,
+            addr6 = n.addr6,
         )
     }
 
@@ -430,16 +464,34 @@ impl Cluster {
 
     /// The router's next hops toward `addr` in its main table (empty: no
     /// route).
-    pub fn router_next_hops(&self, addr: Ipv4Addr) -> BTreeSet<Ipv4Addr> {
-        let out = netns::ip(&self.router_ns, &["route", "show", &format!("{addr}/32")])
+    pub fn router_next_hops(&self, addr: impl Into<IpAddr>) -> BTreeSet<IpAddr> {
+        let addr = addr.into();
+        let (family, len) = if addr.is_ipv4() { ("-4", 32) } else { ("-6", 128) };
+        let out = netns::ip(&self.router_ns, &[family, "route", "show", &format!("{addr}/{len}")])
             .unwrap_or_default();
         next_hops(&out)
     }
 
     /// Waits until the router's next hops toward `addr` are the addresses
     /// of `nodes`; how long that took.
-    pub fn wait_router(&self, addr: Ipv4Addr, nodes: &[&str], timeout: Duration) -> Result<Duration> {
-        let want: BTreeSet<Ipv4Addr> = nodes.iter().map(|n| self.node(n).addr).collect();
+    pub fn wait_router(
+        &self,
+        addr: impl Into<IpAddr>,
+        nodes: &[&str],
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let addr = addr.into();
+        let want: BTreeSet<IpAddr> = nodes
+            .iter()
+            .map(|n| {
+                let n = self.node(n);
+                if addr.is_ipv4() {
+                    IpAddr::V4(n.addr)
+                } else {
+                    IpAddr::V6(n.addr6)
+                }
+            })
+            .collect();
         let start = Instant::now();
         loop {
             let have = self.router_next_hops(addr);
@@ -461,8 +513,9 @@ impl Cluster {
     pub fn routing_diagnostics(&self) -> String {
         let mut out = String::new();
         out += &format!(
-            "router routes:\n{}\n",
-            netns::ip(&self.router_ns, &["route"]).unwrap_or_default()
+            "router routes:\n{}{}\n",
+            netns::ip(&self.router_ns, &["route"]).unwrap_or_default(),
+            netns::ip(&self.router_ns, &["-6", "route"]).unwrap_or_default()
         );
         let mut socks = vec![("router".to_string(), self.dir.join("router-bird.ctl"))];
         socks.extend(self.nodes.iter().map(|n| (n.name.clone(), n.dir.join("bird.ctl"))));
@@ -534,7 +587,7 @@ impl Cluster {
 
 /// The next hops of an `ip route show` answer: `via A` of a single path or
 /// every `nexthop via A` of a multipath route.
-fn next_hops(out: &str) -> BTreeSet<Ipv4Addr> {
+fn next_hops(out: &str) -> BTreeSet<IpAddr> {
     let words: Vec<&str> = out.split_whitespace().collect();
     words
         .windows(2)
@@ -600,10 +653,19 @@ mod tests {
     #[test]
     fn next_hops_of_single_and_multipath_routes() {
         let single = "203.0.113.10 via 10.20.0.21 dev eth1 proto bird metric 32\n";
-        assert_eq!(next_hops(single), [fabric(21)].into());
+        assert_eq!(next_hops(single), [IpAddr::V4(fabric(21))].into());
         let multi = "203.0.113.10 proto bird metric 32 \n\tnexthop via 10.20.0.21 dev eth1 \
                      weight 1 \n\tnexthop via 10.20.0.22 dev eth1 weight 1 \n";
-        assert_eq!(next_hops(multi), [fabric(21), fabric(22)].into());
+        assert_eq!(
+            next_hops(multi),
+            [IpAddr::V4(fabric(21)), IpAddr::V4(fabric(22))].into()
+        );
+        let v6 = "2001:db8:100::10 proto bird metric 32 pref medium\n\tnexthop via fd20::21 \
+                  dev eth1 weight 1 \n\tnexthop via fd20::23 dev eth1 weight 1 \n";
+        assert_eq!(
+            next_hops(v6),
+            [IpAddr::V6(fabric6(21)), IpAddr::V6(fabric6(23))].into()
+        );
         assert!(next_hops("").is_empty());
     }
 }

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{Cluster, ROUTER_FABRIC, TABLE, VIP_PREFIX};
+use super::{Cluster, ROUTER_FABRIC, ROUTER_FABRIC6, TABLE, VIP_PREFIX, VIP_PREFIX6};
 use crate::process::{die_with_parent, nsenter, run_bounded};
 
 /// BFD: 100 ms, three misses: a silent node is down after 300 ms.
@@ -29,7 +29,7 @@ const ROUTER_AS: u32 = 65000;
 const NODE_AS: u32 = 65001;
 
 /// A node's BIRD: lbd's table in, the VIP host routes out to the router.
-pub fn node_config(log: &Path, router_id: &str) -> String {
+pub fn node_config(log: &Path, router_id: &str, addr6: &str) -> String {
     format!(
         r#"log "{log}" all;
 router id {router_id};
@@ -44,12 +44,24 @@ protocol kernel lbd_routes {{
   ipv4 {{ import all; export none; }};
 }}
 
+protocol kernel lbd_routes6 {{
+  kernel table {TABLE};
+  learn;
+  scan time 10;
+  ipv6 {{ import all; export none; }};
+}}
+
 protocol bfd {{
   interface "eth0" {{ {BFD} }};
 }}
 
 filter vips_out {{
   if net ~ [ {VIP_PREFIX}{{32,32}} ] then accept;
+  reject;
+}}
+
+filter vips6_out {{
+  if net ~ [ {VIP_PREFIX6}{{128,128}} ] then accept;
   reject;
 }}
 
@@ -60,13 +72,21 @@ protocol bgp uplink {{
   bfd on;
   ipv4 {{ import none; export filter vips_out; next hop self; }};
 }}
+
+protocol bgp uplink6 {{
+  local {addr6} as {NODE_AS};
+  neighbor {ROUTER_FABRIC6} as {ROUTER_AS};
+  {BGP_TIMERS}
+  bfd on;
+  ipv6 {{ import none; export filter vips6_out; next hop self; }};
+}}
 "#,
         log = log.display()
     )
 }
 
 /// The router's BIRD: a passive session per node, ECMP into the kernel.
-pub fn router_config(log: &Path, nodes: &[String]) -> String {
+pub fn router_config(log: &Path, nodes: &[(String, String)]) -> String {
     let mut c = format!(
         r#"log "{log}" all;
 router id {ROUTER_FABRIC};
@@ -80,6 +100,12 @@ protocol kernel {{
   ipv4 {{ import none; export all; }};
 }}
 
+protocol kernel {{
+  merge paths on limit 16;
+  scan time 10;
+  ipv6 {{ import none; export all; }};
+}}
+
 protocol bfd {{
   interface "eth1" {{ {BFD} }};
 }}
@@ -89,21 +115,36 @@ filter vips_in {{
   reject;
 }}
 
+filter vips6_in {{
+  if net ~ [ {VIP_PREFIX6}{{128,128}} ] then accept;
+  reject;
+}}
+
 template bgp node {{
-  local {ROUTER_FABRIC} as {ROUTER_AS};
   passive on;
   hold time 3;
   keepalive time 1;
   # Take a node back at once after it restarts.
   error wait time 0, 0;
   bfd on;
+}}
+
+template bgp node4 from node {{
+  local {ROUTER_FABRIC} as {ROUTER_AS};
   ipv4 {{ import filter vips_in; export none; }};
+}}
+
+template bgp node6 from node {{
+  local {ROUTER_FABRIC6} as {ROUTER_AS};
+  ipv6 {{ import filter vips6_in; export none; next hop prefer global; }};
 }}
 "#,
         log = log.display()
     );
-    for (i, addr) in nodes.iter().enumerate() {
-        c += &format!("protocol bgp node{} from node {{ neighbor {addr} as {NODE_AS}; }}\n", i + 1);
+    for (i, (v4, v6)) in nodes.iter().enumerate() {
+        let n = i + 1;
+        c += &format!("protocol bgp node{n}_4 from node4 {{ neighbor {v4} as {NODE_AS}; }}\n");
+        c += &format!("protocol bgp node{n}_6 from node6 {{ neighbor {v6} as {NODE_AS}; }}\n");
     }
     c
 }
@@ -139,7 +180,11 @@ pub fn birdc(sock: &Path, args: &[&str]) -> String {
 impl Cluster {
     /// Starts BIRD on the router, with a session per node.
     pub fn start_router_bird(&mut self) -> Result<()> {
-        let nodes: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
+        let nodes: Vec<(String, String)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.addr.to_string(), n.addr6.to_string()))
+            .collect();
         let conf = self.dir.join("router-bird.conf");
         let log = self.dir.join("router-bird.log");
         fs::write(&conf, router_config(&log, &nodes))?;
@@ -159,7 +204,7 @@ impl Cluster {
         let n = self.node_mut(node);
         let log = n.log("bird");
         let conf = n.dir.join("bird.conf");
-        fs::write(&conf, node_config(&log, &n.addr.to_string()))?;
+        fs::write(&conf, node_config(&log, &n.addr.to_string(), &n.addr6.to_string()))?;
         let b = start(&n.ns, &conf, &n.dir.join("bird.ctl"), &n.dir.join("bird.pid"), &log)?;
         n.bird = Some(b);
         Ok(())
