@@ -21,7 +21,7 @@ use netlink_packet_route::{
     },
     AddressFamily,
 };
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{sys::AsyncSocket, Handle, RouteMessageBuilder};
 
 use crate::model::announce::ROUTE_PROTOCOL;
 
@@ -92,9 +92,14 @@ pub struct KernelTable {
 
 impl KernelTable {
     /// Opens an rtnetlink socket in the calling thread's namespace (its
-    /// connection runs on the current Tokio runtime).
+    /// connection runs on the current Tokio runtime). With strict checking
+    /// on, the kernel dumps only the table asked for: a node that also holds
+    /// a full routing table in `main` is not read whole every second.
     pub fn open(table: u32, ifindex: u32) -> anyhow::Result<Self> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let (mut conn, handle, _) = rtnetlink::new_connection()?;
+        conn.socket_mut()
+            .socket_mut()
+            .set_netlink_get_strict_chk(true)?;
         tokio::spawn(conn);
         Ok(KernelTable {
             handle,
@@ -105,12 +110,30 @@ impl KernelTable {
 
     /// Every IPv4 and IPv6 route of the table.
     pub async fn list(&self) -> anyhow::Result<Vec<TableRoute>> {
-        Ok(list_all(&self.handle)
-            .await?
-            .into_iter()
-            .filter(|(t, _)| *t == self.table)
-            .map(|(_, r)| r)
-            .collect())
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            msg.attributes.push(RouteAttribute::Table(self.table));
+            let mut dump = self.handle.route().get(msg).execute();
+            loop {
+                match dump.try_next().await {
+                    Ok(Some(r)) => {
+                        // Filtered again: a kernel without strict dumps sends all.
+                        if table_of(&r) == self.table {
+                            out.push(read(&r));
+                        }
+                    }
+                    Ok(None) => break,
+                    // A table that never held a route of this family.
+                    Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::ENOENT => {
+                        break
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The addresses lbd announces now.
@@ -172,7 +195,8 @@ impl KernelTable {
     }
 }
 
-/// Every IPv4 and IPv6 route of every table, with its table.
+/// Every IPv4 and IPv6 route of every table, with its table (a socket
+/// without strict checking dumps them all).
 async fn list_all(handle: &Handle) -> anyhow::Result<Vec<(u32, TableRoute)>> {
     let mut out = Vec::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
