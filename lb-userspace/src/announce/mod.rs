@@ -43,6 +43,8 @@ pub enum Reason {
     FailOpen,
     /// No VIP on the address has a backend that is up and weighted.
     NoHealthyBackend,
+    /// No VIP uses the address (any more): lbd's route to it is a leftover.
+    NoVip,
 }
 
 impl Reason {
@@ -56,6 +58,7 @@ impl Reason {
             Reason::Drained => "the node is drained (lbctl node undrain announces again)",
             Reason::FailOpen => "its VIPs fail open: every backend is down",
             Reason::NoHealthyBackend => "no VIP on it has a healthy backend with weight",
+            Reason::NoVip => "no VIP uses it; lbd's route to it is left over",
         }
     }
 }

@@ -40,16 +40,24 @@ pub fn load(state_dir: &Path) -> anyhow::Result<NodeState> {
     }
 }
 
-/// Writes the state atomically (temporary file, fsync, rename).
+/// Writes the state atomically and durably: a temporary file, fsync,
+/// rename over the old one, fsync of the directory (so a drain survives a
+/// power loss). On failure the temporary file is removed.
 pub fn save(state_dir: &Path, state: &NodeState) -> anyhow::Result<()> {
     fs::create_dir_all(state_dir)?;
     let path = node_file(state_dir);
     let tmp = state_dir.join(".node.json.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(state)?)?;
-    f.sync_all()?;
-    fs::rename(&tmp, &path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(state)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(state_dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        anyhow::bail!("{}: {e}", path.display());
+    }
     Ok(())
 }
 

@@ -9,29 +9,34 @@
 //! they are only what the BGP speaker imports.
 
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use netlink_packet_route::{
-    route::{
-        RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
-    },
-    AddressFamily,
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    AddressFamily, RouteNetlinkMessage,
 };
-use rtnetlink::{sys::AsyncSocket, Handle, RouteMessageBuilder};
+use rtnetlink::{
+    packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST},
+    sys::AsyncSocket,
+    Handle, RouteMessageBuilder,
+};
 
 use crate::model::announce::ROUTE_PROTOCOL;
 
-/// One route of the table, as much of it as ownership needs.
+/// One route of the table, as much of it as ownership needs, and the
+/// message the kernel sent for it (what removing exactly it takes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableRoute {
+    pub table: u32,
     pub dst: Option<IpAddr>,
     pub prefix_len: u8,
     pub protocol: u8,
     pub oif: Option<u32>,
+    message: RouteMessage,
 }
 
 impl fmt::Display for TableRoute {
@@ -65,8 +70,8 @@ impl TableRoute {
 
 /// Why lbd cannot use `routes` (what table `table` holds) as its own, if it
 /// cannot: any route it did not write. Another lbd (same protocol, another
-/// interface) counts too: two daemons reconciling one table would remove
-/// each other's routes.
+/// interface) counts too: two daemons reconciling one table would each
+/// take the other's routes for strays.
 pub fn foreign(routes: &[TableRoute], table: u32, ifindex: u32) -> Option<String> {
     let other: Vec<&TableRoute> = routes.iter().filter(|r| !r.owned_by(ifindex)).collect();
     let first = other.first()?;
@@ -83,6 +88,111 @@ pub fn foreign(routes: &[TableRoute], table: u32, ifindex: u32) -> Option<String
     ))
 }
 
+/// What a dump asks the kernel for (strict checking filters in the kernel;
+/// the results are filtered again here, for kernels that do not).
+#[derive(Clone, Copy)]
+enum Filter {
+    /// Every route of one table.
+    Table(u32),
+    /// lbd's routes out of one interface, in any table.
+    Owned(u32),
+}
+
+impl Filter {
+    fn message(self, family: AddressFamily) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family;
+        match self {
+            Filter::Table(t) => msg.attributes.push(RouteAttribute::Table(t)),
+            Filter::Owned(ifindex) => {
+                msg.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
+                msg.attributes.push(RouteAttribute::Oif(ifindex));
+            }
+        }
+        msg
+    }
+
+    fn keeps(self, r: &TableRoute) -> bool {
+        match self {
+            Filter::Table(t) => r.table == t,
+            Filter::Owned(ifindex) => r.owned_by(ifindex),
+        }
+    }
+}
+
+/// How often a dump the kernel marks interrupted (the table changed while
+/// it was read) is started again.
+const DUMP_TRIES: usize = 3;
+
+/// An rtnetlink socket for lbd's routes: strict checking on (the kernel
+/// then dumps only what is asked for, so a node holding a full table in
+/// `main` is not read whole every second), and the end of each dump
+/// delivered, so that an error the kernel reports there is not taken for
+/// a complete answer.
+fn connect() -> anyhow::Result<Handle> {
+    let (mut conn, handle, _) = rtnetlink::new_connection()?;
+    conn.socket_mut()
+        .socket_mut()
+        .set_netlink_get_strict_chk(true)?;
+    conn.set_forward_done(true);
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Every IPv4 and IPv6 route `filter` selects.
+async fn dump(handle: &Handle, filter: Filter) -> anyhow::Result<Vec<TableRoute>> {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        out.extend(dump_family(handle, filter, family).await?);
+    }
+    Ok(out)
+}
+
+async fn dump_family(
+    handle: &Handle,
+    filter: Filter,
+    family: AddressFamily,
+) -> anyhow::Result<Vec<TableRoute>> {
+    for _ in 0..DUMP_TRIES {
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(filter.message(family)));
+        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut replies = handle.clone().request(req)?;
+        let mut routes = Vec::new();
+        let mut interrupted = false;
+        while let Some(m) = replies.next().await {
+            interrupted |= m.header.flags & NLM_F_DUMP_INTR != 0;
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+                    let r = read(r);
+                    if filter.keeps(&r) {
+                        routes.push(r);
+                    }
+                }
+                NetlinkPayload::Done(d) if d.code == 0 => break,
+                // The table has never held a route of this family.
+                NetlinkPayload::Done(d) if d.code.abs() == libc::ENOENT => return Ok(Vec::new()),
+                NetlinkPayload::Done(d) => {
+                    anyhow::bail!(
+                        "listing routes: {}",
+                        std::io::Error::from_raw_os_error(d.code.abs())
+                    )
+                }
+                NetlinkPayload::Error(e) if e.raw_code().abs() == libc::ENOENT => {
+                    return Ok(Vec::new())
+                }
+                NetlinkPayload::Error(e) => {
+                    anyhow::bail!("listing routes: {}", rtnetlink::Error::NetlinkError(e))
+                }
+                _ => {}
+            }
+        }
+        if !interrupted {
+            return Ok(routes);
+        }
+    }
+    anyhow::bail!("listing routes: the table kept changing during {DUMP_TRIES} dumps")
+}
+
 /// The table, for the lbd serving `ifindex`.
 pub struct KernelTable {
     handle: Handle,
@@ -90,19 +200,20 @@ pub struct KernelTable {
     pub ifindex: u32,
 }
 
+/// What removing a route did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removed {
+    Yes,
+    /// It was gone already (someone else removed it since it was listed).
+    AlreadyGone,
+}
+
 impl KernelTable {
     /// Opens an rtnetlink socket in the calling thread's namespace (its
-    /// connection runs on the current Tokio runtime). With strict checking
-    /// on, the kernel dumps only the table asked for: a node that also holds
-    /// a full routing table in `main` is not read whole every second.
+    /// connection runs on the current Tokio runtime).
     pub fn open(table: u32, ifindex: u32) -> anyhow::Result<Self> {
-        let (mut conn, handle, _) = rtnetlink::new_connection()?;
-        conn.socket_mut()
-            .socket_mut()
-            .set_netlink_get_strict_chk(true)?;
-        tokio::spawn(conn);
         Ok(KernelTable {
-            handle,
+            handle: connect()?,
             table,
             ifindex,
         })
@@ -110,67 +221,49 @@ impl KernelTable {
 
     /// Every IPv4 and IPv6 route of the table.
     pub async fn list(&self) -> anyhow::Result<Vec<TableRoute>> {
-        let mut out = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut msg = RouteMessage::default();
-            msg.header.address_family = family;
-            msg.attributes.push(RouteAttribute::Table(self.table));
-            let mut dump = self.handle.route().get(msg).execute();
-            loop {
-                match dump.try_next().await {
-                    Ok(Some(r)) => {
-                        // Filtered again: a kernel without strict dumps sends all.
-                        if table_of(&r) == self.table {
-                            out.push(read(&r));
-                        }
-                    }
-                    Ok(None) => break,
-                    // A table that never held a route of this family.
-                    Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::ENOENT => {
-                        break
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(out)
+        dump(&self.handle, Filter::Table(self.table)).await
     }
 
-    /// The addresses lbd announces now.
-    pub async fn owned(&self) -> anyhow::Result<BTreeSet<IpAddr>> {
+    /// lbd's routes in the table, by address.
+    pub async fn owned(&self) -> anyhow::Result<BTreeMap<IpAddr, TableRoute>> {
         Ok(self
             .list()
             .await?
             .into_iter()
             .filter(|r| r.owned_by(self.ifindex))
-            .filter_map(|r| r.dst)
+            .filter_map(|r| Some((r.dst?, r)))
             .collect())
     }
 
-    pub async fn add(&self, addr: IpAddr) -> anyhow::Result<()> {
-        self.handle
-            .route()
-            .add(self.message(addr))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| anyhow::anyhow!("adding {addr} to table {}: {e}", self.table))
+    /// lbd's routes in other tables than its own (left there by an lbd
+    /// configured with another table, or with none).
+    pub async fn strays(&self) -> anyhow::Result<Vec<TableRoute>> {
+        Ok(dump(&self.handle, Filter::Owned(self.ifindex))
+            .await?
+            .into_iter()
+            .filter(|r| r.table != self.table)
+            .collect())
     }
 
-    /// Removes lbd's route to `addr`; one already gone is no error.
-    pub async fn remove(&self, addr: IpAddr) -> anyhow::Result<()> {
-        match self.handle.route().del(self.message(addr)).execute().await {
+    /// Adds lbd's route to `addr`. A route to `addr` that is not lbd's
+    /// (same table, same destination) is not replaced: an error names it.
+    pub async fn add(&self, addr: IpAddr) -> anyhow::Result<()> {
+        match self.handle.route().add(self.message(addr)).execute().await {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(m))
-                if [libc::ESRCH, libc::ENOENT].contains(&m.raw_code().abs()) =>
-            {
-                Ok(())
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::EEXIST => {
+                anyhow::bail!(
+                    "table {} already has a route to {addr} that lbd did not write (another \
+                     lbd or program uses this table): not replaced",
+                    self.table
+                )
             }
-            Err(e) => Err(anyhow::anyhow!(
-                "removing {addr} from table {}: {e}",
-                self.table
-            )),
+            Err(e) => Err(anyhow::anyhow!("adding {addr} to table {}: {e}", self.table)),
         }
+    }
+
+    /// Removes exactly `route` (as listed).
+    pub async fn remove(&self, route: &TableRoute) -> anyhow::Result<Removed> {
+        remove(&self.handle, route).await
     }
 
     fn message(&self, addr: IpAddr) -> RouteMessage {
@@ -195,39 +288,30 @@ impl KernelTable {
     }
 }
 
-/// Every IPv4 and IPv6 route of every table, with its table (a socket
-/// without strict checking dumps them all).
-async fn list_all(handle: &Handle) -> anyhow::Result<Vec<(u32, TableRoute)>> {
-    let mut out = Vec::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = family;
-        let mut dump = handle.route().get(msg).execute();
-        while let Some(r) = dump.try_next().await? {
-            out.push((table_of(&r), read(&r)));
+async fn remove(handle: &Handle, route: &TableRoute) -> anyhow::Result<Removed> {
+    match handle.route().del(route.message.clone()).execute().await {
+        Ok(()) => Ok(Removed::Yes),
+        Err(rtnetlink::Error::NetlinkError(m))
+            if [libc::ESRCH, libc::ENOENT].contains(&m.raw_code().abs()) =>
+        {
+            Ok(Removed::AlreadyGone)
         }
+        Err(e) => Err(anyhow::anyhow!(
+            "removing {route} from table {}: {e}",
+            route.table
+        )),
     }
-    Ok(out)
 }
 
 /// Removes the routes the lbd on `ifindex` wrote, in whatever table (what
 /// `lbd detach` does: it has no config to name the table); returns them.
 pub async fn remove_all_owned(ifindex: u32) -> anyhow::Result<Vec<(u32, IpAddr)>> {
-    let (conn, handle, _) = rtnetlink::new_connection()?;
-    tokio::spawn(conn);
+    let handle = connect()?;
     let mut removed = Vec::new();
-    for (table, r) in list_all(&handle).await? {
-        let Some(dst) = r.dst.filter(|_| r.owned_by(ifindex)) else {
-            continue;
-        };
-        KernelTable {
-            handle: handle.clone(),
-            table,
-            ifindex,
+    for r in dump(&handle, Filter::Owned(ifindex)).await? {
+        if remove(&handle, &r).await? == Removed::Yes {
+            removed.extend(r.dst.map(|d| (r.table, d)));
         }
-        .remove(dst)
-        .await?;
-        removed.push((table, dst));
     }
     Ok(removed)
 }
@@ -244,12 +328,14 @@ fn table_of(r: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(r.header.table))
 }
 
-fn read(r: &RouteMessage) -> TableRoute {
+fn read(r: RouteMessage) -> TableRoute {
     let mut route = TableRoute {
+        table: table_of(&r),
         dst: None,
         prefix_len: r.header.destination_prefix_length,
         protocol: u8::from(r.header.protocol),
         oif: None,
+        message: RouteMessage::default(),
     };
     for a in &r.attributes {
         match a {
@@ -261,6 +347,7 @@ fn read(r: &RouteMessage) -> TableRoute {
             _ => {}
         }
     }
+    route.message = r;
     route
 }
 
@@ -270,10 +357,12 @@ mod tests {
 
     fn route(dst: &str, len: u8, protocol: u8, oif: u32) -> TableRoute {
         TableRoute {
+            table: 100,
             dst: Some(dst.parse().unwrap()),
             prefix_len: len,
             protocol,
             oif: Some(oif),
+            message: RouteMessage::default(),
         }
     }
 

@@ -79,6 +79,7 @@ impl From<ApplyError> for ApiError {
             ApplyError::NotFound(_) => StatusCode::NOT_FOUND,
             ApplyError::Conflict(_) => StatusCode::CONFLICT,
             ApplyError::Kernel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApplyError::Pending(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -327,6 +328,11 @@ async fn change(
             api.hooks.notify_changed();
             Ok(Json(control::ChangeResult { summary }).into_response())
         }
+        Err(e @ ApplyError::Pending(_)) => {
+            api.audit
+                .record(&who, &raw, &format!("accepted, not yet in effect: {e}"));
+            Err(e.into())
+        }
         Err(e) => {
             api.audit.record(&who, &raw, &format!("refused: {e}"));
             Err(e.into())
@@ -354,7 +360,7 @@ async fn set_drained(api: &Api, drained: bool) -> Result<String, ApplyError> {
     let status = api.daemon().node_status();
     let unsettled = waited.is_err() || status.error.is_some();
     if unsettled {
-        return Err(ApplyError::Kernel(format!(
+        return Err(ApplyError::Pending(format!(
             "{what} (saved), but routing table {} is not updated yet: {}; lbd retries every second",
             status.table.unwrap_or_default(),
             status.error.as_deref().unwrap_or("the announcer did not answer in time")

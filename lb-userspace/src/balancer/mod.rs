@@ -245,10 +245,17 @@ impl Balancer {
             .map_err(map_err("VIP_FILTER"))?;
         if adopting {
             balancer.adopt()?;
+            // The settings the running program uses (encap sources, the
+            // interface's MAC, ICMP): every later write starts from them,
+            // so no field is cleared in passing, and a start that fails
+            // leaves them as they were.
+            balancer.lb_config = balancer.config.get(&0, 0).map_err(map_err("LB_CONFIG"))?;
         }
         // Fresh maps: all clear. Adopted ones: drop bits no VIP needs.
         balancer.write_filter(None)?;
-        balancer.set_too_big(Some(DEFAULT_TOO_BIG_PER_SEC))?;
+        if !adopting {
+            balancer.set_too_big(Some(DEFAULT_TOO_BIG_PER_SEC))?;
+        }
         Ok(balancer)
     }
 

@@ -84,26 +84,39 @@ impl<D: DataPath> Daemon<D> {
     }
 
     /// The announcer's report: the decision it acted on, what lbd's routes
-    /// in the table are now, how many it changed, its failure if any.
+    /// in the table are now (`None`: the table could not be read; what was
+    /// known before stands), how many it changed, its failure if any.
     pub fn record_announce(
         &mut self,
         decisions: BTreeMap<IpAddr, Decision>,
         epoch: u64,
-        present: &BTreeSet<IpAddr>,
+        present: Option<&BTreeSet<IpAddr>>,
         changes: u64,
         error: Option<String>,
     ) {
         let view = &mut self.announcing.view;
+        let was = std::mem::take(&mut view.addrs);
+        let in_table = |a: &IpAddr| match present {
+            Some(p) => p.contains(a),
+            None => was.get(a).is_some_and(|(_, p)| *p),
+        };
         view.addrs = decisions
             .into_iter()
-            .map(|(a, d)| (a, (d, present.contains(&a))))
+            .map(|(a, d)| {
+                let p = in_table(&a);
+                (a, (d, p))
+            })
             .collect();
-        // An owned route no VIP uses any more, left by a failed removal.
-        for a in present {
-            view.addrs.entry(*a).or_insert((
+        // A route of lbd's that no VIP uses any more (a removal failed).
+        let leftovers: Vec<IpAddr> = match present {
+            Some(p) => p.iter().copied().collect(),
+            None => was.iter().filter(|(_, (_, p))| *p).map(|(a, _)| *a).collect(),
+        };
+        for a in leftovers {
+            view.addrs.entry(a).or_insert((
                 Decision {
                     announce: false,
-                    reason: announce::Reason::NoHealthyBackend,
+                    reason: announce::Reason::NoVip,
                 },
                 true,
             ));
@@ -144,8 +157,14 @@ impl<D: DataPath> Daemon<D> {
         let node = self.announcing.node;
         let announce = self.config.announce;
         let managed = announce.and_then(|a| a.table).is_some();
-        let (decisions, _) = self.announce_decisions();
+        let (mut decisions, _) = self.announce_decisions();
         let view = &self.announcing.view;
+        // Routes still in the table for addresses no VIP uses now.
+        for (a, (d, present)) in &view.addrs {
+            if *present {
+                decisions.entry(*a).or_insert(*d);
+            }
+        }
         let addresses = decisions
             .iter()
             .map(|(addr, d)| {

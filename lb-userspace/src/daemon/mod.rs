@@ -57,6 +57,9 @@ pub enum ApplyError {
     /// The kernel refused; the previous state was restored (500).
     #[error("{0}")]
     Kernel(String),
+    /// Accepted and saved, but not in effect yet: lbd keeps trying (503).
+    #[error("{0}")]
+    Pending(String),
 }
 
 impl From<StateError> for ApplyError {

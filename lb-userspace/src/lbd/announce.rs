@@ -3,12 +3,20 @@
 //! (a change, a health verdict, a drain) and once a second, which also puts
 //! back a route someone removed by hand.
 
-use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::sync::{Mutex, Notify};
 
 use crate::{
-    announce::{routes::KernelTable, Decision},
+    announce::{
+        routes::{KernelTable, Removed},
+        Decision,
+    },
     api::audit::{AuditLog, Peer},
     daemon::Shared,
 };
@@ -21,6 +29,8 @@ const RECHECK: Duration = Duration::from_secs(1);
 pub struct Outcome {
     pub added: Vec<IpAddr>,
     pub removed: Vec<IpAddr>,
+    /// lbd's routes removed from tables other than its own.
+    pub strays: Vec<(u32, IpAddr)>,
 }
 
 pub struct Announcer {
@@ -54,32 +64,44 @@ impl Announcer {
             .lock()
             .expect("daemon lock poisoned")
             .announce_decisions();
-        let result = apply(&table, &decisions).await;
-        let present = table.owned().await;
+        let (outcome, errors) = apply(&table, &decisions).await;
+        let present = table
+            .owned()
+            .await
+            .map(|m| m.into_keys().collect::<BTreeSet<IpAddr>>());
         let mut d = self.shared.lock().expect("daemon lock poisoned");
-        let (outcome, error) = match result {
-            Ok(o) => (o, None),
-            Err((o, e)) => (o, Some(format!("{e:#}"))),
-        };
-        for (addr, added) in outcome
+        let events = outcome
             .added
             .iter()
-            .map(|a| (a, true))
-            .chain(outcome.removed.iter().map(|a| (a, false)))
-        {
-            let reason = decisions.get(addr).map_or("no VIP uses it", |d| d.reason.describe());
-            let action = if added { "announced" } else { "withdrawn" };
-            tracing::info!(address = %addr, table = table.table, reason, "{action}");
+            .map(|a| (*a, "announced", None))
+            .chain(outcome.removed.iter().map(|a| (*a, "withdrawn", None)))
+            .chain(outcome.strays.iter().map(|(t, a)| (*a, "withdrawn", Some(*t))));
+        for (addr, action, other_table) in events {
+            let reason = match other_table {
+                Some(t) => format!("it was in table {t}, which is not lbd's table any more"),
+                None => decisions
+                    .get(&addr)
+                    .map_or("no VIP uses it", |d| d.reason.describe())
+                    .to_string(),
+            };
+            let in_table = other_table.unwrap_or(table.table);
+            tracing::info!(address = %addr, table = in_table, reason, "{action}");
             self.audit.record(
                 &own_peer(),
-                &serde_json::json!({ "announce": { "address": addr, "action": action } }),
-                reason,
+                &serde_json::json!({
+                    "announce": { "address": addr, "action": action, "table": in_table }
+                }),
+                &reason,
             );
         }
-        let present = present.unwrap_or_else(|e| {
-            tracing::warn!("reading routing table {}: {e:#}", table.table);
-            BTreeSet::new()
-        });
+        let present = match present {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("reading routing table {}: {e:#}", table.table);
+                None
+            }
+        };
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
         // Once per new failure, not every retry (a link that is down makes
         // every try fail until it is back).
         if let Some(e) = &error {
@@ -89,13 +111,8 @@ impl Announcer {
         } else if d.announce_view().error.is_some() {
             tracing::info!("announcing works again");
         }
-        d.record_announce(
-            decisions,
-            epoch,
-            &present,
-            (outcome.added.len() + outcome.removed.len()) as u64,
-            error.clone(),
-        );
+        let changes = outcome.added.len() + outcome.removed.len() + outcome.strays.len();
+        d.record_announce(decisions, epoch, present.as_ref(), changes as u64, error.clone());
         match error {
             Some(e) => Err(anyhow::anyhow!(e)),
             None => Ok(outcome),
@@ -115,33 +132,55 @@ impl Announcer {
     }
 }
 
+/// Makes the table match `decisions`, address by address: a failure is
+/// collected and the rest still done. Withdrawals come first, so a route
+/// that cannot be added never keeps one that must go.
 async fn apply(
     table: &KernelTable,
-    decisions: &std::collections::BTreeMap<IpAddr, Decision>,
-) -> Result<Outcome, (Outcome, anyhow::Error)> {
+    decisions: &BTreeMap<IpAddr, Decision>,
+) -> (Outcome, Vec<String>) {
     let mut outcome = Outcome::default();
+    let mut errors = Vec::new();
     let owned = match table.owned().await {
         Ok(o) => o,
-        Err(e) => return Err((outcome, e)),
+        Err(e) => {
+            errors.push(format!("{e:#}"));
+            return (outcome, errors);
+        }
     };
     let want: BTreeSet<IpAddr> = decisions
         .iter()
         .filter(|(_, d)| d.announce)
         .map(|(a, _)| *a)
         .collect();
-    for addr in want.difference(&owned) {
-        if let Err(e) = table.add(*addr).await {
-            return Err((outcome, e));
+    for (addr, route) in owned.iter().filter(|(a, _)| !want.contains(a)) {
+        match table.remove(route).await {
+            Ok(Removed::Yes) => outcome.removed.push(*addr),
+            Ok(Removed::AlreadyGone) => {}
+            Err(e) => errors.push(format!("{e:#}")),
         }
-        outcome.added.push(*addr);
     }
-    for addr in owned.difference(&want) {
-        if let Err(e) = table.remove(*addr).await {
-            return Err((outcome, e));
+    for addr in want.iter().filter(|a| !owned.contains_key(a)) {
+        match table.add(*addr).await {
+            Ok(()) => outcome.added.push(*addr),
+            Err(e) => errors.push(format!("{e:#}")),
         }
-        outcome.removed.push(*addr);
     }
-    Ok(outcome)
+    // lbd's routes in another table (lbd used to be configured with it)
+    // would stay announced by whatever imports that table.
+    match table.strays().await {
+        Ok(strays) => {
+            for r in strays {
+                match table.remove(&r).await {
+                    Ok(Removed::Yes) => outcome.strays.extend(r.dst.map(|d| (r.table, d))),
+                    Ok(Removed::AlreadyGone) => {}
+                    Err(e) => errors.push(format!("{e:#}")),
+                }
+            }
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    (outcome, errors)
 }
 
 /// lbd itself, as the audit log names who made a change.

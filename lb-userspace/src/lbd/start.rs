@@ -98,9 +98,25 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let audit = Arc::new(AuditLog::new(&daemon.config().state_dir));
         let shared = Arc::new(Mutex::new(daemon));
         let announcer = table.map(|t| Arc::new(Announcer::new(t, shared.clone(), audit.clone())));
-        if let Some(a) = &announcer {
+        match &announcer {
             // Failures are in status and the log; the announcer retries.
-            let _ = a.reconcile().await;
+            Some(a) => {
+                let _ = a.reconcile().await;
+            }
+            // No table of lbd's: routes an lbd configured with one left
+            // behind would stay announced by whatever imports that table.
+            None => match routes::remove_all_owned(interface.ifindex).await {
+                Ok(removed) => {
+                    for (table, addr) in removed {
+                        tracing::info!(
+                            address = %addr,
+                            table,
+                            "withdrawn: lbd has no [announce] table any more"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("looking for routes an earlier lbd left: {e:#}"),
+            },
         }
         tracing::info!(socket = %socket_path.display(), "control socket ready");
         tracing::info!(listen = %metrics_listener.local_addr()?, "metrics ready at /metrics");

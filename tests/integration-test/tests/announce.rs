@@ -47,12 +47,16 @@ fn config(lab: &Lab) -> String {
 /// lbd's routes in the table (destinations), read with iproute2, and
 /// every line as printed.
 fn routes(lab: &Lab) -> (BTreeSet<String>, String) {
+    routes_in(lab, TABLE)
+}
+
+fn routes_in(lab: &Lab, table: u32) -> (BTreeSet<String>, String) {
     let mut dsts = BTreeSet::new();
     let mut text = String::new();
     for family in ["-4", "-6"] {
         let out = match netns::ip(
             &lab.lb_ns,
-            &[family, "-o", "route", "show", "table", &TABLE.to_string()],
+            &[family, "-o", "route", "show", "table", &table.to_string()],
         ) {
             Ok(out) => out,
             // A family's table exists only once a route was in it.
@@ -209,6 +213,57 @@ fn routes_follow_health_drain_and_restarts() {
     let took = wait_routes(&lab, &ALL, Duration::from_secs(3), "put back");
     println!("a route removed by hand was back after {took:?}");
 
+    // A route to a VIP address that is not lbd's is never replaced: that
+    // address stays unannounced, with the reason in status, while the
+    // others are announced; once the other route is gone, lbd's returns.
+    lab.lbctl_ok(&["node", "drain"]);
+    netns::ip(
+        &lab.lb_ns,
+        &["route", "add", "10.100.0.2/32", "dev", &lab.lb_if, "table", "100", "proto", "static"],
+    )
+    .unwrap();
+    let out = lab.lbctl(&["node", "undrain"]);
+    assert!(!out.ok(), "undrain cannot complete: {out}");
+    assert!(
+        out.stderr.contains("undrained (saved)") && out.stderr.contains("not replaced"),
+        "{out}"
+    );
+    assert_eq!(routes(&lab).0, set(&["10.100.0.1", "fd10:100::1"]));
+    let s = node_status(&lab);
+    assert!(s.get("error").str().contains("10.100.0.2"), "{s:?}");
+    assert_eq!(s.get("drained").as_bool(), Some(false), "the undrain was saved");
+    let audit = fs::read_to_string(lab.state_dir.join("audit.log")).unwrap();
+    assert!(audit.contains("accepted, not yet in effect"), "{audit}");
+    netns::ip(
+        &lab.lb_ns,
+        &["route", "del", "10.100.0.2/32", "table", "100", "proto", "static"],
+    )
+    .unwrap();
+    wait_routes(&lab, &ALL, Duration::from_secs(3), "the other route is gone");
+    assert_eq!(node_status(&lab).get("error"), &Json::Null);
+
+    // Another table in the config: lbd's routes move there, none stay in
+    // the old one (its importer would go on announcing them).
+    lab.kill_lbd();
+    let moved = config(&lab).replace("table = 100", "table = 101");
+    lab.write_config(&moved);
+    lab.start_lbd().unwrap();
+    let start = Instant::now();
+    while routes_in(&lab, 101).0 != set(&ALL) || !routes(&lab).0.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "table 100: {:?}, 101: {:?}",
+            routes(&lab).0,
+            routes_in(&lab, 101).0
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.kill_lbd();
+    lab.write_config(&config(&lab));
+    lab.start_lbd().unwrap();
+    wait_routes(&lab, &ALL, Duration::from_secs(3), "back in table 100");
+    assert!(routes_in(&lab, 101).0.is_empty());
+
     // A link that goes down loses its routes (the kernel removes them);
     // they are back once it is up again.
     netns::ip(&lab.lb_ns, &["link", "set", &lab.lb_if, "down"]).unwrap();
@@ -287,7 +342,7 @@ fn a_new_interface_mac_is_followed() {
     }
     println!("forwarding to the new MAC {:?} after the change", start.elapsed());
     assert!(lab.log_tail(20).contains("MAC changed"), "{}", lab.log_tail(20));
-    // Frames to the old MAC until lbd noticed are the only ones passed.
+    // Frames to the new MAC sent before lbd noticed are the only ones passed.
     let after = passed(&lab);
     assert!(after - before < 20.0, "{before} -> {after}");
 }

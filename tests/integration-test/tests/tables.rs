@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use lb::{
     balancer::{LoadOptions, MapsError},
-    model::{Limits, Proto, VipId, VipSettings},
+    model::{EncapSources, Limits, Proto, VipId, VipSettings},
 };
 use lb_common::FlowKey;
 use lb_lab::{
@@ -168,4 +168,42 @@ fn regions_are_adopted_from_pinned_maps() {
     for v in [a, b, c] {
         check_flows(&mut t, &v, 200);
     }
+}
+
+#[test]
+fn adopted_maps_keep_their_settings() {
+    let dir = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lb-test-settings-{}",
+        std::process::id()
+    )));
+    let mac = [0x02, 0, 0, 0, 0, 0x42];
+    let sources = EncapSources {
+        v4: Some(("192.0.2.10".parse().unwrap(), 32)),
+        v6: None,
+    };
+    {
+        let mut t = lb_with_pool(2 * 251, Some(dir.0.clone()));
+        t.lb.set_interface_mac(mac).unwrap();
+        t.lb.set_encap_sources(&sources).unwrap();
+        t.lb.set_too_big(None).unwrap();
+    }
+    // A restarted daemon's load writes no setting of its own: the running
+    // program keeps its MAC check, encap sources and ICMP switch until the
+    // daemon sets them, field by field.
+    let mut t = lb_with_pool(2 * 251, Some(dir.0.clone()));
+    assert!(t.lb.adopted());
+    assert_eq!(t.lb.interface_mac(), mac);
+    t.lb.set_too_big(Some(10)).unwrap();
+    assert_eq!(t.lb.interface_mac(), mac, "one setting's write keeps the others");
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, sized(251), &backends(&["10.0.0.2"]));
+    let mut other = Frame::tcp("198.51.100.7", 4000, "10.100.0.1", 80);
+    other.dst_mac = [0x02, 0, 0, 0, 0, 0x43];
+    let f = other.build();
+    assert_eq!(t.run(&f), (XDP_PASS, f.clone()), "still only frames to its MAC");
+    let mut ours = Frame::tcp("198.51.100.7", 4000, "10.100.0.1", 80);
+    ours.dst_mac = mac;
+    let (action, out) = t.run(&ours.build());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(&out[26..30], &[192, 0, 2, 10], "the adopted outer source");
 }
