@@ -92,6 +92,7 @@ impl Balancer {
                 live_slot,
                 live_size: info.table_size,
                 fail_open: false,
+                checksum: None,
             };
             state.tables[state.live_slot as usize] = (info.table_size > 0).then_some(table);
             for (bid, b) in backends_of.remove(&info.vip_id).unwrap_or_default() {
@@ -115,6 +116,7 @@ impl Balancer {
                 self.free_backend_ids.retain(|i| *i != bid);
             }
             self.free_vip_ids.retain(|i| *i != info.vip_id);
+            state.checksum = super::query::table_checksum(&state);
             self.vips.insert(id, state);
         }
         // Active entries of no adopted VIP are leftovers: clear them.

@@ -95,6 +95,9 @@ struct VipState {
     live_size: u32,
     /// Every backend is down and the table holds all of them anyway.
     fail_open: bool,
+    /// The live table's checksum by backend address (`query::table_checksum`),
+    /// kept current by every table switch.
+    checksum: Option<u64>,
 }
 
 /// A loaded balancer program and its maps.

@@ -91,29 +91,10 @@ impl Balancer {
     /// A fingerprint of the VIP's live table in terms of backend addresses,
     /// never of ids: two balancers (or one before and after a restart) that
     /// send every slot to the same backend report the same checksum, however
-    /// they allocated ids. `None`: no backend in the table.
+    /// they allocated ids. `None`: no backend in the table. Computed when the
+    /// table is written ([`table_checksum`]).
     pub fn table_checksum(&self, vip: &VipId) -> Option<u64> {
-        let s = self.vips.get(vip)?;
-        let table = self.live_table(vip)?;
-        let mut addrs: Vec<(IpAddr, u32)> = s.backends.iter().map(|(b, id)| (b.addr, *id)).collect();
-        addrs.sort();
-        let rank: StdHashMap<u32, u32> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, (_, id))| (*id, i as u32))
-            .collect();
-        let mut h = Fnv1a::default();
-        h.write(&(table.len() as u32).to_le_bytes());
-        for (addr, _) in &addrs {
-            match addr {
-                IpAddr::V4(a) => h.write(&a.octets()),
-                IpAddr::V6(a) => h.write(&a.octets()),
-            }
-        }
-        for id in table {
-            h.write(&rank.get(id).copied().unwrap_or(u32::MAX).to_le_bytes());
-        }
-        Some(h.0)
+        self.vips.get(vip)?.checksum
     }
 
     /// The data path's id of a VIP.
@@ -306,6 +287,42 @@ pub(super) fn vip_info(s: &VipState) -> VipInfo {
         region_base: s.region.base,
         region_half: s.region.half,
     }
+}
+
+/// The checksum of `state`'s live table: its size, the addresses of the
+/// backends it holds (in address order) and, per slot, the rank of the
+/// slot's backend among them. Backends outside the table (weight 0, down)
+/// do not count: only the choices do.
+pub(super) fn table_checksum(state: &VipState) -> Option<u64> {
+    if state.live_size == 0 {
+        return None;
+    }
+    let table = state.tables[state.live_slot as usize].as_deref()?;
+    let in_table: std::collections::BTreeSet<u32> = table.iter().copied().collect();
+    let mut addrs: Vec<(IpAddr, u32)> = state
+        .backends
+        .iter()
+        .filter(|(_, id)| in_table.contains(id))
+        .map(|(b, id)| (b.addr, *id))
+        .collect();
+    addrs.sort();
+    let rank: StdHashMap<u32, u32> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, id))| (*id, i as u32))
+        .collect();
+    let mut h = Fnv1a::default();
+    h.write(&(table.len() as u32).to_le_bytes());
+    for (addr, _) in &addrs {
+        match addr {
+            IpAddr::V4(a) => h.write(&a.octets()),
+            IpAddr::V6(a) => h.write(&a.octets()),
+        }
+    }
+    for id in table {
+        h.write(&rank.get(id).copied().unwrap_or(u32::MAX).to_le_bytes());
+    }
+    Some(h.0)
 }
 
 /// 64-bit FNV-1a: simple, stable across versions and machines (unlike std's

@@ -53,6 +53,7 @@ impl Balancer {
             live_slot: 0,
             live_size: 0,
             fail_open: false,
+            checksum: None,
         };
         let info = vip_info(&state);
         // The filter first: the data path must not pass the VIP's first
@@ -236,6 +237,7 @@ impl Balancer {
         let state = self.vips.get_mut(&vip).expect("present");
         state.backends = assigned.to_vec();
         state.fail_open = fail_open;
+        state.checksum = super::query::table_checksum(state);
         // Then the down flags of entries that stay (after the switch, so a
         // backend leaving is out of the table before its flows move).
         for (id, addr, down) in down_flags.iter().filter(|(id, _, _)| !fresh.contains(id)) {

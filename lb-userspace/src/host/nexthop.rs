@@ -140,12 +140,24 @@ pub fn connect() -> Result<Handle> {
 /// Queries go through a separate socket ([`connect`]): on a socket that also
 /// receives notifications, a reply could be lost in an overflow.
 pub fn watch() -> Result<impl Stream<Item = Event> + Send + Unpin + 'static> {
-    let (mut conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
+    subscribe(&[
         MulticastGroup::Link,
         MulticastGroup::Neigh,
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
-    ])?;
+    ])
+}
+
+/// Like [`watch`], for link changes only: what follows one interface need
+/// not wake for every route a BGP speaker installs.
+pub fn watch_links() -> Result<impl Stream<Item = Event> + Send + Unpin + 'static> {
+    subscribe(&[MulticastGroup::Link])
+}
+
+fn subscribe(
+    groups: &[MulticastGroup],
+) -> Result<impl Stream<Item = Event> + Send + Unpin + 'static> {
+    let (mut conn, _handle, messages) = rtnetlink::new_multicast_connection(groups)?;
     if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(WATCH_RCVBUF) {
         tracing::debug!("nexthop watch: SO_RCVBUF: {e}");
     }

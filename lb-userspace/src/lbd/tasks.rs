@@ -78,7 +78,7 @@ pub(super) async fn follow_interface_mac(
     ifname: String,
     ifindex: u32,
 ) -> anyhow::Result<()> {
-    let mut events = nexthop::watch()?;
+    let mut events = nexthop::watch_links()?;
     let mut tick = tokio::time::interval(MAC_RECHECK);
     loop {
         tokio::select! {
@@ -87,7 +87,7 @@ pub(super) async fn follow_interface_mac(
                 Some(nexthop::Event::Lost) => {}
                 Some(_) => continue,
                 None => {
-                    events = nexthop::watch()?;
+                    events = nexthop::watch_links()?;
                     continue;
                 }
             },

@@ -29,7 +29,8 @@ pub enum AnnounceWhen {
     Healthy,
     /// While lbd runs with the balancer attached.
     Always,
-    /// Never: the table is left alone (for VRRP pairs and static routing).
+    /// Nothing is announced (for VRRP pairs and static routing); with a
+    /// table given, lbd still removes its own routes from it.
     Never,
 }
 

@@ -32,6 +32,10 @@ use lb_lab::{
     servers::Service,
 };
 
+/// One cluster at a time: two would share the two CPUs with their BFD and
+/// VRRP timers.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const FLEET: usize = 300;
 const SOURCES: u8 = 100;
 const EVERY: Duration = Duration::from_millis(100);
@@ -92,6 +96,7 @@ fn wait_established(c: &Cluster, sessions: usize) -> Duration {
 
 #[test]
 fn three_nodes_behind_ecmp() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::build(3, 3, SOURCES).expect("cluster");
     let b: Vec<BackendAddr> = ["b1", "b2", "b3"]
         .iter()
@@ -229,7 +234,7 @@ fn three_nodes_behind_ecmp() {
     c.cut_link("n3").unwrap();
     c.kill_lbd("n3");
     c.kill_bird("n3");
-    // BFD's 300 ms against the BGP hold timer's 3 s: the bound tells them
+    // BFD's 600 ms against the BGP hold timer's 3 s: the bound tells them
     // apart on a loaded machine.
     let reroute = c
         .wait_router(VIP_WEB, &["n1", "n2"], Duration::from_secs(2))
@@ -262,6 +267,7 @@ fn three_nodes_behind_ecmp() {
 
 #[test]
 fn keepalived_pair_moves_the_vip() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::build(2, 3, 20).expect("cluster");
     let b: Vec<BackendAddr> = ["b1", "b2", "b3"]
         .iter()

@@ -80,6 +80,16 @@ pub struct Fleet {
     workers: Vec<JoinHandle<Vec<Conn>>>,
 }
 
+impl Drop for Fleet {
+    /// A test that panics stops its workers too (their connections close).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
 impl Fleet {
     /// Opens one connection to `to` per entry of `sources` (from the client
     /// namespace), reads each greeting, then exchanges a line on each every
@@ -175,10 +185,9 @@ impl Fleet {
         false
     }
 
-    pub fn stop(self) -> FleetReport {
+    pub fn stop(mut self) -> FleetReport {
         self.stop.store(true, Ordering::Relaxed);
-        let conns = self
-            .workers
+        let conns = std::mem::take(&mut self.workers)
             .into_iter()
             .flat_map(|w| w.join().expect("fleet worker"))
             .map(|c| ConnReport {

@@ -38,8 +38,9 @@ impl Keepalived {
     }
 }
 
-/// One node's config: VRRPv3 every 100 ms, so the backup takes over about
-/// 300 ms after the master falls silent.
+/// One node's config: VRRPv3 every 200 ms, so the backup takes over about
+/// 700 ms after the master falls silent (100 ms works too, but a stall of
+/// the shared test machine could then make both nodes master).
 pub fn config(router_id: &str, priority: u8) -> String {
     format!(
         r#"global_defs {{
@@ -55,7 +56,7 @@ vrrp_instance lb {{
     interface eth0
     virtual_router_id 51
     priority {priority}
-    advert_int 0.1
+    advert_int 0.2
     virtual_ipaddress {{
         {VIP_VRRP}/32 dev eth0
     }}
