@@ -49,6 +49,19 @@ impl Lock {
 
     /// Takes the lock of a state directory: two daemons writing one state
     /// file would each adopt the other's changes.
+    /// The routing table `[announce]` names, in this namespace: two lbd
+    /// (on two interfaces) writing one table would fight over the routes
+    /// of a shared VIP address.
+    pub fn table(run_dir: &Path, netns: NetnsId, table: u32) -> anyhow::Result<Self> {
+        let path = run_dir.join(format!("lbd-{netns}-table-{table}.lock"));
+        Self::take_path(path, |holder, path| {
+            format!(
+                "[announce] table = {table} is used by another lbd in this network namespace                  (pid {holder}; lock {}): give each lbd a table of its own",
+                path.display()
+            )
+        })
+    }
+
     pub fn state_dir(state_dir: &Path) -> anyhow::Result<Self> {
         Self::take_path(state_dir.join("lbd.lock"), |holder, _| {
             format!(

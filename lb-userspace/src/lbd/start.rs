@@ -68,6 +68,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let place = PinPlace::current(&cfg.interface)?;
         let _lock = Lock::interface(Path::new(lock::RUN_DIR), place.netns, &cfg.interface)?;
         let _state_lock = Lock::state_dir(&cfg.state_dir)?;
+        let _table_lock = cfg
+            .announce
+            .and_then(|a| a.table)
+            .map(|t| Lock::table(Path::new(lock::RUN_DIR), place.netns, t))
+            .transpose()?;
         let socket_path = cfg.control_socket.clone();
         let listener = server::bind(&socket_path, read_gid)?;
         let _socket = RemoveOnDrop(socket_path.clone());

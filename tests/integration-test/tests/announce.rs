@@ -290,7 +290,7 @@ fn routes_follow_health_drain_and_restarts() {
 
 #[test]
 fn a_table_in_use_is_refused_at_start() {
-    let lab = Lab::new(2).expect("lab");
+    let mut lab = Lab::new(2).expect("lab");
     lab.write_config(&config(&lab));
     netns::ip(
         &lab.lb_ns,
@@ -309,6 +309,32 @@ fn a_table_in_use_is_refused_at_start() {
     assert!(!lab.pin_dir().exists(), "pins left at {}", lab.pin_dir().display());
     let (ours, text) = routes(&lab);
     assert!(ours.is_empty() && text.contains("192.0.2.0/24"), "{text}");
+
+    // Emptied, the table is lbd's. A second lbd in the namespace (on another
+    // interface, with its own socket and state) may not share it.
+    netns::ip(&lab.lb_ns, &["route", "del", "192.0.2.0/24", "table", "100"]).unwrap();
+    lab.start_lbd().expect("lbd starts on an empty table");
+    netns::ip(
+        &lab.lb_ns,
+        &["link", "add", "second", "type", "veth", "peer", "name", "second-peer"],
+    )
+    .unwrap();
+    let dir = lab.dir.join("second");
+    fs::create_dir_all(&dir).unwrap();
+    let second = config(&lab)
+        .replace(&format!("interface = \"{}\"", lab.lb_if), "interface = \"second\"")
+        .replace(&lab.socket.display().to_string(), &dir.join("lbd.sock").display().to_string())
+        .replace(&lab.state_dir.display().to_string(), &dir.join("state").display().to_string());
+    let path = dir.join("lb.toml");
+    fs::write(&path, &second).unwrap();
+    let out = lab.lbd_in_lb_ns(&["run", "--config", &path.to_string_lossy()]);
+    assert!(!out.ok(), "{out}");
+    assert!(
+        out.stderr.contains("table = 100 is used by another lbd"),
+        "{}",
+        out.stderr
+    );
+    assert!(lab.lbctl(&["status"]).ok(), "the first lbd runs on");
 }
 
 #[test]

@@ -249,7 +249,7 @@ pub fn pin_place(ns: &str, ifname: &str) -> Result<PinPlace> {
 }
 
 /// Removes what lbd may have left for `ifname` in `ns`: pins of every
-/// layout, the decap pin, the lock file.
+/// layout, the decap pin, the lock files.
 pub fn remove_interface_leftovers(ns: &str, ifname: &str) {
     if let Ok(place) = pin_place(ns, ifname) {
         let _ = place.remove_balancer();
@@ -259,6 +259,15 @@ pub fn remove_interface_leftovers(ns: &str, ifname: &str) {
             place.netns,
             ifname,
         ));
+        // The namespace's routing-table locks (`[announce] table`).
+        let prefix = format!("lbd-{}-table-", place.netns);
+        if let Ok(dir) = fs::read_dir(RUN_DIR) {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 
