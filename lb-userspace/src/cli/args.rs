@@ -600,6 +600,25 @@ mod tests {
     }
 
     #[test]
+    fn node_commands() {
+        for (args, want) in [
+            (&["node", "drain"][..], "Drain"),
+            (&["node", "undrain"][..], "Undrain"),
+            (&["node", "status"][..], "Status"),
+        ] {
+            let c = parse(args).unwrap();
+            let Command::Node(n) = c.command else {
+                panic!("{c:?}")
+            };
+            assert_eq!(format!("{n:?}"), want);
+        }
+        let c = parse(&["node", "status", "--json"]).unwrap();
+        assert!(c.json && matches!(c.command, Command::Node(NodeCommand::Status)));
+        assert!(parse(&["node"]).is_err());
+        assert!(parse(&["node", "drain", "now"]).is_err());
+    }
+
+    #[test]
     fn backend_commands() {
         let c = parse(&["backend", "set", "web", "10.0.0.3", "--weight", "65535"]).unwrap();
         let Command::Backend(BackendCommand::Set { target, weight }) = c.command else {

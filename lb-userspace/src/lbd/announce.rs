@@ -1,7 +1,7 @@
 //! Announcing: making lbd's routing table match the decision
 //! ([`crate::announce::decide`]): on every change the daemon signals
-//! (a change, a health verdict, a drain) and once a second, which also puts
-//! back a route someone removed by hand.
+//! (a change, a health verdict, a drain), on every change of its interface,
+//! and once a second, which also puts back a route someone removed by hand.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use tokio::sync::{Mutex, Notify};
 
 use crate::{
@@ -19,6 +20,7 @@ use crate::{
     },
     api::audit::{AuditLog, Peer},
     daemon::Shared,
+    host::nexthop,
 };
 
 /// How often the table is checked without a signal.
@@ -120,11 +122,21 @@ impl Announcer {
     }
 
     /// Reconciles on every signal and every [`RECHECK`].
+    /// Also on every change of lbd's interface: the kernel drops the routes
+    /// of a link that goes down, and they are put back as soon as it is up.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let ifindex = self.table.lock().await.ifindex;
+        let mut links = nexthop::watch_links()?;
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(RECHECK) => {}
+                ev = links.next() => match ev {
+                    Some(nexthop::Event::Link { ifindex: i }) if i == ifindex => {}
+                    Some(nexthop::Event::Lost) => {}
+                    Some(_) => continue,
+                    None => links = nexthop::watch_links()?,
+                },
             }
             // Failures are recorded (status, log) and retried next round.
             let _ = self.reconcile().await;
