@@ -87,6 +87,18 @@ fn nodes_with_the_same_state_make_the_same_choices() {
     assert_eq!(sa.len(), 3);
     assert_eq!(sa, sb, "same state, same tables");
     println!("checksums on both nodes: {sa:?}");
+    // The metric carries the low 48 bits, the same on both nodes.
+    let metric = |lab: &Lab| -> u64 {
+        let m = lab.scrape();
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("lb_vip_table_checksum{vip=\"10.100.0.1:80/tcp\"}"))
+            .unwrap_or_else(|| panic!("no checksum metric:\n{m}"));
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+    };
+    let web_sum = u64::from_str_radix(&sa["web"], 16).unwrap();
+    assert_eq!(metric(&a), web_sum & 0xffff_ffff_ffff);
+    assert_eq!(metric(&a), metric(&b));
 
     // Ten thousand random flows to web, a thousand to each other VIP: the
     // same backend from both nodes.

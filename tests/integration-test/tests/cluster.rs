@@ -283,13 +283,18 @@ fn keepalived_pair_moves_the_vip() {
     }
     c.start_keepalived("n1", 150).unwrap();
     c.start_keepalived("n2", 100).unwrap();
+    // Both start as backups; the higher priority wins within a few adverts.
     let t = Instant::now();
-    while !c.holds_vip("n1") {
-        assert!(t.elapsed() < Duration::from_secs(10), "n1 never became master\n{}", c.logs("n1", 20));
+    while !c.holds_vip("n1") || c.holds_vip("n2") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "n1 never became the only master\n{}\n{}",
+            c.logs("n1", 20),
+            c.logs("n2", 20)
+        );
         thread::sleep(Duration::from_millis(20));
     }
-    println!("n1 holds the VIP {:?} after keepalived started", t.elapsed());
-    assert!(!c.holds_vip("n2"));
+    println!("n1 alone holds the VIP {:?} after keepalived started", t.elapsed());
 
     let to = SocketAddr::from((VIP_VRRP, 80));
     let fleet = Fleet::start(&c.client_ns, to, &c.sources(100, 20), EVERY).expect("fleet");
