@@ -20,7 +20,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
 };
 use rtnetlink::{
-    packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST},
+    packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST},
     sys::AsyncSocket,
     Handle, RouteMessageBuilder,
 };
@@ -120,15 +120,11 @@ impl Filter {
     }
 }
 
-/// How often a dump the kernel marks interrupted (the table changed while
-/// it was read) is started again.
-const DUMP_TRIES: usize = 3;
-
 /// An rtnetlink socket for lbd's routes: strict checking on (the kernel
-/// then dumps only what is asked for, so a node holding a full table in
-/// `main` is not read whole every second), and the end of each dump
-/// delivered, so that an error the kernel reports there is not taken for
-/// a complete answer.
+/// then sends only what is asked for), and the end of each dump delivered,
+/// so that an error the kernel reports there is not taken for a complete
+/// answer. Dumps on it go through [`dump`]: rtnetlink's own `get()` would
+/// take the delivered end for an unexpected message.
 fn connect() -> anyhow::Result<Handle> {
     let (mut conn, handle, _) = rtnetlink::new_connection()?;
     conn.socket_mut()
@@ -148,49 +144,46 @@ async fn dump(handle: &Handle, filter: Filter) -> anyhow::Result<Vec<TableRoute>
     Ok(out)
 }
 
+/// One family's dump. Its end (NLMSG_DONE) must arrive: a stream that
+/// stops without it (the connection failed) is an error, not a short table.
+/// (Route dumps are not marked when the table changes while they are read;
+/// lbd's own table fits in one batch, so its dumps are whole.)
 async fn dump_family(
     handle: &Handle,
     filter: Filter,
     family: AddressFamily,
 ) -> anyhow::Result<Vec<TableRoute>> {
-    for _ in 0..DUMP_TRIES {
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(filter.message(family)));
-        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut replies = handle.clone().request(req)?;
-        let mut routes = Vec::new();
-        let mut interrupted = false;
-        while let Some(m) = replies.next().await {
-            interrupted |= m.header.flags & NLM_F_DUMP_INTR != 0;
-            match m.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
-                    let r = read(r);
-                    if filter.keeps(&r) {
-                        routes.push(r);
-                    }
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(filter.message(family)));
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut replies = handle.clone().request(req)?;
+    let mut routes = Vec::new();
+    while let Some(m) = replies.next().await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+                let r = read(r);
+                if filter.keeps(&r) {
+                    routes.push(r);
                 }
-                NetlinkPayload::Done(d) if d.code == 0 => break,
-                // The table has never held a route of this family.
-                NetlinkPayload::Done(d) if d.code.abs() == libc::ENOENT => return Ok(Vec::new()),
-                NetlinkPayload::Done(d) => {
-                    anyhow::bail!(
-                        "listing routes: {}",
-                        std::io::Error::from_raw_os_error(d.code.abs())
-                    )
-                }
-                NetlinkPayload::Error(e) if e.raw_code().abs() == libc::ENOENT => {
-                    return Ok(Vec::new())
-                }
-                NetlinkPayload::Error(e) => {
-                    anyhow::bail!("listing routes: {}", rtnetlink::Error::NetlinkError(e))
-                }
-                _ => {}
             }
-        }
-        if !interrupted {
-            return Ok(routes);
+            NetlinkPayload::Done(d) if d.code == 0 => return Ok(routes),
+            // The table has never held a route of this family.
+            NetlinkPayload::Done(d) if d.code.abs() == libc::ENOENT => return Ok(Vec::new()),
+            NetlinkPayload::Done(d) => {
+                anyhow::bail!(
+                    "listing routes: {}",
+                    std::io::Error::from_raw_os_error(d.code.abs())
+                )
+            }
+            NetlinkPayload::Error(e) if e.raw_code().abs() == libc::ENOENT => {
+                return Ok(Vec::new())
+            }
+            NetlinkPayload::Error(e) => {
+                anyhow::bail!("listing routes: {}", rtnetlink::Error::NetlinkError(e))
+            }
+            _ => {}
         }
     }
-    anyhow::bail!("listing routes: the table kept changing during {DUMP_TRIES} dumps")
+    anyhow::bail!("listing routes: the netlink connection ended before the dump did")
 }
 
 /// The table, for the lbd serving `ifindex`.
@@ -246,14 +239,21 @@ impl KernelTable {
     }
 
     /// Adds lbd's route to `addr`. A route to `addr` that is not lbd's
-    /// (same table, same destination) is not replaced: an error names it.
+    /// (same table, destination and metric) is not replaced: an error
+    /// names it.
     pub async fn add(&self, addr: IpAddr) -> anyhow::Result<()> {
         match self.handle.route().add(self.message(addr)).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::EEXIST => {
+                let found = self
+                    .list()
+                    .await
+                    .ok()
+                    .and_then(|rs| rs.into_iter().find(|r| r.dst == Some(addr)))
+                    .map_or_else(|| "a route".to_string(), |r| format!("`{r}`"));
                 anyhow::bail!(
-                    "table {} already has a route to {addr} that lbd did not write (another \
-                     lbd or program uses this table): not replaced",
+                    "{addr}: table {} already holds {found}, which lbd did not write: not \
+                     replaced",
                     self.table
                 )
             }
@@ -308,10 +308,20 @@ async fn remove(handle: &Handle, route: &TableRoute) -> anyhow::Result<Removed> 
 pub async fn remove_all_owned(ifindex: u32) -> anyhow::Result<Vec<(u32, IpAddr)>> {
     let handle = connect()?;
     let mut removed = Vec::new();
+    let mut errors = Vec::new();
     for r in dump(&handle, Filter::Owned(ifindex)).await? {
-        if remove(&handle, &r).await? == Removed::Yes {
-            removed.extend(r.dst.map(|d| (r.table, d)));
+        match remove(&handle, &r).await {
+            Ok(Removed::Yes) => removed.extend(r.dst.map(|d| (r.table, d))),
+            Ok(Removed::AlreadyGone) => {}
+            Err(e) => errors.push(format!("{e:#}")),
         }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "removed {} route(s), but not all: {}",
+            removed.len(),
+            errors.join("; ")
+        );
     }
     Ok(removed)
 }

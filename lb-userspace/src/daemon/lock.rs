@@ -47,8 +47,6 @@ impl Lock {
         })
     }
 
-    /// Takes the lock of a state directory: two daemons writing one state
-    /// file would each adopt the other's changes.
     /// The routing table `[announce]` names, in this namespace: two lbd
     /// (on two interfaces) writing one table would fight over the routes
     /// of a shared VIP address.
@@ -56,12 +54,15 @@ impl Lock {
         let path = run_dir.join(format!("lbd-{netns}-table-{table}.lock"));
         Self::take_path(path, |holder, path| {
             format!(
-                "[announce] table = {table} is used by another lbd in this network namespace                  (pid {holder}; lock {}): give each lbd a table of its own",
+                "[announce] table = {table} is used by another lbd in this network namespace \
+                 (pid {holder}; lock {}): give each lbd a table of its own",
                 path.display()
             )
         })
     }
 
+    /// Takes the lock of a state directory: two daemons writing one state
+    /// file would each adopt the other's changes.
     pub fn state_dir(state_dir: &Path) -> anyhow::Result<Self> {
         Self::take_path(state_dir.join("lbd.lock"), |holder, _| {
             format!(

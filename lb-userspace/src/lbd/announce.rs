@@ -6,7 +6,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -40,6 +43,10 @@ pub struct Announcer {
     shared: Shared,
     audit: Arc<AuditLog>,
     wake: Arc<Notify>,
+    /// lbd's routes in other tables were looked for (once is enough: only
+    /// an earlier lbd on this interface writes them, and the interface lock
+    /// rules out one running beside this one).
+    strays_done: AtomicBool,
 }
 
 impl Announcer {
@@ -53,6 +60,7 @@ impl Announcer {
             shared,
             audit,
             wake,
+            strays_done: AtomicBool::new(false),
         }
     }
 
@@ -66,11 +74,11 @@ impl Announcer {
             .lock()
             .expect("daemon lock poisoned")
             .announce_decisions();
-        let (outcome, errors) = apply(&table, &decisions).await;
-        let present = table
-            .owned()
-            .await
-            .map(|m| m.into_keys().collect::<BTreeSet<IpAddr>>());
+        let strays = !self.strays_done.load(Ordering::Relaxed);
+        let (outcome, present, errors) = apply(&table, &decisions, strays).await;
+        if strays && errors.is_empty() {
+            self.strays_done.store(true, Ordering::Relaxed);
+        }
         let mut d = self.shared.lock().expect("daemon lock poisoned");
         let events = outcome
             .added
@@ -96,13 +104,6 @@ impl Announcer {
                 &reason,
             );
         }
-        let present = match present {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!("reading routing table {}: {e:#}", table.table);
-                None
-            }
-        };
         let error = (!errors.is_empty()).then(|| errors.join("; "));
         // Once per new failure, not every retry (a link that is down makes
         // every try fail until it is back).
@@ -114,7 +115,13 @@ impl Announcer {
             tracing::info!("announcing works again");
         }
         let changes = outcome.added.len() + outcome.removed.len() + outcome.strays.len();
-        d.record_announce(decisions, epoch, present.as_ref(), changes as u64, error.clone());
+        d.record_announce(
+            decisions,
+            epoch,
+            present.as_ref(),
+            changes as u64,
+            error.clone(),
+        );
         match error {
             Some(e) => Err(anyhow::anyhow!(e)),
             None => Ok(outcome),
@@ -123,19 +130,41 @@ impl Announcer {
 
     /// Reconciles on every signal and every [`RECHECK`].
     /// Also on every change of lbd's interface: the kernel drops the routes
-    /// of a link that goes down, and they are put back as soon as it is up.
+    /// of a link set down, and they are put back as soon as it is up. The
+    /// task never ends: a failure is recorded and the next round retries
+    /// (the link subscription too).
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         let ifindex = self.table.lock().await.ifindex;
-        let mut links = nexthop::watch_links()?;
+        let mut tick = tokio::time::interval(RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut links = None;
         loop {
+            if links.is_none() {
+                links = match nexthop::watch_links() {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!("watching {ifindex}'s link (retried each second): {e:#}");
+                        None
+                    }
+                };
+            }
+            let link_event = async {
+                match links.as_mut() {
+                    Some(l) => l.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(RECHECK) => {}
-                ev = links.next() => match ev {
+                _ = tick.tick() => {}
+                ev = link_event => match ev {
                     Some(nexthop::Event::Link { ifindex: i }) if i == ifindex => {}
                     Some(nexthop::Event::Lost) => {}
                     Some(_) => continue,
-                    None => links = nexthop::watch_links()?,
+                    None => {
+                        links = None;
+                        continue;
+                    }
                 },
             }
             // Failures are recorded (status, log) and retried next round.
@@ -146,20 +175,24 @@ impl Announcer {
 
 /// Makes the table match `decisions`, address by address: a failure is
 /// collected and the rest still done. Withdrawals come first, so a route
-/// that cannot be added never keeps one that must go.
+/// that cannot be added never keeps one that must go. Returns what was
+/// done, lbd's routes in the table now (`None`: it could not be read), and
+/// the failures. With `strays`, lbd's routes in other tables are removed.
 async fn apply(
     table: &KernelTable,
     decisions: &BTreeMap<IpAddr, Decision>,
-) -> (Outcome, Vec<String>) {
+    strays: bool,
+) -> (Outcome, Option<BTreeSet<IpAddr>>, Vec<String>) {
     let mut outcome = Outcome::default();
     let mut errors = Vec::new();
     let owned = match table.owned().await {
         Ok(o) => o,
         Err(e) => {
-            errors.push(format!("{e:#}"));
-            return (outcome, errors);
+            errors.push(format!("reading routing table {}: {e:#}", table.table));
+            return (outcome, None, errors);
         }
     };
+    let mut present: BTreeSet<IpAddr> = owned.keys().copied().collect();
     let want: BTreeSet<IpAddr> = decisions
         .iter()
         .filter(|(_, d)| d.announce)
@@ -167,32 +200,42 @@ async fn apply(
         .collect();
     for (addr, route) in owned.iter().filter(|(a, _)| !want.contains(a)) {
         match table.remove(route).await {
-            Ok(Removed::Yes) => outcome.removed.push(*addr),
-            Ok(Removed::AlreadyGone) => {}
+            Ok(Removed::Yes) => {
+                outcome.removed.push(*addr);
+                present.remove(addr);
+            }
+            Ok(Removed::AlreadyGone) => {
+                present.remove(addr);
+            }
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
     for addr in want.iter().filter(|a| !owned.contains_key(a)) {
         match table.add(*addr).await {
-            Ok(()) => outcome.added.push(*addr),
+            Ok(()) => {
+                outcome.added.push(*addr);
+                present.insert(*addr);
+            }
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
-    // lbd's routes in another table (lbd used to be configured with it)
-    // would stay announced by whatever imports that table.
-    match table.strays().await {
-        Ok(strays) => {
-            for r in strays {
-                match table.remove(&r).await {
-                    Ok(Removed::Yes) => outcome.strays.extend(r.dst.map(|d| (r.table, d))),
-                    Ok(Removed::AlreadyGone) => {}
-                    Err(e) => errors.push(format!("{e:#}")),
+    if strays {
+        // lbd's routes in another table (lbd used to be configured with it)
+        // would stay announced by whatever imports that table.
+        match table.strays().await {
+            Ok(found) => {
+                for r in found {
+                    match table.remove(&r).await {
+                        Ok(Removed::Yes) => outcome.strays.extend(r.dst.map(|d| (r.table, d))),
+                        Ok(Removed::AlreadyGone) => {}
+                        Err(e) => errors.push(format!("{e:#}")),
+                    }
                 }
             }
+            Err(e) => errors.push(format!("looking for lbd's routes in other tables: {e:#}")),
         }
-        Err(e) => errors.push(format!("{e:#}")),
     }
-    (outcome, errors)
+    (outcome, Some(present), errors)
 }
 
 /// lbd itself, as the audit log names who made a change.

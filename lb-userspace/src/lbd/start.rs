@@ -153,17 +153,42 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
             }),
         ];
+        let mut names = vec![
+            "next-hop resolver",
+            "rate sampler",
+            "trace reader",
+            "interface MAC follower",
+            "SIGHUP reload",
+            "metrics server",
+            "health checker",
+        ];
         if let Some(a) = announcer {
             tasks.push(tokio::spawn(a.run()));
+            names.push("announcer");
         }
         let server = server::serve(listener, shared.clone(), audit, read_gid, hooks);
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // None of the tasks ends while lbd runs: one that does has failed
+        // (its work, such as withdrawing routes, would silently stop), so
+        // lbd stops and says why; its supervisor starts it again.
+        let mut tasks = tasks;
+        let task_ended = futures::future::select_all(tasks.iter_mut());
         let outcome = tokio::select! {
             r = server => r.context("control socket"),
             _ = term.recv() => Ok(()),
             _ = int.recv() => Ok(()),
+            (r, i, _) = task_ended => {
+                let why = match r {
+                    Ok(Ok(())) => "ended".to_string(),
+                    Ok(Err(e)) => format!("failed: {e:#}"),
+                    Err(e) => format!("panicked: {e}"),
+                };
+                let name = names.get(i).copied().unwrap_or("a background task");
+                tracing::error!("{name} {why}; stopping");
+                Err(anyhow::anyhow!("{name} {why}"))
+            }
         };
         for t in tasks {
             t.abort();

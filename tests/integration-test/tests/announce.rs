@@ -225,7 +225,9 @@ fn routes_follow_health_drain_and_restarts() {
     let out = lab.lbctl(&["node", "undrain"]);
     assert!(!out.ok(), "undrain cannot complete: {out}");
     assert!(
-        out.stderr.contains("undrained (saved)") && out.stderr.contains("not replaced"),
+        out.stderr.contains("undrained (saved)")
+            && out.stderr.contains("10.100.0.2/32 proto 4")
+            && out.stderr.contains("not replaced"),
         "{out}"
     );
     assert_eq!(routes(&lab).0, set(&["10.100.0.1", "fd10:100::1"]));
@@ -240,7 +242,16 @@ fn routes_follow_health_drain_and_restarts() {
     )
     .unwrap();
     wait_routes(&lab, &ALL, Duration::from_secs(3), "the other route is gone");
-    assert_eq!(node_status(&lab).get("error"), &Json::Null);
+    // The status follows once that reconcile has recorded it.
+    let start = Instant::now();
+    while node_status(&lab).get("error") != &Json::Null {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            node_status(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Another table in the config: lbd's routes move there, none stay in
     // the old one (its importer would go on announcing them).
