@@ -222,7 +222,10 @@ impl Collector for MapCollector {
                 // The low 48 bits: exact in a float sample, and enough to
                 // tell two nodes' tables apart at a glance.
                 let sum = d.balancer().table_checksum(vip).unwrap_or(0);
-                (labels(&[("vip", vip.to_string())]), (sum & 0xffff_ffff_ffff) as i64)
+                (
+                    labels(&[("vip", vip.to_string())]),
+                    (sum & 0xffff_ffff_ffff) as i64,
+                )
             })
             .collect();
         let node = d.node_status();
@@ -230,7 +233,12 @@ impl Collector for MapCollector {
         let announced: Vec<(Labels, i64)> = node
             .addresses
             .iter()
-            .map(|a| (labels(&[("address", a.address.to_string())]), a.announced as i64))
+            .map(|a| {
+                (
+                    labels(&[("address", a.address.to_string())]),
+                    a.announced as i64,
+                )
+            })
             .collect();
         gauge_family(
             &mut enc,

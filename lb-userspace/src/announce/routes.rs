@@ -174,9 +174,7 @@ async fn dump_family(
                     std::io::Error::from_raw_os_error(d.code.abs())
                 )
             }
-            NetlinkPayload::Error(e) if e.raw_code().abs() == libc::ENOENT => {
-                return Ok(Vec::new())
-            }
+            NetlinkPayload::Error(e) if e.raw_code().abs() == libc::ENOENT => return Ok(Vec::new()),
             NetlinkPayload::Error(e) => {
                 anyhow::bail!("listing routes: {}", rtnetlink::Error::NetlinkError(e))
             }
@@ -257,7 +255,10 @@ impl KernelTable {
                     self.table
                 )
             }
-            Err(e) => Err(anyhow::anyhow!("adding {addr} to table {}: {e}", self.table)),
+            Err(e) => Err(anyhow::anyhow!(
+                "adding {addr} to table {}: {e}",
+                self.table
+            )),
         }
     }
 
@@ -350,9 +351,7 @@ fn read(r: RouteMessage) -> TableRoute {
     for a in &r.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(a)) => route.dst = Some(IpAddr::V4(*a)),
-            RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
-                route.dst = Some(IpAddr::V6(*a))
-            }
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => route.dst = Some(IpAddr::V6(*a)),
             RouteAttribute::Oif(i) => route.oif = Some(*i),
             _ => {}
         }

@@ -354,7 +354,9 @@ async fn set_drained(api: &Api, drained: bool) -> Result<String, ApplyError> {
         (what, epoch, settled, managed)
     };
     if !managed {
-        return Ok(format!("{what} (no [announce] table: lbd writes no routes)"));
+        return Ok(format!(
+            "{what} (no [announce] table: lbd writes no routes)"
+        ));
     }
     let waited = tokio::time::timeout(ANNOUNCE_WAIT, settled.wait_for(|e| *e >= epoch)).await;
     let status = api.daemon().node_status();
@@ -363,7 +365,10 @@ async fn set_drained(api: &Api, drained: bool) -> Result<String, ApplyError> {
         return Err(ApplyError::Pending(format!(
             "{what} (saved), but routing table {} is not updated yet: {}; lbd retries every second",
             status.table.unwrap_or_default(),
-            status.error.as_deref().unwrap_or("the announcer did not answer in time")
+            status
+                .error
+                .as_deref()
+                .unwrap_or("the announcer did not answer in time")
         )));
     }
     let list = |announced: bool| -> String {

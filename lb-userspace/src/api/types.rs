@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::Change;
 pub use crate::announce::Reason;
+pub use crate::model::Change;
 use crate::model::{AnnounceWhen, Forwarding, HealthSpec, Scheduler, VipId};
 
 pub const PATH_STATUS: &str = "/v1/status";

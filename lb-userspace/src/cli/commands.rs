@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     args::{
-        BackendCommand, Cli, Command, DebugAction, ExplainArgs, HealthArgs, NodeCommand,
-        StatsArgs, VipAddArgs, VipCommand,
+        BackendCommand, Cli, Command, DebugAction, ExplainArgs, HealthArgs, NodeCommand, StatsArgs,
+        VipAddArgs, VipCommand,
     },
     client::{decode, with_query, Client},
     output, CliError,

@@ -6,8 +6,8 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 use lb_common::counters::{Counter, CounterKind};
 
 use crate::api::types::{
-    NodeStatus,
-    BackendStatus, ChangeResult, Explain, ReloadResult, Stats, Status, TrafficRow, VipStatus,
+    BackendStatus, ChangeResult, Explain, NodeStatus, ReloadResult, Stats, Status, TrafficRow,
+    VipStatus,
 };
 use crate::model::{Forwarding, Scheduler, VipId};
 use crate::model::{HealthKind, HealthSpec};

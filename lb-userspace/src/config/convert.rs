@@ -21,8 +21,8 @@ use super::{
 };
 use crate::{
     model::{
-        announce, defaults::*, is_prime, Announce, AnnounceWhen, AttachMode, EncapSources, HealthError, HealthKind, HealthSpec,
-        Limits, VipId, VipSettings,
+        announce, defaults::*, is_prime, Announce, AnnounceWhen, AttachMode, EncapSources,
+        HealthError, HealthKind, HealthSpec, Limits, VipId, VipSettings,
     },
     state::{BackendDesired, VipDesired},
 };
@@ -256,24 +256,23 @@ impl Source<'_> {
         let ctx = "[announce]";
         let r = a.get_ref();
         let when = r.when.unwrap_or_default();
-        let table = match &r.table {
-            None if when == AnnounceWhen::Never => None,
-            None => {
-                return Err(self.at(
+        let table =
+            match &r.table {
+                None if when == AnnounceWhen::Never => None,
+                None => return Err(self.at(
                     a.span(),
                     ctx,
                     "key `table` is missing: name the kernel routing table lbd writes VIP routes \
                      into (e.g. 100), or set when = \"never\"",
-                ))
-            }
-            Some(v) => {
-                let t: u32 = self.int(v, ctx, "table", 0..=u32::MAX)?;
-                if let Some(p) = announce::table_problem(t) {
-                    return Err(self.at(v.span(), ctx, format!("key `table`: {p}")));
+                )),
+                Some(v) => {
+                    let t: u32 = self.int(v, ctx, "table", 0..=u32::MAX)?;
+                    if let Some(p) = announce::table_problem(t) {
+                        return Err(self.at(v.span(), ctx, format!("key `table`: {p}")));
+                    }
+                    Some(t)
                 }
-                Some(t)
-            }
-        };
+            };
         Ok(Announce { table, when })
     }
 

@@ -977,13 +977,20 @@ fn announce_names_a_table_of_lbds_own() {
             when: model::AnnounceWhen::Healthy
         })
     );
-    let c = ok(&format!("{base}[announce]\ntable = 4000\nwhen = \"always\"\n"));
+    let c = ok(&format!(
+        "{base}[announce]\ntable = 4000\nwhen = \"always\"\n"
+    ));
     assert_eq!(c.announce.unwrap().when, model::AnnounceWhen::Always);
     // Only documentation: no table needed.
     let c = ok(&format!("{base}[announce]\nwhen = \"never\"\n"));
     assert_eq!(c.announce.unwrap().table, None);
 
-    for (table, name) in [(254, "main"), (255, "local"), (0, "unspec"), (253, "default")] {
+    for (table, name) in [
+        (254, "main"),
+        (255, "local"),
+        (0, "unspec"),
+        (253, "default"),
+    ] {
         bad(
             &format!("{base}[announce]\n\ntable = {table}\n"),
             4,

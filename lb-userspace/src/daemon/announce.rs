@@ -11,7 +11,7 @@ use std::{
 
 use tokio::sync::{watch, Notify};
 
-use super::{ApplyError, DataPath, Daemon};
+use super::{ApplyError, Daemon, DataPath};
 use crate::{
     announce::{self, node, node::NodeState, AnnounceView, Decision, VipView},
     api::types::{AddressStatus, NodeStatus},
@@ -64,10 +64,7 @@ impl<D: DataPath> Daemon<D> {
     /// Which addresses should be announced now, and the drain epoch this
     /// decision reflects.
     pub fn announce_decisions(&self) -> (BTreeMap<IpAddr, Decision>, u64) {
-        let when = self
-            .config
-            .announce
-            .map_or(AnnounceWhen::Never, |a| a.when);
+        let when = self.config.announce.map_or(AnnounceWhen::Never, |a| a.when);
         let vips: Vec<VipView> = self
             .status_health()
             .into_iter()
@@ -78,7 +75,12 @@ impl<D: DataPath> Daemon<D> {
             })
             .collect();
         (
-            announce::decide(when, self.program_id != 0, self.announcing.node.drained, &vips),
+            announce::decide(
+                when,
+                self.program_id != 0,
+                self.announcing.node.drained,
+                &vips,
+            ),
             self.announcing.epoch,
         )
     }
@@ -110,7 +112,11 @@ impl<D: DataPath> Daemon<D> {
         // A route of lbd's that no VIP uses any more (a removal failed).
         let leftovers: Vec<IpAddr> = match present {
             Some(p) => p.iter().copied().collect(),
-            None => was.iter().filter(|(_, (_, p))| *p).map(|(a, _)| *a).collect(),
+            None => was
+                .iter()
+                .filter(|(_, (_, p))| *p)
+                .map(|(a, _)| *a)
+                .collect(),
         };
         for a in leftovers {
             view.addrs.entry(a).or_insert((
@@ -139,7 +145,11 @@ impl<D: DataPath> Daemon<D> {
     /// Returns the epoch to wait for.
     pub fn set_drained(&mut self, drained: bool) -> Result<(String, u64), ApplyError> {
         if self.announcing.node.drained == drained {
-            let what = if drained { "already drained" } else { "not drained" };
+            let what = if drained {
+                "already drained"
+            } else {
+                "not drained"
+            };
             return Ok((what.to_string(), self.announcing.epoch));
         }
         let next = node::now(drained);

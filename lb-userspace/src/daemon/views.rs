@@ -206,7 +206,10 @@ impl Daemon<Balancer> {
                     pps: self.rates.vips.get(id).map_or(0.0, |r| r.0),
                     bps: self.rates.vips.get(id).map_or(0.0, |r| r.1),
                     fail_open: self.data_path.fail_open(id),
-                    table_checksum: self.data_path.table_checksum(id).map(|c| format!("{c:016x}")),
+                    table_checksum: self
+                        .data_path
+                        .table_checksum(id)
+                        .map(|c| format!("{c:016x}")),
                     check: v.health.clone(),
                     backends,
                 }

@@ -51,10 +51,7 @@ pub struct Announcer {
 
 impl Announcer {
     pub fn new(table: KernelTable, shared: Shared, audit: Arc<AuditLog>) -> Self {
-        let wake = shared
-            .lock()
-            .expect("daemon lock poisoned")
-            .announce_wake();
+        let wake = shared.lock().expect("daemon lock poisoned").announce_wake();
         Announcer {
             table: Mutex::new(table),
             shared,
@@ -85,7 +82,12 @@ impl Announcer {
             .iter()
             .map(|a| (*a, "announced", None))
             .chain(outcome.removed.iter().map(|a| (*a, "withdrawn", None)))
-            .chain(outcome.strays.iter().map(|(t, a)| (*a, "withdrawn", Some(*t))));
+            .chain(
+                outcome
+                    .strays
+                    .iter()
+                    .map(|(t, a)| (*a, "withdrawn", Some(*t))),
+            );
         for (addr, action, other_table) in events {
             let reason = match other_table {
                 Some(t) => format!("it was in table {t}, which is not lbd's table any more"),

@@ -213,7 +213,11 @@ async fn own_table(table: u32, ifindex: u32) -> anyhow::Result<KernelTable> {
     }
     let owned = routes.iter().filter(|r| r.owned_by(ifindex)).count();
     if owned > 0 {
-        tracing::info!(table, routes = owned, "adopted the routes of the previous lbd");
+        tracing::info!(
+            table,
+            routes = owned,
+            "adopted the routes of the previous lbd"
+        );
     }
     Ok(t)
 }

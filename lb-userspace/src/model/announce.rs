@@ -16,8 +16,12 @@ pub const ROUTE_PROTOCOL: u8 = 108;
 /// Tables the kernel itself uses: `unspec` (0), `default` (253), `main`
 /// (254) and `local` (255). Writing VIP routes there would change how the
 /// node forwards, not only what it announces.
-pub const RESERVED_TABLES: [(u32, &str); 4] =
-    [(0, "unspec"), (253, "default"), (254, "main"), (255, "local")];
+pub const RESERVED_TABLES: [(u32, &str); 4] = [
+    (0, "unspec"),
+    (253, "default"),
+    (254, "main"),
+    (255, "local"),
+];
 
 /// When an address is announced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,10 +16,8 @@ impl DesiredState {
     pub fn with_change(&self, change: &Change) -> Result<DesiredState, StateError> {
         let mut next = self.clone();
         match change {
-            Change::DebugOn { .. }
-            | Change::DebugOff
-            | Change::NodeDrain
-            | Change::NodeUndrain => {}
+            Change::DebugOn { .. } | Change::DebugOff | Change::NodeDrain | Change::NodeUndrain => {
+            }
             Change::VipAdd {
                 vip,
                 name,

@@ -299,8 +299,7 @@ fn load_lb(conntrack_size: u32, all: bool) -> TestLb {
     t.mtu = 1500;
     // The interface's MAC, as lbd writes it: every frame pays the check
     // that it is addressed to this node (the bench's frames are).
-    t.lb
-        .set_interface_mac(LB_MAC)
+    t.lb.set_interface_mac(LB_MAC)
         .expect("writing the interface MAC");
     add_vips(&mut t, all);
     t

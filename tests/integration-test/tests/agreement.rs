@@ -81,7 +81,8 @@ fn nodes_with_the_same_state_make_the_same_choices() {
         !out.contains("10.100.0.1:80/tcp") && out.contains("10.100.0.2/tcp"),
         "the reload changes any and web6, not web: {out}"
     );
-    b.wait_next_hops(Duration::from_secs(10)).expect("next hops B");
+    b.wait_next_hops(Duration::from_secs(10))
+        .expect("next hops B");
 
     let (sa, sb) = (checksums(&a), checksums(&b));
     assert_eq!(sa.len(), 3);

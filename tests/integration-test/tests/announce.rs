@@ -123,7 +123,8 @@ fn routes_follow_health_drain_and_restarts() {
     let mut lab = Lab::new(2).expect("lab");
     lab.write_config(&config(&lab));
     lab.start_lbd().expect("lbd starts");
-    lab.wait_next_hops(Duration::from_secs(10)).expect("next hops");
+    lab.wait_next_hops(Duration::from_secs(10))
+        .expect("next hops");
 
     // Every VIP address, as a host route of lbd's own, out of its interface.
     let took = wait_routes(&lab, &ALL, Duration::from_secs(5), "start");
@@ -139,11 +140,19 @@ fn routes_follow_health_drain_and_restarts() {
     assert_eq!(s.get("table").as_f64(), Some(100.0));
     assert_eq!(s.get("drained").as_bool(), Some(false));
     for a in ALL {
-        assert_eq!(address(&s, a).get("announced").as_bool(), Some(true), "{s:?}");
+        assert_eq!(
+            address(&s, a).get("announced").as_bool(),
+            Some(true),
+            "{s:?}"
+        );
         assert_eq!(address(&s, a).get("reason").str(), "healthy", "{s:?}");
     }
     let m = lab.scrape();
-    assert_eq!(metric(&m, "lb_announced{address=\"10.100.0.1\"}"), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, "lb_announced{address=\"10.100.0.1\"}"),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(metric(&m, "lb_drained"), Some(0.0));
 
     // web's backends fail their checks: 10.100.0.1 fails open, withdrawn;
@@ -158,7 +167,9 @@ fn routes_follow_health_drain_and_restarts() {
     );
     println!("withdrawn {took:?} after the checks started failing");
     assert_eq!(
-        address(&node_status(&lab), "10.100.0.1").get("reason").str(),
+        address(&node_status(&lab), "10.100.0.1")
+            .get("reason")
+            .str(),
         "fail_open"
     );
     lab.start_service("b1", Service::Greeter(8080)).unwrap();
@@ -166,16 +177,25 @@ fn routes_follow_health_drain_and_restarts() {
 
     // Drain: withdrawn before lbctl returns; the balancer still forwards.
     let out = lab.lbctl_ok(&["node", "drain"]);
-    assert!(out.contains("drained") && out.contains("announced none"), "{out}");
+    assert!(
+        out.contains("drained") && out.contains("announced none"),
+        "{out}"
+    );
     assert_eq!(routes(&lab).0, set(&[]), "withdrawn when lbctl returned");
     assert!(lab.greet(SocketAddr::from((VIP_WEB, 80))).is_ok());
     let s = node_status(&lab);
     assert_eq!(s.get("drained").as_bool(), Some(true));
     assert_eq!(address(&s, "10.100.0.2").get("reason").str(), "drained");
     let text = lab.lbctl_ok(&["node", "status"]);
-    assert!(text.contains("withdrawn") && text.contains("drained"), "{text}");
+    assert!(
+        text.contains("withdrawn") && text.contains("drained"),
+        "{text}"
+    );
     let m = lab.scrape();
-    assert_eq!(metric(&m, "lb_announced{address=\"10.100.0.2\"}"), Some(0.0));
+    assert_eq!(
+        metric(&m, "lb_announced{address=\"10.100.0.2\"}"),
+        Some(0.0)
+    );
     assert_eq!(metric(&m, "lb_drained"), Some(1.0));
     let audit = fs::read_to_string(lab.state_dir.join("audit.log")).unwrap();
     assert!(audit.contains("\"op\":\"node-drain\""), "{audit}");
@@ -199,7 +219,11 @@ fn routes_follow_health_drain_and_restarts() {
     lab.start_lbd().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(routes(&lab).0, set(&ALL));
-    assert_eq!(node_status(&lab).get("changes").as_f64(), Some(0.0), "adopted, not rewritten");
+    assert_eq!(
+        node_status(&lab).get("changes").as_f64(),
+        Some(0.0),
+        "adopted, not rewritten"
+    );
     lab.stop_lbd().unwrap();
     assert_eq!(routes(&lab).0, set(&ALL), "routes stay after SIGTERM");
     lab.start_lbd().unwrap();
@@ -207,7 +231,15 @@ fn routes_follow_health_drain_and_restarts() {
     // A route removed by hand is put back.
     netns::ip(
         &lab.lb_ns,
-        &["route", "del", "10.100.0.2/32", "table", "100", "proto", "108"],
+        &[
+            "route",
+            "del",
+            "10.100.0.2/32",
+            "table",
+            "100",
+            "proto",
+            "108",
+        ],
     )
     .unwrap();
     let took = wait_routes(&lab, &ALL, Duration::from_secs(3), "put back");
@@ -219,7 +251,17 @@ fn routes_follow_health_drain_and_restarts() {
     lab.lbctl_ok(&["node", "drain"]);
     netns::ip(
         &lab.lb_ns,
-        &["route", "add", "10.100.0.2/32", "dev", &lab.lb_if, "table", "100", "proto", "static"],
+        &[
+            "route",
+            "add",
+            "10.100.0.2/32",
+            "dev",
+            &lab.lb_if,
+            "table",
+            "100",
+            "proto",
+            "static",
+        ],
     )
     .unwrap();
     let out = lab.lbctl(&["node", "undrain"]);
@@ -233,15 +275,32 @@ fn routes_follow_health_drain_and_restarts() {
     assert_eq!(routes(&lab).0, set(&["10.100.0.1", "fd10:100::1"]));
     let s = node_status(&lab);
     assert!(s.get("error").str().contains("10.100.0.2"), "{s:?}");
-    assert_eq!(s.get("drained").as_bool(), Some(false), "the undrain was saved");
+    assert_eq!(
+        s.get("drained").as_bool(),
+        Some(false),
+        "the undrain was saved"
+    );
     let audit = fs::read_to_string(lab.state_dir.join("audit.log")).unwrap();
     assert!(audit.contains("accepted, not yet in effect"), "{audit}");
     netns::ip(
         &lab.lb_ns,
-        &["route", "del", "10.100.0.2/32", "table", "100", "proto", "static"],
+        &[
+            "route",
+            "del",
+            "10.100.0.2/32",
+            "table",
+            "100",
+            "proto",
+            "static",
+        ],
     )
     .unwrap();
-    wait_routes(&lab, &ALL, Duration::from_secs(3), "the other route is gone");
+    wait_routes(
+        &lab,
+        &ALL,
+        Duration::from_secs(3),
+        "the other route is gone",
+    );
     // The status follows once that reconcile has recorded it.
     let start = Instant::now();
     while node_status(&lab).get("error") != &Json::Null {
@@ -286,7 +345,15 @@ fn routes_follow_health_drain_and_restarts() {
     // detach removes lbd's routes, and only those.
     netns::ip(
         &lab.lb_ns,
-        &["route", "add", "192.0.2.0/24", "dev", &lab.lb_if, "table", "100"],
+        &[
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "dev",
+            &lab.lb_if,
+            "table",
+            "100",
+        ],
     )
     .unwrap();
     lab.kill_lbd();
@@ -296,7 +363,10 @@ fn routes_follow_health_drain_and_restarts() {
     assert!(said.contains("withdrew 10.100.0.1"), "{said}");
     let (ours, text) = routes(&lab);
     assert_eq!(ours, set(&[]), "{text}");
-    assert!(text.contains("192.0.2.0/24"), "another route stays:\n{text}");
+    assert!(
+        text.contains("192.0.2.0/24"),
+        "another route stays:\n{text}"
+    );
 }
 
 #[test]
@@ -305,37 +375,73 @@ fn a_table_in_use_is_refused_at_start() {
     lab.write_config(&config(&lab));
     netns::ip(
         &lab.lb_ns,
-        &["route", "add", "192.0.2.0/24", "dev", &lab.lb_if, "table", "100"],
+        &[
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "dev",
+            &lab.lb_if,
+            "table",
+            "100",
+        ],
     )
     .unwrap();
     let out = lab.lbd_in_lb_ns(&["run", "--config", &lab.config_path.to_string_lossy()]);
     assert!(!out.ok(), "{out}");
     let err = &out.stderr;
     assert!(
-        err.contains("table = 100") && err.contains("192.0.2.0/24") && err.contains("another program"),
+        err.contains("table = 100")
+            && err.contains("192.0.2.0/24")
+            && err.contains("another program"),
         "{err}"
     );
     // Refused before anything was touched: nothing pinned or attached,
     // the other route still there, none of lbd's.
-    assert!(!lab.pin_dir().exists(), "pins left at {}", lab.pin_dir().display());
+    assert!(
+        !lab.pin_dir().exists(),
+        "pins left at {}",
+        lab.pin_dir().display()
+    );
     let (ours, text) = routes(&lab);
     assert!(ours.is_empty() && text.contains("192.0.2.0/24"), "{text}");
 
     // Emptied, the table is lbd's. A second lbd in the namespace (on another
     // interface, with its own socket and state) may not share it.
-    netns::ip(&lab.lb_ns, &["route", "del", "192.0.2.0/24", "table", "100"]).unwrap();
+    netns::ip(
+        &lab.lb_ns,
+        &["route", "del", "192.0.2.0/24", "table", "100"],
+    )
+    .unwrap();
     lab.start_lbd().expect("lbd starts on an empty table");
     netns::ip(
         &lab.lb_ns,
-        &["link", "add", "second", "type", "veth", "peer", "name", "second-peer"],
+        &[
+            "link",
+            "add",
+            "second",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "second-peer",
+        ],
     )
     .unwrap();
     let dir = lab.dir.join("second");
     fs::create_dir_all(&dir).unwrap();
     let second = config(&lab)
-        .replace(&format!("interface = \"{}\"", lab.lb_if), "interface = \"second\"")
-        .replace(&lab.socket.display().to_string(), &dir.join("lbd.sock").display().to_string())
-        .replace(&lab.state_dir.display().to_string(), &dir.join("state").display().to_string());
+        .replace(
+            &format!("interface = \"{}\"", lab.lb_if),
+            "interface = \"second\"",
+        )
+        .replace(
+            &lab.socket.display().to_string(),
+            &dir.join("lbd.sock").display().to_string(),
+        )
+        .replace(
+            &lab.state_dir.display().to_string(),
+            &dir.join("state").display().to_string(),
+        );
     let path = dir.join("lb.toml");
     fs::write(&path, &second).unwrap();
     let out = lab.lbd_in_lb_ns(&["run", "--config", &path.to_string_lossy()]);
@@ -360,7 +466,14 @@ fn a_new_interface_mac_is_followed() {
     let before = passed(&lab);
     netns::ip(
         &lab.lb_ns,
-        &["link", "set", "dev", &lab.lb_if, "address", "02:00:00:00:77:01"],
+        &[
+            "link",
+            "set",
+            "dev",
+            &lab.lb_if,
+            "address",
+            "02:00:00:00:77:01",
+        ],
     )
     .unwrap();
     // The client learns the new MAC at once, as from a gratuitous ARP.
@@ -377,8 +490,15 @@ fn a_new_interface_mac_is_followed() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("forwarding to the new MAC {:?} after the change", start.elapsed());
-    assert!(lab.log_tail(20).contains("MAC changed"), "{}", lab.log_tail(20));
+    println!(
+        "forwarding to the new MAC {:?} after the change",
+        start.elapsed()
+    );
+    assert!(
+        lab.log_tail(20).contains("MAC changed"),
+        "{}",
+        lab.log_tail(20)
+    );
     // Frames to the new MAC sent before lbd noticed are the only ones passed.
     let after = passed(&lab);
     assert!(after - before < 20.0, "{before} -> {after}");

@@ -25,12 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_lab::{
-    clients::tcp_connect,
-    cluster::*,
-    netns::in_netns,
-    servers::Service,
-};
+use lb_lab::{clients::tcp_connect, cluster::*, netns::in_netns, servers::Service};
 
 /// One cluster at a time: two would share the two CPUs with their BFD and
 /// VRRP timers.
@@ -59,7 +54,11 @@ const SITE_HEALTH: &str = "[vip.health]\nkind = \"tcp\"\nport = 8080\ninterval =
 
 /// Greetings of `n` new connections to `to`, from the client's addresses
 /// (IPv4), or from its one IPv6 address.
-fn new_connections(c: &Cluster, to: SocketAddr, n: usize) -> Result<BTreeMap<String, usize>, String> {
+fn new_connections(
+    c: &Cluster,
+    to: SocketAddr,
+    n: usize,
+) -> Result<BTreeMap<String, usize>, String> {
     let sources = if to.is_ipv4() {
         c.sources(n, SOURCES)
     } else {
@@ -109,7 +108,13 @@ fn three_nodes_behind_ecmp() {
     // The same VIPs everywhere, but the site VIP: site A (n1, n2) has b1
     // and b2, site B (n3) has b3.
     let common = vip_toml("web", "203.0.113.10", 80, "tcp", &[&b[0], &b[1], &b[2]])
-        + &vip_toml("web6", "2001:db8:100::10", 80, "tcp", &[&b6[0], &b6[1], &b6[2]])
+        + &vip_toml(
+            "web6",
+            "2001:db8:100::10",
+            80,
+            "tcp",
+            &[&b6[0], &b6[1], &b6[2]],
+        )
         + &vip_toml("dns", "203.0.113.30", 53, "udp", &[&b[0], &b[1], &b[2]]);
     let site_a = vip_toml("site", "203.0.113.20", 80, "tcp", &[&b[0], &b[1]]) + SITE_HEALTH;
     let site_b = vip_toml("site", "203.0.113.20", 80, "tcp", &[&b[2]]) + SITE_HEALTH;
@@ -123,8 +128,14 @@ fn three_nodes_behind_ecmp() {
     let took = wait_established(&c, 6);
     println!("BGP sessions established {took:?} after BIRD started");
     thread::sleep(Duration::from_millis(500));
-    assert!(c.router_next_hops(VIP_WEB).is_empty(), "no route before lbd runs");
-    assert!(c.router_next_hops(VIP_WEB6).is_empty(), "no route before lbd runs");
+    assert!(
+        c.router_next_hops(VIP_WEB).is_empty(),
+        "no route before lbd runs"
+    );
+    assert!(
+        c.router_next_hops(VIP_WEB6).is_empty(),
+        "no route before lbd runs"
+    );
 
     for (n, site) in [("n1", &site_a), ("n2", &site_a), ("n3", &site_b)] {
         let cfg = c.lbd_config(n, "healthy", &format!("{common}{site}"));
@@ -135,24 +146,46 @@ fn three_nodes_behind_ecmp() {
         c.wait_next_hops(n, Duration::from_secs(10)).unwrap();
     }
     let all = ["n1", "n2", "n3"];
-    c.wait_router(VIP_WEB, &all, Duration::from_secs(10)).unwrap();
+    c.wait_router(VIP_WEB, &all, Duration::from_secs(10))
+        .unwrap();
     let ecmp = started.elapsed();
-    c.wait_router(VIP_SITE, &all, Duration::from_secs(10)).unwrap();
-    c.wait_router(VIP_DNS, &all, Duration::from_secs(10)).unwrap();
-    c.wait_router(VIP_WEB6, &all, Duration::from_secs(10)).unwrap();
+    c.wait_router(VIP_SITE, &all, Duration::from_secs(10))
+        .unwrap();
+    c.wait_router(VIP_DNS, &all, Duration::from_secs(10))
+        .unwrap();
+    c.wait_router(VIP_WEB6, &all, Duration::from_secs(10))
+        .unwrap();
     let seen = new_connections(&c, SocketAddr::from((VIP_WEB6, 80)), 20).unwrap();
-    assert_eq!(seen.values().sum::<usize>(), 20, "IPv6 through the cluster: {seen:?}");
+    assert_eq!(
+        seen.values().sum::<usize>(),
+        20,
+        "IPv6 through the cluster: {seen:?}"
+    );
     println!("router holds a 3-way ECMP route to every VIP {ecmp:?} after the last lbd answered");
     let learned = c.node_birdc("n1", &["show", "route", "all", "203.0.113.10/32"]);
-    assert!(learned.contains("lbd_routes"), "n1's BIRD learned it from lbd's table:\n{learned}");
+    assert!(
+        learned.contains("lbd_routes"),
+        "n1's BIRD learned it from lbd's table:\n{learned}"
+    );
 
     // 300 long-lived connections, a line every 100 ms each.
-    let fleet = Fleet::start(&c.client_ns, Cluster::web(), &c.sources(FLEET, SOURCES), EVERY)
-        .expect("fleet");
-    assert!(fleet.wait_exchanges(3, FLEET, Duration::from_secs(10)), "exchanges flow");
+    let fleet = Fleet::start(
+        &c.client_ns,
+        Cluster::web(),
+        &c.sources(FLEET, SOURCES),
+        EVERY,
+    )
+    .expect("fleet");
+    assert!(
+        fleet.wait_exchanges(3, FLEET, Duration::from_secs(10)),
+        "exchanges flow"
+    );
     let per_node: BTreeMap<&str, u64> = all.iter().map(|n| (*n, c.vip_packets(n, "web"))).collect();
     println!("web packets per node with {FLEET} connections: {per_node:?}");
-    assert!(per_node.values().all(|p| *p > 0), "ECMP spreads over all nodes: {per_node:?}");
+    assert!(
+        per_node.values().all(|p| *p > 0),
+        "ECMP spreads over all nodes: {per_node:?}"
+    );
 
     // A flooding bridge shows every node every frame: each node forwards
     // only the frames addressed to it, so each datagram is answered once.
@@ -172,8 +205,15 @@ fn three_nodes_behind_ecmp() {
          nodes passed: {}",
         other_after - other_before
     );
-    assert_eq!(answers, BTreeMap::from([(1, SOURCES as usize)]), "one answer per datagram");
-    assert!(other_after > other_before, "the nodes saw (and passed) each other's frames");
+    assert_eq!(
+        answers,
+        BTreeMap::from([(1, SOURCES as usize)]),
+        "one answer per datagram"
+    );
+    assert!(
+        other_after > other_before,
+        "the nodes saw (and passed) each other's frames"
+    );
 
     // Site failover: site A's backends of the site VIP fail their checks;
     // A withdraws it, the router sends it all to site B.
@@ -196,7 +236,8 @@ fn three_nodes_behind_ecmp() {
     assert_eq!(site.get("reason").str(), "fail_open", "{site:?}");
     c.start_service("b1", Service::Greeter(8080)).unwrap();
     c.start_service("b2", Service::Greeter(8080)).unwrap();
-    c.wait_router(VIP_SITE, &all, Duration::from_secs(5)).unwrap();
+    c.wait_router(VIP_SITE, &all, Duration::from_secs(5))
+        .unwrap();
 
     // Drain n2: its next hop leaves, nothing breaks, new connections are
     // answered; undrain brings it back.
@@ -206,15 +247,19 @@ fn three_nodes_behind_ecmp() {
         .wait_router(VIP_WEB, &["n1", "n3"], Duration::from_secs(2))
         .unwrap_or_else(|e| panic!("{e:#}\n{out}"));
     let drain_total = t.elapsed();
-    c.wait_router(VIP_WEB6, &["n1", "n3"], Duration::from_secs(2)).unwrap();
+    c.wait_router(VIP_WEB6, &["n1", "n3"], Duration::from_secs(2))
+        .unwrap();
     let seen = new_connections(&c, Cluster::web(), 60).unwrap();
     assert_eq!(seen.values().sum::<usize>(), 60, "{seen:?}");
     assert!(fleet.wait_exchanges(3, FLEET - fleet.broken() as usize, Duration::from_secs(10)));
     assert_eq!(fleet.broken(), 0, "a drain breaks nothing");
     let t = Instant::now();
     c.lbctl_ok("n2", &["node", "undrain"]);
-    let undrain_took = c.wait_router(VIP_WEB, &all, Duration::from_secs(2)).unwrap();
-    c.wait_router(VIP_WEB6, &all, Duration::from_secs(2)).unwrap();
+    let undrain_took = c
+        .wait_router(VIP_WEB, &all, Duration::from_secs(2))
+        .unwrap();
+    c.wait_router(VIP_WEB6, &all, Duration::from_secs(2))
+        .unwrap();
     assert!(fleet.wait_exchanges(3, FLEET, Duration::from_secs(10)));
     assert_eq!(fleet.broken(), 0, "an undrain breaks nothing");
     println!(
@@ -240,7 +285,8 @@ fn three_nodes_behind_ecmp() {
         .wait_router(VIP_WEB, &["n1", "n2"], Duration::from_secs(2))
         .unwrap();
     let reroute_total = t.elapsed();
-    c.wait_router(VIP_WEB6, &["n1", "n2"], Duration::from_secs(2)).unwrap();
+    c.wait_router(VIP_WEB6, &["n1", "n2"], Duration::from_secs(2))
+        .unwrap();
     thread::sleep(Duration::from_secs(3));
     let report = fleet.stop();
     let broken = report.broken();
@@ -255,7 +301,11 @@ fn three_nodes_behind_ecmp() {
     for b in &broken {
         println!("  broken: {b:?}");
     }
-    assert!(broken.len() * 100 <= FLEET, "at most 1% broken: {}", broken.len());
+    assert!(
+        broken.len() * 100 <= FLEET,
+        "at most 1% broken: {}",
+        broken.len()
+    );
     let alive: BTreeSet<IpAddr> = report
         .conns
         .iter()
@@ -294,17 +344,27 @@ fn keepalived_pair_moves_the_vip() {
         );
         thread::sleep(Duration::from_millis(20));
     }
-    println!("n1 alone holds the VIP {:?} after keepalived started", t.elapsed());
+    println!(
+        "n1 alone holds the VIP {:?} after keepalived started",
+        t.elapsed()
+    );
 
     let to = SocketAddr::from((VIP_VRRP, 80));
     let fleet = Fleet::start(&c.client_ns, to, &c.sources(100, 20), EVERY).expect("fleet");
     assert!(fleet.wait_exchanges(3, 100, Duration::from_secs(10)));
     assert!(c.vip_packets("n1", "web") > 0);
-    assert_eq!(c.vip_packets("n2", "web"), 0, "the standby sees nothing yet");
+    assert_eq!(
+        c.vip_packets("n2", "web"),
+        0,
+        "the standby sees nothing yet"
+    );
     for n in ["n1", "n2"] {
         let s = c.lbctl_json(n, &["node", "status"]);
         assert!(
-            s.get("addresses").arr().iter().all(|a| a.get("announced").as_bool() == Some(false)),
+            s.get("addresses")
+                .arr()
+                .iter()
+                .all(|a| a.get("announced").as_bool() == Some(false)),
             "when = never announces nothing: {s:?}"
         );
     }
@@ -345,5 +405,8 @@ fn keepalived_pair_moves_the_vip() {
         println!("  broken: {b:?}");
     }
     assert!(c.vip_packets("n2", "web") > 0, "the standby forwards now");
-    assert!(report.broken().is_empty(), "same Maglev choice on the standby");
+    assert!(
+        report.broken().is_empty(),
+        "same Maglev choice on the standby"
+    );
 }

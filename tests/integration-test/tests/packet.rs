@@ -1009,7 +1009,10 @@ fn only_frames_to_the_interfaces_mac_are_forwarded() {
     };
     // Addressed to this interface: forwarded, both families.
     assert_eq!(t.run(&to(LB_MAC, V4_CLIENT, 1, "10.100.0.1")).0, XDP_TX);
-    assert_eq!(t.run(&to(LB_MAC, V6_CLIENT, 1, "2001:db8:100::1")).0, XDP_TX);
+    assert_eq!(
+        t.run(&to(LB_MAC, V6_CLIENT, 1, "2001:db8:100::1")).0,
+        XDP_TX
+    );
     // Flooded frames for another balancer (one MAC byte off, each end),
     // broadcast and multicast: passed untouched, counted, no flow made.
     let others = [
@@ -1031,7 +1034,11 @@ fn only_frames_to_the_interfaces_mac_are_forwarded() {
         }
     }
     assert_eq!(t.counter(Counter::PassOtherHost), passed);
-    assert_eq!(t.lb.conntrack_len(), entries, "no entry for another host's flow");
+    assert_eq!(
+        t.lb.conntrack_len(),
+        entries,
+        "no entry for another host's flow"
+    );
     // Traffic for no VIP is the kernel's whatever its MAC: not-VIP, as before.
     let not_vip = to([0x02, 0, 0, 0, 0, 0x0c], V4_CLIENT, 1, "10.0.0.99");
     assert_eq!(t.run(&not_vip).0, XDP_PASS);

@@ -194,13 +194,21 @@ fn adopted_maps_keep_their_settings() {
     assert!(t.lb.adopted());
     assert_eq!(t.lb.interface_mac(), mac);
     t.lb.set_too_big(Some(10)).unwrap();
-    assert_eq!(t.lb.interface_mac(), mac, "one setting's write keeps the others");
+    assert_eq!(
+        t.lb.interface_mac(),
+        mac,
+        "one setting's write keeps the others"
+    );
     let v = vip("10.100.0.1", 80, Proto::Tcp);
     t.add_vip(v, sized(251), &backends(&["10.0.0.2"]));
     let mut other = Frame::tcp("198.51.100.7", 4000, "10.100.0.1", 80);
     other.dst_mac = [0x02, 0, 0, 0, 0, 0x43];
     let f = other.build();
-    assert_eq!(t.run(&f), (XDP_PASS, f.clone()), "still only frames to its MAC");
+    assert_eq!(
+        t.run(&f),
+        (XDP_PASS, f.clone()),
+        "still only frames to its MAC"
+    );
     let mut ours = Frame::tcp("198.51.100.7", 4000, "10.100.0.1", 80);
     ours.dst_mac = mac;
     let (action, out) = t.run(&ours.build());

@@ -145,7 +145,18 @@ impl Cluster {
         let switch_ns = topo.add_ns("fabric")?;
         topo.add_bridge(&switch_ns, BRIDGE)?;
         // Flood multicast (VRRP, IPv6 ND) without a querier.
-        netns::ip(&switch_ns, &["link", "set", BRIDGE, "type", "bridge", "mcast_snooping", "0"])?;
+        netns::ip(
+            &switch_ns,
+            &[
+                "link",
+                "set",
+                BRIDGE,
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
 
         // Router: client side and fabric side.
         let router_ns = topo.add_ns("router")?;
@@ -163,7 +174,14 @@ impl Cluster {
         netns::set_tx_checksum(&client_ns, "eth0", false)?;
         topo.add_addr(&router_ns, "eth0", &format!("{ROUTER_CLIENT}/24"))?;
         topo.add_addr(&router_ns, "eth0", &format!("{ROUTER_CLIENT6}/64"))?;
-        topo.plug((&router_ns, "eth1"), &switch_ns, "p-r", BRIDGE, "1500", false)?;
+        topo.plug(
+            (&router_ns, "eth1"),
+            &switch_ns,
+            "p-r",
+            BRIDGE,
+            "1500",
+            false,
+        )?;
         topo.add_addr(&router_ns, "eth1", &format!("{ROUTER_FABRIC}/24"))?;
         topo.add_addr(&router_ns, "eth1", &format!("{ROUTER_FABRIC6}/64"))?;
         for (k, v) in [
@@ -184,7 +202,14 @@ impl Cluster {
             let ns = topo.add_ns(&name)?;
             let v4 = fabric(11 + i as u8);
             let v6 = fabric6(11 + i as u8);
-            topo.plug((&ns, "eth0"), &switch_ns, &format!("p-{name}"), BRIDGE, "1600", true)?;
+            topo.plug(
+                (&ns, "eth0"),
+                &switch_ns,
+                &format!("p-{name}"),
+                BRIDGE,
+                "1600",
+                true,
+            )?;
             topo.add_addr(&ns, "eth0", &format!("{v4}/24"))?;
             topo.add_addr(&ns, "eth0", &format!("{v6}/64"))?;
             let lo_addrs: Vec<IpAddr> = vec![
@@ -281,7 +306,11 @@ impl Cluster {
                 Duration::from_secs(20),
             )?;
             anyhow::ensure!(out.ok(), "lbd decap in {}: {out}", host.ns);
-            for service in [Service::Greeter(80), Service::Greeter(8080), Service::Udp(53)] {
+            for service in [
+                Service::Greeter(80),
+                Service::Greeter(8080),
+                Service::Udp(53),
+            ] {
                 self.servers.push(Server::start(&host, service)?);
             }
         }
@@ -377,7 +406,13 @@ impl Cluster {
         n.lbd = Some(cmd.spawn().context("spawning lbd")?);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(st) = self.node_mut(node).lbd.as_mut().expect("spawned").try_wait()? {
+            if let Some(st) = self
+                .node_mut(node)
+                .lbd
+                .as_mut()
+                .expect("spawned")
+                .try_wait()?
+            {
                 bail!("lbd on {node} exited ({st})\n{}", self.logs(node, 30));
             }
             if self.node(node).socket().exists() && self.lbctl(node, &["status"]).ok() {
@@ -466,9 +501,16 @@ impl Cluster {
     /// route).
     pub fn router_next_hops(&self, addr: impl Into<IpAddr>) -> BTreeSet<IpAddr> {
         let addr = addr.into();
-        let (family, len) = if addr.is_ipv4() { ("-4", 32) } else { ("-6", 128) };
-        let out = netns::ip(&self.router_ns, &[family, "route", "show", &format!("{addr}/{len}")])
-            .unwrap_or_default();
+        let (family, len) = if addr.is_ipv4() {
+            ("-4", 32)
+        } else {
+            ("-6", 128)
+        };
+        let out = netns::ip(
+            &self.router_ns,
+            &[family, "route", "show", &format!("{addr}/{len}")],
+        )
+        .unwrap_or_default();
         next_hops(&out)
     }
 
@@ -518,7 +560,11 @@ impl Cluster {
             netns::ip(&self.router_ns, &["-6", "route"]).unwrap_or_default()
         );
         let mut socks = vec![("router".to_string(), self.dir.join("router-bird.ctl"))];
-        socks.extend(self.nodes.iter().map(|n| (n.name.clone(), n.dir.join("bird.ctl"))));
+        socks.extend(
+            self.nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.dir.join("bird.ctl"))),
+        );
         for (who, sock) in socks {
             if sock.exists() {
                 out += &format!("{who}: {}\n", bird::birdc(&sock, &["show", "protocols"]));
@@ -563,7 +609,15 @@ impl Cluster {
         let ageing = if on { "0" } else { "30000" };
         netns::ip(
             &self.switch_ns,
-            &["link", "set", BRIDGE, "type", "bridge", "ageing_time", ageing],
+            &[
+                "link",
+                "set",
+                BRIDGE,
+                "type",
+                "bridge",
+                "ageing_time",
+                ageing,
+            ],
         )?;
         if on {
             netns::exec(&self.switch_ns, &["bridge", "fdb", "flush", "dev", BRIDGE])

@@ -16,8 +16,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    outer_source_v4, outer_source_v6, rules, Addr, Backend, Counter, LbConfig, VipInfo, BACKEND_F_ACTIVE,
-    BACKEND_F_NEXTHOP, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, VIP_F_L2DSR,
+    outer_source_v4, outer_source_v6, rules, Addr, Backend, Counter, LbConfig, VipInfo,
+    BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, VIP_F_L2DSR,
 };
 use lb_ebpf::{ipv4_header_checksum, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN};
 

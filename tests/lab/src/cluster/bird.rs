@@ -152,7 +152,13 @@ template bgp node6 from node {{
 }
 
 /// `bird -f` (in the foreground: the lab owns the process) in `ns`.
-pub fn start(ns: &str, conf: &Path, sock: &Path, pid: &Path, log: &Path) -> Result<std::process::Child> {
+pub fn start(
+    ns: &str,
+    conf: &Path,
+    sock: &Path,
+    pid: &Path,
+    log: &Path,
+) -> Result<std::process::Child> {
     let err = fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = nsenter(ns, Path::new("bird"));
     cmd.arg("-f")
@@ -166,7 +172,8 @@ pub fn start(ns: &str, conf: &Path, sock: &Path, pid: &Path, log: &Path) -> Resu
         .stdout(err.try_clone()?)
         .stderr(err);
     die_with_parent(&mut cmd);
-    cmd.spawn().context("spawning bird (is bird2 installed? `cargo xtask setup`)")
+    cmd.spawn()
+        .context("spawning bird (is bird2 installed? `cargo xtask setup`)")
 }
 
 /// `birdc -s SOCK ARGS`: its answer, or why there is none.
@@ -206,8 +213,17 @@ impl Cluster {
         let n = self.node_mut(node);
         let log = n.log("bird");
         let conf = n.dir.join("bird.conf");
-        fs::write(&conf, node_config(&log, &n.addr.to_string(), &n.addr6.to_string()))?;
-        let b = start(&n.ns, &conf, &n.dir.join("bird.ctl"), &n.dir.join("bird.pid"), &log)?;
+        fs::write(
+            &conf,
+            node_config(&log, &n.addr.to_string(), &n.addr6.to_string()),
+        )?;
+        let b = start(
+            &n.ns,
+            &conf,
+            &n.dir.join("bird.ctl"),
+            &n.dir.join("bird.pid"),
+            &log,
+        )?;
         n.bird = Some(b);
         Ok(())
     }

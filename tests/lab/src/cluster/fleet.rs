@@ -50,7 +50,11 @@ impl FleetReport {
         self.conns.iter().filter(|c| c.error.is_some()).collect()
     }
     pub fn max_gap(&self) -> Duration {
-        self.conns.iter().map(|c| c.max_gap).max().unwrap_or_default()
+        self.conns
+            .iter()
+            .map(|c| c.max_gap)
+            .max()
+            .unwrap_or_default()
     }
     /// Connections per backend.
     pub fn by_backend(&self) -> BTreeMap<String, usize> {
@@ -94,12 +98,18 @@ impl Fleet {
     /// Opens one connection to `to` per entry of `sources` (from the client
     /// namespace), reads each greeting, then exchanges a line on each every
     /// `every` until stopped.
-    pub fn start(client_ns: &str, to: SocketAddr, sources: &[IpAddr], every: Duration) -> Result<Fleet> {
+    pub fn start(
+        client_ns: &str,
+        to: SocketAddr,
+        sources: &[IpAddr],
+        every: Duration,
+    ) -> Result<Fleet> {
         let conns = in_netns(client_ns, || -> Result<Vec<Conn>> {
             sources
                 .iter()
                 .map(|src| {
-                    let (local, s) = tcp_connect(Some(SocketAddr::new(*src, 0)), to, EXCHANGE_TIMEOUT);
+                    let (local, s) =
+                        tcp_connect(Some(SocketAddr::new(*src, 0)), to, EXCHANGE_TIMEOUT);
                     let s = s.with_context(|| format!("connecting from {src} to {to}"))?;
                     s.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
                     s.set_nodelay(true)?;
@@ -205,7 +215,9 @@ impl Fleet {
 /// One line out, the same line back.
 fn exchange(c: &mut Conn) -> Result<(), String> {
     let line = format!("ping {}\n", c.exchanges);
-    c.writer.write_all(line.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    c.writer
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut back = String::new();
     match c.reader.read_line(&mut back) {
         Ok(0) => Err("closed by the peer".into()),

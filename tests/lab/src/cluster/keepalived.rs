@@ -68,19 +68,25 @@ vrrp_instance lb {{
 fn spawn(ns: &str, dir: &Path, conf: &Path, log: &Path) -> Result<Child> {
     let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = nsenter(ns, Path::new("keepalived"));
-    cmd.args(["--vrrp", "--dont-fork", "--log-console", "--no-syslog", "-f"])
-        .arg(conf)
-        .arg("-p")
-        .arg(dir.join("keepalived.pid"))
-        .arg("-r")
-        .arg(dir.join("vrrp.pid"))
-        .arg("-c")
-        .arg(dir.join("checkers.pid"))
-        .arg("-b")
-        .arg(dir.join("bfd.pid"))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
+    cmd.args([
+        "--vrrp",
+        "--dont-fork",
+        "--log-console",
+        "--no-syslog",
+        "-f",
+    ])
+    .arg(conf)
+    .arg("-p")
+    .arg(dir.join("keepalived.pid"))
+    .arg("-r")
+    .arg(dir.join("vrrp.pid"))
+    .arg("-c")
+    .arg(dir.join("checkers.pid"))
+    .arg("-b")
+    .arg(dir.join("bfd.pid"))
+    .stdin(Stdio::null())
+    .stdout(out.try_clone()?)
+    .stderr(out);
     die_with_parent(&mut cmd);
     cmd.spawn()
         .context("spawning keepalived (is it installed? `cargo xtask setup`)")
@@ -104,7 +110,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !vrrp_pid.exists() {
             if Instant::now() > deadline {
-                bail!("keepalived in {ns}: no VRRP process\n{}", self.logs(node, 20));
+                bail!(
+                    "keepalived in {ns}: no VRRP process\n{}",
+                    self.logs(node, 20)
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -125,7 +134,8 @@ impl Cluster {
 
     /// The MAC the router would send [`VIP_VRRP`]'s frames to now.
     pub fn router_mac_for_vip(&self) -> Option<String> {
-        let out = crate::netns::ip(&self.router_ns, &["neigh", "show", &VIP_VRRP.to_string()]).ok()?;
+        let out =
+            crate::netns::ip(&self.router_ns, &["neigh", "show", &VIP_VRRP.to_string()]).ok()?;
         let words: Vec<&str> = out.split_whitespace().collect();
         words
             .windows(2)
@@ -136,6 +146,9 @@ impl Cluster {
     /// The node's interface MAC, as `ip` prints it.
     pub fn node_mac(&self, node: &str) -> String {
         let m = crate::netns::mac(&self.node(node).ns, "eth0").expect("node MAC");
-        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 }
