@@ -63,11 +63,11 @@ impl Reason {
     }
 }
 
-/// The decision for one address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision {
-    pub announce: bool,
-    pub reason: Reason,
+impl Reason {
+    /// Whether an address with this reason is announced.
+    pub fn announces(self) -> bool {
+        matches!(self, Reason::Healthy | Reason::Always)
+    }
 }
 
 /// What the decision looks at for one VIP: its address, whether any backend
@@ -79,14 +79,15 @@ pub struct VipView {
     pub fail_open: bool,
 }
 
-/// Which addresses to announce: one decision per address that any VIP uses.
+/// Which addresses to announce, and why: one reason per address that any
+/// VIP uses ([`Reason::announces`] says whether it is announced).
 pub fn decide(
     when: AnnounceWhen,
     attached: bool,
     drained: bool,
     vips: &[VipView],
-) -> BTreeMap<IpAddr, Decision> {
-    let mut out: BTreeMap<IpAddr, Decision> = BTreeMap::new();
+) -> BTreeMap<IpAddr, Reason> {
+    let mut out: BTreeMap<IpAddr, Reason> = BTreeMap::new();
     for v in vips {
         let mine = if when == AnnounceWhen::Never {
             Reason::Never
@@ -103,29 +104,25 @@ pub fn decide(
         } else {
             Reason::NoHealthyBackend
         };
-        let d = Decision {
-            announce: matches!(mine, Reason::Healthy | Reason::Always),
-            reason: mine,
-        };
         // One healthy VIP is enough for the address; among withdrawn ones,
         // fail-open is the more telling reason.
         out.entry(v.addr)
             .and_modify(|e| {
-                if !e.announce && (d.announce || d.reason == Reason::FailOpen) {
-                    *e = d;
+                if !e.announces() && (mine.announces() || mine == Reason::FailOpen) {
+                    *e = mine;
                 }
             })
-            .or_insert(d);
+            .or_insert(mine);
     }
     out
 }
 
 /// What `lbctl node status` and the metrics show: per address, the
-/// decision and whether the route is in the table now.
+/// reason decided and whether the route is in the table now.
 #[derive(Clone, Debug, Default)]
 pub struct AnnounceView {
-    /// Address → (decision, route present in the table at the last look).
-    pub addrs: BTreeMap<IpAddr, (Decision, bool)>,
+    /// Address → (reason, route present in the table at the last look).
+    pub addrs: BTreeMap<IpAddr, (Reason, bool)>,
     /// Routes added or removed since lbd started.
     pub changes: u64,
     /// The last reconcile's failure, if it failed.
@@ -144,9 +141,9 @@ mod tests {
         }
     }
 
-    fn one(d: &BTreeMap<IpAddr, Decision>, addr: &str) -> (bool, Reason) {
-        let d = d[&addr.parse::<IpAddr>().unwrap()];
-        (d.announce, d.reason)
+    fn one(d: &BTreeMap<IpAddr, Reason>, addr: &str) -> (bool, Reason) {
+        let r = d[&addr.parse::<IpAddr>().unwrap()];
+        (r.announces(), r)
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{ApplyError, Daemon, DataPath};
 use crate::{
-    announce::{self, node, node::NodeState, AnnounceView, Decision, VipView},
+    announce::{self, node, node::NodeState, AnnounceView, Reason, VipView},
     api::types::{AddressStatus, NodeStatus},
     model::{announce::ROUTE_PROTOCOL, AnnounceWhen},
 };
@@ -63,7 +63,7 @@ impl<D: DataPath> Daemon<D> {
 
     /// Which addresses should be announced now, and the drain epoch this
     /// decision reflects.
-    pub fn announce_decisions(&self) -> (BTreeMap<IpAddr, Decision>, u64) {
+    pub fn announce_decisions(&self) -> (BTreeMap<IpAddr, Reason>, u64) {
         let when = self.config.announce.map_or(AnnounceWhen::Never, |a| a.when);
         let vips: Vec<VipView> = self
             .status_health()
@@ -90,7 +90,7 @@ impl<D: DataPath> Daemon<D> {
     /// known before stands), how many it changed, its failure if any.
     pub fn record_announce(
         &mut self,
-        decisions: BTreeMap<IpAddr, Decision>,
+        decisions: BTreeMap<IpAddr, Reason>,
         epoch: u64,
         present: Option<&BTreeSet<IpAddr>>,
         changes: u64,
@@ -119,13 +119,7 @@ impl<D: DataPath> Daemon<D> {
                 .collect(),
         };
         for a in leftovers {
-            view.addrs.entry(a).or_insert((
-                Decision {
-                    announce: false,
-                    reason: announce::Reason::NoVip,
-                },
-                true,
-            ));
+            view.addrs.entry(a).or_insert((Reason::NoVip, true));
         }
         view.changes += changes;
         view.error = error;
@@ -182,10 +176,10 @@ impl<D: DataPath> Daemon<D> {
                 AddressStatus {
                     address: *addr,
                     announced,
-                    wanted: managed && d.announce,
-                    reason: d.reason,
+                    wanted: managed && d.announces(),
+                    reason: *d,
                     why: if managed {
-                        d.reason.describe().to_string()
+                        d.describe().to_string()
                     } else {
                         "no [announce] table: lbd writes no routes".to_string()
                     },

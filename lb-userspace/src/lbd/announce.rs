@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, Notify};
 use crate::{
     announce::{
         routes::{KernelTable, Removed},
-        Decision,
+        Reason,
     },
     api::audit::{AuditLog, Peer},
     daemon::Shared,
@@ -93,7 +93,7 @@ impl Announcer {
                 Some(t) => format!("it was in table {t}, which is not lbd's table any more"),
                 None => decisions
                     .get(&addr)
-                    .map_or("no VIP uses it", |d| d.reason.describe())
+                    .map_or("no VIP uses it", |r| r.describe())
                     .to_string(),
             };
             let in_table = other_table.unwrap_or(table.table);
@@ -182,7 +182,7 @@ impl Announcer {
 /// the failures. With `strays`, lbd's routes in other tables are removed.
 async fn apply(
     table: &KernelTable,
-    decisions: &BTreeMap<IpAddr, Decision>,
+    decisions: &BTreeMap<IpAddr, Reason>,
     strays: bool,
 ) -> (Outcome, Option<BTreeSet<IpAddr>>, Vec<String>) {
     let mut outcome = Outcome::default();
@@ -197,7 +197,7 @@ async fn apply(
     let mut present: BTreeSet<IpAddr> = owned.keys().copied().collect();
     let want: BTreeSet<IpAddr> = decisions
         .iter()
-        .filter(|(_, d)| d.announce)
+        .filter(|(_, r)| r.announces())
         .map(|(a, _)| *a)
         .collect();
     for (addr, route) in owned.iter().filter(|(a, _)| !want.contains(a)) {

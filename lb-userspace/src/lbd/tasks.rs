@@ -15,7 +15,7 @@ use crate::{
     api::server::Hooks,
     daemon::Shared,
     host::{iface, nexthop},
-    model::NextHop,
+    model::{mac_text, NextHop},
 };
 
 /// How often next hops are re-resolved even without a netlink event.
@@ -104,18 +104,12 @@ pub(super) async fn follow_interface_mac(
         let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
         let old = d.balancer().interface_mac();
         if old != found.mac {
-            let show = |m: [u8; 6]| {
-                m.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
-            };
             match d.balancer_mut().set_interface_mac(found.mac) {
                 Ok(()) => tracing::info!(
                     interface = %ifname,
                     "MAC changed {} -> {}: frames to the new one are forwarded",
-                    show(old),
-                    show(found.mac)
+                    mac_text(old),
+                    mac_text(found.mac)
                 ),
                 Err(e) => tracing::error!("writing {ifname}'s new MAC: {e}"),
             }
@@ -169,18 +163,12 @@ pub(super) async fn resolve_next_hops(daemon: Shared, changed: Arc<Notify>) -> a
 }
 
 fn show_next_hop(nh: Option<NextHop>) -> String {
-    let mac = |m: [u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
     match nh {
         Some(nh) => format!(
             "ifindex {} {} -> {}",
             nh.ifindex,
-            mac(nh.src_mac),
-            mac(nh.dst_mac)
+            mac_text(nh.src_mac),
+            mac_text(nh.dst_mac)
         ),
         None => "unresolved".into(),
     }

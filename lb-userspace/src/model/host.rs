@@ -86,3 +86,11 @@ pub struct NextHop {
     /// larger once encapsulated is answered with ICMP "too big".
     pub mtu: u32,
 }
+
+/// A MAC address as `ip link` writes it (`02:00:00:00:00:0b`).
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

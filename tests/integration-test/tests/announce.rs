@@ -75,6 +75,18 @@ fn routes_in(lab: &Lab, table: u32) -> (BTreeSet<String>, String) {
     (dsts, text)
 }
 
+/// Adds (`add`) or removes (`del`) a route in lbd's table that is not
+/// lbd's (protocol `static`), out of lbd's interface.
+fn other_route(lab: &Lab, op: &str, dst: &str) {
+    netns::ip(
+        &lab.lb_ns,
+        &[
+            "route", op, dst, "dev", &lab.lb_if, "table", "100", "proto", "static",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("ip route {op} {dst}: {e:#}"));
+}
+
 fn set(addrs: &[&str]) -> BTreeSet<String> {
     addrs.iter().map(|s| s.to_string()).collect()
 }
@@ -249,21 +261,7 @@ fn routes_follow_health_drain_and_restarts() {
     // address stays unannounced, with the reason in status, while the
     // others are announced; once the other route is gone, lbd's returns.
     lab.lbctl_ok(&["node", "drain"]);
-    netns::ip(
-        &lab.lb_ns,
-        &[
-            "route",
-            "add",
-            "10.100.0.2/32",
-            "dev",
-            &lab.lb_if,
-            "table",
-            "100",
-            "proto",
-            "static",
-        ],
-    )
-    .unwrap();
+    other_route(&lab, "add", "10.100.0.2/32");
     let out = lab.lbctl(&["node", "undrain"]);
     assert!(!out.ok(), "undrain cannot complete: {out}");
     assert!(
@@ -282,19 +280,7 @@ fn routes_follow_health_drain_and_restarts() {
     );
     let audit = fs::read_to_string(lab.state_dir.join("audit.log")).unwrap();
     assert!(audit.contains("accepted, not yet in effect"), "{audit}");
-    netns::ip(
-        &lab.lb_ns,
-        &[
-            "route",
-            "del",
-            "10.100.0.2/32",
-            "table",
-            "100",
-            "proto",
-            "static",
-        ],
-    )
-    .unwrap();
+    other_route(&lab, "del", "10.100.0.2/32");
     wait_routes(
         &lab,
         &ALL,
@@ -343,19 +329,7 @@ fn routes_follow_health_drain_and_restarts() {
     println!("routes back {took:?} after the link came up");
 
     // detach removes lbd's routes, and only those.
-    netns::ip(
-        &lab.lb_ns,
-        &[
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "dev",
-            &lab.lb_if,
-            "table",
-            "100",
-        ],
-    )
-    .unwrap();
+    other_route(&lab, "add", "192.0.2.0/24");
     lab.kill_lbd();
     let out = lab.lbd_in_lb_ns(&["detach", "--interface", &lab.lb_if]);
     assert!(out.ok(), "{out}");
@@ -373,19 +347,7 @@ fn routes_follow_health_drain_and_restarts() {
 fn a_table_in_use_is_refused_at_start() {
     let mut lab = Lab::new(2).expect("lab");
     lab.write_config(&config(&lab));
-    netns::ip(
-        &lab.lb_ns,
-        &[
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "dev",
-            &lab.lb_if,
-            "table",
-            "100",
-        ],
-    )
-    .unwrap();
+    other_route(&lab, "add", "192.0.2.0/24");
     let out = lab.lbd_in_lb_ns(&["run", "--config", &lab.config_path.to_string_lossy()]);
     assert!(!out.ok(), "{out}");
     let err = &out.stderr;
@@ -407,11 +369,7 @@ fn a_table_in_use_is_refused_at_start() {
 
     // Emptied, the table is lbd's. A second lbd in the namespace (on another
     // interface, with its own socket and state) may not share it.
-    netns::ip(
-        &lab.lb_ns,
-        &["route", "del", "192.0.2.0/24", "table", "100"],
-    )
-    .unwrap();
+    other_route(&lab, "del", "192.0.2.0/24");
     lab.start_lbd().expect("lbd starts on an empty table");
     netns::ip(
         &lab.lb_ns,

@@ -36,20 +36,21 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
-    process::{Child, Stdio},
+    process::Child,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use lb::{decap::Decap, model::AttachMode};
+use anyhow::{bail, Result};
+use lb::decap::Decap;
 
 use crate::{
     lab::BackendHost,
-    netns::{self, in_netns, Topology},
-    process::{die_with_parent, lbctl_bin, lbd_bin, nsenter, run_bounded, Output},
+    netns::{self, Topology},
+    process::{lbctl_at, lbd_bin, nsenter, run_bounded, spawn_lbd, Output},
     servers::{Server, Service},
-    status::Json,
+    status::{unresolved_next_hops, Json},
+    switched::passthrough_on,
 };
 
 /// The fabric: router .1, backends .11.., nodes .21...
@@ -129,6 +130,25 @@ fn fabric6(n: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd20, 0, 0, 0, 0, 0, 0, digits)
 }
 
+/// Namespace `name` plugged into the fabric (port `p-<name>`, MTU 1600 for
+/// the encapsulated frames) as host `n` of both families, with the router
+/// as its IPv4 default route.
+fn fabric_host(
+    topo: &mut Topology,
+    switch_ns: &str,
+    name: &str,
+    n: u8,
+) -> Result<(String, Ipv4Addr, Ipv6Addr)> {
+    let ns = topo.add_ns(name)?;
+    let (v4, v6) = (fabric(n), fabric6(n));
+    let port = format!("p-{name}");
+    topo.plug((&ns, "eth0"), switch_ns, &port, BRIDGE, "1600", true)?;
+    topo.add_addr(&ns, "eth0", &format!("{v4}/24"))?;
+    topo.add_addr(&ns, "eth0", &format!("{v6}/64"))?;
+    topo.add_route(&ns, &["default", "via", &ROUTER_FABRIC.to_string()])?;
+    Ok((ns, v4, v6))
+}
+
 /// The client's `i`th extra source address.
 pub fn client_source(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, CLIENT_SOURCES + i)
@@ -199,19 +219,7 @@ impl Cluster {
         let mut backends = Vec::new();
         for i in 0..n_backends {
             let name = format!("b{}", i + 1);
-            let ns = topo.add_ns(&name)?;
-            let v4 = fabric(11 + i as u8);
-            let v6 = fabric6(11 + i as u8);
-            topo.plug(
-                (&ns, "eth0"),
-                &switch_ns,
-                &format!("p-{name}"),
-                BRIDGE,
-                "1600",
-                true,
-            )?;
-            topo.add_addr(&ns, "eth0", &format!("{v4}/24"))?;
-            topo.add_addr(&ns, "eth0", &format!("{v6}/64"))?;
+            let (ns, v4, v6) = fabric_host(&mut topo, &switch_ns, &name, 11 + i as u8)?;
             let lo_addrs: Vec<IpAddr> = vec![
                 VIP_WEB.into(),
                 VIP_SITE.into(),
@@ -223,7 +231,6 @@ impl Cluster {
                 let len = if a.is_ipv4() { 32 } else { 128 };
                 topo.add_addr(&ns, "lo", &format!("{a}/{len}"))?;
             }
-            topo.add_route(&ns, &["default", "via", &ROUTER_FABRIC.to_string()])?;
             topo.add_route(&ns, &["default", "via", &ROUTER_FABRIC6.to_string()])?;
             // Decapsulated packets carry the client's source; the VIPs on lo
             // are never announced (VIP_VRRP is in the fabric's subnet).
@@ -250,17 +257,8 @@ impl Cluster {
         let mut nodes = Vec::new();
         for i in 0..n_nodes {
             let name = format!("n{}", i + 1);
-            let ns = topo.add_ns(&name)?;
-            let addr = fabric(21 + i as u8);
-            let addr6 = fabric6(21 + i as u8);
-            let port = format!("p-{name}");
-            topo.plug((&ns, "eth0"), &switch_ns, &port, BRIDGE, "1600", true)?;
-            topo.add_addr(&ns, "eth0", &format!("{addr}/24"))?;
-            topo.add_addr(&ns, "eth0", &format!("{addr6}/64"))?;
-            topo.add_route(&ns, &["default", "via", &ROUTER_FABRIC.to_string()])?;
-            let mut pass = Decap::load().context("loading the pass-through program")?;
-            in_netns(&switch_ns, || pass.attach(&port, AttachMode::Native))?
-                .with_context(|| format!("pass-through on {port}"))?;
+            let (ns, addr, addr6) = fabric_host(&mut topo, &switch_ns, &name, 21 + i as u8)?;
+            let pass = passthrough_on(&switch_ns, &format!("p-{name}"))?;
             let node_dir = dir.join(&name);
             fs::create_dir_all(&node_dir)?;
             nodes.push(Node {
@@ -394,16 +392,7 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(n.log("lbd"))?;
-        let mut cmd = nsenter(&n.ns, &lbd_bin());
-        cmd.args(["run", "--config"])
-            .arg(n.config_path())
-            .env("LBD_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        die_with_parent(&mut cmd);
-        n.lbd = Some(cmd.spawn().context("spawning lbd")?);
+        n.lbd = Some(spawn_lbd(&n.ns, &n.config_path(), log)?);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = self
@@ -434,9 +423,7 @@ impl Cluster {
     }
 
     pub fn lbctl(&self, node: &str, args: &[&str]) -> Output {
-        let mut cmd = std::process::Command::new(lbctl_bin());
-        cmd.arg("--socket").arg(self.node(node).socket()).args(args);
-        run_bounded(&mut cmd, Duration::from_secs(20)).expect("running lbctl")
+        lbctl_at(&self.node(node).socket(), args)
     }
 
     pub fn lbctl_ok(&self, node: &str, args: &[&str]) -> String {
@@ -479,17 +466,12 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.lbctl_json(node, &["status"]);
-            let all = s.get("vips").arr().iter().all(|v| {
-                v.get("backends")
-                    .arr()
-                    .iter()
-                    .all(|b| b.get("next_hop").as_bool() == Some(true))
-            });
-            if all {
+            let unresolved = unresolved_next_hops(&s);
+            if unresolved.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("next hops on {node} unresolved after {timeout:?}: {s:?}");
+                bail!("next hops on {node} unresolved after {timeout:?}: {unresolved:?}");
             }
             thread::sleep(Duration::from_millis(50));
         }

@@ -57,7 +57,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::Mutex,
     thread,
     time::{Duration, Instant},
@@ -381,16 +381,7 @@ impl Lab {
             .append(true)
             .open(&self.log_path)?;
         writeln!(log, "===== lbd start #{} =====", self.lbd_starts)?;
-        let mut cmd = nsenter(&self.lb_ns, &lbd_bin());
-        cmd.args(["run", "--config"])
-            .arg(&self.config_path)
-            .env("LBD_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        die_with_parent(&mut cmd);
-        cmd.spawn().context("spawning lbd run")
+        spawn_lbd(&self.lb_ns, &self.config_path, log)
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -491,9 +482,7 @@ impl Lab {
 
     /// `lbctl --socket <socket> <args>` as root, from the root namespace.
     pub fn lbctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(lbctl_bin());
-        cmd.arg("--socket").arg(&self.socket).args(args);
-        run_bounded(&mut cmd, Duration::from_secs(20)).expect("running lbctl")
+        lbctl_at(&self.socket, args)
     }
 
     /// `lbctl`, which must succeed.
@@ -529,19 +518,7 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status();
-            let unresolved: Vec<String> = s
-                .get("vips")
-                .arr()
-                .iter()
-                .flat_map(|v| {
-                    v.get("backends")
-                        .arr()
-                        .iter()
-                        .filter(|b| b.get("next_hop").as_bool() != Some(true))
-                        .map(|b| format!("{} {}", v.get("vip").str(), b.get("addr").str()))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let unresolved = unresolved_next_hops(&s);
             if unresolved.is_empty() {
                 return Ok(s);
             }

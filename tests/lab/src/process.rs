@@ -7,7 +7,7 @@ use std::{
     io::Read,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread::{self},
     time::{Duration, Instant},
@@ -131,6 +131,28 @@ pub fn nsenter(ns: &str, prog: &Path) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net={NETNS_RUN_DIR}/{ns}")).arg(prog);
     c
+}
+
+/// `lbd run --config <config>` in namespace `ns`, its output appended to
+/// `log`, killed if the test process dies; does not wait for it.
+pub fn spawn_lbd(ns: &str, config: &Path, log: fs::File) -> Result<Child> {
+    let mut cmd = nsenter(ns, &lbd_bin());
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .env("LBD_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    die_with_parent(&mut cmd);
+    cmd.spawn().context("spawning lbd run")
+}
+
+/// `lbctl --socket <socket> <args>` as root, from the root namespace.
+pub fn lbctl_at(socket: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(lbctl_bin());
+    cmd.arg("--socket").arg(socket).args(args);
+    run_bounded(&mut cmd, Duration::from_secs(20)).expect("running lbctl")
 }
 
 /// Kill the child when the thread that started it ends (a test process

@@ -105,6 +105,24 @@ pub fn health_view(status: &Json) -> String {
         .join("\n")
 }
 
+/// The backends of `status` whose next hop is not resolved yet, as
+/// `VIP ADDRESS`.
+pub fn unresolved_next_hops(status: &Json) -> Vec<String> {
+    status
+        .get("vips")
+        .arr()
+        .iter()
+        .flat_map(|v| {
+            v.get("backends")
+                .arr()
+                .iter()
+                .filter(|b| b.get("next_hop").as_bool() != Some(true))
+                .map(|b| format!("{} {}", v.get("vip").str(), b.get("addr").str()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------- JSON
 
 /// A JSON value (lb-lab has no serde_json): enough to read lbctl's

@@ -238,15 +238,7 @@ impl SwitchedLab {
     /// the balancer sends with `XDP_TX` out of a veth reaches the peer only
     /// when the peer runs a native XDP program. Detached when dropped.
     pub fn passthrough(&self) -> Result<Decap> {
-        let mut pass = Decap::load().context("loading the pass-through program")?;
-        let port = self.port_of("lb");
-        let mode = in_netns(&self.switch_ns, || pass.attach(&port, AttachMode::Native))?
-            .with_context(|| format!("attaching the pass-through program to {port}"))?;
-        ensure!(
-            mode == aya::programs::XdpMode::Driver,
-            "pass-through on {port} not native ({mode:?})"
-        );
-        Ok(pass)
+        passthrough_on(&self.switch_ns, &self.port_of("lb"))
     }
 
     /// Plugs (`true`) or pulls the cable of the host with `role`: its bridge
@@ -257,6 +249,19 @@ impl SwitchedLab {
         netns::ip(&self.switch_ns, &["link", "set", "dev", &port, state])?;
         Ok(())
     }
+}
+
+/// The pass-through program attached natively to bridge port `port` of
+/// `switch_ns` (see [`SwitchedLab::passthrough`]); detached when dropped.
+pub fn passthrough_on(switch_ns: &str, port: &str) -> Result<Decap> {
+    let mut pass = Decap::load().context("loading the pass-through program")?;
+    let mode = in_netns(switch_ns, || pass.attach(port, AttachMode::Native))?
+        .with_context(|| format!("attaching the pass-through program to {port}"))?;
+    ensure!(
+        mode == aya::programs::XdpMode::Driver,
+        "pass-through on {port} not native ({mode:?})"
+    );
+    Ok(pass)
 }
 
 #[cfg(test)]

@@ -30,6 +30,15 @@ const BGP_TIMERS: &str = "hold time 3; keepalive time 1; connect delay time 1; \
 const ROUTER_AS: u32 = 65000;
 const NODE_AS: u32 = 65001;
 
+/// The VIP host routes, the only routes a node exports and the router
+/// imports (the same filters on both sides).
+fn vip_filters() -> String {
+    format!(
+        "filter vips4 {{ if net ~ [ {VIP_PREFIX}{{32,32}} ] then accept; reject; }}\n\
+         filter vips6 {{ if net ~ [ {VIP_PREFIX6}{{128,128}} ] then accept; reject; }}\n"
+    )
+}
+
 /// A node's BIRD: lbd's table in, the VIP host routes out to the router.
 pub fn node_config(log: &Path, router_id: &str, addr6: &str) -> String {
     format!(
@@ -57,22 +66,13 @@ protocol bfd {{
   interface "eth0" {{ {BFD} }};
 }}
 
-filter vips_out {{
-  if net ~ [ {VIP_PREFIX}{{32,32}} ] then accept;
-  reject;
-}}
-
-filter vips6_out {{
-  if net ~ [ {VIP_PREFIX6}{{128,128}} ] then accept;
-  reject;
-}}
-
+{filters}
 protocol bgp uplink {{
   local {router_id} as {NODE_AS};
   neighbor {ROUTER_FABRIC} as {ROUTER_AS};
   {BGP_TIMERS}
   bfd on;
-  ipv4 {{ import none; export filter vips_out; next hop self; }};
+  ipv4 {{ import none; export filter vips4; next hop self; }};
 }}
 
 protocol bgp uplink6 {{
@@ -80,10 +80,11 @@ protocol bgp uplink6 {{
   neighbor {ROUTER_FABRIC6} as {ROUTER_AS};
   {BGP_TIMERS}
   bfd on;
-  ipv6 {{ import none; export filter vips6_out; next hop self; }};
+  ipv6 {{ import none; export filter vips6; next hop self; }};
 }}
 "#,
-        log = log.display()
+        log = log.display(),
+        filters = vip_filters(),
     )
 }
 
@@ -112,16 +113,7 @@ protocol bfd {{
   interface "eth1" {{ {BFD} }};
 }}
 
-filter vips_in {{
-  if net ~ [ {VIP_PREFIX}{{32,32}} ] then accept;
-  reject;
-}}
-
-filter vips6_in {{
-  if net ~ [ {VIP_PREFIX6}{{128,128}} ] then accept;
-  reject;
-}}
-
+{filters}
 template bgp node {{
   passive on;
   hold time 3;
@@ -133,15 +125,16 @@ template bgp node {{
 
 template bgp node4 from node {{
   local {ROUTER_FABRIC} as {ROUTER_AS};
-  ipv4 {{ import filter vips_in; export none; }};
+  ipv4 {{ import filter vips4; export none; }};
 }}
 
 template bgp node6 from node {{
   local {ROUTER_FABRIC6} as {ROUTER_AS};
-  ipv6 {{ import filter vips6_in; export none; next hop prefer global; }};
+  ipv6 {{ import filter vips6; export none; next hop prefer global; }};
 }}
 "#,
-        log = log.display()
+        log = log.display(),
+        filters = vip_filters(),
     );
     for (i, (v4, v6)) in nodes.iter().enumerate() {
         let n = i + 1;

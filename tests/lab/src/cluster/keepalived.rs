@@ -145,10 +145,6 @@ impl Cluster {
 
     /// The node's interface MAC, as `ip` prints it.
     pub fn node_mac(&self, node: &str) -> String {
-        let m = crate::netns::mac(&self.node(node).ns, "eth0").expect("node MAC");
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        lb::model::mac_text(crate::netns::mac(&self.node(node).ns, "eth0").expect("node MAC"))
     }
 }
