@@ -100,6 +100,9 @@ counters! {
     /// "Fragmentation needed" / "packet too big" sent to a client by the
     /// balancer (the packet itself is not forwarded).
     IcmpTooBigSent = Event "icmp_too_big_sent",
+    /// A least-connections flow stopped counting as active on its backend
+    /// (its FIN or RST, or its entry found expired or stale).
+    ConnUncounted = Event "conn_uncounted",
 }
 
 /// Counters defined.

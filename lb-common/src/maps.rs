@@ -9,8 +9,10 @@ use core::mem::size_of;
 /// Bumped whenever a map below changes layout or meaning. The loader pins maps
 /// under a directory named after it, so a daemon never adopts maps it cannot
 /// read. 2: Maglev tables live in regions of one shared array (`VipInfo`).
-/// 4: `LbConfig` carries the interface's MAC address.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+/// 4: `LbConfig` carries the interface's MAC address. 5: round-robin and
+/// least-connections (`Backend::weight`, `ConnEntry::flags`, `BACKEND_CONNS`,
+/// `RR_CURSOR`).
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Most VIPs a balancer can be loaded for (the default is lower).
 pub const MAX_VIPS: u32 = 65536;
@@ -100,6 +102,23 @@ pub const VIP_F_STATELESS: u32 = 1 << 0;
 pub const VIP_F_SRC_HASH: u32 = 1 << 1;
 /// Forward by rewriting the destination MAC (L2 DSR) instead of IPIP.
 pub const VIP_F_L2DSR: u32 = 1 << 2;
+/// New flows take the next backend of the VIP's smooth weighted sequence
+/// (the live array holds the sequence, walked by a per-CPU cursor).
+pub const VIP_F_ROUND_ROBIN: u32 = 1 << 3;
+/// New flows go to the backend with the fewest active connections per unit
+/// of weight (the live array holds the candidates, or the Maglev table to
+/// sample from when there are more than `LC_EXACT_MAX`).
+pub const VIP_F_LEAST_CONN: u32 = 1 << 4;
+
+/// A least-connections VIP with at most this many backends in its live
+/// array is scanned whole for the exact minimum; above it, new flows take
+/// the best of `LC_CHOICES` backends sampled from its Maglev table. The
+/// scan is a bounded loop the verifier walks once per iteration, and each
+/// iteration costs two array reads (`cargo xtask bench` measures the row).
+pub const LC_EXACT_MAX: u32 = 32;
+/// How many backends the sampled least-connections choice compares (the
+/// power of d choices).
+pub const LC_CHOICES: u32 = 2;
 
 /// `VIP_ADDRS` key: an (address, protocol) some VIP uses, so a malformed
 /// packet to it is dropped (and counted) instead of passed, and its IPv4
@@ -132,8 +151,12 @@ pub struct Backend {
     pub family: u8,
     /// The MTU of the egress interface (`ifindex`); 0: not known, no check.
     pub mtu: u16,
+    /// The backend's weight (least-connections divides its active
+    /// connections by it); 0: takes no new flows.
+    pub weight: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 40);
+const _: () = assert!(size_of::<Backend>() == 48);
 
 /// The entry is in use.
 pub const BACKEND_F_ACTIVE: u8 = 1 << 0;
@@ -172,8 +195,34 @@ pub struct ConnEntry {
     /// last packet, refreshed at most once per `CONN_TOUCH_NS` to keep the
     /// entry's cache line quiet.
     pub last_seen_ns: u64,
+    /// `CONN_F_*`: whether the flow was counted as active on its backend
+    /// (least-connections) and whether it has been un-counted since. Set
+    /// with atomic or, so a flow is un-counted once however many CPUs see
+    /// its FIN or RST.
+    /// 64 bits: the BPF target's only atomic width.
+    pub flags: u64,
 }
-const _: () = assert!(size_of::<ConnEntry>() == 16);
+const _: () = assert!(size_of::<ConnEntry>() == 24);
+
+/// The flow was counted in its backend's `ConnCount::opened`.
+pub const CONN_F_COUNTED: u64 = 1 << 0;
+/// ... and then in its `closed` (FIN, RST, or its entry found expired or
+/// stale).
+pub const CONN_F_CLOSED: u64 = 1 << 1;
+
+/// `BACKEND_CONNS` value, indexed by backend id: flows counted as opened
+/// and as closed on the backend. The program adds to both atomically (one
+/// shared entry, not per CPU: least-connections must see every CPU's flows);
+/// user space adds corrections for flows the kernel dropped without a word
+/// (LRU evictions, entries that expired untouched), see
+/// `rules::conn_correction`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnCount {
+    pub opened: u64,
+    pub closed: u64,
+}
+const _: () = assert!(size_of::<ConnCount>() == 16);
 
 /// How stale `last_seen_ns` may get before a hit rewrites it.
 pub const CONN_TOUCH_NS: u64 = 1_000_000_000;

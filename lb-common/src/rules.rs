@@ -7,9 +7,10 @@ use crate::{
     counters::Counter,
     hash::{maglev_slot, HashMode},
     maps::{
-        Addr, AddrKey, Backend, FlowKey, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_DOWN,
-        FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_F_SRC_HASH,
-        VIP_F_STATELESS,
+        Addr, AddrKey, Backend, ConnCount, FlowKey, VipInfo, VipKey, BACKEND_F_ACTIVE,
+        BACKEND_F_DOWN, CONN_F_CLOSED, CONN_F_COUNTED, FAMILY_V4, FAMILY_V6, LC_EXACT_MAX,
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_F_LEAST_CONN, VIP_F_ROUND_ROBIN,
+        VIP_F_SRC_HASH, VIP_F_STATELESS,
     },
 };
 
@@ -103,6 +104,157 @@ pub fn table_index(vip: &VipInfo, hash: u32) -> Option<u32> {
         vip.table_base
             .wrapping_add(maglev_slot(hash, vip.table_size)),
     )
+}
+
+/// How a VIP picks the backend of a new flow. Whatever the scheduler, the
+/// VIP's live array (`table_base`, `table_size`) holds backend ids, and
+/// packets that cannot use the scheduler (IPv4 fragments, ICMP errors about
+/// a flow with no entry) are placed by hashing into it with
+/// [`table_index`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// The flow hash into the Maglev table (5-tuple, or source address).
+    Hash,
+    /// The next slot of the smooth weighted sequence: [`rr_step`].
+    RoundRobin,
+    /// The fewest active connections per weight: [`lc_exact`],
+    /// [`fewer_conns`].
+    LeastConn,
+}
+
+#[inline(always)]
+pub fn pick(vip_flags: u32) -> Pick {
+    if vip_flags & VIP_F_ROUND_ROBIN != 0 {
+        Pick::RoundRobin
+    } else if vip_flags & VIP_F_LEAST_CONN != 0 {
+        Pick::LeastConn
+    } else {
+        Pick::Hash
+    }
+}
+
+/// One round-robin step from a CPU's `cursor`: the index in `MAGLEV` of the
+/// slot it names in the VIP's live sequence, and the cursor to store. A
+/// cursor past the end (the sequence was replaced by a shorter one) wraps;
+/// `None` when the VIP has no sequence (no backend).
+#[inline(always)]
+pub fn rr_step(vip: &VipInfo, cursor: u32) -> Option<(u32, u32)> {
+    if vip.table_size == 0 {
+        return None;
+    }
+    let pos = if cursor < vip.table_size {
+        cursor
+    } else {
+        cursor % vip.table_size
+    };
+    let next = if pos + 1 == vip.table_size {
+        0
+    } else {
+        pos + 1
+    };
+    Some((vip.table_base.wrapping_add(pos), next))
+}
+
+/// Where each CPU's round-robin cursor starts in a sequence of `len`
+/// slots: evenly apart, so CPUs taking new flows at once interleave rather
+/// than all sending their first flows to the same backends.
+pub fn rr_start(cpu: u32, ncpu: u32, len: u32) -> u32 {
+    if len == 0 || ncpu == 0 {
+        return 0;
+    }
+    ((u64::from(cpu) * u64::from(len)) / u64::from(ncpu)) as u32
+}
+
+/// Whether a least-connections VIP's live array is its candidate list
+/// (scanned whole) rather than its Maglev table (sampled). User space
+/// writes the list only when it has at most `LC_EXACT_MAX` backends, and a
+/// Maglev table is always longer than that (it is larger than the number of
+/// its backends, which is then above `LC_EXACT_MAX`).
+#[inline(always)]
+pub fn lc_exact(vip: &VipInfo) -> bool {
+    vip.table_size <= LC_EXACT_MAX
+}
+
+/// Active connections of a backend: opened minus closed, never below zero
+/// (a correction may race a close; the next reconcile settles it).
+#[inline(always)]
+pub fn active_conns(c: &ConnCount) -> u64 {
+    let n = c.opened.wrapping_sub(c.closed) as i64;
+    if n < 0 {
+        0
+    } else {
+        n as u64
+    }
+}
+
+/// Whether backend a (`a_active` connections, weight `a_weight`) is a better
+/// least-connections choice than b: a smaller `(active + 1) / weight`
+/// (IPVS's `sed`; the +1 counts the flow being placed, so an idle heavy
+/// backend beats an idle light one), compared by cross-multiplication.
+/// Weight 0 never wins. Counts are capped so the products stay in 64 bits.
+#[inline(always)]
+pub fn fewer_conns(a_active: u64, a_weight: u32, b_active: u64, b_weight: u32) -> bool {
+    if a_weight == 0 {
+        return false;
+    }
+    if b_weight == 0 {
+        return true;
+    }
+    let cap = |n: u64| {
+        if n > u32::MAX as u64 {
+            u32::MAX as u64
+        } else {
+            n
+        }
+    };
+    (cap(a_active) + 1) * u64::from(b_weight) < (cap(b_active) + 1) * u64::from(a_weight)
+}
+
+/// Whether the program counts a new flow of the VIP as active on its
+/// backend (only least-connections VIPs pay for the shared counters).
+#[inline(always)]
+pub fn counts_conns(vip_flags: u32) -> bool {
+    vip_flags & VIP_F_LEAST_CONN != 0
+}
+
+/// Whether an entry with `flags` is counted as active and not yet
+/// un-counted: the one state in which a FIN, an RST, or finding the entry
+/// expired or stale un-counts it.
+#[inline(always)]
+pub fn conn_open(flags: u64) -> bool {
+    flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
+}
+
+/// A backend's counts read twice around a scan of the connection table,
+/// and what the scan found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnScan {
+    pub before: ConnCount,
+    pub after: ConnCount,
+    /// Entries naming the backend that are counted, not closed and live.
+    pub live: u64,
+}
+
+/// What to add to a backend's counts so that active = the truth, by what
+/// is certain despite the program counting during the scan: flows opened
+/// while the scan ran may have been missed by it, flows closed while it
+/// ran may have been seen open. So the truth at the end lies in
+/// `[live - closes, live + opens]`, and only a count outside that range is
+/// corrected, to its nearest end. Returns (add to `opened`, add to
+/// `closed`); on a quiet backend, exact.
+pub fn conn_correction(scan: &ConnScan) -> (u64, u64) {
+    let opens = scan.after.opened.wrapping_sub(scan.before.opened);
+    let closes = scan.after.closed.wrapping_sub(scan.before.closed);
+    let counted = scan.after.opened.wrapping_sub(scan.after.closed) as i64;
+    let high = scan.live.saturating_add(opens) as i64;
+    let low = scan.live.saturating_sub(closes) as i64;
+    if counted > high {
+        (0, (counted - high) as u64)
+    } else if counted < low {
+        ((low - counted) as u64, 0)
+    } else {
+        (0, 0)
+    }
 }
 
 /// IPv4 fragments after the first carry no ports, so every fragment of a
@@ -280,6 +432,86 @@ mod tests {
         assert!(consults_conntrack(0, false));
         assert!(!consults_conntrack(0, true), "a SYN follows the table");
         assert!(!consults_conntrack(VIP_F_STATELESS, false));
+    }
+
+    #[test]
+    fn round_robin_walks_and_wraps() {
+        let vip = VipInfo {
+            table_size: 3,
+            table_base: 10,
+            ..Default::default()
+        };
+        assert_eq!(rr_step(&vip, 0), Some((10, 1)));
+        assert_eq!(rr_step(&vip, 2), Some((12, 0)));
+        assert_eq!(
+            rr_step(&vip, 7),
+            Some((11, 2)),
+            "a cursor of a longer sequence"
+        );
+        let empty = VipInfo {
+            table_size: 0,
+            ..vip
+        };
+        assert_eq!(rr_step(&empty, 0), None);
+        assert_eq!(
+            (0..4).map(|c| rr_start(c, 4, 7)).collect::<Vec<_>>(),
+            [0, 1, 3, 5]
+        );
+        assert_eq!(rr_start(1, 2, 0), 0);
+    }
+
+    #[test]
+    fn least_connections_compares_per_weight() {
+        assert!(fewer_conns(0, 1, 1, 1));
+        assert!(!fewer_conns(1, 1, 1, 1), "a tie is not better");
+        // (5+1)/3 = 2 < (2+1)/1 = 3.
+        assert!(fewer_conns(5, 3, 2, 1));
+        assert!(!fewer_conns(0, 0, 100, 1), "weight 0 never wins");
+        assert!(fewer_conns(100, 1, 0, 0));
+        assert!(fewer_conns(u64::MAX, 65535, u64::MAX, 1), "no overflow");
+        let c = |opened, closed| ConnCount { opened, closed };
+        assert_eq!(active_conns(&c(5, 2)), 3);
+        assert_eq!(active_conns(&c(2, 5)), 0, "never below zero");
+        assert!(lc_exact(&VipInfo {
+            table_size: LC_EXACT_MAX,
+            ..Default::default()
+        }));
+        assert!(conn_open(CONN_F_COUNTED));
+        assert!(!conn_open(CONN_F_COUNTED | CONN_F_CLOSED));
+        assert!(!conn_open(0));
+        assert_eq!(pick(VIP_F_ROUND_ROBIN), Pick::RoundRobin);
+        assert_eq!(pick(VIP_F_LEAST_CONN), Pick::LeastConn);
+        assert_eq!(pick(VIP_F_SRC_HASH), Pick::Hash);
+    }
+
+    #[test]
+    fn corrections_are_exact_when_quiet_and_never_overshoot() {
+        let c = |opened, closed| ConnCount { opened, closed };
+        let quiet = |opened, closed, live| ConnScan {
+            before: c(opened, closed),
+            after: c(opened, closed),
+            live,
+        };
+        // 10 counted, 7 in the table: three were evicted.
+        assert_eq!(conn_correction(&quiet(10, 0, 7)), (0, 3));
+        assert_eq!(conn_correction(&quiet(10, 5, 5)), (0, 0));
+        // Counted below the truth (a reset raced a close).
+        assert_eq!(conn_correction(&quiet(3, 3, 2)), (2, 0));
+        // Two opened during the scan: perhaps missed by it, so 12 - 7 = 5
+        // active may be true up to 9; only the excess over 9 goes.
+        let busy = ConnScan {
+            before: c(10, 0),
+            after: c(12, 0),
+            live: 7,
+        };
+        assert_eq!(conn_correction(&busy), (0, 3));
+        // Closed during the scan: the scan may have seen them open.
+        let closing = ConnScan {
+            before: c(10, 0),
+            after: c(10, 4),
+            live: 9,
+        };
+        assert_eq!(conn_correction(&closing), (0, 0));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pod!(
     Backend,
     FlowKey,
     ConnEntry,
+    ConnCount,
     LbConfig,
     TrafficStats,
     MssClamp,

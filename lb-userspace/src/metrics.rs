@@ -228,8 +228,27 @@ impl Collector for MapCollector {
                 )
             })
             .collect();
+        let active: Vec<(Labels, i64)> = status
+            .iter()
+            .filter_map(|(vip, _, _)| d.balancer().active_conns(vip).map(|a| (vip, a)))
+            .flat_map(|(vip, a)| {
+                a.into_iter().map(move |(b, n)| {
+                    (
+                        labels(&[("vip", vip.to_string()), ("backend", b.to_string())]),
+                        n as i64,
+                    )
+                })
+            })
+            .collect();
         let node = d.node_status();
         drop(d);
+        gauge_family(
+            &mut enc,
+            "lb_backend_active_connections",
+            "Least-connections VIPs: the backend's active connections as the data path \
+             counts them (reconciled with the connection table every second)",
+            &active,
+        )?;
         let announced: Vec<(Labels, i64)> = node
             .addresses
             .iter()
@@ -326,7 +345,7 @@ impl Collector for MapCollector {
         gauge_family(
             &mut enc,
             "lb_backend_weight",
-            "The backend's weight in the Maglev table (0 when drained)",
+            "The backend's weight (0 when drained)",
             &weight,
         )?;
         gauge_family(

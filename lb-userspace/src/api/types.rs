@@ -135,6 +135,12 @@ pub struct BackendStatus {
     /// encapsulated; larger ones are answered with ICMP "too big".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inner_mtu: Option<u32>,
+    /// Least-connections VIPs: the backend's active connections as the data
+    /// path counts them (first packet to FIN or RST, or until its entry
+    /// expires or is evicted; reconciled with the connection table every
+    /// second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_connections: Option<u64>,
     pub packets: u64,
     pub bytes: u64,
     #[serde(default)]

@@ -47,10 +47,11 @@ impl Balancer {
                 proto,
             };
             let settings = VipSettings {
-                scheduler: if info.flags & VIP_F_SRC_HASH != 0 {
-                    Scheduler::SourceHash
-                } else {
-                    Scheduler::Maglev
+                scheduler: match lb_common::rules::pick(info.flags) {
+                    lb_common::rules::Pick::RoundRobin => Scheduler::RoundRobin,
+                    lb_common::rules::Pick::LeastConn => Scheduler::LeastConnections,
+                    _ if info.flags & VIP_F_SRC_HASH != 0 => Scheduler::SourceHash,
+                    _ => Scheduler::Maglev,
                 },
                 forwarding: if info.flags & VIP_F_L2DSR != 0 {
                     Forwarding::L2dsr
@@ -58,10 +59,13 @@ impl Balancer {
                     Forwarding::Ipip
                 },
                 stateless: info.flags & VIP_F_STATELESS != 0,
-                table_size: if info.table_size == 0 {
+                // The region is made for the VIP's table size (the live
+                // array of round-robin and least-connections VIPs may be
+                // shorter).
+                table_size: if info.region_half == 0 {
                     DEFAULT_TABLE_SIZE
                 } else {
-                    info.table_size
+                    info.region_half
                 },
             };
             let region = Region {

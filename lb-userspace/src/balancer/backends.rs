@@ -16,14 +16,16 @@ impl Balancer {
         &mut self,
         id: u32,
         vip_id: u32,
-        addr: IpAddr,
+        spec: &BackendSpec,
         down: bool,
     ) -> Result<()> {
+        let addr = spec.addr;
         let (words, family) = addr_words(addr);
         let mut b = Backend {
             addr: words,
             vip_id,
             family,
+            weight: spec.weight,
             flags: BACKEND_F_ACTIVE,
             ..Default::default()
         };
@@ -108,19 +110,19 @@ impl Balancer {
                 self.next_hops.remove(&addr);
             }
         }
-        let users: Vec<(u32, u32, bool)> = self
+        let users: Vec<(u32, u32, BackendSpec, bool)> = self
             .vips
             .values()
             .flat_map(|s| {
                 s.backends
                     .iter()
                     .filter(|(b, _)| b.addr == addr)
-                    .map(|(_, id)| (*id, s.vip_id, !s.fail_open && s.down.contains(&addr)))
+                    .map(|(b, id)| (*id, s.vip_id, *b, !s.fail_open && s.down.contains(&addr)))
                     .collect::<Vec<_>>()
             })
             .collect();
-        for (id, vip_id, down) in users {
-            self.write_backend(id, vip_id, addr, down)?;
+        for (id, vip_id, spec, down) in users {
+            self.write_backend(id, vip_id, &spec, down)?;
         }
         Ok(())
     }

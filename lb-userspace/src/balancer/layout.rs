@@ -7,7 +7,8 @@ use std::{
 };
 
 use lb_common::{
-    AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS,
+    AddrKey, Backend, ConnCount, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo, VipKey,
+    MAX_BACKENDS,
 };
 
 use super::error::{map_err, MapsError, Result};
@@ -48,7 +49,7 @@ impl Default for LoadOptions {
 
 /// Every map of the balancer with its (key size, value size, capacity), to
 /// pin them and to check that pinned ones have the layout this build expects.
-pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 11] {
+pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 13] {
     use std::mem::size_of;
     [
         (
@@ -69,7 +70,7 @@ pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u3
             "CONNTRACK",
             size_of::<FlowKey>(),
             size_of::<ConnEntry>(),
-            opts.limits.conntrack_size,
+            conntrack_capacity(opts.limits.conntrack_size),
         ),
         ("LB_CONFIG", 4, size_of::<LbConfig>(), 1),
         ("TX_PORTS", 4, 8, lb_common::MAX_TX_PORTS),
@@ -82,7 +83,17 @@ pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u3
             opts.limits.max_vips,
         ),
         ("BACKEND_STATS", 4, size_of::<TrafficStats>(), MAX_BACKENDS),
+        ("RR_CURSOR", 4, 4, opts.limits.max_vips),
+        ("BACKEND_CONNS", 4, size_of::<ConnCount>(), MAX_BACKENDS),
     ]
+}
+
+/// The connection table's capacity as the kernel makes it: an LRU map with
+/// a list per CPU (`BPF_F_NO_COMMON_LRU`) is rounded up to a multiple of the
+/// possible CPUs, and a pinned one reports the rounded size.
+pub fn conntrack_capacity(asked: u32) -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    asked.div_ceil(cpus).saturating_mul(cpus)
 }
 
 /// Refuses pinned maps whose shape differs from what this build would create.

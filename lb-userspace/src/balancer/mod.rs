@@ -17,27 +17,32 @@
 //! pinned-layout check), `adopt`, `attach`, `settings` (the one-entry maps),
 //! `vips` (VIP entries and table switching, over `pool`, `table_mem` and
 //! `maglev`), `backends` (backend entries, down marks, next hops), `query`
-//! (reads), `error`.
+//! (reads), `schedule` (what a VIP's live array holds, by scheduler),
+//! `conns` (least-connections counters and their reconcile), `error`.
 
 mod adopt;
 mod attach;
 mod backends;
+mod conns;
 mod error;
 mod layout;
 pub mod maglev;
 mod pool;
 mod query;
+pub mod schedule;
 mod settings;
 mod table_mem;
 mod vips;
 
+pub use conns::Reconciled;
 pub use error::MapsError;
 pub use layout::{LoadOptions, PROGRAM_NAME, TOO_BIG_PROGRAM_NAME, TRACE_PROGRAM_NAME};
-pub use query::{vip_key, Counters, EntryCheck, Prediction, Route};
+pub use query::{vip_key, Counters, EntryCheck, NextChoice, Prediction, Route};
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap, VecDeque},
     net::IpAddr,
+    os::fd::{AsFd, OwnedFd},
     path::PathBuf,
 };
 
@@ -100,6 +105,17 @@ struct VipState {
     checksum: Option<u64>,
 }
 
+impl VipState {
+    /// The live array (Maglev table, round-robin sequence or
+    /// least-connections candidates), as user space wrote it.
+    fn live(&self) -> Option<&[u32]> {
+        if self.live_size == 0 {
+            return None;
+        }
+        self.tables[self.live_slot as usize].as_deref()
+    }
+}
+
 /// A loaded balancer program and its maps.
 pub struct Balancer {
     ebpf: Ebpf,
@@ -110,6 +126,8 @@ pub struct Balancer {
     tables: TableMem,
     backend_map: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, ConnEntry>,
+    /// The same map, for batch reads (`conns::scan`).
+    conntrack_fd: OwnedFd,
     config: Array<MapData, LbConfig>,
     /// What `config` holds.
     lb_config: LbConfig,
@@ -120,6 +138,14 @@ pub struct Balancer {
     stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
+    /// Round-robin: each CPU's cursor per VIP id.
+    rr_cursor: PerCpuArray<MapData, u32>,
+    /// Least-connections counters: kept for its fd, used through `conns`.
+    _backend_conns: Array<MapData, lb_common::ConnCount>,
+    conns: conns::ConnMem,
+    timeouts: conns::Timeouts,
+    /// Possible CPUs (per-CPU values, round-robin starts).
+    ncpu: u32,
     /// The decision trace: its switch, its rate limit, its records' reader
     /// (taken by whoever polls it) and what that reader parsed.
     debug: Array<MapData, DebugConfig>,
@@ -211,13 +237,18 @@ impl Balancer {
             _ => return Err(MapsError::Layout("MAGLEV is not an array".into())),
         };
         let maglev: Array<MapData, u32> = maglev.try_into().map_err(map_err("MAGLEV"))?;
+        let (backend_conns, conns_fd) = take_with_fd(&mut ebpf, "BACKEND_CONNS")?;
+        let conns = conns::ConnMem::map(conns_fd.as_fd(), MAX_BACKENDS)
+            .map_err(|e| MapsError::Layout(format!("mapping the BACKEND_CONNS array: {e}")))?;
+        let (conntrack, conntrack_fd) = take_with_fd(&mut ebpf, "CONNTRACK")?;
         let mut balancer = Balancer {
             vip_map: take!(ebpf, "VIPS"),
             vip_addrs: take!(ebpf, "VIP_ADDRS"),
             _maglev: maglev,
             tables,
             backend_map: take!(ebpf, "BACKENDS"),
-            conntrack: take!(ebpf, "CONNTRACK"),
+            conntrack,
+            conntrack_fd,
             config: take!(ebpf, "LB_CONFIG"),
             lb_config: LbConfig::default(),
             tx_ports: take!(ebpf, "TX_PORTS"),
@@ -226,6 +257,14 @@ impl Balancer {
             stats: take!(ebpf, "STATS"),
             vip_stats: take!(ebpf, "VIP_STATS"),
             backend_stats: take!(ebpf, "BACKEND_STATS"),
+            rr_cursor: take!(ebpf, "RR_CURSOR"),
+            _backend_conns: backend_conns,
+            conns,
+            timeouts: conns::Timeouts {
+                tcp_ns: tcp,
+                udp_ns: udp,
+            },
+            ncpu: aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32,
             debug: take!(ebpf, "DEBUG"),
             debug_bucket: take!(ebpf, "DEBUG_BUCKET"),
             _tail_calls: [trace_slot, too_big_slot],
@@ -287,6 +326,29 @@ fn install_tail_call(
     let prog: &Xdp = ebpf.program(name).expect("loaded above").try_into()?;
     slot.set(0, prog.fd()?, 0).map_err(map_err(map))?;
     Ok(slot)
+}
+
+/// Takes map `name` as a `T`, with a descriptor of its own for what aya's
+/// typed maps do not offer (mapping it, batch reads).
+fn take_with_fd<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<(T, OwnedFd)>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(MapsError::Options(format!("object has no map {name}")))?;
+    let fd = match &map {
+        aya::maps::Map::Array(d) | aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
+            d.fd().as_fd().try_clone_to_owned()
+        }
+        _ => {
+            return Err(MapsError::Layout(format!(
+                "{name} is not an array or hash map"
+            )))
+        }
+    }
+    .map_err(|e| MapsError::Options(format!("{name}: duplicating its descriptor: {e}")))?;
+    Ok((map.try_into().map_err(map_err(name))?, fd))
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

@@ -8,7 +8,7 @@ use std::{
 
 use lb_common::{
     Backend, ConnEntry, Counter, FlowKey, HashMode, TrafficStats, VipInfo, VipKey, NO_BACKEND,
-    VIP_F_L2DSR, VIP_F_SRC_HASH, VIP_F_STATELESS,
+    VIP_F_L2DSR, VIP_F_LEAST_CONN, VIP_F_ROUND_ROBIN, VIP_F_SRC_HASH, VIP_F_STATELESS,
 };
 
 use super::{
@@ -42,6 +42,28 @@ pub struct Prediction {
     pub backend_id: u32,
     pub hash: u32,
     pub slot: u32,
+}
+
+/// What a VIP's scheduler does with a new flow now (`lbctl explain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextChoice {
+    /// Maglev or source hash: the flow hash's slot ([`Route::table`]).
+    Hash,
+    /// The next backend of each CPU's walk through a sequence of `len`.
+    RoundRobin {
+        len: u32,
+        per_cpu: Vec<Option<IpAddr>>,
+    },
+    /// The fewest active connections per weight: over all `candidates`
+    /// (`exact`), or the best of `LC_CHOICES` sampled from a Maglev table of
+    /// `candidates` slots. `best`: the exact minimum (address, active,
+    /// weight) and how many backends tie with it.
+    LeastConn {
+        exact: bool,
+        candidates: u32,
+        best: Option<(IpAddr, u64, u32)>,
+        ties: usize,
+    },
 }
 
 /// What the data path makes of a flow's connection-table entry.
@@ -79,13 +101,10 @@ impl Balancer {
             .map(|s| s.backends.iter().map(|(b, _)| *b).collect())
     }
 
-    /// The live Maglev table of a VIP as user space wrote it.
+    /// The live array of a VIP as user space wrote it: its Maglev table,
+    /// round-robin sequence or least-connections candidates.
     pub fn live_table(&self, vip: &VipId) -> Option<&[u32]> {
-        let s = self.vips.get(vip)?;
-        if s.live_size == 0 {
-            return None;
-        }
-        s.tables[s.live_slot as usize].as_deref()
+        self.vips.get(vip)?.live()
     }
 
     /// A fingerprint of the VIP's live table in terms of backend addresses,
@@ -188,6 +207,79 @@ impl Balancer {
         })
     }
 
+    /// What the VIP's scheduler would do with a new flow now, by the data
+    /// path's rules over the maps (cursors, counts).
+    pub fn next_choice(&self, vip: &VipId) -> Option<NextChoice> {
+        use lb_common::rules;
+        let state = self.vips.get(vip)?;
+        let info = vip_info(state);
+        let table = state.live().unwrap_or(&[]);
+        let addr_of = |id: u32| self.backend_addr(id).map(|(_, a)| a);
+        match rules::pick(info.flags) {
+            rules::Pick::Hash => Some(NextChoice::Hash),
+            rules::Pick::RoundRobin => {
+                let cursors = self.rr_cursor.get(&info.vip_id, 0).ok()?;
+                let per_cpu = cursors
+                    .iter()
+                    .map(|c| {
+                        let (index, _) = rules::rr_step(&info, *c)?;
+                        table
+                            .get((index - info.table_base) as usize)
+                            .and_then(|id| addr_of(*id))
+                    })
+                    .collect();
+                Some(NextChoice::RoundRobin {
+                    len: info.table_size,
+                    per_cpu,
+                })
+            }
+            rules::Pick::LeastConn => {
+                let weight = |id: u32| {
+                    state
+                        .backends
+                        .iter()
+                        .find(|(_, i)| *i == id)
+                        .map_or(0, |(b, _)| b.weight)
+                };
+                let mut ids: Vec<u32> = table.to_vec();
+                ids.sort_unstable();
+                ids.dedup();
+                let scored: Vec<(u32, u64, u32)> = ids
+                    .iter()
+                    .map(|id| {
+                        let c = self.conns.get(*id);
+                        (*id, rules::active_conns(&c), weight(*id))
+                    })
+                    .collect();
+                let best = scored.iter().copied().reduce(|a, b| {
+                    if rules::fewer_conns(b.1, b.2, a.1, a.2) {
+                        b
+                    } else {
+                        a
+                    }
+                });
+                let ties = best.map_or(0, |(_, n, w)| {
+                    scored
+                        .iter()
+                        .filter(|(_, m, v)| {
+                            !rules::fewer_conns(*m, *v, n, w) && !rules::fewer_conns(n, w, *m, *v)
+                        })
+                        .count()
+                });
+                Some(NextChoice::LeastConn {
+                    exact: rules::lc_exact(&info),
+                    candidates: if rules::lc_exact(&info) {
+                        info.table_size
+                    } else {
+                        ids.len() as u32
+                    },
+                    best: best.and_then(|(id, n, w)| Some((addr_of(id)?, n, w))),
+                    ties,
+                })
+            }
+        }
+    }
+
     pub(super) fn find_vip(&self, flow: &FlowKey) -> Option<(VipId, &VipState)> {
         let proto = match flow.proto {
             lb_common::PROTO_TCP => crate::model::Proto::Tcp,
@@ -273,9 +365,12 @@ pub(super) fn vip_info(s: &VipState) -> VipInfo {
     if s.settings.stateless {
         flags |= VIP_F_STATELESS;
     }
-    if s.settings.scheduler == Scheduler::SourceHash {
-        flags |= VIP_F_SRC_HASH;
-    }
+    flags |= match s.settings.scheduler {
+        Scheduler::Maglev => 0,
+        Scheduler::SourceHash => VIP_F_SRC_HASH,
+        Scheduler::RoundRobin => VIP_F_ROUND_ROBIN,
+        Scheduler::LeastConnections => VIP_F_LEAST_CONN,
+    };
     if s.settings.forwarding == Forwarding::L2dsr {
         flags |= VIP_F_L2DSR;
     }
@@ -297,7 +392,7 @@ pub(super) fn table_checksum(state: &VipState) -> Option<u64> {
     if state.live_size == 0 {
         return None;
     }
-    let table = state.tables[state.live_slot as usize].as_deref()?;
+    let table = state.live()?;
     let in_table: std::collections::BTreeSet<u32> = table.iter().copied().collect();
     let mut addrs: Vec<(IpAddr, u32)> = state
         .backends

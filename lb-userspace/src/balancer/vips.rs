@@ -3,17 +3,18 @@
 
 use std::net::IpAddr;
 
-use lb_common::{user::addr_words, AddrKey, NO_BACKEND};
+use lb_common::{user::addr_words, AddrKey};
 
 use super::{
     error::{map_err, Result},
-    maglev::{self, MaglevBackend},
+    maglev::MaglevBackend,
     pool::TablePool,
     query::{vip_info, vip_key},
+    schedule,
     table_mem::TableMem,
     Balancer, MapsError, Region, VipState,
 };
-use crate::model::{BackendSpec, VipId, VipSettings};
+use crate::model::{BackendSpec, Scheduler, VipId, VipSettings};
 
 impl Balancer {
     /// Creates a VIP (with no backends) or changes its settings.
@@ -162,16 +163,18 @@ impl Balancer {
                 weight: b.weight,
             })
             .collect();
-        let down_flags: Vec<(u32, IpAddr, bool)> = assigned
+        let entries: Vec<(u32, BackendSpec, bool)> = assigned
             .iter()
-            .map(|(b, id)| (*id, b.addr, !in_table(b)))
+            .map(|(b, id)| (*id, *b, !in_table(b)))
             .collect();
         let size = state.settings.table_size;
         let old_region = state.region;
         // New entries first: the table about to go live refers to them (on
-        // error the caller clears them).
-        for (id, addr, down) in down_flags.iter().filter(|(id, _, _)| fresh.contains(id)) {
-            self.write_backend(*id, vip_id, *addr, *down)?;
+        // error the caller clears them). A reused id's connection counts
+        // start again from zero.
+        for (id, b, down) in entries.iter().filter(|(id, _, _)| fresh.contains(id)) {
+            self.conns.reset(*id);
+            self.write_backend(*id, vip_id, b, *down)?;
         }
         // A new table size needs a region of that size; the old one stays
         // live until the switch below.
@@ -189,8 +192,10 @@ impl Balancer {
         } else {
             state.tables[slot as usize].as_deref()
         };
-        let table = maglev::build_table(&candidates, size);
-        let has_backend = table.first().is_some_and(|id| *id != NO_BACKEND);
+        let scheduler = state.settings.scheduler;
+        let table = schedule::live_array(scheduler, &candidates, size);
+        let has_backend = !table.is_empty();
+        let live_len = table.len() as u32;
         let written = if has_backend {
             write_table(&self.tables, region.table(slot), &table, known)
         } else {
@@ -221,7 +226,7 @@ impl Balancer {
         let previous = state.tables[slot as usize].take();
         state.tables[slot as usize] = if has_backend { Some(table) } else { previous };
         state.live_slot = slot;
-        state.live_size = if has_backend { size } else { 0 };
+        state.live_size = live_len;
         let info = vip_info(state);
         if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
             let state = self.vips.get_mut(&vip).expect("present");
@@ -238,12 +243,29 @@ impl Balancer {
         state.backends = assigned.to_vec();
         state.fail_open = fail_open;
         state.checksum = super::query::table_checksum(state);
-        // Then the down flags of entries that stay (after the switch, so a
-        // backend leaving is out of the table before its flows move).
-        for (id, addr, down) in down_flags.iter().filter(|(id, _, _)| !fresh.contains(id)) {
-            self.write_backend(*id, vip_id, *addr, *down)?;
+        // Then the down flags (and weights) of entries that stay (after the
+        // switch, so a backend leaving is out of the table before its flows
+        // move).
+        for (id, b, down) in entries.iter().filter(|(id, _, _)| !fresh.contains(id)) {
+            self.write_backend(*id, vip_id, b, *down)?;
+        }
+        if scheduler == Scheduler::RoundRobin {
+            self.start_cursors(vip_id, live_len)?;
         }
         Ok(())
+    }
+
+    /// Sets every CPU's round-robin cursor of a VIP that just switched to
+    /// a sequence of `len` slots to its start, evenly apart.
+    fn start_cursors(&mut self, vip_id: u32, len: u32) -> Result<()> {
+        let starts: Vec<u32> = (0..self.ncpu)
+            .map(|cpu| lb_common::rules::rr_start(cpu, self.ncpu, len))
+            .collect();
+        let values = aya::maps::PerCpuValues::try_from(starts)
+            .map_err(|e| MapsError::Options(format!("RR_CURSOR values: {e}")))?;
+        self.rr_cursor
+            .set(vip_id, values, 0)
+            .map_err(map_err("RR_CURSOR"))
     }
 
     /// A region for two tables of `size` slots, or why there is none.

@@ -107,6 +107,15 @@ pub enum VipCommand {
         #[arg(value_parser = parse_vip_ref)]
         vip: String,
     },
+    /// Change a VIP's settings at run time: its scheduler (new flows only;
+    /// established flows stay where they are).
+    Set {
+        /// ADDR[:PORT]/PROTO or the VIP's name.
+        #[arg(value_parser = parse_vip_ref)]
+        vip: String,
+        #[arg(long, value_enum)]
+        scheduler: SchedulerArg,
+    },
     /// Set the VIP's health check (`--kind none`: no checks; its backends
     /// are put back up). Backends with their own check keep it.
     #[command(mut_arg("kind", |a| a.required(true)))]
@@ -335,6 +344,10 @@ pub enum SchedulerArg {
     Maglev,
     /// Maglev over the source address: a client sticks to one backend.
     SourceHash,
+    /// Weighted round-robin over new flows.
+    RoundRobin,
+    /// Weighted least-connections: the fewest active connections per weight.
+    LeastConnections,
 }
 
 impl From<SchedulerArg> for Scheduler {
@@ -342,6 +355,8 @@ impl From<SchedulerArg> for Scheduler {
         match s {
             SchedulerArg::Maglev => Scheduler::Maglev,
             SchedulerArg::SourceHash => Scheduler::SourceHash,
+            SchedulerArg::RoundRobin => Scheduler::RoundRobin,
+            SchedulerArg::LeastConnections => Scheduler::LeastConnections,
         }
     }
 }
@@ -531,6 +546,22 @@ mod tests {
         assert_eq!(Forwarding::from(a.forwarding), Forwarding::default());
         assert!(!a.stateless);
         assert_eq!(a.table_size, None);
+    }
+
+    #[test]
+    fn vip_set_takes_the_new_schedulers() {
+        for (name, s) in [
+            ("round-robin", Scheduler::RoundRobin),
+            ("least-connections", Scheduler::LeastConnections),
+            ("maglev", Scheduler::Maglev),
+        ] {
+            let c = parse(&["vip", "set", "web", "--scheduler", name]).unwrap();
+            let Command::Vip(VipCommand::Set { vip, scheduler }) = c.command else {
+                panic!("{c:?}")
+            };
+            assert_eq!((vip.as_str(), Scheduler::from(scheduler)), ("web", s));
+        }
+        assert!(parse(&["vip", "set", "web"]).is_err(), "nothing to set");
     }
 
     /// Malformed arguments are usage errors, which clap exits with 2.

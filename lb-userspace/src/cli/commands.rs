@@ -32,6 +32,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status => status(&client, json).await,
         Command::Vip(VipCommand::List) => vip_list(&client, json).await,
         Command::Vip(VipCommand::Add(a)) => change(&client, json, vip_add(a)).await,
+        Command::Vip(VipCommand::Set { vip, scheduler }) => {
+            let c = Change::VipSet {
+                vip,
+                scheduler: scheduler.into(),
+            };
+            change(&client, json, c).await
+        }
         Command::Vip(VipCommand::Del { vip }) => {
             change(&client, json, Change::VipDel { vip }).await
         }

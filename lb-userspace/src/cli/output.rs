@@ -92,10 +92,7 @@ pub fn human_uptime(secs: u64) -> String {
 }
 
 pub fn scheduler_name(s: Scheduler) -> &'static str {
-    match s {
-        Scheduler::Maglev => "maglev",
-        Scheduler::SourceHash => "source-hash",
-    }
+    s.name()
 }
 
 pub fn forwarding_name(f: Forwarding) -> &'static str {
@@ -330,18 +327,25 @@ pub fn render_vip(v: &VipStatus) -> String {
         out.push_str("  (no backends)\n");
         return out;
     }
-    let mut t = Table::new(&[
+    let counts = v.backends.iter().any(|b| b.active_connections.is_some());
+    let mut columns = vec![
         ("BACKEND", Left),
         ("WEIGHT", Right),
         ("STATE", Left),
         ("NEXT HOP", Left),
+    ];
+    if counts {
+        columns.push(("ACTIVE", Right));
+    }
+    columns.extend([
         ("PACKETS", Right),
         ("BYTES", Right),
         ("PKT/S", Right),
         ("BYTES/S", Right),
     ]);
+    let mut t = Table::new(&columns);
     for b in &v.backends {
-        t.row(vec![
+        let mut row = vec![
             b.addr.to_string(),
             b.weight.to_string(),
             backend_state(b),
@@ -351,11 +355,17 @@ pub fn render_vip(v: &VipStatus) -> String {
                 (true, Some(m), _) => format!("resolved MTU {m}"),
                 (true, None, _) => "resolved".into(),
             },
+        ];
+        if counts {
+            row.push(b.active_connections.map_or("-".into(), |n| n.to_string()));
+        }
+        row.extend([
             human_count(b.packets),
             human_bytes(b.bytes),
             human_count_rate(b.pps),
             human_bytes_rate(b.bps),
         ]);
+        t.row(row);
     }
     out.push_str(&t.render("  "));
     for b in &v.backends {
@@ -685,6 +695,7 @@ mod tests {
             next_hop: true,
             mtu: None,
             inner_mtu: None,
+            active_connections: None,
             packets: 0,
             bytes: 0,
             pps: 0.0,
@@ -871,6 +882,25 @@ VIP 10.100.0.1:80/tcp (web)  maglev, ipip, conntrack  1.2M packets, 3.4MiB  1.5K
             ..http
         });
         assert!(render_vip(&v).contains("http :80 /healthz status 204, every"));
+    }
+
+    #[test]
+    fn least_connections_vips_show_active_connections() {
+        let mut v = web();
+        assert!(
+            !render_vip(&v).contains("ACTIVE"),
+            "other schedulers: no column"
+        );
+        v.scheduler = Scheduler::LeastConnections;
+        for (i, b) in v.backends.iter_mut().enumerate() {
+            b.active_connections = Some(10 * i as u64 + 7);
+        }
+        let out = render_vip(&v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(out.contains("least-connections"), "{out}");
+        assert!(lines[1].contains("NEXT HOP    ACTIVE  PACKETS"), "{out}");
+        assert!(lines[2].contains("resolved         7     1.2K"), "{out}");
+        assert!(lines[3].contains("unresolved      17        0"), "{out}");
     }
 
     #[test]

@@ -507,7 +507,11 @@ impl Source<'_> {
             }
         };
         let settings = VipSettings {
-            scheduler: v.scheduler.unwrap_or_default(),
+            scheduler: v
+                .scheduler
+                .as_ref()
+                .map(|s| *s.get_ref())
+                .unwrap_or_default(),
             forwarding: v
                 .forwarding
                 .as_ref()
@@ -581,6 +585,7 @@ impl Source<'_> {
                 name: v.name.as_ref().map_or(entry, |n| line(n.span())),
                 address: line(v.address.span()),
                 forwarding: v.forwarding.as_ref().map_or(entry, |f| line(f.span())),
+                scheduler: v.scheduler.as_ref().map_or(entry, |s| line(s.span())),
                 table_size: v.table_size.as_ref().map_or(entry, |t| line(t.span())),
                 backends: backend_lines,
             },

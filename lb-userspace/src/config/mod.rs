@@ -90,6 +90,7 @@ pub struct VipLines {
     pub name: usize,
     pub address: usize,
     pub forwarding: usize,
+    pub scheduler: usize,
     pub table_size: usize,
     /// One per backend, in the order of `VipDesired::backends`.
     pub backends: Vec<usize>,
@@ -257,6 +258,8 @@ impl Config {
         };
         let line = match &e {
             SpecError::TableSize(_) => v.lines.table_size,
+            SpecError::StatelessScheduler { .. } => v.lines.scheduler,
+            SpecError::SequenceTooShort { .. } => v.lines.table_size,
             SpecError::DuplicateBackend { backend, .. } => backend_line(*backend, true),
             SpecError::BadBackendAddr(backend)
             | SpecError::FamilyMismatch { backend, .. }

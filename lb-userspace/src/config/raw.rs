@@ -67,7 +67,7 @@ pub(super) struct RawVip {
     pub(super) address: Spanned<String>,
     pub(super) port: Option<Spanned<i64>>,
     pub(super) protocol: Proto,
-    pub(super) scheduler: Option<Scheduler>,
+    pub(super) scheduler: Option<Spanned<Scheduler>>,
     pub(super) forwarding: Option<Spanned<Forwarding>>,
     pub(super) conntrack: Option<bool>,
     pub(super) table_size: Option<Spanned<i64>>,

@@ -208,6 +208,31 @@ fn example_parses() {
 }
 
 #[test]
+fn round_robin_and_least_connections_need_the_connection_table() {
+    let vip = |scheduler: &str, conntrack: bool| {
+        format!(
+            "interface = \"eth0\"\n[encap]\nsource_v4 = \"192.0.2.10\"\n[[vip]]\n\
+             address = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"\n\
+             scheduler = \"{scheduler}\"\nconntrack = {conntrack}\n\
+             backends = [ {{ address = \"10.0.0.2\" }} ]\n"
+        )
+    };
+    for (name, s) in [
+        ("round-robin", Scheduler::RoundRobin),
+        ("least-connections", Scheduler::LeastConnections),
+    ] {
+        let c = ok(&vip(name, true));
+        assert_eq!(c.vips[0].desired.settings.scheduler, s);
+        bad(
+            &vip(name, false),
+            8,
+            &[name, "needs the connection table", "conntrack = false"],
+        );
+    }
+    bad(&vip("wrr", true), 8, &["wrr", "round-robin"]);
+}
+
+#[test]
 fn defaults() {
     let c = ok(r#"
 interface = "eth1"

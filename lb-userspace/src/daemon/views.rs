@@ -7,6 +7,7 @@ use std::{net::IpAddr, time::Instant};
 use lb_common::{rules, user::addr_words, FlowKey};
 
 use super::{checked, mode_name, monotonic_ns, ApplyError, Daemon};
+use crate::balancer::NextChoice;
 use crate::{
     api::types::{
         BackendStatus, Explain, Stats, Status, TraceLine, TraceView, TrafficRow, VipStatus,
@@ -160,6 +161,7 @@ impl Daemon<Balancer> {
             .iter()
             .map(|(id, v)| {
                 let traffic = counters.vips.get(id).copied().unwrap_or_default();
+                let active = self.data_path.active_conns(id);
                 let backends = v
                     .backends
                     .iter()
@@ -187,6 +189,9 @@ impl Daemon<Balancer> {
                                 let l2dsr = v.settings.forwarding == Forwarding::L2dsr;
                                 let family = addr_words(b.addr).1;
                                 m.saturating_sub(rules::encap_overhead(l2dsr, family) as u32)
+                            }),
+                            active_connections: active.as_ref().and_then(|a| {
+                                a.iter().find(|(addr, _)| *addr == b.addr).map(|(_, n)| *n)
                             }),
                             packets: t.packets,
                             bytes: t.bytes,
@@ -295,7 +300,8 @@ impl Daemon<Balancer> {
             .data_path
             .route(&flow, now, timeout.as_nanos() as u64)
             .ok_or_else(|| ApplyError::NotFound(format!("VIP {id} is not in the maps")))?;
-        let mut e = explain_route(&route, flow_text, &self.desired.vips[&id], timeout);
+        let choice = self.data_path.next_choice(&id).unwrap_or(NextChoice::Hash);
+        let mut e = explain_route(&route, &choice, flow_text, &self.desired.vips[&id], timeout);
         // Where an ICMP error about the flow goes: a router quotes the reply
         // (VIP -> client) and sends the error to the VIP; the data path's
         // own rule turns the quote back into the flow.
@@ -325,11 +331,14 @@ impl Daemon<Balancer> {
 /// takes the table's choice).
 fn explain_route(
     route: &Route,
+    choice: &NextChoice,
     flow: String,
     vip: &VipDesired,
     timeout: std::time::Duration,
 ) -> Explain {
     let mut reasons = Vec::new();
+    let scheduler = vip.settings.scheduler.name();
+    let (new_flow_backend, new_flow_reasons) = scheduler_reasons(route, choice, vip);
     match route.entry {
         Some((entry, idle, EntryCheck::Live)) => {
             reasons.push(format!(
@@ -339,14 +348,11 @@ fn explain_route(
                 idle as f64 / 1e9,
                 timeout.as_secs()
             ));
-            if route.vip.proto == Proto::Tcp && route.table.backend != route.backend {
+            if route.vip.proto == Proto::Tcp && new_flow_backend != route.backend {
                 reasons.push(format!(
-                    "a TCP SYN on this 5-tuple starts a new connection and takes the Maglev \
-                     table's choice instead: {}",
-                    route
-                        .table
-                        .backend
-                        .map_or("no backend (dropped)".to_string(), |a| a.to_string())
+                    "a TCP SYN on this 5-tuple starts a new connection and takes the {scheduler} \
+                     choice instead: {}",
+                    new_flow_backend.map_or("no backend (dropped)".to_string(), |a| a.to_string())
                 ));
             }
             return Explain {
@@ -369,24 +375,95 @@ fn explain_route(
         None if vip.settings.stateless => reasons.push("stateless VIP: no connection table".into()),
         None => reasons.push("no connection-table entry: a new flow".into()),
     }
-    let p = route.table;
-    reasons.push(format!(
-        "flow hash {:#010x} ({:?}) selects slot {} of {} in the Maglev table",
-        p.hash, vip.settings.scheduler, p.slot, vip.settings.table_size
-    ));
-    match p.backend {
-        Some(b) => reasons.push(format!(
-            "slot {} holds backend id {} ({b})",
-            p.slot, p.backend_id
-        )),
-        None => reasons.push("the VIP has no backend with weight > 0: packets are dropped".into()),
-    }
+    reasons.extend(new_flow_reasons);
     Explain {
         vip: route.vip,
         flow,
-        source: "maglev table".into(),
-        backend: route.backend,
+        source: match choice {
+            NextChoice::Hash => "maglev table".into(),
+            _ => format!("{scheduler} scheduler"),
+        },
+        backend: new_flow_backend,
         reasons,
+    }
+}
+
+/// Where the VIP's scheduler sends a new flow, and why.
+fn scheduler_reasons(
+    route: &Route,
+    choice: &NextChoice,
+    vip: &VipDesired,
+) -> (Option<IpAddr>, Vec<String>) {
+    let none = "the VIP has no backend with weight > 0: packets are dropped".to_string();
+    let p = route.table;
+    match choice {
+        NextChoice::Hash => {
+            let mut r = vec![format!(
+                "flow hash {:#010x} ({}) selects slot {} of {} in the Maglev table",
+                p.hash,
+                vip.settings.scheduler.name(),
+                p.slot,
+                vip.settings.table_size
+            )];
+            r.push(match p.backend {
+                Some(b) => format!("slot {} holds backend id {} ({b})", p.slot, p.backend_id),
+                None => none,
+            });
+            (p.backend, r)
+        }
+        NextChoice::RoundRobin { per_cpu, .. } if per_cpu.iter().all(Option::is_none) => {
+            (None, vec![none])
+        }
+        NextChoice::RoundRobin { len, per_cpu } => {
+            let next: Vec<String> = per_cpu
+                .iter()
+                .enumerate()
+                .map(|(cpu, b)| {
+                    format!(
+                        "CPU {cpu}: {}",
+                        b.map_or("-".to_string(), |a| a.to_string())
+                    )
+                })
+                .collect();
+            (
+                per_cpu.iter().flatten().next().copied(),
+                vec![
+                    format!(
+                        "round-robin: a new flow takes the next backend of the VIP's smooth \
+                         weighted sequence ({len} slots) on the CPU that receives it"
+                    ),
+                    format!("next on each CPU now: {}", next.join(", ")),
+                ],
+            )
+        }
+        NextChoice::LeastConn { best: None, .. } => (None, vec![none]),
+        NextChoice::LeastConn {
+            exact,
+            candidates,
+            best: Some((addr, active, weight)),
+            ties,
+        } => {
+            let how = if *exact {
+                format!("the smallest (active + 1) / weight over all {candidates} candidates")
+            } else {
+                format!(
+                    "the smaller (active + 1) / weight of {} backends sampled from the \
+                     {candidates}-slot Maglev table (more than {} backends)",
+                    lb_common::LC_CHOICES,
+                    lb_common::LC_EXACT_MAX
+                )
+            };
+            let mut r = vec![
+                format!("least-connections: a new flow takes {how}"),
+                format!("fewest now: {addr} with {active} active, weight {weight}"),
+            ];
+            if *ties > 1 {
+                r.push(format!(
+                    "{ties} backends tie: the data path picks among them at random"
+                ));
+            }
+            (Some(*addr), r)
+        }
     }
 }
 

@@ -137,6 +137,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let mut tasks = vec![
             tokio::spawn(tasks::resolve_next_hops(shared.clone(), nexthops_changed)),
             tokio::spawn(tasks::sample_rates(shared.clone())),
+            tokio::spawn(tasks::reconcile_conns(shared.clone())),
             tokio::spawn(tasks::read_trace(shared.clone())),
             tokio::spawn(tasks::follow_interface_mac(
                 shared.clone(),
@@ -156,6 +157,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let mut names = vec![
             "next-hop resolver",
             "rate sampler",
+            "connection-count reconcile",
             "trace reader",
             "interface MAC follower",
             "SIGHUP reload",

@@ -33,6 +33,34 @@ pub(super) async fn sample_rates(daemon: Shared) -> anyhow::Result<()> {
     }
 }
 
+/// How often least-connections counts are made to match the connection
+/// table again (also right at start, and so right after an adopted start).
+pub const CONN_RECONCILE: Duration = Duration::from_secs(1);
+
+/// Least-connections: once a period, corrects each backend's active count
+/// for the flows the kernel dropped without the program seeing (LRU
+/// evictions, entries that expired untouched, replaced entries). Failures
+/// are logged and retried next period: the counts only drift meanwhile.
+pub(super) async fn reconcile_conns(daemon: Shared) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(CONN_RECONCILE);
+    loop {
+        tick.tick().await;
+        let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+        if !d.balancer().counts_conns() {
+            continue;
+        }
+        match d.balancer().reconcile_conns(crate::daemon::monotonic_ns()) {
+            Ok(r) if !r.corrections.is_empty() => tracing::debug!(
+                entries = r.entries,
+                corrections = ?r.corrections,
+                "least-connections counts corrected from the connection table"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reconciling least-connections counts: {e}"),
+        }
+    }
+}
+
 /// Reads the decision trace's records as the data path writes them (the
 /// ring buffer's fd becomes readable), names them and ends a trace whose
 /// time is up (checked every second).

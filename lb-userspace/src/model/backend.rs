@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::{
     defaults::MAX_WEIGHT,
-    vip::{Forwarding, VipId, VipSettings},
+    vip::{Forwarding, Scheduler, VipId, VipSettings},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -35,6 +35,10 @@ pub enum SpecError {
     BadBackendAddr(IpAddr),
     #[error("VIP address {0} is not usable (unspecified, multicast or broadcast)")]
     BadVipAddr(IpAddr),
+    #[error("VIP {vip}: scheduler {} needs the connection table (a flow must stay where it was placed): drop `stateless` (`conntrack = false` in the config file) or use maglev or source-hash", .scheduler.name())]
+    StatelessScheduler { vip: VipId, scheduler: Scheduler },
+    #[error("VIP {vip}: {count} weighted backends do not fit a round-robin sequence of table_size {size}; raise table_size")]
+    SequenceTooShort { vip: VipId, count: usize, size: u32 },
 }
 
 fn family(a: &IpAddr) -> &'static str {
@@ -57,6 +61,12 @@ pub fn validate_vip(vip: &VipId, settings: &VipSettings) -> Result<(), SpecError
     let size = settings.table_size;
     if size > lb_common::MAGLEV_MAX_SIZE || !is_prime(size) {
         return Err(SpecError::TableSize(size));
+    }
+    if settings.stateless && settings.scheduler.needs_conntrack() {
+        return Err(SpecError::StatelessScheduler {
+            vip: *vip,
+            scheduler: settings.scheduler,
+        });
     }
     Ok(())
 }
@@ -90,6 +100,14 @@ pub fn validate_backends(
                 backend: b.addr,
             });
         }
+    }
+    let weighted = backends.iter().filter(|b| b.weight > 0).count();
+    if settings.scheduler == Scheduler::RoundRobin && weighted > settings.table_size as usize {
+        return Err(SpecError::SequenceTooShort {
+            vip: *vip,
+            count: weighted,
+            size: settings.table_size,
+        });
     }
     Ok(())
 }

@@ -32,6 +32,12 @@ pub enum Change {
     VipDel {
         vip: String,
     },
+    /// Changes a VIP's scheduler: new flows follow the new one, established
+    /// flows keep their backends (connection table).
+    VipSet {
+        vip: String,
+        scheduler: Scheduler,
+    },
     BackendAdd {
         vip: String,
         addr: IpAddr,

@@ -42,6 +42,30 @@ pub enum Scheduler {
     Maglev,
     /// Maglev over the source address only: a client sticks to one backend.
     SourceHash,
+    /// Weighted round-robin over new flows: a smooth sequence walked by a
+    /// per-CPU cursor. Needs the connection table.
+    RoundRobin,
+    /// Weighted least-connections (IPVS `sed`): the fewest active
+    /// connections per weight. Needs the connection table.
+    LeastConnections,
+}
+
+impl Scheduler {
+    /// Whether the scheduler's choice depends on more than the flow (its
+    /// flows must be kept in the connection table).
+    pub fn needs_conntrack(self) -> bool {
+        matches!(self, Scheduler::RoundRobin | Scheduler::LeastConnections)
+    }
+
+    /// The name in the config file, lbctl and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::SourceHash => "source-hash",
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::LeastConnections => "least-connections",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -43,6 +43,11 @@ impl DesiredState {
                     },
                 )?;
             }
+            Change::VipSet { vip, scheduler } => {
+                let id = next.resolve(vip)?;
+                next.vip_mut(&id)?.settings.scheduler = *scheduler;
+                next.validate()?;
+            }
             Change::VipDel { vip } => {
                 let id = next.resolve(vip)?;
                 next.vips.remove(&id);
@@ -156,6 +161,36 @@ mod tests {
         };
         let s = s.with_change(&nameless).unwrap();
         assert_eq!(s.vips[&VipId { port: 81, ..vip }].name, "10.0.0.1:81/tcp");
+    }
+
+    #[test]
+    fn the_scheduler_changes_at_run_time_but_never_to_one_without_its_table() {
+        let s = web_with_backend();
+        let id = parse_vip(WEB).unwrap();
+        let rr = s
+            .with_change(&Change::VipSet {
+                vip: "web".into(),
+                scheduler: Scheduler::RoundRobin,
+            })
+            .unwrap();
+        assert_eq!(rr.vips[&id].settings.scheduler, Scheduler::RoundRobin);
+        assert_eq!(rr.vips[&id].backends, s.vips[&id].backends);
+        let stateless = Change::VipAdd {
+            vip: VipId { port: 81, ..id },
+            name: Some("dns".into()),
+            scheduler: Scheduler::Maglev,
+            forwarding: Forwarding::Ipip,
+            stateless: true,
+            table_size: None,
+        };
+        let s = s.with_change(&stateless).unwrap();
+        let e = s
+            .with_change(&Change::VipSet {
+                vip: "dns".into(),
+                scheduler: Scheduler::LeastConnections,
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("needs the connection table"), "{e}");
     }
 
     #[test]

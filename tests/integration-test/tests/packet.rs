@@ -657,6 +657,7 @@ fn idle_expired_entries_are_rehashed() {
             backend_id: other_id,
             flow_hash: 0,
             last_seen_ns: now,
+            flags: 0,
         },
     )
     .unwrap();
@@ -669,6 +670,7 @@ fn idle_expired_entries_are_rehashed() {
             backend_id: other_id,
             flow_hash: 0,
             last_seen_ns: stale,
+            flags: 0,
         },
     )
     .unwrap();
@@ -923,6 +925,7 @@ fn a_syn_on_a_reused_port_follows_the_table() {
         backend_id: other_id,
         flow_hash: 0,
         last_seen_ns: lb::daemon::monotonic_ns(),
+        flags: 0,
     };
     t.lb.set_conntrack_entry(&flow, entry).unwrap();
     // ...its packets still go there,

@@ -1,30 +1,45 @@
 //! Stage 3: the connection table keeps an established flow on its backend
-//! while the VIP's backend set changes.
+//! while the VIP's backend set changes, and (least-connections) counts the
+//! flow as active on its backend from its first packet until its FIN or
+//! RST, or until its entry is found expired or stale.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use lb_common::{rules, ConnEntry, Counter, FlowKey, HashMode, VipInfo, CONN_TOUCH_NS, PROTO_TCP};
+use lb_common::{
+    rules, ConnEntry, Counter, FlowKey, HashMode, VipInfo, CONN_F_CLOSED, CONN_F_COUNTED,
+    CONN_TOUCH_NS, PROTO_TCP,
+};
 
-use crate::{maps, select, stats, Out};
+use crate::{atomic, maps, select, stats, Out};
+
+/// What the packet says about its flow's life.
+#[derive(Clone, Copy)]
+pub struct Life {
+    /// Starts a connection (TCP SYN): follows the scheduler whatever entry
+    /// exists: an entry left by an earlier connection on the same 5-tuple
+    /// (a reused client port) must not send a new connection to a backend
+    /// that is drained or no longer the scheduler's choice.
+    pub starts: bool,
+    /// Ends it (TCP FIN or RST): un-counted from its backend's active
+    /// connections.
+    pub ends: bool,
+    /// May record an entry (a TCP RST ends a flow rather than starting one).
+    pub records: bool,
+}
 
 /// The flow's backend: its table entry when that is live and still valid,
-/// else the Maglev choice, recorded for the flow's next packets when `create`
-/// (a TCP RST ends a flow rather than starting one, so it records nothing).
-/// A `new_flow` (TCP SYN) always follows the table: an entry left by an
-/// earlier connection on the same 5-tuple (a reused client port) must not
-/// send a new connection to a backend that is drained or no longer its
-/// table's choice. Returns the backend, the flow hash and whether the
-/// connection table decided.
+/// else the scheduler's choice, recorded for the flow's next packets.
+/// Returns the backend, the flow hash and whether the connection table
+/// decided.
 #[inline(always)]
 pub fn lookup_or_select(
     flow: &FlowKey,
     vip: &VipInfo,
     mode: HashMode,
-    create: bool,
-    new_flow: bool,
+    life: Life,
 ) -> Result<(u32, u32, bool), Out> {
     let now = now_ns();
-    let hit = if rules::consults_conntrack(vip.flags, new_flow) {
-        lookup(flow, vip, now)
+    let hit = if rules::consults_conntrack(vip.flags, life.starts) {
+        lookup(flow, vip, now, life.ends)
     } else {
         stats::count(Counter::ConnMiss);
         None
@@ -40,18 +55,34 @@ pub fn lookup_or_select(
     if let Some((id, _)) = hit {
         return Ok((id, hash, true));
     }
-    let id = select::by_table(vip, hash)?;
-    if create {
-        let entry = ConnEntry {
-            backend_id: id,
-            flow_hash: hash,
-            last_seen_ns: now,
-        };
-        if maps::CONNTRACK.insert(flow, entry, 0).is_err() {
-            stats::count(Counter::ConnInsertFailed);
-        }
+    let id = select::new_flow(vip, hash)?;
+    if life.records {
+        record(flow, vip, id, hash, now);
     }
     Ok((id, hash, false))
+}
+
+/// Records a new flow's entry; for least-connections, counts it as opened
+/// on its backend (only once the entry exists, so every count has an entry
+/// that can un-count it).
+#[inline(always)]
+fn record(flow: &FlowKey, vip: &VipInfo, id: u32, hash: u32, now: u64) {
+    let counts = rules::counts_conns(vip.flags);
+    let entry = ConnEntry {
+        backend_id: id,
+        flow_hash: hash,
+        last_seen_ns: now,
+        flags: if counts { CONN_F_COUNTED } else { 0 },
+    };
+    if maps::CONNTRACK.insert(flow, entry, 0).is_err() {
+        stats::count(Counter::ConnInsertFailed);
+        return;
+    }
+    if counts {
+        if let Some(c) = maps::BACKEND_CONNS.get_ptr_mut(id) {
+            atomic::add(unsafe { &raw mut (*c).opened }, 1);
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds, and the
@@ -62,9 +93,11 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The flow's live entry: its backend and the hash it recorded.
+/// The flow's live entry: its backend and the hash it recorded. An entry
+/// found dead (expired, stale) is un-counted before the caller replaces it,
+/// and so is a live one when the packet `ends` the flow.
 #[inline(always)]
-pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, u32)> {
+pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, ends: bool) -> Option<(u32, u32)> {
     let Some(entry) = maps::CONNTRACK.get_ptr_mut(flow) else {
         stats::count(Counter::ConnMiss);
         return None;
@@ -80,12 +113,14 @@ pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, u32)> {
     };
     if !rules::conn_entry_live(idle, timeout) {
         stats::count(Counter::ConnExpired);
+        uncount(entry);
         return None;
     }
     let id = entry.backend_id;
     let valid = maps::backend(id).is_some_and(|b| rules::conn_backend_valid(b, vip.vip_id));
     if !valid {
         stats::count(Counter::ConnStale);
+        uncount(entry);
         return None;
     }
     // Refresh at most once a second: a write per packet would bounce the
@@ -93,6 +128,29 @@ pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, u32)> {
     if idle > CONN_TOUCH_NS {
         entry.last_seen_ns = now;
     }
+    if ends {
+        uncount(entry);
+    }
     stats::count(Counter::ConnHit);
     Some((id, entry.flow_hash))
+}
+
+/// Counts a counted flow as closed on its backend, once: the flag is set
+/// with an atomic or, and only the CPU that set it counts (a FIN seen
+/// twice, a FIN then an RST, two CPUs at once).
+#[inline(always)]
+fn uncount(entry: &mut ConnEntry) {
+    // A plain read first: most entries are not counted, or already closed,
+    // and need no atomic.
+    if !rules::conn_open(entry.flags) {
+        return;
+    }
+    let before = atomic::fetch_or(&raw mut entry.flags, CONN_F_CLOSED);
+    if !rules::conn_open(before) {
+        return;
+    }
+    if let Some(c) = maps::BACKEND_CONNS.get_ptr_mut(entry.backend_id) {
+        atomic::add(unsafe { &raw mut (*c).closed }, 1);
+    }
+    stats::count(Counter::ConnUncounted);
 }

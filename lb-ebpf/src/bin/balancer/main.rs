@@ -8,7 +8,11 @@
 //! `debug` writes to the decision trace while one is on.
 #![no_std]
 #![no_main]
+// The atomic intrinsics (`atomic.rs`): the target's core has no fetch ops.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+mod atomic;
 mod conntrack;
 mod debug;
 mod forward;
@@ -86,10 +90,15 @@ fn decide(ctx: &XdpContext, pkt: &Packet, frame_len: u64, trace: &mut Trace) -> 
     trace.vip_id = vip.vip_id;
     let mode = rules::hash_mode(vip.flags, HashMode::FiveTuple);
     let (backend_id, hash, hit) = if rules::uses_conntrack(vip.flags) {
-        conntrack::lookup_or_select(&pkt.flow, &vip, mode, !pkt.tcp_rst, pkt.tcp_syn)?
+        let life = conntrack::Life {
+            starts: pkt.tcp_syn,
+            ends: pkt.tcp_fin || pkt.tcp_rst,
+            records: !pkt.tcp_rst,
+        };
+        conntrack::lookup_or_select(&pkt.flow, &vip, mode, life)?
     } else {
         let hash = lb_common::flow_hash(&pkt.flow, mode);
-        (select::by_table(&vip, hash)?, hash, false)
+        (select::new_flow(&vip, hash)?, hash, false)
     };
     trace.backend_id = backend_id;
     trace.source = if hit {

@@ -4,7 +4,7 @@
 //! space reads them, and writes connection entries only in tests). The
 //! maps of the trace and of ICMP "too big" answers live beside their code
 //! (`debug.rs`, `toobig.rs`). The capacities of VIPS, VIP_ADDRS, MAGLEV,
-//! CONNTRACK and VIP_STATS are defaults: lbd sets them at load time from
+//! CONNTRACK, VIP_STATS and RR_CURSOR are defaults: lbd sets them at load time from
 //! `[limits]`; the others are fixed here.
 
 use aya_ebpf::{
@@ -13,9 +13,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counters::COUNTER_SLOTS, AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo,
-    VipKey, CONNTRACK_MAX, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL, MAX_BACKENDS, MAX_TX_PORTS,
-    VIP_FILTER_WORDS,
+    counters::COUNTER_SLOTS, AddrKey, Backend, ConnCount, ConnEntry, FlowKey, LbConfig,
+    TrafficStats, VipInfo, VipKey, CONNTRACK_MAX, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL,
+    MAX_BACKENDS, MAX_TX_PORTS, VIP_FILTER_WORDS,
 };
 
 // --- Written by user space, read by the program ---------------------------
@@ -76,6 +76,19 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
+
+/// Round-robin VIPs: each CPU's position in the VIP's sequence, by VIP id.
+/// Per CPU, so walking it takes no atomic and shares no cache line; user
+/// space sets every CPU's start when it switches the VIP to a new sequence
+/// (`lb_common::rules::rr_start`).
+#[map]
+pub static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Least-connections: flows opened and closed per backend id, added to
+/// atomically by every CPU (and corrected by user space's reconcile, through
+/// the mapping, also atomically).
+#[map]
+pub static BACKEND_CONNS: Array<ConnCount> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// Global outcome counters, one slot per `lb_common::Counter`, per CPU.
 #[map]

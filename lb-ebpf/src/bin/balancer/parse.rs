@@ -17,6 +17,7 @@ use crate::{maps, Out};
 
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
@@ -35,6 +36,8 @@ pub struct Packet {
     /// The 5-tuple as sent; ports are zero for ICMP and non-first fragments.
     pub flow: FlowKey,
     pub tcp_rst: bool,
+    /// TCP FIN: the client is done (least-connections stops counting it).
+    pub tcp_fin: bool,
     /// A TCP SYN without ACK: the first packet of a new connection.
     pub tcp_syn: bool,
     /// An IPv4 fragment (first or later).
@@ -128,6 +131,7 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
             _pad: [0; 2],
         },
         tcp_rst: false,
+        tcp_fin: false,
         tcp_syn: false,
         fragment: frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
         tos: ip.tos,
@@ -179,6 +183,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
             _pad: [0; 2],
         },
         tcp_rst: false,
+        tcp_fin: false,
         tcp_syn: false,
         fragment: false,
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
@@ -192,7 +197,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
     Ok(pkt)
 }
 
-/// Fills in the ports (and the RST flag) of a TCP or UDP packet whose
+/// Fills in the ports (and the RST, FIN and SYN flags) of a TCP or UDP packet whose
 /// transport header must fit in the `l4_len` bytes the IP header announces.
 /// Other protocols keep zero ports and find no VIP.
 #[inline(always)]
@@ -217,6 +222,7 @@ fn parse_ports(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Result<(), 
             ptr_at(ctx, pkt.l4_off + 13).ok_or(Out::Pass(Counter::PassMalformed))?;
         let flags = unsafe { *flags };
         pkt.tcp_rst = flags & TCP_FLAG_RST != 0;
+        pkt.tcp_fin = flags & TCP_FLAG_FIN != 0;
         pkt.tcp_syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     }
     Ok(())
