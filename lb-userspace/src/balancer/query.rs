@@ -308,6 +308,12 @@ impl Balancer {
             .map_err(map_err("CONNTRACK"))
     }
 
+    /// Every entry of the connection table, walked key by key (tests: an
+    /// account independent of the batch scan the reconcile uses).
+    pub fn conntrack_entries(&self) -> Vec<(FlowKey, ConnEntry)> {
+        self.conntrack.iter().filter_map(|kv| kv.ok()).collect()
+    }
+
     /// Number of entries in the connection table (walks it).
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(|k| k.is_ok()).count()

@@ -41,14 +41,15 @@ fn by_address(backends: &[MaglevBackend]) -> Vec<MaglevBackend> {
     v
 }
 
-/// The smooth weighted round-robin sequence (nginx's algorithm): each step
-/// every backend gains its weight in credit, the richest (first in address
-/// order on a tie) is chosen and pays the total. Over one period each
-/// backend appears exactly weight / gcd times, spread out: 5:1:1 gives
-/// `a a b a c a a`. Weights are divided by their gcd; a period longer than
-/// `max_len` is scaled down to fit (shares then hold to within the
-/// rounding), and backends beyond `max_len` get no place (the caller
-/// refuses that many).
+/// The smooth weighted round-robin sequence. Over one period each backend
+/// appears exactly weight / gcd times, spread out (5:1:1 gives
+/// `a a b a c a a`, not `a a a a a b c`): nginx's smooth weighted
+/// round-robin (each step every backend gains its weight in credit, the
+/// richest, first in address order on a tie, is chosen and pays the total),
+/// then [`separate`] for the repeats it leaves. Weights are divided by their
+/// gcd; a period longer than `max_len` is scaled down to fit (shares then
+/// hold to within the rounding), and backends beyond `max_len` get no place
+/// (the caller refuses that many).
 pub fn round_robin(backends: &[MaglevBackend], max_len: u32) -> Vec<u32> {
     let mut set = by_address(backends);
     set.truncate(max_len as usize);
@@ -59,13 +60,13 @@ pub fn round_robin(backends: &[MaglevBackend], max_len: u32) -> Vec<u32> {
     let mut weights: Vec<u64> = set.iter().map(|b| u64::from(b.weight / g)).collect();
     let total: u64 = weights.iter().sum();
     if total > u64::from(max_len) {
-        // Scaled to the room left after every backend's one place.
-        let room = u64::from(max_len) - set.len() as u64;
-        let extra: Vec<u64> = weights
+        // Every backend keeps one place; the room left is shared by weight.
+        let n = set.len() as u64;
+        let room = u64::from(max_len) - n;
+        weights = weights
             .iter()
-            .map(|w| (w - 1) * room / (total - set.len() as u64))
+            .map(|w| 1 + (w - 1) * room / (total - n))
             .collect();
-        weights = extra.iter().map(|e| e + 1).collect();
     }
     let total: i64 = weights.iter().sum::<u64>() as i64;
     let mut credit = vec![0i64; set.len()];
@@ -81,7 +82,54 @@ pub fn round_robin(backends: &[MaglevBackend], max_len: u32) -> Vec<u32> {
         credit[best] -= total;
         seq.push(set[best].id);
     }
+    separate(&mut seq);
     seq
+}
+
+/// How far [`separate`] looks for a slot to swap with, and how many passes
+/// it makes: enough for the repeats smooth round-robin leaves, and linear in
+/// the period.
+const SEPARATE_WINDOW: usize = 64;
+const SEPARATE_PASSES: usize = 8;
+
+/// Smooth round-robin can still put a backend in two adjacent slots (also
+/// across the end of the period, which the cursor wraps over) where the
+/// weights allow otherwise (4:4:7). Each such repeat is swapped with the
+/// nearest slot that leaves fewer repeats around both; shares do not change.
+fn separate(seq: &mut [u32]) {
+    let n = seq.len();
+    if n < 3 {
+        return;
+    }
+    let repeats = |s: &[u32], i: usize| {
+        usize::from(s[i] == s[(i + n - 1) % n]) + usize::from(s[i] == s[(i + 1) % n])
+    };
+    for _ in 0..SEPARATE_PASSES {
+        let mut changed = false;
+        for k in 0..n {
+            let a = (k + 1) % n;
+            if seq[k] != seq[a] {
+                continue;
+            }
+            'search: for d in 1..SEPARATE_WINDOW.min(n) {
+                for j in [(a + d) % n, (a + n - d) % n] {
+                    if seq[j] == seq[a] {
+                        continue;
+                    }
+                    let before = repeats(seq, a) + repeats(seq, j);
+                    seq.swap(a, j);
+                    if repeats(seq, a) + repeats(seq, j) < before {
+                        changed = true;
+                        break 'search;
+                    }
+                    seq.swap(a, j);
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
@@ -136,8 +184,10 @@ mod tests {
             }
             let total: u32 = weights.iter().sum();
             if 2 * weights.iter().max().unwrap() <= total {
+                // Cyclically: the cursor wraps from the last slot to the first.
+                let wrapped = seq.iter().zip(seq.iter().cycle().skip(1));
                 assert!(
-                    seq.windows(2).all(|w| w[0] != w[1]),
+                    wrapped.clone().all(|(a, b)| a != b),
                     "{weights:?}: {}",
                     names(&seq)
                 );

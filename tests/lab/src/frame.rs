@@ -8,6 +8,7 @@ use std::net::IpAddr;
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;

@@ -1,0 +1,512 @@
+//! Round-robin and least-connections in the real program, through
+//! `BPF_PROG_TEST_RUN`: exact round-robin shares per CPU and a smooth
+//! order; new flows to the least loaded backend, by weight, never to a
+//! drained one; flows counted once and un-counted once; and counts that
+//! come back to the truth of the connection table after evictions, lost
+//! FINs, expiry and a restart.
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
+
+use lb::{
+    balancer::LoadOptions,
+    model::{BackendSpec, Limits, Proto, Scheduler, VipId, VipSettings},
+};
+use lb_common::{rules, ConnEntry, Counter, FlowKey, LC_EXACT_MAX, PROTO_TCP};
+use lb_lab::{
+    cpu,
+    frame::{self, Frame, TCP_ACK, TCP_FIN, TCP_RST},
+    harness::*,
+};
+
+const VIP: &str = "10.100.0.1";
+const B: [&str; 3] = ["10.0.0.2", "10.0.0.3", "10.0.0.4"];
+
+fn weighted(weights: &[u32]) -> Vec<BackendSpec> {
+    weights
+        .iter()
+        .zip(B)
+        .map(|(w, a)| BackendSpec {
+            addr: a.parse().unwrap(),
+            weight: *w,
+        })
+        .collect()
+}
+
+fn addr(i: usize) -> IpAddr {
+    B[i].parse().unwrap()
+}
+
+fn with(scheduler: Scheduler) -> VipSettings {
+    VipSettings {
+        scheduler,
+        ..Default::default()
+    }
+}
+
+/// Flow `i`: its own client address, one port.
+fn flow(i: u32) -> Frame {
+    let client = format!("1.{}.{}.{}", (i >> 16) as u8, (i >> 8) as u8, i as u8);
+    Frame::tcp(&client, 40000, VIP, 80)
+}
+
+/// Sends flow `i`'s packet with TCP `flags` (a SYN by default); returns the
+/// backend it went to.
+fn send(t: &mut TestLb, f: Frame) -> IpAddr {
+    let (action, out) = t.run(&f.build());
+    assert_eq!(action, XDP_TX);
+    frame::outer_dst(&out)
+}
+
+fn open(t: &mut TestLb, i: u32) -> IpAddr {
+    send(t, flow(i))
+}
+
+fn counts(picks: &[IpAddr]) -> BTreeMap<IpAddr, usize> {
+    let mut m = BTreeMap::new();
+    for p in picks {
+        *m.entry(*p).or_default() += 1;
+    }
+    m
+}
+
+fn active(t: &TestLb, v: &VipId) -> Vec<u64> {
+    let a = t.lb.active_conns(v).expect("a least-connections VIP");
+    B.iter()
+        .map(|b| {
+            a.iter()
+                .find(|(x, _)| x.to_string() == *b)
+                .map_or(0, |(_, n)| *n)
+        })
+        .collect()
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+// ------------------------------------------------------------ round-robin
+
+#[test]
+fn round_robin_gives_exact_shares_on_one_cpu() {
+    let _restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&[500, 100, 100]));
+    let seq: Vec<IpAddr> =
+        t.lb.live_table(&v)
+            .unwrap()
+            .iter()
+            .map(|id| t.lb.backend_addr(*id).unwrap().1)
+            .collect();
+    assert_eq!(seq.len(), 7, "5:1:1 after the gcd");
+    let picks: Vec<IpAddr> = (0..3000).map(|i| open(&mut t, i)).collect();
+    // CPU 0 starts at the first slot and walks the sequence exactly.
+    for (i, p) in picks.iter().enumerate() {
+        assert_eq!(*p, seq[i % 7], "flow {i}");
+    }
+    let got = counts(&picks);
+    for (i, w) in [5, 1, 1].iter().enumerate() {
+        let share = 3000.0 * *w as f64 / 7.0;
+        let n = got[&addr(i)];
+        println!(
+            "one CPU, 5:1:1: {} got {n} of 3000 (share {share:.1})",
+            B[i]
+        );
+        assert!(
+            (n as f64 - share).abs() < 1.0,
+            "{}: {n}, share {share:.1}",
+            B[i]
+        );
+    }
+}
+
+#[test]
+fn round_robin_on_two_cpus_stays_within_one_flow_per_cpu() {
+    if online_cpus() < 2 {
+        println!("one CPU online: nothing to show");
+        return;
+    }
+    let _restore = cpu::Affinity::save().unwrap();
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&[500, 100, 100]));
+    let picks: Vec<IpAddr> = (0..3000)
+        .map(|i| {
+            // Uneven: two flows on CPU 0 for every one on CPU 1.
+            cpu::pin(usize::from(i % 3 == 2)).unwrap();
+            open(&mut t, i)
+        })
+        .collect();
+    let got = counts(&picks);
+    for (i, w) in [5, 1, 1].iter().enumerate() {
+        let share = 3000.0 * *w as f64 / 7.0;
+        let n = got[&addr(i)];
+        println!(
+            "two CPUs, 5:1:1: {} got {n} of 3000 (share {share:.1})",
+            B[i]
+        );
+        assert!(
+            (n as f64 - share).abs() <= 2.0,
+            "{}: {n}, share {share:.1}",
+            B[i]
+        );
+    }
+}
+
+#[test]
+fn round_robin_is_smooth() {
+    let _restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    for weights in [[100, 100, 100], [200, 100, 100], [300, 200, 200]] {
+        let mut t = TestLb::new();
+        let v = vip(VIP, 80, Proto::Tcp);
+        t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&weights));
+        let picks: Vec<IpAddr> = (0..60).map(|i| open(&mut t, i)).collect();
+        // No backend twice in a row, also where the cursor wraps: every
+        // weight here is at most half the total.
+        for (i, w) in picks.windows(2).enumerate() {
+            assert_ne!(w[0], w[1], "{weights:?}: flows {i} and {}", i + 1);
+        }
+    }
+    // 5:1:1 cannot avoid repeats, but interleaves: never three in a row
+    // within a period.
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&[5, 1, 1]));
+    let period: Vec<IpAddr> = (0..7).map(|i| open(&mut t, i)).collect();
+    assert!(
+        period.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
+        "{period:?}"
+    );
+}
+
+#[test]
+fn round_robin_follows_backend_changes_and_keeps_established_flows() {
+    let _restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&[100, 100, 100]));
+    let first: Vec<IpAddr> = (0..3).map(|i| open(&mut t, i)).collect();
+    assert_eq!(counts(&first).len(), 3);
+    // Drain the third: new flows alternate over the other two, and the
+    // established flow on it stays.
+    t.lb.set_backends(v, &weighted(&[100, 100, 0])).unwrap();
+    let next: Vec<IpAddr> = (3..13).map(|i| open(&mut t, i)).collect();
+    assert!(!next.contains(&addr(2)), "{next:?}");
+    assert_eq!(counts(&next).values().copied().collect::<Vec<_>>(), [5, 5]);
+    let on_third = first.iter().position(|a| *a == addr(2)).unwrap() as u32;
+    assert_eq!(send(&mut t, flow(on_third).with_flags(TCP_ACK)), addr(2));
+    // Down by health: out of the sequence, its flows move.
+    t.lb.set_backend_down(&v, addr(0), true).unwrap();
+    let only: Vec<IpAddr> = (13..17).map(|i| open(&mut t, i)).collect();
+    assert!(only.iter().all(|a| *a == addr(1)), "{only:?}");
+}
+
+// -------------------------------------------------------- least-connections
+
+#[test]
+fn new_flows_go_to_the_least_loaded_until_they_even_out() {
+    let _restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    t.add_vip(
+        v,
+        with(Scheduler::LeastConnections),
+        &weighted(&[100, 0, 0]),
+    );
+    // 30 long-lived connections, pinned unevenly: 20, 7, 3.
+    let mut next = 0;
+    for (i, n) in [20, 7, 3].iter().enumerate() {
+        let mut w = [0, 0, 0];
+        w[i] = 100;
+        t.lb.set_backends(v, &weighted(&w)).unwrap();
+        for _ in 0..*n {
+            assert_eq!(open(&mut t, next), addr(i));
+            next += 1;
+        }
+    }
+    t.lb.set_backends(v, &weighted(&[100, 100, 100])).unwrap();
+    assert_eq!(active(&t, &v), [20, 7, 3]);
+    let picks: Vec<IpAddr> = (next..next + 4).map(|i| open(&mut t, i)).collect();
+    assert!(picks.iter().all(|a| *a == addr(2)), "{picks:?}");
+    next += 4;
+    let picks: Vec<IpAddr> = (next..next + 26).map(|i| open(&mut t, i)).collect();
+    next += 26;
+    assert_eq!(active(&t, &v), [20, 20, 20], "{:?}", counts(&picks));
+    let picks: Vec<IpAddr> = (next..next + 30).map(|i| open(&mut t, i)).collect();
+    next += 30;
+    assert_eq!(active(&t, &v), [30, 30, 30], "{:?}", counts(&picks));
+    println!("least-connections from 20/7/3: 4 to the idlest, then even: 30/30/30");
+
+    // A drained backend gets no new flow; its established ones stay.
+    t.lb.set_backends(v, &weighted(&[100, 0, 100])).unwrap();
+    let picks: Vec<IpAddr> = (next..next + 20).map(|i| open(&mut t, i)).collect();
+    assert!(!picks.contains(&addr(1)), "{picks:?}");
+    assert_eq!(active(&t, &v), [40, 30, 40]);
+    assert_eq!(
+        send(&mut t, flow(20).with_flags(TCP_ACK)),
+        addr(1),
+        "flow 20 is on b"
+    );
+}
+
+#[test]
+fn least_connections_respects_weights() {
+    let _restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    t.add_vip(
+        v,
+        with(Scheduler::LeastConnections),
+        &weighted(&[200, 100, 100]),
+    );
+    for i in 0..40 {
+        open(&mut t, i);
+    }
+    let a = active(&t, &v);
+    println!("least-connections 2:1:1, 40 held connections: {a:?}");
+    for (n, want) in a.iter().zip([20u64, 10, 10]) {
+        assert!(n.abs_diff(want) <= 1, "{a:?}");
+    }
+}
+
+#[test]
+fn above_the_bound_the_best_of_two_samples_still_evens_out() {
+    let _restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    let n = LC_EXACT_MAX as usize + 8;
+    let set: Vec<BackendSpec> = (0..n)
+        .map(|i| BackendSpec {
+            addr: format!("10.0.1.{}", i + 1).parse().unwrap(),
+            weight: 100,
+        })
+        .collect();
+    t.add_vip(v, with(Scheduler::LeastConnections), &set);
+    assert_eq!(
+        t.lb.live_table(&v).unwrap().len(),
+        VipSettings::default().table_size as usize,
+        "sampled from the Maglev table"
+    );
+    for i in 0..(n as u32 * 20) {
+        open(&mut t, i);
+    }
+    let a: Vec<u64> =
+        t.lb.active_conns(&v)
+            .unwrap()
+            .iter()
+            .map(|(_, c)| *c)
+            .collect();
+    let (min, max) = (*a.iter().min().unwrap(), *a.iter().max().unwrap());
+    println!("{n} backends, 20 connections each on average: min {min}, max {max}");
+    // Random placement would spread far wider (a binomial's max of 40 draws
+    // around 20 is ~30); two choices keep it tight.
+    assert!(max - min <= 8, "{a:?}");
+}
+
+// ------------------------------------------------------------------- counts
+
+#[test]
+fn a_flow_is_counted_once_and_uncounted_once() {
+    let _restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    t.add_vip(v, with(Scheduler::LeastConnections), &weighted(&[100]));
+    let total = |t: &TestLb| active(t, &v)[0];
+    open(&mut t, 1);
+    assert_eq!(total(&t), 1);
+    send(&mut t, flow(1).with_flags(TCP_ACK));
+    assert_eq!(total(&t), 1, "data does not count");
+    send(&mut t, flow(1).with_flags(TCP_FIN | TCP_ACK));
+    assert_eq!(total(&t), 0);
+    // A retransmitted FIN, then an RST: not again.
+    send(&mut t, flow(1).with_flags(TCP_FIN | TCP_ACK));
+    send(&mut t, flow(1).with_flags(TCP_RST));
+    assert_eq!(total(&t), 0);
+    assert_eq!(t.counter(Counter::ConnUncounted), 1);
+    // The entry stays for the last ACKs, marked closed.
+    assert_eq!(send(&mut t, flow(1).with_flags(TCP_ACK)), addr(0));
+    let key = flow_key(1);
+    let e = t.lb.conntrack_entry(&key).unwrap();
+    assert!(!rules::conn_open(e.flags), "closed: {:#x}", e.flags);
+    // The FIN on another CPU than the SYN, then again on the first.
+    if online_cpus() >= 2 {
+        open(&mut t, 2);
+        cpu::pin(1).unwrap();
+        send(&mut t, flow(2).with_flags(TCP_FIN | TCP_ACK));
+        cpu::pin(0).unwrap();
+        send(&mut t, flow(2).with_flags(TCP_FIN | TCP_ACK));
+        assert_eq!(total(&t), 0);
+        assert_eq!(t.counter(Counter::ConnUncounted), 2);
+    }
+    // A new connection on the same port counts again.
+    open(&mut t, 1);
+    assert_eq!(total(&t), 1);
+    let id = t.lb.backend_id(&v, addr(0)).unwrap();
+    let c = t.lb.conn_counts(id);
+    assert_eq!(c.opened - c.closed, 1, "{c:?}");
+}
+
+fn flow_key(i: u32) -> FlowKey {
+    let client = IpAddr::from([1, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    FlowKey::new(client, 40000, VIP.parse().unwrap(), 80, PROTO_TCP)
+}
+
+/// The connection table's own account: counted, open, live entries per
+/// backend, by a key-by-key walk (not the batch scan the reconcile uses).
+fn truth(t: &TestLb, v: &VipId, timeout: Duration) -> Vec<u64> {
+    let now = lb::daemon::monotonic_ns();
+    let entries: Vec<(FlowKey, ConnEntry)> = t.lb.conntrack_entries();
+    B.iter()
+        .map(|b| {
+            let id = t.lb.backend_id(v, b.parse().unwrap());
+            entries
+                .iter()
+                .filter(|(_, e)| Some(e.backend_id) == id)
+                .filter(|(_, e)| rules::conn_open(e.flags))
+                .filter(|(_, e)| {
+                    rules::conn_entry_live(
+                        now.saturating_sub(e.last_seen_ns),
+                        timeout.as_nanos() as u64,
+                    )
+                })
+                .count() as u64
+        })
+        .collect()
+}
+
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn counts_converge_to_the_table_after_evictions_lost_fins_expiry_and_a_restart() {
+    let _restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    let dir = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/lb-test-schedulers-{}",
+        std::process::id()
+    )));
+    let timeout = Duration::from_secs(3);
+    let load = || {
+        TestLb::with_options(LoadOptions {
+            tcp_idle_timeout: timeout,
+            limits: Limits {
+                max_vips: 8,
+                table_pool: 8 * 2 * lb_common::MAGLEV_MAX_SIZE,
+                conntrack_size: 1024,
+            },
+            pin_dir: Some(dir.0.clone()),
+            ..Default::default()
+        })
+    };
+    let v = vip(VIP, 80, Proto::Tcp);
+    let set = weighted(&[100, 100, 100]);
+    let mut t = load();
+    t.add_vip(v, with(Scheduler::LeastConnections), &set);
+    // 3000 connections whose FINs never come, in a table of 1024: most are
+    // evicted, and the kernel says nothing about it.
+    for i in 0..3000 {
+        open(&mut t, i);
+    }
+    let before: u64 = active(&t, &v).iter().sum();
+    assert_eq!(before, 3000);
+    let r = t.lb.reconcile_conns(lb::daemon::monotonic_ns()).unwrap();
+    let after = active(&t, &v);
+    let table = truth(&t, &v, timeout);
+    println!(
+        "drift: 3000 counted, {} entries in the table; after one reconcile {after:?}, \
+         the table says {table:?}; corrections {:?}",
+        r.entries, r.corrections
+    );
+    assert_eq!(after, table);
+    assert!(table.iter().sum::<u64>() <= 1024);
+
+    // lbd killed and started again: the adopted maps keep counts and table.
+    drop(t);
+    let mut t = load();
+    assert!(t.lb.adopted());
+    t.lb.set_backends(v, &set).unwrap();
+    t.lb.reconcile_conns(lb::daemon::monotonic_ns()).unwrap();
+    assert_eq!(active(&t, &v), truth(&t, &v, timeout));
+
+    // Every entry idles out: nothing is active. Packets of expired flows
+    // then un-count them once more (the reconcile already took them out)
+    // and are placed again: the counts dip, never below zero, and the next
+    // reconcile puts them right.
+    std::thread::sleep(timeout + Duration::from_millis(500));
+    t.lb.reconcile_conns(lb::daemon::monotonic_ns()).unwrap();
+    assert_eq!(active(&t, &v), [0, 0, 0]);
+    let survivors: Vec<u32> = (0..3000)
+        .filter(|i| t.lb.conntrack_entry(&flow_key(*i)).is_some())
+        .take(50)
+        .collect();
+    assert_eq!(survivors.len(), 50);
+    for i in &survivors {
+        send(&mut t, flow(*i).with_flags(TCP_ACK));
+    }
+    let between = active(&t, &v);
+    println!(
+        "50 expired flows placed again: counts {between:?} (each un-counted twice, shown \
+         clamped at zero) before the next reconcile"
+    );
+    t.lb.reconcile_conns(lb::daemon::monotonic_ns()).unwrap();
+    assert_eq!(active(&t, &v), truth(&t, &v, timeout));
+    for b in &set {
+        let c = t.lb.conn_counts(t.lb.backend_id(&v, b.addr).unwrap());
+        assert!(c.opened >= c.closed, "{}: {c:?}", b.addr);
+    }
+    println!(
+        "after expiry and {} re-placed flows: {:?} = the table",
+        survivors.len(),
+        active(&t, &v)
+    );
+}
+
+/// An atomic fetch whose result is used must be emitted as a fetching
+/// instruction: LLVM lowers a relaxed one to the plain `lock |=`, and the
+/// "old value" the program then tests is its own operand.
+#[test]
+fn atomics_are_emitted_as_intended() {
+    let obj = std::env::temp_dir().join(format!("lb-balancer-{}.o", std::process::id()));
+    std::fs::write(&obj, lb::objects::BALANCER).unwrap();
+    let out = std::process::Command::new("/usr/lib/llvm-22/bin/llvm-objdump")
+        .arg("-d")
+        .arg(&obj)
+        .output()
+        .expect("llvm-objdump (cargo xtask setup installs LLVM 22)");
+    let _ = std::fs::remove_file(&obj);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let atomics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("lock ") || l.contains("atomic"))
+        .collect();
+    let fetch_or = atomics
+        .iter()
+        .filter(|l| l.contains("= atomic_fetch_or("))
+        .count();
+    let add = atomics
+        .iter()
+        .filter(|l| l.contains("lock *(u64 *)") && l.contains(" += "))
+        .count();
+    println!(
+        "{fetch_or} fetch-or, {add} add, {} atomics in all",
+        atomics.len()
+    );
+    assert!(fetch_or > 0 && add > 0, "{atomics:#?}");
+    assert_eq!(
+        fetch_or + add,
+        atomics.len(),
+        "unexpected atomics: {atomics:#?}"
+    );
+}
