@@ -44,7 +44,11 @@ fn debian_packages() -> Result<()> {
         missing.push("iproute2");
     }
     let sbin = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
-    for (program, package) in [("bird", "bird2"), ("keepalived", "keepalived")] {
+    for (program, package) in [
+        ("bird", "bird2"),
+        ("keepalived", "keepalived"),
+        ("nft", "nftables"),
+    ] {
         if find_program(program, &sbin).is_none() {
             missing.push(package);
         }

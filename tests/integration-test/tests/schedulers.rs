@@ -510,3 +510,209 @@ fn atomics_are_emitted_as_intended() {
         "unexpected atomics: {atomics:#?}"
     );
 }
+
+// ---------------------------------------------------------- through lbd
+
+mod through_lbd {
+    use std::{collections::BTreeMap, net::SocketAddr, thread, time::Duration};
+
+    use lb_lab::{clients::*, lab::*, netns, servers::*, status::*};
+
+    fn web() -> SocketAddr {
+        SocketAddr::from((VIP_WEB, 80))
+    }
+
+    fn v4(lab: &Lab, name: &str) -> String {
+        lab.backend(name).v4.to_string()
+    }
+
+    fn vip(lab: &Lab, scheduler: &'static str, check: Option<HealthCheck>) -> Vec<VipSpec> {
+        let backends: Vec<_> = ["b1", "b2", "b3"]
+            .iter()
+            .map(|n| lab.backend(n).v4.into())
+            .collect();
+        let mut v = VipSpec::new("web", VIP_WEB, Some(80), &backends).with_scheduler(scheduler);
+        if let Some(c) = check {
+            v = v.with_health(c);
+        }
+        vec![v]
+    }
+
+    fn fast_tcp() -> HealthCheck {
+        HealthCheck::new(
+            "tcp",
+            Duration::from_millis(300),
+            Duration::from_millis(200),
+            2,
+            2,
+        )
+    }
+
+    /// Long-lived connections, one at a time (each a new flow placed after
+    /// the one before is counted).
+    fn hold(lab: &Lab, n: usize) -> Vec<LongLived> {
+        (0..n)
+            .map(|_| {
+                lab.long_lived(web(), Duration::from_millis(300))
+                    .expect("a long-lived connection")
+            })
+            .collect()
+    }
+
+    fn by_backend(conns: &[LongLived]) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for c in conns {
+            *m.entry(c.backend.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn round_robin_spreads_fails_over_and_drains() {
+        let lab = Lab::with_lbd(3, |_| {}, |lab| vip(lab, "round-robin", Some(fast_tcp())));
+        lab.wait_all_up("web", Duration::from_secs(10)).unwrap();
+        let spread = lab.spread(web(), 30).unwrap();
+        println!("round-robin through lbd, 30 connections: {spread:?}");
+        // Each CPU walks the sequence b1 b2 b3 from its own start.
+        for b in ["b1", "b2", "b3"] {
+            let n = spread.get(b).copied().unwrap_or(0);
+            assert!((8..=12).contains(&n), "{b}: {n} of 30 ({spread:?})");
+        }
+        let held = hold(&lab, 6);
+        // Health takes b2 out: new flows go to b1 and b3 only.
+        lab.stop_service("b2", Service::Greeter(80));
+        lab.wait_health("web", &v4(&lab, "b2"), "down", Duration::from_secs(5))
+            .unwrap();
+        let spread = lab.spread(web(), 20).unwrap();
+        assert_eq!(spread.get("b2"), None, "{spread:?}");
+        assert_eq!(spread.values().sum::<usize>(), 20);
+        // Drain b3: new flows go to b1 only; established ones stay.
+        lab.lbctl_ok(&["backend", "drain", "web", &v4(&lab, "b3")]);
+        let spread = lab.spread(web(), 10).unwrap();
+        assert_eq!(spread, BTreeMap::from([("b1".to_string(), 10)]));
+        thread::sleep(Duration::from_millis(700));
+        for c in held {
+            let backend = c.backend.clone();
+            let r = c.stop();
+            if backend != "b2" {
+                assert!(r.error.is_none(), "{backend}: {r:?}");
+                assert!(r.exchanges >= 2, "{backend}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_connections_counts_follow_connections() {
+        let lab = Lab::with_lbd(3, |_| {}, |lab| vip(lab, "least-connections", None));
+        let held = hold(&lab, 9);
+        assert_eq!(
+            by_backend(&held).values().copied().collect::<Vec<_>>(),
+            [3, 3, 3],
+            "even from zero"
+        );
+        let (_, s) = lab
+            .wait_status("3 active each", Duration::from_secs(3), |s| {
+                active_of(s, "web").values().all(|n| *n == 3)
+            })
+            .unwrap();
+        println!("least-connections through lbd: {:?}", active_of(&s, "web"));
+        let out = lab.lbctl_ok(&["status"]);
+        assert!(out.contains("ACTIVE"), "{out}");
+        let m = lab.scrape();
+        let line = format!(
+            "lb_backend_active_connections{{vip=\"10.100.0.1:80/tcp\",backend=\"{}\"}} 3",
+            v4(&lab, "b1")
+        );
+        assert!(m.contains(&line), "{line} in\n{m}");
+        // b1's three close (their FINs pass): it is the least loaded, and
+        // takes the next three.
+        let (b1, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(|c| c.backend == "b1");
+        for c in b1 {
+            c.stop();
+        }
+        lab.wait_status("b1 at 0", Duration::from_secs(3), |s| {
+            active_of(s, "web").get(&v4(&lab, "b1")) == Some(&0)
+        })
+        .unwrap();
+        let more = hold(&lab, 3);
+        assert_eq!(by_backend(&more), BTreeMap::from([("b1".to_string(), 3)]));
+        // Drained: no new flow, established ones stay.
+        lab.lbctl_ok(&["backend", "drain", "web", &v4(&lab, "b2")]);
+        let next = hold(&lab, 4);
+        assert!(
+            !by_backend(&next).contains_key("b2"),
+            "{:?}",
+            by_backend(&next)
+        );
+        let explain = lab.lbctl_ok(&["explain", "10.10.0.2:1234", "web"]);
+        assert!(explain.contains("least-connections"), "{explain}");
+        for c in rest.into_iter().chain(more).chain(next) {
+            let r = c.stop();
+            assert!(r.error.is_none(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn counts_converge_after_lost_fins_and_a_kill() {
+        let mut lab = Lab::new(3).unwrap();
+        let text = lab
+            .config_text(&vip(&lab, "least-connections", None))
+            .replacen("[encap]", "tcp_idle_timeout = \"3s\"\n\n[encap]", 1);
+        lab.write_config(&text);
+        lab.start_lbd().unwrap();
+        lab.wait_next_hops(Duration::from_secs(10)).unwrap();
+        let held = hold(&lab, 6);
+        // Twelve connections whose FINs the client's firewall drops: the
+        // balancer never learns they ended.
+        let nft = |args: &[&str]| {
+            let mut cmd = vec!["nft"];
+            cmd.extend(args);
+            netns::exec(&lab.client_ns, &cmd).expect("nft in the client namespace");
+        };
+        nft(&["add", "table", "inet", "lbtest"]);
+        nft(&[
+            "add", "chain", "inet", "lbtest", "out", "{", "type", "filter", "hook", "output",
+            "priority", "0", ";", "}",
+        ]);
+        nft(&[
+            "add", "rule", "inet", "lbtest", "out", "tcp", "flags", "&", "fin", "==", "fin", "drop",
+        ]);
+        lab.spread(web(), 12).unwrap();
+        lab.wait_status("18 counted", Duration::from_secs(3), |s| {
+            active_of(s, "web").values().sum::<u64>() == 18
+        })
+        .unwrap();
+        // lbd dies and comes back while the lost ones idle out.
+        lab.kill_lbd();
+        lab.start_lbd().unwrap();
+        let since = std::time::Instant::now();
+        let (at, s) = lab
+            .wait_status("back to the 6 held", Duration::from_secs(8), |s| {
+                active_of(s, "web").values().sum::<u64>() == 6
+            })
+            .unwrap();
+        // The truth, from the pinned table: counted, open and live.
+        let table = lab.conntrack().unwrap();
+        let now = lb::daemon::monotonic_ns();
+        let live = |e: &&lb_common::ConnEntry| {
+            lb_common::rules::conn_open(e.flags)
+                && lb_common::rules::conn_entry_live(
+                    now.saturating_sub(e.last_seen_ns),
+                    3_000_000_000,
+                )
+        };
+        let truth = table.values().filter(live).count();
+        println!(
+            "after a kill and 12 lost FINs: {:?} active ({:.1}s after the restart); the \
+             table: {} entries, {truth} open and live",
+            active_of(&s, "web"),
+            (at - since).as_secs_f64(),
+            table.len()
+        );
+        assert_eq!(truth, 6);
+        for c in held {
+            let r = c.stop();
+            assert!(r.error.is_none(), "{r:?}");
+        }
+    }
+}

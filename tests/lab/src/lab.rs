@@ -342,6 +342,9 @@ impl Lab {
             if let Some(n) = v.table_size {
                 t += &format!("table_size = {n}\n");
             }
+            if let Some(s) = v.scheduler {
+                t += &format!("scheduler = \"{s}\"\n");
+            }
             t += &format!("protocol = \"{}\"\nbackends = [\n", v.protocol);
             for (addr, weight) in &v.backends {
                 match weight {

@@ -82,6 +82,20 @@ pub fn health_of(status: &Json, vip: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Least-connections VIPs: each backend's active connections as lbd
+/// reports them (address → count; backends without a count are left out).
+pub fn active_of(status: &Json, vip: &str) -> BTreeMap<String, u64> {
+    vip_of(status, vip)
+        .get("backends")
+        .arr()
+        .iter()
+        .filter_map(|b| {
+            let n = b.get("active_connections").as_f64()?;
+            Some((b.get("addr").str().to_string(), n as u64))
+        })
+        .collect()
+}
+
 /// Whether `vip` fails open.
 pub fn fail_open_of(status: &Json, vip: &str) -> bool {
     vip_of(status, vip).get("fail_open").as_bool() == Some(true)

@@ -18,6 +18,8 @@ pub struct VipSpec {
     pub health: Option<HealthCheck>,
     /// `table_size` (`None`: the default).
     pub table_size: Option<u32>,
+    /// `scheduler` (`None`: the default, Maglev).
+    pub scheduler: Option<&'static str>,
 }
 
 impl VipSpec {
@@ -35,7 +37,14 @@ impl VipSpec {
             backends: backends.iter().map(|b| (*b, None)).collect(),
             health: None,
             table_size: None,
+            scheduler: None,
         }
+    }
+
+    /// The same VIP with `scheduler = "<name>"`.
+    pub fn with_scheduler(mut self, name: &'static str) -> Self {
+        self.scheduler = Some(name);
+        self
     }
 
     /// The same VIP with `protocol = "udp"`.
