@@ -9,6 +9,8 @@
 //! - `live`: packets/s through real veth devices with live frames.
 //! - `versus`: lb against HAProxy and nftables DNAT, HTTP through namespaces.
 //! - `control`: Maglev builds, applying changes, memory.
+//! - `skew`: Maglev, round-robin and least-connections in front of one
+//!   slow backend: latency and open connections per backend.
 //!
 //! Prints one markdown table per measurement and writes them all to
 //! `target/bench/report.json`.
@@ -18,6 +20,7 @@ mod live;
 mod packet;
 mod progs;
 mod report;
+mod skew;
 mod versus;
 
 use std::{path::PathBuf, time::Instant};
@@ -40,6 +43,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("live", live::run),
     ("versus", versus::run),
     ("control", control::run),
+    ("skew", skew::run),
 ];
 
 /// An error once the bench was asked to stop (Ctrl-C, SIGTERM): sections
@@ -48,7 +52,7 @@ pub fn interrupted() -> Result<()> {
     Ok(lb_lab::interrupt::check()?)
 }
 
-const USAGE: &str = "usage: bench [--quick] [--only packet,live,versus,control]";
+const USAGE: &str = "usage: bench [--quick] [--only packet,live,versus,control,skew]";
 
 fn main() -> Result<()> {
     let mut opts = Opts { quick: false };

@@ -75,6 +75,13 @@ const VIP6_IPIP: &str = "2001:db8:100::1";
 const VIP6_STATELESS: &str = "2001:db8:100::2";
 const VIP6_SRC_HASH: &str = "2001:db8:100::3";
 const VIP6_L2DSR: &str = "2001:db8:100::4";
+/// Round-robin and least-connections VIPs (10 backends each), and a
+/// least-connections VIP above the exact-scan bound (sampled choice).
+const VIP_RR: &str = "10.100.0.5";
+const VIP_LC: &str = "10.100.0.6";
+const VIP_LC_WIDE: &str = "10.100.0.7";
+/// Backends of the wide least-connections VIP: past `LC_EXACT_MAX`.
+const LC_WIDE_BACKENDS: u8 = 40;
 pub const NOT_A_VIP: &str = "10.200.0.1";
 const NOT_A_VIP6: &str = "2001:db8:200::1";
 /// The tunnel address lb-decap accepts (a backend's).
@@ -262,9 +269,16 @@ fn add_vips(t: &mut TestLb, all: bool) {
         forwarding: Forwarding::L2dsr,
         ..Default::default()
     };
+    let with = |scheduler| VipSettings {
+        scheduler,
+        ..Default::default()
+    };
+    // The new-flow rows of every scheduler run on the fresh balancer.
     let mut vips = vec![
         (VIP_IPIP, VipSettings::default()),
         (VIP6_IPIP, VipSettings::default()),
+        (VIP_RR, with(Scheduler::RoundRobin)),
+        (VIP_LC, with(Scheduler::LeastConnections)),
     ];
     if all {
         vips.extend([
@@ -283,12 +297,23 @@ fn add_vips(t: &mut TestLb, all: bool) {
             &backends(addr.contains(':')),
         );
     }
+    let wide: Vec<BackendSpec> = (1..=LC_WIDE_BACKENDS)
+        .map(|i| BackendSpec {
+            addr: IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)),
+            weight: 100,
+        })
+        .collect();
+    t.add_vip(
+        vip(VIP_LC_WIDE, 80, Proto::Tcp),
+        with(Scheduler::LeastConnections),
+        &wide,
+    );
 }
 
 fn load_lb(conntrack_size: u32, all: bool) -> TestLb {
     let mut t = TestLb::with_options(LoadOptions {
         limits: Limits {
-            max_vips: 8,
+            max_vips: 16,
             conntrack_size,
             ..Default::default()
         },
@@ -446,7 +471,8 @@ impl Bench {
         let hash6 = tcp_frame(c6, 40002, VIP6_SRC_HASH, TCP_ACK);
         let dsr = tcp_v4(c4, 40003, VIP_L2DSR);
         let dsr6 = tcp_frame(c6, 40003, VIP6_L2DSR, TCP_ACK);
-        for (f, growth) in [(&est, 20), (&est6, 40), (&hash, 20), (&hash6, 40), (&dsr, 0), (&dsr6, 0)] {
+        let lc = tcp_v4(c4, 40006, VIP_LC);
+        for (f, growth) in [(&est, 20), (&est6, 40), (&hash, 20), (&hash6, 40), (&dsr, 0), (&dsr6, 0), (&lc, 20)] {
             self.prime(f, XDP_TX, growth)?;
         }
         let (a, _) = try_run_xdp(self.traced.lb.program(), &est)?;
@@ -466,6 +492,10 @@ impl Bench {
             s("new flow, empty table (TCP ACK: miss, Maglev, insert)", "IPv4", Fresh, tcp_v4(c4, 40010, VIP_IPIP), Some(EMPTY_BASE), XDP_TX, MISS, Some(6.0)),
             s("new flow, empty table (TCP SYN: Maglev, insert, no lookup)", "IPv4", Fresh, tcp_frame(c4, 40011, VIP_IPIP, TCP_SYN), Some(SYN_BASE), XDP_TX, MISS, None),
             s("new flow, full table (TCP ACK: miss, Maglev, evict + insert)", "IPv4", Full, tcp_v4(c4, 40012, VIP_IPIP), Some(FULL_BASE), XDP_TX, MISS, None),
+            s("new flow, empty table, round-robin (miss, next in the sequence, insert)", "IPv4", Fresh, tcp_v4(c4, 40013, VIP_RR), Some(RR_BASE), XDP_TX, MISS, None),
+            s("new flow, empty table, least-connections, 10 backends (miss, exact scan, insert, count)", "IPv4", Fresh, tcp_v4(c4, 40014, VIP_LC), Some(LC_BASE), XDP_TX, MISS, None),
+            s("new flow, empty table, least-connections, 40 backends (miss, best of 2 sampled, insert, count)", "IPv4", Fresh, tcp_v4(c4, 40015, VIP_LC_WIDE), Some(LC_WIDE_BASE), XDP_TX, MISS, None),
+            s("least-connections VIP, established flow", "IPv4", Main, lc, None, XDP_TX, HIT, None),
             s("stateless VIP, IPIP", "IPv4", Main, tcp_v4(c4, 40004, VIP_STATELESS), None, XDP_TX, STATELESS, None),
             s("source-hash VIP, established flow", "IPv4", Main, hash, None, XDP_TX, HIT, None),
             s("l2dsr, established flow", "IPv4", Main, dsr, None, XDP_TX, HIT, None),
@@ -716,3 +746,6 @@ const SYN_BASE: u32 = 0x2000_0000;
 const FULL_BASE: u32 = 0x3000_0000;
 const EMPTY6_BASE: u32 = 0x4000_0000;
 const FULL6_BASE: u32 = 0x5000_0000;
+const RR_BASE: u32 = 0x6000_0000;
+const LC_BASE: u32 = 0x7000_0000;
+const LC_WIDE_BASE: u32 = 0x8000_0000;
