@@ -199,7 +199,7 @@ pub struct ConnEntry {
     /// (least-connections) and whether it has been un-counted since. Set
     /// with atomic or, so a flow is un-counted once however many CPUs see
     /// its FIN or RST.
-    /// 64 bits: the BPF target's only atomic width.
+    /// 64 bits: the only atomic width Rust's BPF target offers.
     pub flags: u64,
 }
 const _: () = assert!(size_of::<ConnEntry>() == 24);
@@ -209,6 +209,10 @@ pub const CONN_F_COUNTED: u64 = 1 << 0;
 /// ... and then in its `closed` (FIN, RST, or its entry found expired or
 /// stale).
 pub const CONN_F_CLOSED: u64 = 1 << 1;
+/// Made by a TCP SYN and not yet followed by another packet of the flow: a
+/// SYN that finds it is a retransmission of the handshake, and keeps the
+/// backend round-robin or least-connections gave the first one.
+pub const CONN_F_OPENING: u64 = 1 << 2;
 
 /// `BACKEND_CONNS` value, indexed by backend id: flows counted as opened
 /// and as closed on the backend. The program adds to both atomically (one

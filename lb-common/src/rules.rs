@@ -8,9 +8,9 @@ use crate::{
     hash::{maglev_slot, HashMode},
     maps::{
         Addr, AddrKey, Backend, ConnCount, FlowKey, VipInfo, VipKey, BACKEND_F_ACTIVE,
-        BACKEND_F_DOWN, CONN_F_CLOSED, CONN_F_COUNTED, FAMILY_V4, FAMILY_V6, LC_EXACT_MAX,
-        PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_F_LEAST_CONN, VIP_F_ROUND_ROBIN,
-        VIP_F_SRC_HASH, VIP_F_STATELESS,
+        BACKEND_F_DOWN, CONN_F_CLOSED, CONN_F_COUNTED, CONN_F_OPENING, FAMILY_V4, FAMILY_V6,
+        LC_EXACT_MAX, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_F_LEAST_CONN,
+        VIP_F_ROUND_ROBIN, VIP_F_SRC_HASH, VIP_F_STATELESS,
     },
 };
 
@@ -57,12 +57,24 @@ pub fn uses_conntrack(vip_flags: u32) -> bool {
 }
 
 /// Whether a packet consults the connection table at all: a TCP SYN starts
-/// a new connection and always follows the Maglev table, so an entry left by
-/// an earlier connection on the same 5-tuple cannot send it to a backend that
-/// is drained or no longer the table's choice.
+/// a new connection and follows the Maglev table, so an entry left by an
+/// earlier connection on the same 5-tuple cannot send it to a backend that
+/// is drained or no longer the table's choice (a retransmitted SYN lands
+/// where the first did anyway). Under round-robin and least-connections a
+/// SYN looks: a retransmitted one must keep the first one's backend
+/// ([`syn_keeps_entry`]).
 #[inline(always)]
 pub fn consults_conntrack(vip_flags: u32, tcp_syn: bool) -> bool {
-    uses_conntrack(vip_flags) && !tcp_syn
+    uses_conntrack(vip_flags) && (!tcp_syn || pick(vip_flags) != Pick::Hash)
+}
+
+/// Whether a TCP SYN that finds a live entry keeps it: only one made by a
+/// SYN and followed by nothing since (a retransmission of the handshake).
+/// An entry that saw more is an earlier connection on the same 5-tuple, and
+/// the SYN is placed afresh.
+#[inline(always)]
+pub fn syn_keeps_entry(entry_flags: u64) -> bool {
+    entry_flags & CONN_F_OPENING != 0
 }
 
 /// Whether a connection-table entry idle for `idle_ns` is still live.
@@ -167,9 +179,9 @@ pub fn rr_start(cpu: u32, ncpu: u32, len: u32) -> u32 {
 
 /// Whether a least-connections VIP's live array is its candidate list
 /// (scanned whole) rather than its Maglev table (sampled). User space
-/// writes the list only when it has at most `LC_EXACT_MAX` backends, and a
-/// Maglev table is always longer than that (it is larger than the number of
-/// its backends, which is then above `LC_EXACT_MAX`).
+/// writes the list when it has at most `LC_EXACT_MAX` backends, and a table
+/// only for more: user space refuses more weighted backends than the table
+/// size, so such a table is longer than `LC_EXACT_MAX`.
 #[inline(always)]
 pub fn lc_exact(vip: &VipInfo) -> bool {
     vip.table_size <= LC_EXACT_MAX
@@ -210,8 +222,10 @@ pub fn fewer_conns(a_active: u64, a_weight: u32, b_active: u64, b_weight: u32) -
     (cap(a_active) + 1) * u64::from(b_weight) < (cap(b_active) + 1) * u64::from(a_weight)
 }
 
-/// Whether the program counts a new flow of the VIP as active on its
-/// backend (only least-connections VIPs pay for the shared counters).
+/// Whether the program counts a flow of the VIP as active on its backend
+/// (only least-connections VIPs pay for the shared counters): from its
+/// first packet, or, for a flow that was there before the VIP switched to
+/// least-connections, from its next one.
 #[inline(always)]
 pub fn counts_conns(vip_flags: u32) -> bool {
     vip_flags & VIP_F_LEAST_CONN != 0
@@ -431,6 +445,13 @@ mod tests {
         assert!(conn_entry_live(5, 5) && !conn_entry_live(6, 5));
         assert!(consults_conntrack(0, false));
         assert!(!consults_conntrack(0, true), "a SYN follows the table");
+        assert!(
+            consults_conntrack(VIP_F_ROUND_ROBIN, true),
+            "a retransmitted SYN"
+        );
+        assert!(consults_conntrack(VIP_F_LEAST_CONN, true));
+        assert!(syn_keeps_entry(CONN_F_OPENING | CONN_F_COUNTED));
+        assert!(!syn_keeps_entry(CONN_F_COUNTED), "an earlier connection");
         assert!(!consults_conntrack(VIP_F_STATELESS, false));
     }
 

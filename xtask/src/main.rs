@@ -45,7 +45,7 @@ enum Command {
         /// Fewer rounds and shorter runs (under two minutes).
         #[arg(long)]
         quick: bool,
-        /// Only these sections (comma-separated: packet,live,versus,control).
+        /// Only these sections (comma-separated: packet,live,versus,control,skew).
         #[arg(long)]
         only: Option<String>,
         /// More arguments for the bench binary.

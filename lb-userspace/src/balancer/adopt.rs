@@ -18,9 +18,9 @@ use crate::model::{
 
 impl Balancer {
     /// Rebuilds the mirror from adopted maps: VIP and backend ids, which
-    /// table slot is live and what it holds, next hops. Weights are not in the
-    /// maps; the caller reconciles with its desired state right after, which
-    /// writes the idle slot and flips, so no VIP is ever without a table.
+    /// table slot is live and what it holds, weights, next hops. The caller
+    /// reconciles with its desired state right after, which writes the idle
+    /// slot and flips, so no VIP is ever without a table.
     pub(super) fn adopt(&mut self) -> Result<()> {
         let mut vips = Vec::new();
         for key in self.vip_map.keys() {
@@ -101,8 +101,15 @@ impl Balancer {
             state.tables[state.live_slot as usize] = (info.table_size > 0).then_some(table);
             for (bid, b) in backends_of.remove(&info.vip_id).unwrap_or_default() {
                 let addr = b.ip();
-                // Weight unknown until the caller's reconcile; only ids matter here.
-                state.backends.push((BackendSpec { addr, weight: 0 }, bid));
+                // As the program has it; the caller's reconcile with its
+                // desired state follows.
+                state.backends.push((
+                    BackendSpec {
+                        addr,
+                        weight: b.weight,
+                    },
+                    bid,
+                ));
                 if b.flags & BACKEND_F_DOWN != 0 {
                     state.down.push(addr);
                 }

@@ -7,16 +7,19 @@
 //! first packet); a scan of the table is the only truth there is.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use lb_common::{
     rules::{self, ConnScan},
-    ConnCount, ConnEntry, FlowKey, PROTO_TCP,
+    ConnCount, ConnEntry, FlowKey, VipKey, PROTO_TCP,
 };
 
 /// The counters, mapped.
@@ -118,22 +121,22 @@ pub struct Reconciled {
 }
 
 /// Counts the entries of the connection table that the program counts as
-/// active: counted, not closed, live by its idle timeout, on a backend id
-/// in `ids` (`is_valid` says whether the program would still take the
-/// entry's backend). Then corrects each id's counts by
-/// [`rules::conn_correction`] against counts read before and after.
-pub fn reconcile(
+/// active: counted, not closed, live by its idle timeout, and on a backend
+/// the program would still take for the flow (`takes(flow, backend id)`);
+/// reads `ids`' counts before and after.
+pub fn scan_live(
     mem: &ConnMem,
     table: BorrowedFd<'_>,
     ids: &[u32],
     now_ns: u64,
     timeouts: Timeouts,
-    is_valid: impl Fn(u32) -> bool,
-) -> io::Result<Reconciled> {
+    takes: impl Fn(&FlowKey, u32) -> bool,
+) -> io::Result<Scanned> {
     let before: Vec<ConnCount> = ids.iter().map(|id| mem.get(*id)).collect();
-    let mut out = Reconciled::default();
+    let mut entries = 0;
+    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
     scan(table, |key, entry| {
-        out.entries += 1;
+        entries += 1;
         let timeout = if key.proto == PROTO_TCP {
             timeouts.tcp_ns
         } else {
@@ -142,24 +145,100 @@ pub fn reconcile(
         let idle = now_ns.saturating_sub(entry.last_seen_ns);
         if rules::conn_open(entry.flags)
             && rules::conn_entry_live(idle, timeout)
-            && is_valid(entry.backend_id)
+            && takes(key, entry.backend_id)
         {
-            *out.live.entry(entry.backend_id).or_default() += 1;
+            *live.entry(entry.backend_id).or_default() += 1;
         }
     })?;
-    for (id, before) in ids.iter().zip(before) {
-        let scan = ConnScan {
-            before,
-            after: mem.get(*id),
-            live: out.live.get(id).copied().unwrap_or(0),
-        };
-        let (opened, closed) = rules::conn_correction(&scan);
-        if opened != 0 || closed != 0 {
-            mem.add(*id, opened, closed);
-            out.corrections.push((*id, opened, closed));
+    let scans = ids
+        .iter()
+        .zip(before)
+        .map(|(id, before)| {
+            (
+                *id,
+                ConnScan {
+                    before,
+                    after: mem.get(*id),
+                    live: live.get(id).copied().unwrap_or(0),
+                },
+            )
+        })
+        .collect();
+    Ok(Scanned {
+        entries,
+        live,
+        scans,
+    })
+}
+
+/// What a scan found, to be applied ([`Scanned::apply`]).
+#[derive(Debug)]
+pub struct Scanned {
+    entries: u64,
+    live: BTreeMap<u32, u64>,
+    scans: Vec<(u32, ConnScan)>,
+}
+
+impl Scanned {
+    /// Corrects each backend's counts by [`rules::conn_correction`].
+    pub fn apply(self, mem: &ConnMem) -> Reconciled {
+        let mut corrections = Vec::new();
+        for (id, scan) in &self.scans {
+            let (opened, closed) = rules::conn_correction(scan);
+            if opened != 0 || closed != 0 {
+                mem.add(*id, opened, closed);
+                corrections.push((*id, opened, closed));
+            }
+        }
+        Reconciled {
+            entries: self.entries,
+            live: self.live,
+            corrections,
         }
     }
-    Ok(out)
+}
+
+/// A reconcile taken out of the balancer, to run without holding whatever
+/// guards it: a table scan takes a while (a million entries are 24 MiB
+/// read in a few hundred system calls), and changes, health verdicts and
+/// status must not wait for it.
+pub struct ConnReconcile {
+    mem: Arc<ConnMem>,
+    table: OwnedFd,
+    ids: Vec<u32>,
+    /// The VIPs' ids by key, and each backend id's VIP id and whether the
+    /// program takes entries naming it (in the set, not down): the data
+    /// path's own test ([`rules::conn_backend_valid`]).
+    vips: HashMap<VipKey, u32>,
+    owners: HashMap<u32, (u32, bool)>,
+    timeouts: Timeouts,
+    /// The balancer's reset count when this was taken.
+    resets: u64,
+}
+
+impl ConnReconcile {
+    /// Reads the table; needs nothing of the balancer.
+    pub fn scan(&self, now_ns: u64) -> io::Result<Scanned> {
+        let takes = |flow: &FlowKey, id: u32| {
+            let vip = rules::find_vip(flow, |k| self.vips.get(k).copied());
+            self.owners
+                .get(&id)
+                .is_some_and(|(owner, valid)| *valid && Some(*owner) == vip)
+        };
+        scan_live(
+            &self.mem,
+            self.table.as_fd(),
+            &self.ids,
+            now_ns,
+            self.timeouts,
+            takes,
+        )
+    }
+
+    /// The balancer's reset count when this was taken.
+    pub fn resets(&self) -> u64 {
+        self.resets
+    }
 }
 
 /// Entries per `BPF_MAP_LOOKUP_BATCH` call: a bucket holds far fewer.
@@ -250,36 +329,66 @@ impl super::Balancer {
         self.conns.get(id)
     }
 
-    /// Makes the counts of every least-connections backend match the
-    /// connection table (see [`reconcile`]); `now_ns` is CLOCK_MONOTONIC.
-    pub fn reconcile_conns(&self, now_ns: u64) -> super::Result<Reconciled> {
-        use std::os::fd::AsFd;
-        // Ids the data path still takes entries for: a backend in its VIP's
-        // set and not down (unless the VIP fails open).
-        let mut valid = std::collections::BTreeSet::new();
+    /// Backend ids given out again so far (their counts reset): a
+    /// reconcile taken before the last one must not apply its corrections.
+    pub fn conn_resets(&self) -> u64 {
+        self.conn_resets
+    }
+
+    /// What a reconcile needs to scan on its own ([`ConnReconcile::scan`],
+    /// without holding the balancer); `None` when no VIP counts
+    /// connections. Its result is applied with [`Self::apply_conns`].
+    pub fn conn_reconcile(&self) -> super::Result<Option<ConnReconcile>> {
+        use crate::model::Scheduler;
         let mut ids = Vec::new();
-        for s in self.vips.values() {
-            let counted = s.settings.scheduler == crate::model::Scheduler::LeastConnections;
+        let mut vips = HashMap::new();
+        let mut owners = HashMap::new();
+        for (vip, s) in &self.vips {
+            vips.insert(super::vip_key(vip), s.vip_id);
             for (b, id) in &s.backends {
-                if counted {
+                if s.settings.scheduler == Scheduler::LeastConnections {
                     ids.push(*id);
                 }
-                if s.fail_open || !s.down.contains(&b.addr) {
-                    valid.insert(*id);
-                }
+                owners.insert(*id, (s.vip_id, s.fail_open || !s.down.contains(&b.addr)));
             }
         }
         if ids.is_empty() {
-            return Ok(Reconciled::default());
+            return Ok(None);
         }
-        reconcile(
-            &self.conns,
-            self.conntrack_fd.as_fd(),
-            &ids,
-            now_ns,
-            self.timeouts,
-            |id| valid.contains(&id),
-        )
-        .map_err(|e| super::MapsError::Options(format!("reading the connection table: {e}")))
+        let table = self
+            .conntrack_fd
+            .try_clone()
+            .map_err(|e| super::MapsError::Options(format!("CONNTRACK descriptor: {e}")))?;
+        Ok(Some(ConnReconcile {
+            mem: self.conns.clone(),
+            table,
+            ids,
+            vips,
+            owners,
+            timeouts: self.timeouts,
+            resets: self.conn_resets,
+        }))
+    }
+
+    /// Applies a scan taken from [`Self::conn_reconcile`] `job`, unless a
+    /// backend id was given out again since (its counts restarted from
+    /// zero, so the scan's view of it is stale): `None` then, and the next
+    /// reconcile does it.
+    pub fn apply_conns(&self, job: &ConnReconcile, scanned: Scanned) -> Option<Reconciled> {
+        (job.resets() == self.conn_resets).then(|| scanned.apply(&self.conns))
+    }
+
+    /// A whole reconcile, here and now (tests, and whoever holds the
+    /// balancer anyway).
+    pub fn reconcile_conns(&self, now_ns: u64) -> super::Result<Reconciled> {
+        let Some(job) = self.conn_reconcile()? else {
+            return Ok(Reconciled::default());
+        };
+        let scanned = job
+            .scan(now_ns)
+            .map_err(|e| super::MapsError::Options(format!("reading the connection table: {e}")))?;
+        Ok(self
+            .apply_conns(&job, scanned)
+            .expect("nothing was reset meanwhile: we hold the balancer"))
     }
 }

@@ -34,7 +34,7 @@ mod settings;
 mod table_mem;
 mod vips;
 
-pub use conns::Reconciled;
+pub use conns::{ConnReconcile, Reconciled};
 pub use error::MapsError;
 pub use layout::{LoadOptions, PROGRAM_NAME, TOO_BIG_PROGRAM_NAME, TRACE_PROGRAM_NAME};
 pub use query::{vip_key, Counters, EntryCheck, NextChoice, Prediction, Route};
@@ -142,7 +142,9 @@ pub struct Balancer {
     rr_cursor: PerCpuArray<MapData, u32>,
     /// Least-connections counters: kept for its fd, used through `conns`.
     _backend_conns: Array<MapData, lb_common::ConnCount>,
-    conns: conns::ConnMem,
+    conns: std::sync::Arc<conns::ConnMem>,
+    /// Backend ids whose counts were reset (given out again).
+    conn_resets: u64,
     timeouts: conns::Timeouts,
     /// Possible CPUs (per-CPU values, round-robin starts).
     ncpu: u32,
@@ -259,7 +261,8 @@ impl Balancer {
             backend_stats: take!(ebpf, "BACKEND_STATS"),
             rr_cursor: take!(ebpf, "RR_CURSOR"),
             _backend_conns: backend_conns,
-            conns,
+            conns: std::sync::Arc::new(conns),
+            conn_resets: 0,
             timeouts: conns::Timeouts {
                 tcp_ns: tcp,
                 udp_ns: udp,

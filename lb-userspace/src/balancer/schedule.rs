@@ -23,6 +23,10 @@ pub fn live_array(scheduler: Scheduler, backends: &[MaglevBackend], size: u32) -
             }
         }
         Scheduler::RoundRobin => round_robin(backends, size),
+        // The program tells the list from the table by its length
+        // (`rules::lc_exact`): a table is longer than `LC_EXACT_MAX` because
+        // it holds more backends than that, and validation refuses more
+        // weighted backends than `size`.
         Scheduler::LeastConnections => {
             let weighted = by_address(backends);
             if weighted.len() <= (LC_EXACT_MAX.min(size)) as usize {

@@ -174,6 +174,7 @@ impl Balancer {
         // start again from zero.
         for (id, b, down) in entries.iter().filter(|(id, _, _)| fresh.contains(id)) {
             self.conns.reset(*id);
+            self.conn_resets += 1;
             self.write_backend(*id, vip_id, b, *down)?;
         }
         // A new table size needs a region of that size; the old one stays
@@ -208,6 +209,21 @@ impl Balancer {
             } else {
                 // The half now holds a mix: forget what it held so the next
                 // write rewrites all of it.
+                self.vips.get_mut(&vip).expect("present").tables[slot as usize] = None;
+            }
+            return Err(e);
+        }
+        // Round-robin cursors before the switch (a cursor past the end of
+        // the sequence still live wraps), so nothing can fail after it.
+        let cursors = if scheduler == Scheduler::RoundRobin {
+            self.start_cursors(vip_id, live_len)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = cursors {
+            if resized {
+                release(&mut self.pool, region);
+            } else {
                 self.vips.get_mut(&vip).expect("present").tables[slot as usize] = None;
             }
             return Err(e);
@@ -248,9 +264,6 @@ impl Balancer {
         // move).
         for (id, b, down) in entries.iter().filter(|(id, _, _)| !fresh.contains(id)) {
             self.write_backend(*id, vip_id, b, *down)?;
-        }
-        if scheduler == Scheduler::RoundRobin {
-            self.start_cursors(vip_id, live_len)?;
         }
         Ok(())
     }

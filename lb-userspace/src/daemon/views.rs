@@ -447,8 +447,8 @@ fn scheduler_reasons(
                 format!("the smallest (active + 1) / weight over all {candidates} candidates")
             } else {
                 format!(
-                    "the smaller (active + 1) / weight of {} backends sampled from the \
-                     {candidates}-slot Maglev table (more than {} backends)",
+                    "the smaller (active + 1) / weight of {} backends sampled by weight from \
+                     the VIP's Maglev table ({candidates} backends, more than {})",
                     lb_common::LC_CHOICES,
                     lb_common::LC_EXACT_MAX
                 )
@@ -457,6 +457,9 @@ fn scheduler_reasons(
                 format!("least-connections: a new flow takes {how}"),
                 format!("fewest now: {addr} with {active} active, weight {weight}"),
             ];
+            if !*exact {
+                r.push("sampled: that is the likeliest choice, not a certain one".into());
+            }
             if *ties > 1 {
                 r.push(format!(
                     "{ties} backends tie: the data path picks among them at random"

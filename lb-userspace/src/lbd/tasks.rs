@@ -39,24 +39,53 @@ pub const CONN_RECONCILE: Duration = Duration::from_secs(1);
 
 /// Least-connections: once a period, corrects each backend's active count
 /// for the flows the kernel dropped without the program seeing (LRU
-/// evictions, entries that expired untouched, replaced entries). Failures
-/// are logged and retried next period: the counts only drift meanwhile.
+/// evictions, entries that expired untouched, replaced entries). The table
+/// is scanned on a blocking thread without holding the daemon; failures are
+/// logged and retried next period: the counts only drift meanwhile.
 pub(super) async fn reconcile_conns(daemon: Shared) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(CONN_RECONCILE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
-        if !d.balancer().counts_conns() {
+        let job = {
+            let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+            d.balancer().conn_reconcile()
+        };
+        let job = match job {
+            Ok(Some(job)) => job,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("reconciling least-connections counts: {e}");
+                continue;
+            }
+        };
+        let now = crate::daemon::monotonic_ns();
+        let scan = tokio::task::spawn_blocking(move || {
+            let scanned = job.scan(now);
+            (job, scanned)
+        });
+        let Ok((job, scanned)) = scan.await else {
+            tracing::warn!("reconciling least-connections counts: the scan failed");
             continue;
-        }
-        match d.balancer().reconcile_conns(crate::daemon::monotonic_ns()) {
-            Ok(r) if !r.corrections.is_empty() => tracing::debug!(
+        };
+        let scanned = match scanned {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(
+                    "reconciling least-connections counts: reading the connection table: {e}"
+                );
+                continue;
+            }
+        };
+        let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+        match d.balancer().apply_conns(&job, scanned) {
+            Some(r) if !r.corrections.is_empty() => tracing::debug!(
                 entries = r.entries,
                 corrections = ?r.corrections,
                 "least-connections counts corrected from the connection table"
             ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("reconciling least-connections counts: {e}"),
+            Some(_) => {}
+            None => tracing::debug!("a backend id was given out during the scan: next period"),
         }
     }
 }

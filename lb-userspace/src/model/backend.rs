@@ -37,8 +37,13 @@ pub enum SpecError {
     BadVipAddr(IpAddr),
     #[error("VIP {vip}: scheduler {} needs the connection table (a flow must stay where it was placed): drop `stateless` (`conntrack = false` in the config file) or use maglev or source-hash", .scheduler.name())]
     StatelessScheduler { vip: VipId, scheduler: Scheduler },
-    #[error("VIP {vip}: {count} weighted backends do not fit a round-robin sequence of table_size {size}; raise table_size")]
-    SequenceTooShort { vip: VipId, count: usize, size: u32 },
+    #[error("VIP {vip}: {count} weighted backends do not fit the {} array of table_size {size}; raise table_size", .scheduler.name())]
+    SequenceTooShort {
+        vip: VipId,
+        scheduler: Scheduler,
+        count: usize,
+        size: u32,
+    },
 }
 
 fn family(a: &IpAddr) -> &'static str {
@@ -102,9 +107,13 @@ pub fn validate_backends(
         }
     }
     let weighted = backends.iter().filter(|b| b.weight > 0).count();
-    if settings.scheduler == Scheduler::RoundRobin && weighted > settings.table_size as usize {
+    // Round-robin needs a place per backend in its sequence; least-connections
+    // tells its candidate list from its Maglev table by length, which only
+    // works while a table has room for every backend.
+    if settings.scheduler.needs_conntrack() && weighted > settings.table_size as usize {
         return Err(SpecError::SequenceTooShort {
             vip: *vip,
+            scheduler: settings.scheduler,
             count: weighted,
             size: settings.table_size,
         });

@@ -1,6 +1,7 @@
-//! Atomic read-modify-writes on map memory shared by every CPU. The BPF
-//! target has no compare-and-swap, so core's atomic types offer none of
-//! these; the intrinsics lower to the kernel's `BPF_ATOMIC` instructions.
+//! Atomic read-modify-writes on map memory shared by every CPU. Rust's BPF
+//! target declares no compare-and-swap, so core's atomic types offer no
+//! read-modify-write at all; the intrinsics lower to the kernel's
+//! `BPF_ATOMIC` instructions.
 //!
 //! An add whose result is unused may be relaxed: it becomes the plain
 //! `lock +=`. A fetch whose result is used must not be relaxed: LLVM then
@@ -14,6 +15,12 @@ use core::intrinsics::{self, AtomicOrdering};
 #[inline(always)]
 pub fn add(p: *mut u64, n: u64) {
     unsafe { intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
+}
+
+/// `*p &= bits`, atomically; nothing returned.
+#[inline(always)]
+pub fn and(p: *mut u64, bits: u64) {
+    unsafe { intrinsics::atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(p, bits) };
 }
 
 /// `*p |= bits`, atomically; returns the value before.

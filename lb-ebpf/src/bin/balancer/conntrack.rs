@@ -6,7 +6,7 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     rules, ConnEntry, Counter, FlowKey, HashMode, VipInfo, CONN_F_CLOSED, CONN_F_COUNTED,
-    CONN_TOUCH_NS, PROTO_TCP,
+    CONN_F_OPENING, CONN_TOUCH_NS, PROTO_TCP,
 };
 
 use crate::{atomic, maps, select, stats, Out};
@@ -14,10 +14,11 @@ use crate::{atomic, maps, select, stats, Out};
 /// What the packet says about its flow's life.
 #[derive(Clone, Copy)]
 pub struct Life {
-    /// Starts a connection (TCP SYN): follows the scheduler whatever entry
-    /// exists: an entry left by an earlier connection on the same 5-tuple
-    /// (a reused client port) must not send a new connection to a backend
-    /// that is drained or no longer the scheduler's choice.
+    /// Starts a connection (TCP SYN): follows the scheduler, not an entry
+    /// left by an earlier connection on the same 5-tuple (a reused client
+    /// port), which must not send it to a backend that is drained or no
+    /// longer the scheduler's choice; but a retransmitted SYN keeps the
+    /// first one's backend ([`rules::syn_keeps_entry`]).
     pub starts: bool,
     /// Ends it (TCP FIN or RST): un-counted from its backend's active
     /// connections.
@@ -39,7 +40,7 @@ pub fn lookup_or_select(
 ) -> Result<(u32, u32, bool), Out> {
     let now = now_ns();
     let hit = if rules::consults_conntrack(vip.flags, life.starts) {
-        lookup(flow, vip, now, life.ends)
+        lookup(flow, vip, now, life)
     } else {
         stats::count(Counter::ConnMiss);
         None
@@ -57,22 +58,26 @@ pub fn lookup_or_select(
     }
     let id = select::new_flow(vip, hash)?;
     if life.records {
-        record(flow, vip, id, hash, now);
+        record(flow, vip, id, hash, now, life);
     }
     Ok((id, hash, false))
 }
 
 /// Records a new flow's entry; for least-connections, counts it as opened
-/// on its backend (only once the entry exists, so every count has an entry
-/// that can un-count it).
+/// on its backend once the entry exists (a flow whose first packet seen
+/// ends it is recorded, not counted).
 #[inline(always)]
-fn record(flow: &FlowKey, vip: &VipInfo, id: u32, hash: u32, now: u64) {
-    let counts = rules::counts_conns(vip.flags);
+fn record(flow: &FlowKey, vip: &VipInfo, id: u32, hash: u32, now: u64, life: Life) {
+    let counts = rules::counts_conns(vip.flags) && !life.ends;
+    let mut flags = if counts { CONN_F_COUNTED } else { 0 };
+    if life.starts {
+        flags |= CONN_F_OPENING;
+    }
     let entry = ConnEntry {
         backend_id: id,
         flow_hash: hash,
         last_seen_ns: now,
-        flags: if counts { CONN_F_COUNTED } else { 0 },
+        flags,
     };
     if maps::CONNTRACK.insert(flow, entry, 0).is_err() {
         stats::count(Counter::ConnInsertFailed);
@@ -94,10 +99,11 @@ pub fn now_ns() -> u64 {
 }
 
 /// The flow's live entry: its backend and the hash it recorded. An entry
-/// found dead (expired, stale) is un-counted before the caller replaces it,
-/// and so is a live one when the packet `ends` the flow.
+/// found dead (expired, stale, or an earlier connection a SYN replaces) is
+/// un-counted before the caller replaces it, and so is a live one when the
+/// packet ends the flow.
 #[inline(always)]
-pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, ends: bool) -> Option<(u32, u32)> {
+pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, life: Life) -> Option<(u32, u32)> {
     let Some(entry) = maps::CONNTRACK.get_ptr_mut(flow) else {
         stats::count(Counter::ConnMiss);
         return None;
@@ -123,16 +129,40 @@ pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, ends: bool) -> Option<(u3
         uncount(entry);
         return None;
     }
+    if life.starts && !rules::syn_keeps_entry(entry.flags) {
+        // An earlier connection on this 5-tuple: the SYN is placed afresh.
+        stats::count(Counter::ConnStale);
+        uncount(entry);
+        return None;
+    }
     // Refresh at most once a second: a write per packet would bounce the
     // entry's cache line between CPUs for no gain in precision.
     if idle > CONN_TOUCH_NS {
         entry.last_seen_ns = now;
     }
-    if ends {
+    // Plain reads first: the atomics below run once per flow at most.
+    if !life.starts && entry.flags & CONN_F_OPENING != 0 {
+        atomic::and(&raw mut entry.flags, !CONN_F_OPENING);
+    }
+    if life.ends {
         uncount(entry);
+    } else if entry.flags & CONN_F_COUNTED == 0 && rules::counts_conns(vip.flags) {
+        count_late(entry);
     }
     stats::count(Counter::ConnHit);
     Some((id, entry.flow_hash))
+}
+
+/// Counts a flow that was placed before its VIP switched to
+/// least-connections, at its first packet since, once.
+#[inline(always)]
+fn count_late(entry: &mut ConnEntry) {
+    let before = atomic::fetch_or(&raw mut entry.flags, CONN_F_COUNTED);
+    if before & (CONN_F_COUNTED | CONN_F_CLOSED) == 0 {
+        if let Some(c) = maps::BACKEND_CONNS.get_ptr_mut(entry.backend_id) {
+            atomic::add(unsafe { &raw mut (*c).opened }, 1);
+        }
+    }
 }
 
 /// Counts a counted flow as closed on its backend, once: the flag is set

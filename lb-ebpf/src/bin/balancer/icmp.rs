@@ -21,7 +21,12 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out
     crate::stats::count(kind);
     let hash = lb_common::flow_hash(&flow, rules::hash_mode(vip.flags, HashMode::FiveTuple));
     let known = if rules::uses_conntrack(vip.flags) {
-        conntrack::lookup(&flow, &vip, conntrack::now_ns(), false).map(|(id, _)| id)
+        let about = conntrack::Life {
+            starts: false,
+            ends: false,
+            records: false,
+        };
+        conntrack::lookup(&flow, &vip, conntrack::now_ns(), about).map(|(id, _)| id)
     } else {
         None
     };
