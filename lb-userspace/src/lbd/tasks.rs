@@ -34,8 +34,18 @@ pub(super) async fn sample_rates(daemon: Shared) -> anyhow::Result<()> {
 }
 
 /// How often least-connections counts are made to match the connection
-/// table again (also right at start, and so right after an adopted start).
+/// table again (also right at start, and so right after an adopted start),
+/// at most: see [`reconcile_pause`].
 pub const CONN_RECONCILE: Duration = Duration::from_secs(1);
+
+/// The pause after a reconcile whose scan took `scan`: the period, or nine
+/// times the scan, whichever is longer, so that reading a large table (a
+/// few million entries take a second or more) never takes more than a
+/// tenth of a CPU, and never starves the data path's CPUs of memory
+/// bandwidth back to back.
+pub fn reconcile_pause(scan: Duration) -> Duration {
+    CONN_RECONCILE.max(scan * 9)
+}
 
 /// Least-connections: once a period, corrects each backend's active count
 /// for the flows the kernel dropped without the program seeing (LRU
@@ -43,10 +53,10 @@ pub const CONN_RECONCILE: Duration = Duration::from_secs(1);
 /// is scanned on a blocking thread without holding the daemon; failures are
 /// logged and retried next period: the counts only drift meanwhile.
 pub(super) async fn reconcile_conns(daemon: Shared) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(CONN_RECONCILE);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pause = Duration::ZERO;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(pause).await;
+        pause = CONN_RECONCILE;
         let job = {
             let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
             d.balancer().conn_reconcile()
@@ -60,6 +70,7 @@ pub(super) async fn reconcile_conns(daemon: Shared) -> anyhow::Result<()> {
             }
         };
         let now = crate::daemon::monotonic_ns();
+        let started = std::time::Instant::now();
         let scan = tokio::task::spawn_blocking(move || {
             let scanned = job.scan(now);
             (job, scanned)
@@ -68,6 +79,15 @@ pub(super) async fn reconcile_conns(daemon: Shared) -> anyhow::Result<()> {
             tracing::warn!("reconciling least-connections counts: the scan failed");
             continue;
         };
+        let took = started.elapsed();
+        pause = reconcile_pause(took);
+        if pause > CONN_RECONCILE {
+            tracing::debug!(
+                scan = ?took,
+                next_in = ?pause,
+                "the connection table is large: least-connections counts reconciled less often"
+            );
+        }
         let scanned = match scanned {
             Ok(s) => s,
             Err(e) => {
@@ -81,6 +101,7 @@ pub(super) async fn reconcile_conns(daemon: Shared) -> anyhow::Result<()> {
         match d.balancer().apply_conns(&job, scanned) {
             Some(r) if !r.corrections.is_empty() => tracing::debug!(
                 entries = r.entries,
+                scan = ?took,
                 corrections = ?r.corrections,
                 "least-connections counts corrected from the connection table"
             ),
