@@ -10,13 +10,13 @@ use std::{
     collections::{BTreeMap, HashMap},
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-    ptr::NonNull,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
 };
 
+use super::mapping::Mapping;
 use lb_common::{
     rules::{self, ConnScan},
     ConnCount, ConnEntry, FlowKey, VipKey, PROTO_TCP,
@@ -24,40 +24,16 @@ use lb_common::{
 
 /// The counters, mapped.
 pub struct ConnMem {
-    base: NonNull<AtomicU64>,
+    mem: Mapping,
     entries: u32,
-    bytes: usize,
 }
-
-// SAFETY: shared memory owned by this value, reached only through atomics.
-unsafe impl Send for ConnMem {}
-// SAFETY: as for Send.
-unsafe impl Sync for ConnMem {}
 
 impl ConnMem {
     /// Maps an array of `entries` `ConnCount` made with `BPF_F_MMAPABLE`.
     pub fn map(fd: BorrowedFd<'_>, entries: u32) -> io::Result<ConnMem> {
-        let bytes = entries as usize * size_of::<ConnCount>();
-        // SAFETY: a fresh shared mapping of the map's memory; the kernel
-        // checks the length against the map and the flag.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(ptr.cast::<AtomicU64>()).ok_or(io::ErrorKind::InvalidData)?;
         Ok(ConnMem {
-            base,
+            mem: Mapping::new(fd, entries as usize * size_of::<ConnCount>())?,
             entries,
-            bytes,
         })
     }
 
@@ -65,7 +41,7 @@ impl ConnMem {
         // SAFETY: in bounds of the mapping, which lives as long as `self`;
         // values are 16 bytes, so each word is 8-byte aligned.
         (id < self.entries).then(|| unsafe {
-            let p = self.base.as_ptr().add(id as usize * 2);
+            let p = self.mem.base::<AtomicU64>().add(id as usize * 2);
             (&*p, &*p.add(1))
         })
     }
@@ -92,13 +68,6 @@ impl ConnMem {
     pub fn reset(&self, id: u32) {
         let c = self.get(id);
         self.add(id, c.opened.wrapping_neg(), c.closed.wrapping_neg());
-    }
-}
-
-impl Drop for ConnMem {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `map`.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }
 

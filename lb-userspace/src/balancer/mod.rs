@@ -18,7 +18,8 @@
 //! `vips` (VIP entries and table switching, over `pool`, `table_mem` and
 //! `maglev`), `backends` (backend entries, down marks, next hops), `query`
 //! (reads), `schedule` (what a VIP's live array holds, by scheduler),
-//! `conns` (least-connections counters and their reconcile), `error`.
+//! `conns` (least-connections counters and their reconcile), `mapping`
+//! (mmap'ed arrays), `error`.
 
 mod adopt;
 mod attach;
@@ -27,6 +28,7 @@ mod conns;
 mod error;
 mod layout;
 pub mod maglev;
+mod mapping;
 mod pool;
 mod query;
 pub mod schedule;

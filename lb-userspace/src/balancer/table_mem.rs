@@ -13,59 +13,35 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
-    ptr::NonNull,
+    os::fd::BorrowedFd,
     sync::atomic::{AtomicU32, Ordering},
 };
+
+use super::mapping::Mapping;
 
 /// Bytes between array values in the kernel's layout (`round_up(4, 8)`).
 const STRIDE: usize = 8;
 
 pub struct TableMem {
-    base: NonNull<AtomicU32>,
+    mem: Mapping,
     entries: u32,
-    bytes: usize,
 }
-
-// SAFETY: the mapping is plain shared memory owned by this value; all
-// access goes through atomics.
-unsafe impl Send for TableMem {}
-// SAFETY: as for Send: shared references only reach the memory through
-// atomics.
-unsafe impl Sync for TableMem {}
 
 impl TableMem {
     /// Maps an array map of `entries` u32 values created with
     /// `BPF_F_MMAPABLE`.
     pub fn map(fd: BorrowedFd<'_>, entries: u32) -> io::Result<TableMem> {
-        let bytes = (entries as usize * STRIDE).max(1);
-        // SAFETY: a fresh shared mapping of the map's memory; the kernel
-        // checks the length against the map and the flag.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(ptr.cast::<AtomicU32>()).ok_or(io::ErrorKind::InvalidData)?;
         Ok(TableMem {
-            base,
+            mem: Mapping::new(fd, entries as usize * STRIDE)?,
             entries,
-            bytes,
         })
     }
 
     fn slot(&self, i: u32) -> Option<&AtomicU32> {
         let words = STRIDE / 4;
         // SAFETY: in bounds of the mapping, which lives as long as `self`.
-        (i < self.entries).then(|| unsafe { &*self.base.as_ptr().add(i as usize * words) })
+        (i < self.entries)
+            .then(|| unsafe { &*self.mem.base::<AtomicU32>().add(i as usize * words) })
     }
 
     pub fn get(&self, i: u32) -> Option<u32> {
@@ -82,12 +58,5 @@ impl TableMem {
     /// Orders every store before whatever makes them live.
     pub fn publish(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
-    }
-}
-
-impl Drop for TableMem {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `map`.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

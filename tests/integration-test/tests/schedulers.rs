@@ -82,6 +82,22 @@ fn active(t: &TestLb, v: &VipId) -> Vec<u64> {
 
 /// CPUs online (not the calling thread's affinity, which a pinned test
 /// narrows to one).
+/// Keeps the test on CPU 0 until dropped: each CPU has its own round-robin
+/// cursor, so only one CPU's walk is predictable.
+fn on_cpu0() -> cpu::Affinity {
+    let restore = cpu::Affinity::save().unwrap();
+    cpu::pin(0).unwrap();
+    restore
+}
+
+/// A balancer with the test VIP under `scheduler`, backends `B` weighted.
+fn lb_with(scheduler: Scheduler, weights: &[u32]) -> (TestLb, VipId) {
+    let mut t = TestLb::new();
+    let v = vip(VIP, 80, Proto::Tcp);
+    t.add_vip(v, with(scheduler), &weighted(weights));
+    (t, v)
+}
+
 fn online_cpus() -> usize {
     // SAFETY: a plain query.
     unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
@@ -91,11 +107,8 @@ fn online_cpus() -> usize {
 
 #[test]
 fn round_robin_gives_exact_shares_on_one_cpu() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
-    let mut t = TestLb::new();
-    let v = vip(VIP, 80, Proto::Tcp);
-    t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&[500, 100, 100]));
+    let _cpu = on_cpu0();
+    let (mut t, v) = lb_with(Scheduler::RoundRobin, &[500, 100, 100]);
     let seq: Vec<IpAddr> =
         t.lb.live_table(&v)
             .unwrap()
@@ -128,9 +141,7 @@ fn round_robin_gives_exact_shares_on_one_cpu() {
 fn round_robin_on_two_cpus_stays_within_one_flow_per_cpu() {
     assert!(online_cpus() >= 2, "this test needs two CPUs online");
     let _restore = cpu::Affinity::save().unwrap();
-    let mut t = TestLb::new();
-    let v = vip(VIP, 80, Proto::Tcp);
-    t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&[500, 100, 100]));
+    let (mut t, _) = lb_with(Scheduler::RoundRobin, &[500, 100, 100]);
     let picks: Vec<IpAddr> = (0..3000)
         .map(|i| {
             // Uneven: two flows on CPU 0 for every one on CPU 1.
@@ -156,12 +167,9 @@ fn round_robin_on_two_cpus_stays_within_one_flow_per_cpu() {
 
 #[test]
 fn round_robin_is_smooth() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
+    let _cpu = on_cpu0();
     for weights in [[100, 100, 100], [200, 100, 100], [300, 200, 200]] {
-        let mut t = TestLb::new();
-        let v = vip(VIP, 80, Proto::Tcp);
-        t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&weights));
+        let (mut t, _) = lb_with(Scheduler::RoundRobin, &weights);
         let picks: Vec<IpAddr> = (0..60).map(|i| open(&mut t, i)).collect();
         // No backend twice in a row, also where the cursor wraps: every
         // weight here is at most half the total.
@@ -171,9 +179,7 @@ fn round_robin_is_smooth() {
     }
     // 5:1:1 cannot avoid repeats, but interleaves: never three in a row
     // within a period.
-    let mut t = TestLb::new();
-    let v = vip(VIP, 80, Proto::Tcp);
-    t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&[5, 1, 1]));
+    let (mut t, _) = lb_with(Scheduler::RoundRobin, &[5, 1, 1]);
     let period: Vec<IpAddr> = (0..7).map(|i| open(&mut t, i)).collect();
     assert!(
         period.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
@@ -183,11 +189,8 @@ fn round_robin_is_smooth() {
 
 #[test]
 fn round_robin_follows_backend_changes_and_keeps_established_flows() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
-    let mut t = TestLb::new();
-    let v = vip(VIP, 80, Proto::Tcp);
-    t.add_vip(v, with(Scheduler::RoundRobin), &weighted(&[100, 100, 100]));
+    let _cpu = on_cpu0();
+    let (mut t, v) = lb_with(Scheduler::RoundRobin, &[100, 100, 100]);
     let first: Vec<IpAddr> = (0..3).map(|i| open(&mut t, i)).collect();
     assert_eq!(counts(&first).len(), 3);
     // Drain the third: new flows alternate over the other two, and the
@@ -208,15 +211,8 @@ fn round_robin_follows_backend_changes_and_keeps_established_flows() {
 
 #[test]
 fn new_flows_go_to_the_least_loaded_until_they_even_out() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
-    let mut t = TestLb::new();
-    let v = vip(VIP, 80, Proto::Tcp);
-    t.add_vip(
-        v,
-        with(Scheduler::LeastConnections),
-        &weighted(&[100, 0, 0]),
-    );
+    let _cpu = on_cpu0();
+    let (mut t, v) = lb_with(Scheduler::LeastConnections, &[100, 0, 0]);
     // 30 long-lived connections, pinned unevenly: 20, 7, 3.
     let mut next = 0;
     for (i, n) in [20, 7, 3].iter().enumerate() {
@@ -255,15 +251,8 @@ fn new_flows_go_to_the_least_loaded_until_they_even_out() {
 
 #[test]
 fn least_connections_respects_weights() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
-    let mut t = TestLb::new();
-    let v = vip(VIP, 80, Proto::Tcp);
-    t.add_vip(
-        v,
-        with(Scheduler::LeastConnections),
-        &weighted(&[200, 100, 100]),
-    );
+    let _cpu = on_cpu0();
+    let (mut t, v) = lb_with(Scheduler::LeastConnections, &[200, 100, 100]);
     for i in 0..40 {
         open(&mut t, i);
     }
@@ -276,8 +265,7 @@ fn least_connections_respects_weights() {
 
 #[test]
 fn above_the_bound_the_best_of_two_samples_still_evens_out() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
+    let _cpu = on_cpu0();
     let mut t = TestLb::new();
     let v = vip(VIP, 80, Proto::Tcp);
     let n = LC_EXACT_MAX as usize + 8;
@@ -311,12 +299,9 @@ fn above_the_bound_the_best_of_two_samples_still_evens_out() {
 
 #[test]
 fn a_retransmitted_syn_keeps_its_backend_an_earlier_connection_does_not() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
+    let _cpu = on_cpu0();
     for scheduler in [Scheduler::RoundRobin, Scheduler::LeastConnections] {
-        let mut t = TestLb::new();
-        let v = vip(VIP, 80, Proto::Tcp);
-        t.add_vip(v, with(scheduler), &weighted(&[100, 100, 100]));
+        let (mut t, v) = lb_with(scheduler, &[100, 100, 100]);
         let first = open(&mut t, 1);
         // Its SYN again (the SYN-ACK was late): the same backend, once.
         for _ in 0..3 {
@@ -341,11 +326,8 @@ fn a_retransmitted_syn_keeps_its_backend_an_earlier_connection_does_not() {
 
 #[test]
 fn a_fin_or_rst_that_finds_no_entry_counts_nothing() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
-    let mut t = TestLb::new();
-    let v = vip(VIP, 80, Proto::Tcp);
-    t.add_vip(v, with(Scheduler::LeastConnections), &weighted(&[100, 100]));
+    let _cpu = on_cpu0();
+    let (mut t, v) = lb_with(Scheduler::LeastConnections, &[100, 100]);
     send(&mut t, flow(1).with_flags(TCP_FIN | TCP_ACK));
     let (action, _) = t.run(&flow(2).with_flags(TCP_RST).build());
     assert_eq!(action, XDP_TX);
@@ -354,8 +336,7 @@ fn a_fin_or_rst_that_finds_no_entry_counts_nothing() {
 
 #[test]
 fn switching_to_least_connections_counts_the_flows_already_there() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
+    let _cpu = on_cpu0();
     let mut t = TestLb::new();
     let v = vip(VIP, 80, Proto::Tcp);
     let set = weighted(&[100, 100, 100]);
@@ -389,11 +370,8 @@ fn switching_to_least_connections_counts_the_flows_already_there() {
 
 #[test]
 fn a_flow_is_counted_once_and_uncounted_once() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
-    let mut t = TestLb::new();
-    let v = vip(VIP, 80, Proto::Tcp);
-    t.add_vip(v, with(Scheduler::LeastConnections), &weighted(&[100]));
+    let _cpu = on_cpu0();
+    let (mut t, v) = lb_with(Scheduler::LeastConnections, &[100]);
     let total = |t: &TestLb| active(t, &v)[0];
     open(&mut t, 1);
     assert_eq!(total(&t), 1);
@@ -466,8 +444,7 @@ impl Drop for PinDir {
 
 #[test]
 fn counts_converge_to_the_table_after_evictions_lost_fins_expiry_and_a_restart() {
-    let _restore = cpu::Affinity::save().unwrap();
-    cpu::pin(0).unwrap();
+    let _cpu = on_cpu0();
     let dir = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/lb-test-schedulers-{}",
         std::process::id()
