@@ -83,8 +83,6 @@ pub struct Timeouts {
 pub struct Reconciled {
     /// Entries in the connection table.
     pub entries: u64,
-    /// Counted, open and live entries per backend id.
-    pub live: BTreeMap<u32, u64>,
     /// Corrections applied: (backend id, added to opened, added to closed).
     pub corrections: Vec<(u32, u64, u64)>,
 }
@@ -133,18 +131,13 @@ pub fn scan_live(
             )
         })
         .collect();
-    Ok(Scanned {
-        entries,
-        live,
-        scans,
-    })
+    Ok(Scanned { entries, scans })
 }
 
 /// What a scan found, to be applied ([`Scanned::apply`]).
 #[derive(Debug)]
 pub struct Scanned {
     entries: u64,
-    live: BTreeMap<u32, u64>,
     scans: Vec<(u32, ConnScan)>,
 }
 
@@ -161,7 +154,6 @@ impl Scanned {
         }
         Reconciled {
             entries: self.entries,
-            live: self.live,
             corrections,
         }
     }
@@ -272,14 +264,6 @@ struct BatchAttr {
 }
 
 impl super::Balancer {
-    /// Whether any VIP counts connections (least-connections): only then is
-    /// there anything to reconcile.
-    pub fn counts_conns(&self) -> bool {
-        self.vips
-            .values()
-            .any(|s| s.settings.scheduler == crate::model::Scheduler::LeastConnections)
-    }
-
     /// Active connections of each backend of a least-connections VIP, as
     /// the data path counts them (`None`: no such VIP, or another
     /// scheduler).

@@ -203,27 +203,18 @@ impl Balancer {
             Ok(0)
         };
         self.last_table_writes = *written.as_ref().unwrap_or(&0);
-        if let Err(e) = written {
-            if resized {
-                release(&mut self.pool, region);
-            } else {
-                // The half now holds a mix: forget what it held so the next
-                // write rewrites all of it.
-                self.vips.get_mut(&vip).expect("present").tables[slot as usize] = None;
-            }
-            return Err(e);
-        }
         // Round-robin cursors before the switch (a cursor past the end of
         // the sequence still live wraps), so nothing can fail after it.
-        let cursors = if scheduler == Scheduler::RoundRobin {
-            self.start_cursors(vip_id, live_len)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = cursors {
+        let ready = written.and_then(|_| match scheduler {
+            Scheduler::RoundRobin => self.start_cursors(vip_id, live_len),
+            _ => Ok(()),
+        });
+        if let Err(e) = ready {
             if resized {
                 release(&mut self.pool, region);
             } else {
+                // The half may hold a mix: forget what it held so the next
+                // write rewrites all of it.
                 self.vips.get_mut(&vip).expect("present").tables[slot as usize] = None;
             }
             return Err(e);

@@ -84,9 +84,20 @@ fn record(flow: &FlowKey, vip: &VipInfo, id: u32, hash: u32, now: u64, life: Lif
         return;
     }
     if counts {
-        if let Some(c) = maps::BACKEND_CONNS.get_ptr_mut(id) {
-            atomic::add(unsafe { &raw mut (*c).opened }, 1);
-        }
+        add_count(id, false);
+    }
+}
+
+/// One more flow opened (`closed` false) or closed on backend `id`.
+#[inline(always)]
+fn add_count(id: u32, closed: bool) {
+    if let Some(c) = maps::BACKEND_CONNS.get_ptr_mut(id) {
+        let word = if closed {
+            unsafe { &raw mut (*c).closed }
+        } else {
+            unsafe { &raw mut (*c).opened }
+        };
+        atomic::add(word, 1);
     }
 }
 
@@ -159,9 +170,7 @@ pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, life: Life) -> Option<(u3
 fn count_late(entry: &mut ConnEntry) {
     let before = atomic::fetch_or(&raw mut entry.flags, CONN_F_COUNTED);
     if before & (CONN_F_COUNTED | CONN_F_CLOSED) == 0 {
-        if let Some(c) = maps::BACKEND_CONNS.get_ptr_mut(entry.backend_id) {
-            atomic::add(unsafe { &raw mut (*c).opened }, 1);
-        }
+        add_count(entry.backend_id, false);
     }
 }
 
@@ -179,8 +188,6 @@ fn uncount(entry: &mut ConnEntry) {
     if !rules::conn_open(before) {
         return;
     }
-    if let Some(c) = maps::BACKEND_CONNS.get_ptr_mut(entry.backend_id) {
-        atomic::add(unsafe { &raw mut (*c).closed }, 1);
-    }
+    add_count(entry.backend_id, true);
     stats::count(Counter::ConnUncounted);
 }
