@@ -1,6 +1,10 @@
 //! Helpers shared by the balancer and the decap program: bounds-checked
 //! packet access, Ethernet/VLAN parsing and the IPv4 header checksum.
 #![no_std]
+// `unaligned`: BPF inline assembly.
+#![feature(asm_experimental_arch)]
+
+pub mod unaligned;
 
 use core::mem::size_of;
 
@@ -40,7 +44,23 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 #[inline(always)]
 pub fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     let p: *const [u8; 2] = ptr_at(ctx, off)?;
-    Some(u16::from_be_bytes(unsafe { *p }))
+    // SAFETY: `ptr_at` checked the two bytes are inside the frame.
+    Some(u16::from_be(unsafe { unaligned::load16(p.cast()) }))
+}
+
+/// A 32-bit header field of packet (or map) memory as it lies there: one
+/// load (`unaligned`). Addresses are kept in this order throughout.
+#[inline(always)]
+pub fn field32(f: &[u8; 4]) -> u32 {
+    // SAFETY: a reference to four readable bytes.
+    unsafe { unaligned::load32(f.as_ptr()) }
+}
+
+/// A 16-bit field of packet memory sent in network byte order, as a number.
+#[inline(always)]
+pub fn field16_be(f: &[u8; 2]) -> u16 {
+    // SAFETY: a reference to two readable bytes.
+    u16::from_be(unsafe { unaligned::load16(f.as_ptr()) })
 }
 
 /// Layer 2 of a frame: where the IP header starts and what it is.
@@ -68,6 +88,25 @@ pub fn parse_l2(ctx: &XdpContext) -> Option<L2> {
         l3_off: ETH_HLEN,
         proto,
     })
+}
+
+/// Internet checksum of a 20-byte IPv4 header as five words in memory order
+/// (the words are summed whole and folded: the one's-complement sum does not
+/// depend on which 16-bit halves are added first). Returned in memory
+/// order, ready to store.
+#[inline(always)]
+pub fn ipv4_checksum_words(words: &[u32; 5]) -> u16 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < 5 {
+        sum += words[i] as u64;
+        i += 1;
+    }
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 /// Internet checksum of a 20-byte IPv4 header held in memory we own (the

@@ -37,6 +37,7 @@
 
 mod concurrency;
 mod frames;
+mod previous;
 mod results;
 mod sizes;
 pub mod timing;
@@ -62,7 +63,7 @@ use crate::{
 };
 pub use frames::tcp_v4;
 use frames::{flow_key, tcp_frame, truncated_l4, varied};
-use results::{cost_table, Results, Round, MIN_ROUNDS};
+use results::{cost_table, pinbench_table, Results, Round, MIN_ROUNDS};
 use timing::{on_measure_cpu, per_call, pin, run_expect, Affinity};
 
 pub const CLIENT_V4: &str = "198.51.100.7";
@@ -99,8 +100,11 @@ const USER_FLOWS: u32 = 0x0800_0000;
 const WARM_REPEAT: u32 = 10_000;
 const WARM_CALLS: usize = 500;
 /// The balancer for everything but new flows: established flows, the
-/// 2-CPU measurement's new flows.
-const MAIN_CONNTRACK: u32 = 1 << 20;
+/// 2-CPU measurement's new flows. 8M entries, the size the per-packet
+/// comparisons with other balancers are made at (`previous.rs`).
+const MAIN_CONNTRACK: u32 = 1 << 23;
+/// The traced copy: only established flows.
+const TRACED_CONNTRACK: u32 = 1 << 20;
 
 pub struct Config {
     pub rounds: usize,
@@ -143,7 +147,10 @@ pub fn run(opts: &crate::Opts) -> Result<Vec<Table>> {
     let mut bench = Bench::new(&cfg)?;
     let scenarios = bench.scenarios()?;
     let results = bench.rounds(&cfg, &scenarios)?;
-    let mut tables = vec![cost_table(&cfg, &scenarios, &results, &bench)];
+    let mut tables = vec![
+        pinbench_table(&cfg, &scenarios, &results),
+        cost_table(&cfg, &scenarios, &results, &bench),
+    ];
     tables.push(concurrency::measure(&mut bench, &cfg)?);
     tables.push(sizes::table(&bench.sizes));
     Ok(tables)
@@ -357,7 +364,7 @@ impl Bench {
         let room = cfg.new_flow_room();
         let conntrack_size = room * possible_cpus() as u32;
         let mut main = load_lb(MAIN_CONNTRACK, true);
-        let mut traced = load_lb(MAIN_CONNTRACK, true);
+        let mut traced = load_lb(TRACED_CONNTRACK, true);
         traced.lb.set_trace(lb_common::debug::DebugConfig {
             enabled: 1,
             vip_id: lb_common::debug::DEBUG_ALL_VIPS,

@@ -19,7 +19,9 @@ use lb_common::{
     outer_source_v4, outer_source_v6, rules, Addr, Backend, Counter, LbConfig, VipInfo,
     BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, VIP_F_L2DSR,
 };
-use lb_ebpf::{ipv4_header_checksum, ptr_at, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN};
+use lb_ebpf::{
+    ipv4_checksum_words, ptr_at, unaligned, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
+};
 
 use crate::{maps, parse::Packet, stats, Out};
 
@@ -30,10 +32,40 @@ const OUTER_TTL: u8 = 64;
 /// Where a frame leaves and with which MAC addresses.
 pub struct NextHop {
     pub ifindex: u32,
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
+    /// The destination and source MAC addresses as the first twelve bytes
+    /// of the Ethernet header, in three words ([`NextHop::macs`]), so they
+    /// are written with three stores.
+    pub macs: [u32; 3],
     /// The egress MTU; 0: not known (no check).
     pub mtu: u32,
+}
+
+impl NextHop {
+    /// The MAC words of a next hop held as byte arrays (on the stack).
+    #[inline(always)]
+    pub fn macs(dst: &[u8; 6], src: &[u8; 6]) -> [u32; 3] {
+        [
+            u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]),
+            u32::from_ne_bytes([dst[4], dst[5], src[0], src[1]]),
+            u32::from_ne_bytes([src[2], src[3], src[4], src[5]]),
+        ]
+    }
+
+    /// The MAC words of a backend's resolved next hop, read from its map
+    /// entry a word at a time.
+    #[inline(always)]
+    fn backend_macs(b: &Backend) -> [u32; 3] {
+        let dst = b.dst_mac.as_ptr();
+        let src = b.src_mac.as_ptr();
+        // SAFETY: both are six bytes of the backend's map value.
+        unsafe {
+            [
+                unaligned::load32(dst),
+                unaligned::load16(dst.add(4)) as u32 | (unaligned::load16(src) as u32) << 16,
+                unaligned::load32(src.add(2)),
+            ]
+        }
+    }
 }
 
 /// Sends the packet to backend `backend_id` of `vip`, counting it against
@@ -48,7 +80,7 @@ pub fn to_backend(
     frame_len: u64,
 ) -> Result<Out, Out> {
     let backend = match maps::backend(backend_id) {
-        Some(b) if b.flags & BACKEND_F_ACTIVE != 0 => *b,
+        Some(b) if b.flags & BACKEND_F_ACTIVE != 0 => b,
         _ => return Err(Out::Drop(Counter::DropBadBackend)),
     };
     let l2dsr = vip.flags & VIP_F_L2DSR != 0;
@@ -59,7 +91,7 @@ pub fn to_backend(
     }
     let cfg = maps::config();
     let overhead = rules::encap_overhead(l2dsr, pkt.flow.family);
-    let nh = next_hop(ctx, pkt, &backend, cfg, l2dsr, overhead, hash)?;
+    let nh = next_hop(ctx, pkt, backend, cfg, l2dsr, overhead, hash)?;
     if nh.mtu != 0 && pkt.ip_len + overhead > nh.mtu as usize {
         return Err(Out::TooBig(nh.mtu.saturating_sub(overhead as u32)));
     }
@@ -100,8 +132,7 @@ fn next_hop(
     if backend.flags & BACKEND_F_NEXTHOP != 0 {
         return Ok(NextHop {
             ifindex: backend.ifindex,
-            dst_mac: backend.dst_mac,
-            src_mac: backend.src_mac,
+            macs: NextHop::backend_macs(backend),
             mtu: backend.mtu as u32,
         });
     }
@@ -135,8 +166,7 @@ fn next_hop(
         // The lookup checked the MTU against `tot_len` already.
         BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
             ifindex: p.ifindex,
-            dst_mac: p.dmac,
-            src_mac: p.smac,
+            macs: NextHop::macs(&p.dmac, &p.smac),
             mtu: 0,
         }),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
@@ -155,8 +185,34 @@ fn next_hop(
 /// L2 DSR: the frame goes to the backend's MAC, from ours.
 #[inline(always)]
 fn set_macs(ctx: &XdpContext, nh: &NextHop) -> Result<(), Out> {
-    let macs: *mut [[u8; 6]; 2] = ptr_at(ctx, 0).ok_or(Out::Drop(Counter::DropTruncated))?;
-    unsafe { *macs = [nh.dst_mac, nh.src_mac] };
+    write_macs(ctx, nh, Out::Drop(Counter::DropTruncated))
+}
+
+/// The first twelve bytes of the frame: the next hop's MAC addresses.
+#[inline(always)]
+fn write_macs(ctx: &XdpContext, nh: &NextHop, short: Out) -> Result<(), Out> {
+    let macs: *mut [u32; 3] = ptr_at(ctx, 0).ok_or(short)?;
+    let p: *mut u8 = macs.cast();
+    // SAFETY: `ptr_at` checked the twelve bytes are inside the frame.
+    unsafe {
+        unaligned::store32(p, nh.macs[0]);
+        unaligned::store32(p.add(4), nh.macs[1]);
+        unaligned::store32(p.add(8), nh.macs[2]);
+    }
+    Ok(())
+}
+
+/// Writes header words to packet memory at `off`.
+#[inline(always)]
+fn write_words<const N: usize>(ctx: &XdpContext, off: usize, words: &[u32; N]) -> Result<(), Out> {
+    let dst: *mut [u32; N] = ptr_at(ctx, off).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
+    let p: *mut u8 = dst.cast();
+    let mut i = 0;
+    while i < N {
+        // SAFETY: `ptr_at` checked all N words are inside the frame.
+        unsafe { unaligned::store32(p.add(4 * i), words[i]) };
+        i += 1;
+    }
     Ok(())
 }
 
@@ -186,31 +242,31 @@ pub fn push_outer(
     nh: &NextHop,
 ) -> Result<(), Out> {
     let tagged = pkt.l2.l3_off > ETH_HLEN;
-    let mut tag = [0u8; 4];
+    let mut tag = 0u32;
     if tagged {
         let t: *const [u8; 4] =
             ptr_at(ctx, ETH_HLEN - 2).ok_or(Out::Drop(Counter::DropTruncated))?;
-        tag = unsafe { *t };
+        tag = lb_ebpf::field32(unsafe { &*t });
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(len as i32)) } != 0 {
         return Err(Out::Drop(Counter::DropNoHeadroom));
     }
     let no_room = Out::Drop(Counter::DropNoHeadroom);
-    let macs: *mut [[u8; 6]; 2] = ptr_at(ctx, 0).ok_or(no_room)?;
-    unsafe { *macs = [nh.dst_mac, nh.src_mac] };
+    write_macs(ctx, nh, no_room)?;
     let type_off = if tagged {
-        let t: *mut [u8; 4] = ptr_at(ctx, ETH_HLEN - 2).ok_or(no_room)?;
-        unsafe { *t = tag };
+        write_words(ctx, ETH_HLEN - 2, &[tag])?;
         ETH_HLEN + 2
     } else {
         ETH_HLEN - 2
     };
     let et: *mut [u8; 2] = ptr_at(ctx, type_off).ok_or(no_room)?;
-    unsafe { *et = ether_type.to_be_bytes() };
+    // SAFETY: `ptr_at` checked the two bytes are inside the frame.
+    unsafe { unaligned::store16(et.cast(), ether_type.to_be()) };
     Ok(())
 }
 
-/// IPv4-in-IPv4 (RFC 2003): fresh TTL, the inner TOS and DF copied.
+/// IPv4-in-IPv4 (RFC 2003): fresh TTL, the inner TOS and DF copied. Built
+/// as five words in memory order and written with five stores.
 #[inline(always)]
 fn encap_v4(
     ctx: &XdpContext,
@@ -219,36 +275,18 @@ fn encap_v4(
     dst: &Addr,
     nh: &NextHop,
 ) -> Result<(), Out> {
-    let mut h = [0u8; IPV4_HLEN];
-    h[0] = 0x45;
-    h[1] = pkt.tos;
-    let [l0, l1] = ((pkt.ip_len + IPV4_HLEN) as u16).to_be_bytes();
-    h[2] = l0;
-    h[3] = l1;
-    let [i0, i1] = pkt.ip_id.to_be_bytes();
-    h[4] = i0;
-    h[5] = i1;
-    h[6] = if pkt.df { 0x40 } else { 0 };
-    h[8] = OUTER_TTL;
-    h[9] = PROTO_IPIP;
-    let [s0, s1, s2, s3] = src.to_ne_bytes();
-    let [d0, d1, d2, d3] = dst[0].to_ne_bytes();
-    h[12] = s0;
-    h[13] = s1;
-    h[14] = s2;
-    h[15] = s3;
-    h[16] = d0;
-    h[17] = d1;
-    h[18] = d2;
-    h[19] = d3;
-    let [c0, c1] = ipv4_header_checksum(&h).to_be_bytes();
-    h[10] = c0;
-    h[11] = c1;
+    let total = ((pkt.ip_len + IPV4_HLEN) as u16).to_be() as u32;
+    let frag = if pkt.df { 0x40u32 } else { 0 };
+    let mut h = [
+        0x45 | (pkt.tos as u32) << 8 | total << 16,
+        pkt.ip_id.to_be() as u32 | frag << 16,
+        OUTER_TTL as u32 | (PROTO_IPIP as u32) << 8,
+        *src,
+        dst[0],
+    ];
+    h[2] |= (ipv4_checksum_words(&h) as u32) << 16;
     push_outer(ctx, pkt, IPV4_HLEN, ETH_P_IP, nh)?;
-    let outer: *mut [u8; IPV4_HLEN] =
-        ptr_at(ctx, pkt.l2.l3_off).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
-    unsafe { *outer = h };
-    Ok(())
+    write_words(ctx, pkt.l2.l3_off, &h)
 }
 
 /// IPv6-in-IPv6 (RFC 2473): fresh hop limit, the inner traffic class copied,
@@ -275,12 +313,7 @@ fn encap_v6(
     h[8] = dst[2];
     h[9] = dst[3];
     push_outer(ctx, pkt, IPV6_HLEN, ETH_P_IPV6, nh)?;
-    let outer: *mut [u32; IPV6_HLEN / 4] =
-        ptr_at(ctx, pkt.l2.l3_off).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
-    // The outer header may sit at an odd 2-byte boundary (after a 14-byte
-    // Ethernet header): write it unaligned.
-    unsafe { core::ptr::write_unaligned(outer, h) };
-    Ok(())
+    write_words(ctx, pkt.l2.l3_off, &h)
 }
 
 /// Out of the interface it came in on, or redirected to another.

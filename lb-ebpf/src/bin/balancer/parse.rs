@@ -10,7 +10,10 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Addr, Counter, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
-use lb_ebpf::{parse_l2, ptr_at, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, L2};
+use lb_ebpf::{
+    field16_be, field32, parse_l2, ptr_at, unaligned, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
+    L2,
+};
 use network_types::{ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{maps, Out};
@@ -65,19 +68,19 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Out> {
 /// passes anyway, and pays nothing for it.
 #[inline(always)]
 fn for_this_host(ctx: &XdpContext) -> bool {
-    let mac = &maps::config().if_mac;
+    let mac = maps::config().if_mac.as_ptr();
     // Two loads and compares, not a byte loop (or a `bcmp` call BPF lacks).
-    let want_hi = u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]);
-    let want_lo = u16::from_ne_bytes([mac[4], mac[5]]);
+    // SAFETY: `if_mac` is six bytes of the settings' map value.
+    let (want_hi, want_lo) = unsafe { (unaligned::load32(mac), unaligned::load16(mac.add(4))) };
     if want_hi == 0 && want_lo == 0 {
         return true;
     }
-    let (Some(hi), Some(lo)) = (ptr_at::<u32>(ctx, 0), ptr_at::<u16>(ctx, 4)) else {
+    let Some(frame) = ptr_at::<[u8; 6]>(ctx, 0) else {
         return false;
     };
-    // SAFETY: `ptr_at` checked both reads are inside the frame; unaligned
-    // reads of packet data are what the verifier allows on this target.
-    unsafe { hi.read_unaligned() == want_hi && lo.read_unaligned() == want_lo }
+    let frame: *const u8 = frame.cast();
+    // SAFETY: `ptr_at` checked the six bytes are inside the frame.
+    unsafe { unaligned::load32(frame) == want_hi && unaligned::load16(frame.add(4)) == want_lo }
 }
 
 /// The outcome for a packet to `dst` that is malformed for `reason`.
@@ -95,7 +98,7 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
     let l3 = l2.l3_off;
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Out::Pass(Counter::PassMalformed))?;
     let ip = unsafe { &*ip };
-    let dst: Addr = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+    let dst: Addr = [field32(&ip.dst_addr), 0, 0, 0];
     if !maps::maybe_vip(&dst) {
         return Err(Out::Pass(Counter::PassNotVip));
     }
@@ -109,20 +112,20 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
     if ip.vihl >> 4 != 4 || hlen < IPV4_HLEN {
         return Err(bad(Counter::DropBadHeader));
     }
-    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let ip_len = field16_be(&ip.tot_len) as usize;
     if ip_len < hlen {
         return Err(bad(Counter::DropBadHeader));
     }
     if l3 + ip_len > ctx.data_end() - ctx.data() {
         return Err(bad(Counter::DropTruncated));
     }
-    let frags = u16::from_be_bytes(ip.frags);
+    let frags = field16_be(&ip.frags);
     let mut pkt = Packet {
         l2,
         l4_off: l3 + hlen,
         ip_len,
         flow: FlowKey {
-            src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+            src: [field32(&ip.src_addr), 0, 0, 0],
             dst,
             sport: 0,
             dport: 0,
@@ -136,7 +139,7 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
         fragment: frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
         tos: ip.tos,
         df: frags & IPV4_DF != 0,
-        ip_id: u16::from_be_bytes(ip.id),
+        ip_id: field16_be(&ip.id),
     };
     // Fragments are steered without ports (a first fragment's are read, but
     // every fragment is placed by addresses alone); ICMP is parsed by `icmp`.
@@ -214,9 +217,10 @@ fn parse_ports(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Result<(), 
     // The IP length was checked against the frame, but the verifier needs
     // its own bounds check for this read.
     let ports: *const [u8; 4] = ptr_at(ctx, pkt.l4_off).ok_or(Out::Pass(Counter::PassMalformed))?;
-    let ports = unsafe { *ports };
-    pkt.flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
-    pkt.flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+    // Both ports in one load, each kept in network byte order.
+    let ports = field32(unsafe { &*ports });
+    pkt.flow.sport = ports as u16;
+    pkt.flow.dport = (ports >> 16) as u16;
     if f.proto == PROTO_TCP {
         let flags: *const u8 =
             ptr_at(ctx, pkt.l4_off + 13).ok_or(Out::Pass(Counter::PassMalformed))?;
@@ -228,13 +232,17 @@ fn parse_ports(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Result<(), 
     Ok(())
 }
 
-/// An IPv6 address as four packet-order words.
+/// An IPv6 address of packet memory as four packet-order words.
 #[inline(always)]
 pub fn words(a: &[u8; 16]) -> Addr {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
+    let p = a.as_ptr();
+    // SAFETY: a reference to sixteen readable bytes.
+    unsafe {
+        [
+            unaligned::load32(p),
+            unaligned::load32(p.add(4)),
+            unaligned::load32(p.add(8)),
+            unaligned::load32(p.add(12)),
+        ]
+    }
 }

@@ -128,8 +128,7 @@ fn reverse_l2(ctx: &XdpContext) -> Result<forward::NextHop, Out> {
     let [dst, src] = unsafe { *macs };
     Ok(forward::NextHop {
         ifindex: 0,
-        dst_mac: src,
-        src_mac: dst,
+        macs: forward::NextHop::macs(&src, &dst),
         mtu: 0,
     })
 }

@@ -1,6 +1,6 @@
 //! The figures over rounds, and the section's main table.
 
-use super::{timing::min, Bench, Config, Scenario};
+use super::{previous, timing::min, Bench, Config, Scenario};
 use crate::report::{median, possible_cpus, Cell, Table};
 
 /// One series over rounds: the main figure, and the `repeat=1` one.
@@ -201,5 +201,69 @@ pub fn cost_table(cfg: &Config, scenarios: &[Scenario], res: &Results, bench: &B
             steal * 100.0
         ));
     }
+    t
+}
+
+/// The headline rows by the method other XDP balancers are compared with:
+/// the wrapper tail-calling the program against the wrapper tail-calling
+/// `XDP_PASS` (the floor), both timed in the same round; net = target −
+/// floor per round, median over rounds. Next to them, the previous
+/// release's net figures by the same method (`previous.rs`).
+pub fn pinbench_table(cfg: &Config, scenarios: &[Scenario], res: &Results) -> Table {
+    let mut t = Table::new(
+        format!(
+            "packet, headline: ns per packet over the wrapper + XDP_PASS floor (repeat={}, \
+             {} rounds, 8M-entry connection table)",
+            cfg.repeat, res.used_rounds
+        ),
+        &[
+            "scenario",
+            "IP",
+            "floor min / median",
+            "target min / median",
+            "net median",
+            "previous release net",
+            "now / previous",
+        ],
+    );
+    // T(wrapper → XDP_PASS) per round: the directly run floor plus W.
+    let floor: Vec<f64> = res
+        .pass
+        .ns
+        .iter()
+        .zip(&res.w.ns)
+        .map(|(p, w)| p + w)
+        .collect();
+    for row in previous::ROWS {
+        let Some((_, series)) = scenarios
+            .iter()
+            .zip(&res.scenarios)
+            .find(|(s, _)| s.name == row.scenario && s.family == row.family)
+        else {
+            continue;
+        };
+        let target: Vec<f64> = series
+            .ns
+            .iter()
+            .zip(&res.w.ns)
+            .map(|(x, w)| x + w)
+            .collect();
+        let net: Vec<f64> = target.iter().zip(&floor).map(|(x, f)| x - f).collect();
+        let now = median(&net);
+        t.row(vec![
+            Cell::text(row.label),
+            Cell::text(row.family),
+            Cell::text(format!("{:.0} / {:.0}", min(&floor), median(&floor))),
+            Cell::text(format!("{:.0} / {:.0}", min(&target), median(&target))),
+            Cell::num(now, 1),
+            Cell::num(row.net_ns, 1),
+            if row.net_ns > 0.0 {
+                Cell::num(now / row.net_ns, 2)
+            } else {
+                Cell::None
+            },
+        ]);
+    }
+    t.note(previous::SOURCE.to_string());
     t
 }
