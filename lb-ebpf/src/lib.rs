@@ -102,6 +102,13 @@ pub fn ipv4_checksum_words(words: &[u32; 5]) -> u16 {
         sum += words[i] as u64;
         i += 1;
     }
+    checksum_fold(sum)
+}
+
+/// Folds a ones' complement sum of memory-order words (16- or 32-bit) to
+/// the 16-bit Internet checksum, in memory order.
+#[inline(always)]
+pub fn checksum_fold(mut sum: u64) -> u16 {
     sum = (sum & 0xffff_ffff) + (sum >> 32);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);

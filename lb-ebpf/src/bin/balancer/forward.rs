@@ -20,7 +20,8 @@ use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP, FAMILY_V4, PROTO_IPIP, PROTO_IPV6, VIP_F_L2DSR,
 };
 use lb_ebpf::{
-    ipv4_checksum_words, ptr_at, unaligned, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN,
+    field32, ipv4_checksum_words, ptr_at, unaligned, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN,
+    IPV6_HLEN,
 };
 
 use crate::{maps, parse::Packet, stats, Out};
@@ -246,7 +247,7 @@ pub fn push_outer(
     if tagged {
         let t: *const [u8; 4] =
             ptr_at(ctx, ETH_HLEN - 2).ok_or(Out::Drop(Counter::DropTruncated))?;
-        tag = lb_ebpf::field32(unsafe { &*t });
+        tag = field32(unsafe { &*t });
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(len as i32)) } != 0 {
         return Err(Out::Drop(Counter::DropNoHeadroom));

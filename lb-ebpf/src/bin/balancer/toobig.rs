@@ -178,12 +178,8 @@ fn sum_bytes(bytes: &[u8]) -> u64 {
 
 /// Folds a sum to the 16-bit checksum, in memory byte order.
 #[inline(always)]
-fn fold(mut sum: u64) -> [u8; 2] {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_ne_bytes()
+fn fold(sum: u64) -> [u8; 2] {
+    lb_ebpf::checksum_fold(sum).to_ne_bytes()
 }
 
 #[inline(always)]

@@ -1,8 +1,9 @@
 //! The previous release's per-packet figures, for the headline table: what
 //! each change to the data path is held against. Net ns over the wrapper +
 //! `XDP_PASS` floor (the headline table's method: the previous bench's "ns
-//! over the floor" column), from the previous release's own full bench run;
-//! replace them with the current figures when a release is cut.
+//! over the floor" column), from the previous release's own bench
+//! (`--only packet`) on the machine kind the figures in the README come
+//! from; replace them with the current figures when a release is cut.
 
 pub struct Row {
     /// The scenario's name and family in the main table.
@@ -13,37 +14,37 @@ pub struct Row {
     pub net_ns: f64,
 }
 
-pub const SOURCE: &str = "previous release: e3d7753 (round-robin and least-connections), its full `cargo xtask bench` on the 2-CPU VM, a loaded run (1M-entry table): compare ratios with care, and only a run on a quiet machine against a quiet one";
+pub const SOURCE: &str = "previous release: e3d7753 (round-robin and least-connections), its own `cargo xtask bench --only packet` on the 2-CPU VM (1M-entry table, load average 2.1 at the start): the machine is noisy, so a ratio here is a direction, and an interleaved A/B run of both builds is the figure to quote";
 
 pub const ROWS: &[Row] = &[
     Row {
         scenario: "established flow (table hit), IPIP",
         family: "IPv4",
         label: "established flow → IPIP",
-        net_ns: 294.0,
+        net_ns: 300.0,
     },
     Row {
         scenario: "established flow (table hit), IP6IP6",
         family: "IPv6",
         label: "established flow → IP6IP6",
-        net_ns: 312.0,
+        net_ns: 290.0,
     },
     Row {
         scenario: "new flow, empty table (TCP ACK: miss, Maglev, insert)",
         family: "IPv4",
         label: "new flow each packet (TCP ACK: miss, Maglev, insert)",
-        net_ns: 1041.0,
+        net_ns: 1206.0,
     },
     Row {
         scenario: "not a VIP: pass-through",
         family: "IPv4",
         label: "not a VIP",
-        net_ns: 18.0,
+        net_ns: 7.0,
     },
     Row {
         scenario: "VIP packet dropped as malformed (L4 truncated)",
         family: "IPv4",
         label: "malformed VIP packet (L4 truncated)",
-        net_ns: 87.0,
+        net_ns: 90.0,
     },
 ];

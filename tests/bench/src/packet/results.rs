@@ -100,9 +100,7 @@ pub fn cost_table(cfg: &Config, scenarios: &[Scenario], res: &Results, bench: &B
     let mut row = |name: &str, family: &str, path: String, s: &Series, goal: Option<f64>| {
         let ratio = median(&s.ns) / floor;
         let ratio_min = min(&s.ns) / floor_min;
-        // Paired with the floor of the same round: what a disturbance that
-        // adds the same ns to every packet of a round does not change.
-        let over: Vec<f64> = s.ns.iter().zip(&res.pass.ns).map(|(x, p)| x - p).collect();
+        let over = over_floor(s, res);
         let one = |v: f64| {
             if s.one.is_empty() {
                 Cell::None
@@ -204,6 +202,13 @@ pub fn cost_table(cfg: &Config, scenarios: &[Scenario], res: &Results, bench: &B
     t
 }
 
+/// Per round, a series' ns over the `XDP_PASS` floor of the same round:
+/// what a disturbance that adds the same ns to every packet of a round does
+/// not change.
+fn over_floor(s: &Series, res: &Results) -> Vec<f64> {
+    s.ns.iter().zip(&res.pass.ns).map(|(x, p)| x - p).collect()
+}
+
 /// The headline rows by the method other XDP balancers are compared with:
 /// the wrapper tail-calling the program against the wrapper tail-calling
 /// `XDP_PASS` (the floor), both timed in the same round; net = target −
@@ -248,8 +253,8 @@ pub fn pinbench_table(cfg: &Config, scenarios: &[Scenario], res: &Results) -> Ta
             .zip(&res.w.ns)
             .map(|(x, w)| x + w)
             .collect();
-        let net: Vec<f64> = target.iter().zip(&floor).map(|(x, f)| x - f).collect();
-        let now = median(&net);
+        // T(wrapper → X) − T(wrapper → XDP_PASS): W cancels out.
+        let now = median(&over_floor(series, res));
         t.row(vec![
             Cell::text(row.label),
             Cell::text(row.family),
