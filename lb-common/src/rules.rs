@@ -14,28 +14,22 @@ use crate::{
     },
 };
 
-/// The keys a packet's VIP is looked up under, in order: the exact (address,
-/// port, protocol), then the address's port-less entry for the protocol.
+/// A packet's VIP: the exact (address, port, protocol) entry that `lookup`
+/// finds, else the address's port-less entry for the protocol. One key,
+/// its port cleared for the second lookup: most packets need only the first.
 #[inline(always)]
-pub fn vip_lookup_keys(flow: &FlowKey) -> [VipKey; 2] {
-    let exact = VipKey {
+pub fn find_vip<T>(flow: &FlowKey, mut lookup: impl FnMut(&VipKey) -> Option<T>) -> Option<T> {
+    let mut key = VipKey {
         addr: flow.dst,
         port: flow.dport,
         proto: flow.proto,
         family: flow.family,
     };
-    let portless = VipKey { port: 0, ..exact };
-    [exact, portless]
-}
-
-/// The first of [`vip_lookup_keys`] that `lookup` finds.
-#[inline(always)]
-pub fn find_vip<T>(flow: &FlowKey, mut lookup: impl FnMut(&VipKey) -> Option<T>) -> Option<T> {
-    let [exact, portless] = vip_lookup_keys(flow);
-    match lookup(&exact) {
-        Some(v) => Some(v),
-        None => lookup(&portless),
+    if let Some(v) = lookup(&key) {
+        return Some(v);
     }
+    key.port = 0;
+    lookup(&key)
 }
 
 /// The fields a VIP's flows are hashed over: source-hash VIPs hash the
@@ -407,10 +401,23 @@ mod tests {
     #[test]
     fn exact_vip_before_the_portless_one() {
         let f = flow(80);
-        let [exact, portless] = vip_lookup_keys(&f);
+        // Every key asked for, in order: the exact one, then the port-less
+        // one with the same address and protocol.
+        let mut asked = [None; 2];
+        let mut n = 0;
+        let none = |k: &VipKey| {
+            asked[n] = Some(*k);
+            n += 1;
+            None::<()>
+        };
+        assert_eq!(find_vip(&f, none), None);
+        let (exact, portless) = (asked[0].unwrap(), asked[1].unwrap());
         assert_eq!(exact.port, 80u16.to_be());
         assert_eq!(portless.port, 0);
-        assert_eq!((exact.addr, exact.proto), (portless.addr, portless.proto));
+        assert_eq!(
+            (exact.addr, exact.proto, exact.family),
+            (portless.addr, portless.proto, portless.family)
+        );
         let both = |k: &VipKey| Some(k.port);
         assert_eq!(find_vip(&f, both), Some(80u16.to_be()));
         let only_portless = |k: &VipKey| (k.port == 0).then_some("any");

@@ -6,6 +6,8 @@
 //! is dropped when its (address, protocol) belongs to a VIP and passed
 //! otherwise: the kernel, not the balancer, owns traffic that is not ours.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Addr, Counter, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
@@ -53,14 +55,20 @@ pub struct Packet {
     pub ip_id: u16,
 }
 
+/// Each family's parser writes the packet in place: returned by value, the
+/// two results met at the match, every field spilled, reloaded and stored
+/// again.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Out> {
     let l2 = parse_l2(ctx).ok_or(Out::Pass(Counter::PassMalformed))?;
+    let mut pkt = MaybeUninit::<Packet>::uninit();
     match l2.proto {
-        ETH_P_IP => parse_ipv4(ctx, l2),
-        ETH_P_IPV6 => parse_ipv6(ctx, l2),
-        _ => Err(Out::Pass(Counter::PassNotIp)),
+        ETH_P_IP => parse_ipv4(ctx, l2, &mut pkt)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l2, &mut pkt)?,
+        _ => return Err(Out::Pass(Counter::PassNotIp)),
     }
+    // SAFETY: both parsers wrote the whole packet before returning Ok.
+    Ok(unsafe { pkt.assume_init() })
 }
 
 /// Whether the frame is addressed to the interface's MAC (or no MAC was
@@ -94,7 +102,7 @@ pub fn malformed(dst: &Addr, family: u8, proto: u8, reason: Counter) -> Out {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
+fn parse_ipv4(ctx: &XdpContext, l2: L2, out: &mut MaybeUninit<Packet>) -> Result<(), Out> {
     let l3 = l2.l3_off;
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Out::Pass(Counter::PassMalformed))?;
     let ip = unsafe { &*ip };
@@ -120,7 +128,7 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
         return Err(bad(Counter::DropTruncated));
     }
     let frags = field16_be(&ip.frags);
-    let mut pkt = Packet {
+    let pkt = out.write(Packet {
         l2,
         l4_off: l3 + hlen,
         ip_len,
@@ -140,18 +148,17 @@ fn parse_ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
         tos: ip.tos,
         df: frags & IPV4_DF != 0,
         ip_id: field16_be(&ip.id),
-    };
+    });
     // Fragments are steered without ports (a first fragment's are read, but
     // every fragment is placed by addresses alone); ICMP is parsed by `icmp`.
     if frags & IPV4_OFFSET_MASK != 0 || proto == PROTO_ICMP {
-        return Ok(pkt);
+        return Ok(());
     }
-    parse_ports(ctx, &mut pkt, ip_len - hlen)?;
-    Ok(pkt)
+    parse_ports(ctx, pkt, ip_len - hlen)
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
+fn parse_ipv6(ctx: &XdpContext, l2: L2, out: &mut MaybeUninit<Packet>) -> Result<(), Out> {
     let l3 = l2.l3_off;
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Out::Pass(Counter::PassMalformed))?;
     let ip = unsafe { &*ip };
@@ -172,7 +179,7 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
     if l3 + ip_len > ctx.data_end() - ctx.data() {
         return Err(bad(Counter::DropTruncated));
     }
-    let mut pkt = Packet {
+    let pkt = out.write(Packet {
         l2,
         l4_off: l3 + IPV6_HLEN,
         ip_len,
@@ -192,12 +199,11 @@ fn parse_ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Out> {
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
         df: false,
         ip_id: 0,
-    };
+    });
     if proto == PROTO_ICMPV6 {
-        return Ok(pkt);
+        return Ok(());
     }
-    parse_ports(ctx, &mut pkt, ip_len - IPV6_HLEN)?;
-    Ok(pkt)
+    parse_ports(ctx, pkt, ip_len - IPV6_HLEN)
 }
 
 /// Fills in the ports (and the RST, FIN and SYN flags) of a TCP or UDP packet whose
