@@ -241,6 +241,16 @@ impl Collector for MapCollector {
             })
             .collect();
         let node = d.node_status();
+        // Per tier, for every VIP (a VIP without tiers has one, tier 0).
+        let mut share = Vec::new();
+        let mut healthy = Vec::new();
+        for (vip, _, _) in &status {
+            for t in d.balancer().tier_shares(vip) {
+                let l = labels(&[("vip", vip.to_string()), ("tier", t.tier.to_string())]);
+                share.push((l.clone(), i64::from(t.share)));
+                healthy.push((l, i64::from(t.healthy)));
+            }
+        }
         drop(d);
         gauge_family(
             &mut enc,
@@ -353,6 +363,19 @@ impl Collector for MapCollector {
             "lb_vip_fail_open",
             "1 if every backend of the VIP is down and it sends to all",
             &fail_open,
+        )?;
+
+        gauge_family(
+            &mut enc,
+            "lb_tier_share_percent",
+            "Percent of the VIP's new flows the tier takes",
+            &share,
+        )?;
+        gauge_family(
+            &mut enc,
+            "lb_tier_backends_healthy",
+            "Backends of the tier that are weighted and healthy",
+            &healthy,
         )?;
 
         let by_kind = |kind: CounterKind, key: &str| -> Vec<(Labels, u64)> {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::announce::Reason;
 pub use crate::model::Change;
-use crate::model::{AnnounceWhen, Forwarding, HealthSpec, Scheduler, VipId};
+use crate::model::{AnnounceWhen, Forwarding, HealthSpec, Scheduler, TierPolicy, TierShare, VipId};
 
 pub const PATH_STATUS: &str = "/v1/status";
 pub const PATH_STATS: &str = "/v1/stats";
@@ -112,6 +112,12 @@ pub struct VipStatus {
     /// backends, weights and health show the same value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_checksum: Option<String>,
+    /// VIPs with backends beyond tier 0: the tier settings, and each tier's
+    /// backends and share of new flows, nearest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_policy: Option<TierPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierShare>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -120,6 +126,9 @@ pub struct BackendStatus {
     pub addr: IpAddr,
     /// The configured weight (kept while drained).
     pub weight: u32,
+    /// 0 = local; higher = farther away.
+    #[serde(default)]
+    pub tier: u8,
     /// "up", "down" (health) or "unchecked".
     pub health: String,
     /// The backend's own health check, in place of the VIP's.

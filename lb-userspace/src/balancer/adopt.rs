@@ -46,7 +46,10 @@ impl Balancer {
                 port: u16::from_be(key.port),
                 proto,
             };
+            // Tier settings are not in the maps: the reconcile with the
+            // desired state that follows sets them.
             let settings = VipSettings {
+                tiers: Default::default(),
                 scheduler: match lb_common::rules::pick(info.flags) {
                     lb_common::rules::Pick::RoundRobin => Scheduler::RoundRobin,
                     lb_common::rules::Pick::LeastConn => Scheduler::LeastConnections,
@@ -96,6 +99,7 @@ impl Balancer {
                 live_slot,
                 live_size: info.table_size,
                 fail_open: false,
+                tiers: Vec::new(),
                 checksum: None,
             };
             state.tables[state.live_slot as usize] = (info.table_size > 0).then_some(table);
@@ -107,6 +111,7 @@ impl Balancer {
                     BackendSpec {
                         addr,
                         weight: b.weight,
+                        tier: 0,
                     },
                     bid,
                 ));

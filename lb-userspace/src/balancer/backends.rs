@@ -99,6 +99,14 @@ impl Balancer {
         self.vips.get(vip).is_some_and(|s| s.fail_open)
     }
 
+    /// Each tier's backends and share of the VIP's new flows, nearest first.
+    pub fn tier_shares(&self, vip: &VipId) -> Vec<crate::model::TierShare> {
+        self.vips
+            .get(vip)
+            .map(|s| s.tiers.clone())
+            .unwrap_or_default()
+    }
+
     /// Sets (or forgets) the resolved next hop of a backend address, for
     /// every VIP that uses it.
     pub fn set_next_hop(&mut self, addr: IpAddr, next_hop: Option<NextHop>) -> Result<()> {

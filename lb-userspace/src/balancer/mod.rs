@@ -102,6 +102,9 @@ struct VipState {
     live_size: u32,
     /// Every backend is down and the table holds all of them anyway.
     fail_open: bool,
+    /// Each tier's backends and share of new flows, as the live table has
+    /// them.
+    tiers: Vec<crate::model::TierShare>,
     /// The live table's checksum by backend address (`query::table_checksum`),
     /// kept current by every table switch.
     checksum: Option<u64>,

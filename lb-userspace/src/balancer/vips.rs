@@ -14,7 +14,10 @@ use super::{
     table_mem::TableMem,
     Balancer, MapsError, Region, VipState,
 };
-use crate::model::{BackendSpec, Scheduler, VipId, VipSettings};
+use crate::model::{
+    tier::{self, TierMember},
+    BackendSpec, Scheduler, VipId, VipSettings,
+};
 
 impl Balancer {
     /// Creates a VIP (with no backends) or changes its settings.
@@ -54,6 +57,7 @@ impl Balancer {
             live_slot: 0,
             live_size: 0,
             fail_open: false,
+            tiers: Vec::new(),
             checksum: None,
         };
         let info = vip_info(&state);
@@ -147,25 +151,39 @@ impl Balancer {
         fresh: &[u32],
     ) -> Result<()> {
         let state = self.vips.get(&vip).expect("checked by caller");
-        // Fail open: when every backend that could take traffic is down,
-        // send to all of them rather than drop everything (Envoy's panic
+        // Each backend's weight in the table: its own, or its tier's share
+        // of new flows spread over the tier (`model::tier`). Fail open:
+        // when every backend that could take traffic is down, the nearest
+        // tier's all take it rather than drop everything (Envoy's panic
         // mode). Health checks may be wrong; a black hole is always wrong.
-        let weighted = || assigned.iter().filter(|(b, _)| b.weight > 0);
-        let fail_open =
-            weighted().count() > 0 && weighted().all(|(b, _)| state.down.contains(&b.addr));
-        let in_table = |b: &BackendSpec| fail_open || !state.down.contains(&b.addr);
-        let candidates: Vec<MaglevBackend> = assigned
+        let members: Vec<TierMember> = assigned
             .iter()
-            .filter(|(b, _)| in_table(b))
-            .map(|(b, id)| MaglevBackend {
-                id: *id,
-                key: addr_words(b.addr).0,
+            .map(|(b, _)| TierMember {
+                tier: b.tier,
                 weight: b.weight,
+                up: !state.down.contains(&b.addr),
             })
             .collect();
+        let plan = tier::plan(&state.settings.tiers, &members);
+        let fail_open = plan.fail_open;
+        let open_tier = plan.shares.first().map(|s| s.tier).filter(|_| fail_open);
+        let candidates: Vec<MaglevBackend> = assigned
+            .iter()
+            .zip(&plan.weights)
+            .filter(|(_, w)| **w > 0)
+            .map(|((b, id), w)| MaglevBackend {
+                id: *id,
+                key: addr_words(b.addr).0,
+                weight: *w,
+            })
+            .collect();
+        // Down: health's mark, except where the VIP fails open.
         let entries: Vec<(u32, BackendSpec, bool)> = assigned
             .iter()
-            .map(|(b, id)| (*id, *b, !in_table(b)))
+            .map(|(b, id)| {
+                let down = state.down.contains(&b.addr) && open_tier != Some(b.tier);
+                (*id, *b, down)
+            })
             .collect();
         let size = state.settings.table_size;
         let old_region = state.region;
@@ -249,6 +267,7 @@ impl Balancer {
         let state = self.vips.get_mut(&vip).expect("present");
         state.backends = assigned.to_vec();
         state.fail_open = fail_open;
+        state.tiers = plan.shares;
         state.checksum = super::query::table_checksum(state);
         // Then the down flags (and weights) of entries that stay (after the
         // switch, so a backend leaving is out of the table before its flows

@@ -9,7 +9,7 @@ use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::{
-    defaults::{HEALTH_COUNT_RANGE, HEALTH_STATUS_RANGE, MAX_WEIGHT},
+    defaults::{HEALTH_COUNT_RANGE, HEALTH_STATUS_RANGE, MAX_TIER, MAX_WEIGHT},
     Forwarding, HealthError, HealthKind, HealthSpec, Scheduler, VipId,
 };
 
@@ -166,6 +166,10 @@ pub enum BackendCommand {
         /// Relative weight, 0..=65535 (the daemon's default when omitted).
         #[arg(long, value_name = "N", value_parser = weight_parser())]
         weight: Option<u32>,
+        /// 0 = local (the default); higher = farther away: new flows spill
+        /// to it as nearer tiers lose healthy backends.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_TIER)))]
+        tier: Option<u8>,
     },
     /// Remove a backend from a VIP.
     #[command(visible_alias = "rm")]
@@ -660,7 +664,7 @@ mod tests {
         assert_eq!(weight, 65535);
 
         let c = parse(&["backend", "add", "10.100.0.1:80/tcp", "2001:db8::2"]).unwrap();
-        let Command::Backend(BackendCommand::Add { target, weight }) = c.command else {
+        let Command::Backend(BackendCommand::Add { target, weight, .. }) = c.command else {
             panic!("{c:?}")
         };
         assert_eq!(target.vip, "10.100.0.1:80/tcp");

@@ -319,6 +319,7 @@ mod tests {
             vip: "web".into(),
             addr: "10.0.0.2".parse().unwrap(),
             weight: Some(5),
+            tier: None,
         };
         let err = Client::new(&path)
             .post(PATH_CHANGE, &change)

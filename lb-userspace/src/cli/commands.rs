@@ -172,10 +172,15 @@ fn usage(group: &str) -> impl Fn(String) -> CliError + '_ {
 fn backend_change(b: BackendCommand) -> Result<Change, CliError> {
     Ok(match b {
         BackendCommand::List { .. } => unreachable!("listed, not changed"),
-        BackendCommand::Add { target, weight } => Change::BackendAdd {
+        BackendCommand::Add {
+            target,
+            weight,
+            tier,
+        } => Change::BackendAdd {
             vip: target.vip,
             addr: target.addr,
             weight,
+            tier,
         },
         BackendCommand::Del { target } => Change::BackendDel {
             vip: target.vip,

@@ -9,7 +9,7 @@ use crate::api::types::{
     BackendStatus, ChangeResult, Explain, NodeStatus, ReloadResult, Stats, Status, TrafficRow,
     VipStatus,
 };
-use crate::model::{Forwarding, Scheduler, VipId};
+use crate::model::{Forwarding, Scheduler, TierMode, VipId};
 use crate::model::{HealthKind, HealthSpec};
 
 /// The loud line of a VIP whose backends are all down.
@@ -323,17 +323,20 @@ pub fn render_vip(v: &VipStatus) -> String {
     if let Some(h) = &v.check {
         let _ = writeln!(out, "  health check: {}", describe_check(h));
     }
+    if let Some(line) = describe_tiers(v) {
+        let _ = writeln!(out, "  {line}");
+    }
     if v.backends.is_empty() {
         out.push_str("  (no backends)\n");
         return out;
     }
     let counts = v.backends.iter().any(|b| b.active_connections.is_some());
-    let mut columns = vec![
-        ("BACKEND", Left),
-        ("WEIGHT", Right),
-        ("STATE", Left),
-        ("NEXT HOP", Left),
-    ];
+    let tiered = v.tier_policy.is_some();
+    let mut columns = vec![("BACKEND", Left), ("WEIGHT", Right)];
+    if tiered {
+        columns.push(("TIER", Right));
+    }
+    columns.extend([("STATE", Left), ("NEXT HOP", Left)]);
     if counts {
         columns.push(("ACTIVE", Right));
     }
@@ -345,9 +348,11 @@ pub fn render_vip(v: &VipStatus) -> String {
     ]);
     let mut t = Table::new(&columns);
     for b in &v.backends {
-        let mut row = vec![
-            b.addr.to_string(),
-            b.weight.to_string(),
+        let mut row = vec![b.addr.to_string(), b.weight.to_string()];
+        if tiered {
+            row.push(b.tier.to_string());
+        }
+        row.extend([
             backend_state(b),
             match (b.next_hop, b.mtu, b.inner_mtu) {
                 (false, _, _) => "unresolved".into(),
@@ -355,7 +360,7 @@ pub fn render_vip(v: &VipStatus) -> String {
                 (true, Some(m), _) => format!("resolved MTU {m}"),
                 (true, None, _) => "resolved".into(),
             },
-        ];
+        ]);
         if counts {
             row.push(b.active_connections.map_or("-".into(), |n| n.to_string()));
         }
@@ -379,6 +384,28 @@ pub fn render_vip(v: &VipStatus) -> String {
         }
     }
     out
+}
+
+/// A tiered VIP's settings and each tier's share of new flows:
+/// `tiers (spill, overprovisioning 1.4): 0: 2/4 up 70%, 1: 4/4 up 30%`.
+fn describe_tiers(v: &VipStatus) -> Option<String> {
+    let p = v.tier_policy?;
+    let mut line = match p.mode {
+        TierMode::Spill => format!(
+            "tiers (spill, overprovisioning {}):",
+            p.overprovisioning as f64 / 100.0
+        ),
+        TierMode::Strict => format!("tiers (strict, min_healthy {}):", p.min_healthy),
+    };
+    for (i, t) in v.tiers.iter().enumerate() {
+        let sep = if i == 0 { " " } else { ", " };
+        let _ = write!(
+            line,
+            "{sep}{}: {}/{} up {}%",
+            t.tier, t.healthy, t.total, t.share
+        );
+    }
+    Some(line)
 }
 
 /// `lbctl vip list`.
@@ -689,6 +716,7 @@ mod tests {
         BackendStatus {
             addr: addr.parse().unwrap(),
             weight,
+            tier: 0,
             health: health.into(),
             check: None,
             drained,
@@ -717,6 +745,8 @@ mod tests {
             fail_open: false,
             check: None,
             table_checksum: None,
+            tier_policy: None,
+            tiers: Vec::new(),
             backends: vec![
                 BackendStatus {
                     packets: 1_200,
@@ -811,6 +841,35 @@ VIP 10.100.0.1:80/tcp (web)  maglev, ipip, conntrack  1.2M packets, 3.4MiB  1.5K
 ";
         assert_eq!(render_status(&s), expected);
         assert!(!render_status(&s).contains(FAIL_OPEN_LINE));
+    }
+
+    #[test]
+    fn tiers_show_their_shares() {
+        let mut v = web();
+        v.backends.truncate(2);
+        v.backends[1].tier = 1;
+        v.tier_policy = Some(crate::model::TierPolicy::default());
+        v.tiers = vec![
+            crate::model::TierShare {
+                tier: 0,
+                total: 2,
+                healthy: 1,
+                share: 70,
+            },
+            crate::model::TierShare {
+                tier: 1,
+                total: 1,
+                healthy: 1,
+                share: 30,
+            },
+        ];
+        let out = render_vip(&v);
+        assert!(
+            out.contains("  tiers (spill, overprovisioning 1.4): 0: 1/2 up 70%, 1: 1/1 up 30%\n"),
+            "{out}"
+        );
+        assert!(out.contains("  BACKEND   WEIGHT  TIER  STATE"), "{out}");
+        assert!(out.contains("  10.0.0.3       5     1  drained"), "{out}");
     }
 
     #[test]

@@ -15,14 +15,14 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    raw::{HealthLayer, RawAnnounce, RawConfig, RawEncap, RawLimits, RawVip},
+    raw::{HealthLayer, RawAnnounce, RawConfig, RawEncap, RawLimits, RawTiers, RawVip},
     spans::{Index, Seg},
     Config, ConfigError, VipConfig, VipLines,
 };
 use crate::{
     model::{
         announce, defaults::*, is_prime, Announce, AnnounceWhen, AttachMode, EncapSources,
-        HealthError, HealthKind, HealthSpec, Limits, VipId, VipSettings,
+        HealthError, HealthKind, HealthSpec, Limits, TierMode, TierPolicy, VipId, VipSettings,
     },
     state::{BackendDesired, VipDesired},
 };
@@ -519,6 +519,10 @@ impl Source<'_> {
                 .unwrap_or_default(),
             stateless: !v.conntrack.unwrap_or(true),
             table_size,
+            tiers: match &v.tiers {
+                None => TierPolicy::default(),
+                Some(t) => self.tiers(&format!("{ctx}: [vip.tiers]"), t.get_ref())?,
+            },
         };
 
         let mut backends = Vec::with_capacity(v.backends.len());
@@ -540,9 +544,14 @@ impl Source<'_> {
                 None => DEFAULT_WEIGHT,
                 Some(w) => self.int(w, &bctx, "weight", WEIGHT_RANGE)?,
             };
+            let tier = match &b.tier {
+                None => 0,
+                Some(t) => self.int(t, &bctx, "tier", 0..=MAX_TIER)?,
+            };
             backends.push(BackendDesired {
                 addr,
                 weight,
+                tier,
                 drained: b.drained.unwrap_or(false),
                 health: None,
             });
@@ -590,6 +599,47 @@ impl Source<'_> {
                 backends: backend_lines,
             },
         })
+    }
+
+    /// `[vip.tiers]`; each key only where its mode uses it, so a setting
+    /// that would be ignored is refused instead.
+    pub(super) fn tiers(&self, ctx: &str, t: &RawTiers) -> Checked<TierPolicy> {
+        let mut policy = TierPolicy {
+            mode: t.mode.unwrap_or_default(),
+            ..Default::default()
+        };
+        let only = |key: &str, span: Range<usize>, mode: TierMode| {
+            self.at(
+                span,
+                ctx,
+                format!("key `{key}` applies to mode = \"{}\" only", mode.name()),
+            )
+        };
+        if let Some(o) = &t.overprovisioning {
+            if policy.mode != TierMode::Spill {
+                return Err(only("overprovisioning", o.span(), TierMode::Spill));
+            }
+            let (lo, hi) = (
+                *OVERPROVISIONING_RANGE.start() as f64 / 100.0,
+                *OVERPROVISIONING_RANGE.end() as f64 / 100.0,
+            );
+            let x = *o.get_ref();
+            if !(lo..=hi).contains(&x) {
+                return Err(self.at(
+                    o.span(),
+                    ctx,
+                    format!("key `overprovisioning`: {x} is out of range {lo}..={hi} (Envoy's default is 1.4)"),
+                ));
+            }
+            policy.overprovisioning = (x * 100.0).round() as u32;
+        }
+        if let Some(m) = &t.min_healthy {
+            if policy.mode != TierMode::Strict {
+                return Err(only("min_healthy", m.span(), TierMode::Strict));
+            }
+            policy.min_healthy = self.int(m, ctx, "min_healthy", MIN_HEALTHY_RANGE)?;
+        }
+        Ok(policy)
     }
 
     /// A health check from its table `over` and, for a backend's own check,

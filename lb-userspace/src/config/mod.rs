@@ -202,6 +202,7 @@ impl Config {
                 .map(|b| BackendSpec {
                     addr: b.addr,
                     weight: b.weight,
+                    tier: b.tier,
                 })
                 .collect();
             model::validate_backends(&v.id, &v.desired.settings, &specs)

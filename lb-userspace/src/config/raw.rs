@@ -6,7 +6,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{AnnounceWhen, AttachMode, Forwarding, HealthKind, Proto, Scheduler};
+use crate::model::{AnnounceWhen, AttachMode, Forwarding, HealthKind, Proto, Scheduler, TierMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +74,16 @@ pub(super) struct RawVip {
     #[serde(default)]
     pub(super) backends: Vec<Spanned<RawBackend>>,
     pub(super) health: Option<Spanned<RawHealth>>,
+    pub(super) tiers: Option<Spanned<RawTiers>>,
+}
+
+/// `[vip.tiers]`: how new flows spill to farther tiers.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTiers {
+    pub(super) mode: Option<TierMode>,
+    pub(super) overprovisioning: Option<Spanned<f64>>,
+    pub(super) min_healthy: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +91,8 @@ pub(super) struct RawVip {
 pub(super) struct RawBackend {
     pub(super) address: Spanned<String>,
     pub(super) weight: Option<Spanned<i64>>,
+    /// 0 = local (the default); higher = farther away.
+    pub(super) tier: Option<Spanned<i64>>,
     pub(super) drained: Option<bool>,
     /// The backend's own health check, merged over `[vip.health]`.
     pub(super) health: Option<Spanned<RawHealth>>,

@@ -166,17 +166,20 @@ fn example_parses() {
                     forwarding: Forwarding::Ipip,
                     stateless: false,
                     table_size: 65537,
+                    tiers: Default::default(),
                 },
                 backends: vec![
                     BackendDesired {
                         addr: "10.0.0.2".parse().unwrap(),
                         weight: 100,
+                        tier: 0,
                         drained: false,
                         health: None,
                     },
                     BackendDesired {
                         addr: "10.0.0.3".parse().unwrap(),
                         weight: DEFAULT_WEIGHT,
+                        tier: 0,
                         drained: false,
                         health: None,
                     },
@@ -268,6 +271,7 @@ port = 53
         vec![BackendDesired {
             addr: "10.0.0.2".parse().unwrap(),
             weight: DEFAULT_WEIGHT,
+            tier: 0,
             drained: true,
             health: None,
         }]
@@ -361,7 +365,7 @@ fn unknown_keys() {
         21,
         &[
             "vip[0] \"web\": backend 10.0.0.2: key `weigth` is not allowed \
-             (expected one of address, weight, drained, health)",
+             (expected one of address, weight, tier, drained, health)",
         ],
     );
     bad(
@@ -632,6 +636,63 @@ fn weights() {
     let c = ok(&example_with("weight = 100", "weight = 7, drained = true"));
     assert_eq!(c.vips[0].desired.backends[0].effective_weight(), 0);
     assert_eq!(c.vips[0].desired.backends[0].weight, 7);
+}
+
+#[test]
+fn tiers() {
+    use crate::model::{TierMode, TierPolicy};
+    let c = ok(&example_with(
+        "{ address = \"10.0.0.3\" }",
+        "{ address = \"10.0.0.3\", tier = 1 }",
+    ));
+    let b = &c.vips[0].desired.backends;
+    assert_eq!((b[0].tier, b[1].tier), (0, 1));
+    assert_eq!(c.vips[0].desired.settings.tiers, TierPolicy::default());
+    let strict = "[vip.tiers]\nmode = \"strict\"\nmin_healthy = 2\n[vip.health]";
+    let c = ok(&example_with("[vip.health]", strict));
+    let t = c.vips[0].desired.settings.tiers;
+    assert_eq!((t.mode, t.min_healthy), (TierMode::Strict, 2));
+    let spill = "[vip.tiers]\noverprovisioning = 1.25\n[vip.health]";
+    let c = ok(&example_with("[vip.health]", spill));
+    assert_eq!(c.vips[0].desired.settings.tiers.overprovisioning, 125);
+
+    bad(
+        &example_with(
+            "{ address = \"10.0.0.3\" }",
+            "{ address = \"10.0.0.3\", tier = 16 }",
+        ),
+        21,
+        &["backend 10.0.0.3: key `tier`", "16", "0..=15"],
+    );
+    bad(
+        &example_with(
+            "[vip.health]",
+            "[vip.tiers]\noverprovisioning = 0.9\n[vip.health]",
+        ),
+        23,
+        &["[vip.tiers]: key `overprovisioning`", "0.9", "1..=10"],
+    );
+    bad(
+        &example_with("[vip.health]", "[vip.tiers]\nmin_healthy = 2\n[vip.health]"),
+        23,
+        &["key `min_healthy` applies to mode = \"strict\" only"],
+    );
+    bad(
+        &example_with(
+            "[vip.health]",
+            "[vip.tiers]\nmode = \"strict\"\noverprovisioning = 2.0\n[vip.health]",
+        ),
+        24,
+        &["key `overprovisioning` applies to mode = \"spill\" only"],
+    );
+    bad(
+        &example_with(
+            "[vip.health]",
+            "[vip.tiers]\nmode = \"nearest\"\n[vip.health]",
+        ),
+        23,
+        &["key `mode`", "spill", "strict"],
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use lb_common::debug::DebugConfig;
 
 use crate::{
     balancer::{Balancer, MapsError},
-    model::{BackendSpec, EncapSources, NextHop, VipId, VipSettings},
+    model::{BackendSpec, EncapSources, NextHop, TierShare, VipId, VipSettings},
 };
 
 /// What the daemon's core writes to and reads from the data path. Every
@@ -44,6 +44,8 @@ pub trait DataPath {
     /// Every backend that could take traffic is down, and the table holds
     /// them all anyway.
     fn fail_open(&self, vip: &VipId) -> bool;
+    /// Each tier's backends and share of new flows, nearest first.
+    fn tier_shares(&self, vip: &VipId) -> Vec<TierShare>;
     fn set_encap_sources(&mut self, src: &EncapSources) -> Result<(), Self::Error>;
     /// ICMP "too big" answers per second and CPU; `None`: off.
     fn set_too_big(&mut self, per_sec: Option<u32>) -> Result<(), Self::Error>;
@@ -88,6 +90,9 @@ impl DataPath for Balancer {
     }
     fn fail_open(&self, vip: &VipId) -> bool {
         Balancer::fail_open(self, vip)
+    }
+    fn tier_shares(&self, vip: &VipId) -> Vec<TierShare> {
+        Balancer::tier_shares(self, vip)
     }
     fn set_encap_sources(&mut self, src: &EncapSources) -> Result<(), MapsError> {
         Balancer::set_encap_sources(self, src)

@@ -10,7 +10,10 @@ use std::{
 use lb_common::debug::DebugConfig;
 
 use super::DataPath;
-use crate::model::{BackendSpec, EncapSources, NextHop, VipId, VipSettings};
+use crate::model::{
+    tier::{self, TierMember},
+    BackendSpec, EncapSources, NextHop, TierShare, VipId, VipSettings,
+};
 
 /// VIPs with their settings and backends.
 pub type Vips = BTreeMap<VipId, (VipSettings, Vec<BackendSpec>)>;
@@ -126,6 +129,20 @@ impl DataPath for FakeDataPath {
         };
         let mut weighted = backends.iter().filter(|b| b.weight > 0).peekable();
         weighted.peek().is_some() && weighted.all(|b| self.is_down(vip, &b.addr))
+    }
+    fn tier_shares(&self, vip: &VipId) -> Vec<TierShare> {
+        let Some((settings, backends)) = self.vips.get(vip) else {
+            return Vec::new();
+        };
+        let members: Vec<TierMember> = backends
+            .iter()
+            .map(|b| TierMember {
+                tier: b.tier,
+                weight: b.weight,
+                up: !self.is_down(vip, &b.addr),
+            })
+            .collect();
+        tier::plan(&settings.tiers, &members).shares
     }
     fn set_encap_sources(&mut self, src: &EncapSources) -> Result<(), Refused> {
         self.write()?;

@@ -120,6 +120,7 @@ fn next_state(d: &Daemon<FakeDataPath>) -> DesiredState {
             vip: "web".into(),
             addr: addr("10.0.0.9"),
             weight: None,
+            tier: None,
         },
         Change::VipAdd {
             vip: id("10.100.0.3:443/tcp"),
@@ -133,6 +134,7 @@ fn next_state(d: &Daemon<FakeDataPath>) -> DesiredState {
             vip: "tls".into(),
             addr: addr("10.0.0.5"),
             weight: Some(2),
+            tier: None,
         },
     ] {
         next = next.with_change(&change).unwrap();
@@ -233,6 +235,7 @@ fn refused_changes_map_to_the_apis_classes() {
         vip: "web".into(),
         addr: addr("10.0.0.2"),
         weight: None,
+        tier: None,
     });
     assert!(
         matches!(conflict, Err(ApplyError::Conflict(_))),
@@ -338,6 +341,7 @@ fn new_backends_under_checks_start_down_and_unchecked_ones_are_up() {
         vip: "web".into(),
         addr: addr("10.0.0.9"),
         weight: None,
+        tier: None,
     })
     .unwrap();
     assert!(d.data_path().is_down(&web, &addr("10.0.0.9")));
@@ -381,6 +385,7 @@ fn new_backends_under_checks_start_down_and_unchecked_ones_are_up() {
         vip: "dns".into(),
         addr: addr("10.0.0.8"),
         weight: None,
+        tier: None,
     })
     .unwrap();
     assert!(!d.data_path().is_down(&dns, &addr("10.0.0.8")));
@@ -438,4 +443,52 @@ fn next_hops_open_their_egress_port() {
         d.backend_addrs(),
         ["10.0.0.2", "10.0.0.3", "10.0.0.4"].map(addr).to_vec()
     );
+}
+
+#[test]
+fn tiers_reach_the_data_path_and_follow_health() {
+    let s = Scratch::new("tiers");
+    let tiered = TWO_VIPS.replace(
+        "{ address = \"10.0.0.3\", weight = 5 }",
+        "{ address = \"10.0.0.3\", weight = 5, tier = 1 }",
+    );
+    let mut d = start(&s, HEAD, &tiered);
+    let web = id("10.100.0.1:80/tcp");
+    let tier_of = |d: &Daemon<FakeDataPath>, a: &str| {
+        let (_, backends) = &d.data_path().vips[&web];
+        backends.iter().find(|b| b.addr == addr(a)).unwrap().tier
+    };
+    assert_eq!(tier_of(&d, "10.0.0.3"), 1);
+    d.change(&Change::BackendAdd {
+        vip: "web".into(),
+        addr: addr("10.0.0.9"),
+        weight: None,
+        tier: Some(2),
+    })
+    .unwrap();
+    assert_eq!(tier_of(&d, "10.0.0.9"), 2);
+    let shares = |d: &Daemon<FakeDataPath>| -> Vec<(u8, u32)> {
+        let t = d.data_path().tier_shares(&web);
+        t.iter().map(|t| (t.tier, t.share)).collect()
+    };
+    assert_eq!(shares(&d), [(0, 100), (1, 0), (2, 0)]);
+    // Tier 0's only backend fails its check: tier 1 takes everything.
+    d.change(&Change::VipHealth {
+        vip: "web".into(),
+        health: Some(HealthSpec::new(HealthKind::Tcp)),
+    })
+    .unwrap();
+    d.set_backend_health(&web, addr("10.0.0.2"), false).unwrap();
+    assert_eq!(shares(&d), [(0, 0), (1, 100), (2, 0)]);
+    // Out of range: refused, nothing changed.
+    let before = d.data_path().clone();
+    assert!(d
+        .change(&Change::BackendAdd {
+            vip: "web".into(),
+            addr: addr("10.0.0.10"),
+            weight: None,
+            tier: Some(16),
+        })
+        .is_err());
+    assert_eq!(d.data_path(), &before);
 }

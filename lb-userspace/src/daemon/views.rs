@@ -162,6 +162,7 @@ impl Daemon<Balancer> {
             .map(|(id, v)| {
                 let traffic = counters.vips.get(id).copied().unwrap_or_default();
                 let active = self.data_path.active_conns(id);
+                let tiered = v.backends.iter().any(|b| b.tier > 0);
                 let backends = v
                     .backends
                     .iter()
@@ -176,6 +177,7 @@ impl Daemon<Balancer> {
                         BackendStatus {
                             addr: b.addr,
                             weight: b.weight,
+                            tier: b.tier,
                             health: match (checked(v, b), self.data_path.is_down(id, &b.addr)) {
                                 (false, _) => "unchecked".into(),
                                 (true, true) => "down".into(),
@@ -216,6 +218,12 @@ impl Daemon<Balancer> {
                         .table_checksum(id)
                         .map(|c| format!("{c:016x}")),
                     check: v.health.clone(),
+                    tier_policy: tiered.then_some(v.settings.tiers),
+                    tiers: if tiered {
+                        self.data_path.tier_shares(id)
+                    } else {
+                        Vec::new()
+                    },
                     backends,
                 }
             })

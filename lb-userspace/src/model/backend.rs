@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::{
-    defaults::MAX_WEIGHT,
+    defaults::{MAX_TIER, MAX_WEIGHT, MIN_HEALTHY_RANGE, OVERPROVISIONING_RANGE},
     vip::{Forwarding, Scheduler, VipId, VipSettings},
 };
 
@@ -14,6 +14,9 @@ pub struct BackendSpec {
     pub addr: IpAddr,
     /// 0 = drained: no new flows, established ones stay.
     pub weight: u32,
+    /// 0 = local; higher = farther away (`model::tier`).
+    #[serde(default)]
+    pub tier: u8,
 }
 
 /// Why a VIP or backend set is refused.
@@ -29,6 +32,16 @@ pub enum SpecError {
         backend: IpAddr,
         weight: u32,
     },
+    #[error("backend {backend} of VIP {vip}: tier {tier} is out of range 0..={MAX_TIER}")]
+    Tier {
+        vip: VipId,
+        backend: IpAddr,
+        tier: u8,
+    },
+    #[error("VIP {vip}: overprovisioning {} is out of range {}..={}", *.percent as f64 / 100.0, *OVERPROVISIONING_RANGE.start() as f64 / 100.0, *OVERPROVISIONING_RANGE.end() as f64 / 100.0)]
+    Overprovisioning { vip: VipId, percent: u32 },
+    #[error("VIP {vip}: min_healthy {value} is out of range {}..={}", MIN_HEALTHY_RANGE.start(), MIN_HEALTHY_RANGE.end())]
+    MinHealthy { vip: VipId, value: u32 },
     #[error("backend {backend} is listed twice for VIP {vip}")]
     DuplicateBackend { vip: VipId, backend: IpAddr },
     #[error("backend address {0} is not usable (unspecified, multicast or broadcast)")]
@@ -67,6 +80,18 @@ pub fn validate_vip(vip: &VipId, settings: &VipSettings) -> Result<(), SpecError
     if size > lb_common::MAGLEV_MAX_SIZE || !is_prime(size) {
         return Err(SpecError::TableSize(size));
     }
+    if !OVERPROVISIONING_RANGE.contains(&settings.tiers.overprovisioning) {
+        return Err(SpecError::Overprovisioning {
+            vip: *vip,
+            percent: settings.tiers.overprovisioning,
+        });
+    }
+    if !MIN_HEALTHY_RANGE.contains(&settings.tiers.min_healthy) {
+        return Err(SpecError::MinHealthy {
+            vip: *vip,
+            value: settings.tiers.min_healthy,
+        });
+    }
     if settings.stateless && settings.scheduler.needs_conntrack() {
         return Err(SpecError::StatelessScheduler {
             vip: *vip,
@@ -97,6 +122,13 @@ pub fn validate_backends(
                 vip: *vip,
                 backend: b.addr,
                 weight: b.weight,
+            });
+        }
+        if b.tier > MAX_TIER {
+            return Err(SpecError::Tier {
+                vip: *vip,
+                backend: b.addr,
+                tier: b.tier,
             });
         }
         if backends[..i].iter().any(|o| o.addr == b.addr) {

@@ -43,6 +43,9 @@ pub enum Change {
         addr: IpAddr,
         #[serde(default)]
         weight: Option<u32>,
+        /// 0 (local) when omitted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tier: Option<u8>,
     },
     BackendDel {
         vip: String,

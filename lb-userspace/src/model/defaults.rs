@@ -53,6 +53,18 @@ pub const WEIGHT_RANGE: RangeInclusive<u32> = 0..=MAX_WEIGHT;
 /// Weight of a backend added without one.
 pub const DEFAULT_WEIGHT: u32 = 100;
 
+// --- Tiers (`tier` per backend, `[vip.tiers]`) ----------------------------
+
+/// The farthest tier a backend may have (0 = local).
+pub const MAX_TIER: u8 = 15;
+/// Envoy's overprovisioning factor, 1.4, in percent.
+pub const DEFAULT_OVERPROVISIONING: u32 = 140;
+/// Bounds of `overprovisioning`, in percent (1.0 ..= 10.0).
+pub const OVERPROVISIONING_RANGE: RangeInclusive<u32> = 100..=1000;
+/// Strict tiers: one healthy backend keeps a tier's traffic.
+pub const DEFAULT_MIN_HEALTHY: u32 = 1;
+pub const MIN_HEALTHY_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_BACKENDS;
+
 // --- Health checks --------------------------------------------------------
 
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);

@@ -10,6 +10,7 @@ pub mod change;
 pub mod defaults;
 pub mod health;
 pub mod host;
+pub mod tier;
 pub mod vip;
 
 pub use announce::{Announce, AnnounceWhen};
@@ -17,4 +18,5 @@ pub use backend::{is_prime, validate_backends, validate_vip, BackendSpec, SpecEr
 pub use change::Change;
 pub use health::{HealthError, HealthKind, HealthSpec};
 pub use host::{mac_text, AttachMode, EncapSources, Limits, NextHop};
+pub use tier::{TierMode, TierPolicy, TierShare};
 pub use vip::{parse_vip, Forwarding, Proto, Scheduler, VipId, VipSettings};

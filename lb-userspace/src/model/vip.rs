@@ -5,7 +5,7 @@ use std::{fmt, net::IpAddr};
 
 use lb_common::{PROTO_TCP, PROTO_UDP};
 
-use super::defaults::DEFAULT_TABLE_SIZE;
+use super::{defaults::DEFAULT_TABLE_SIZE, tier::TierPolicy};
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -172,6 +172,9 @@ pub struct VipSettings {
     pub stateless: bool,
     /// Prime; at most `lb_common::MAGLEV_MAX_SIZE`.
     pub table_size: u32,
+    /// How new flows spill to farther tiers (`[vip.tiers]`).
+    #[serde(default)]
+    pub tiers: TierPolicy,
 }
 
 impl Default for VipSettings {
@@ -181,6 +184,7 @@ impl Default for VipSettings {
             forwarding: Forwarding::Ipip,
             stateless: false,
             table_size: DEFAULT_TABLE_SIZE,
+            tiers: TierPolicy::default(),
         }
     }
 }

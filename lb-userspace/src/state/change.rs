@@ -31,6 +31,7 @@ impl DesiredState {
                     forwarding: *forwarding,
                     stateless: *stateless,
                     table_size: table_size.unwrap_or(DEFAULT_TABLE_SIZE),
+                    tiers: Default::default(),
                 };
                 let name = name.clone().unwrap_or_else(|| vip.to_string());
                 next.add_vip(
@@ -52,11 +53,17 @@ impl DesiredState {
                 let id = next.resolve(vip)?;
                 next.vips.remove(&id);
             }
-            Change::BackendAdd { vip, addr, weight } => {
+            Change::BackendAdd {
+                vip,
+                addr,
+                weight,
+                tier,
+            } => {
                 let id = next.resolve(vip)?;
                 let b = BackendDesired {
                     addr: *addr,
                     weight: weight.unwrap_or(DEFAULT_WEIGHT),
+                    tier: tier.unwrap_or(0),
                     drained: false,
                     health: None,
                 };
@@ -133,6 +140,7 @@ mod tests {
             vip: "web".into(),
             addr: B1.parse().unwrap(),
             weight: None,
+            tier: None,
         })
         .unwrap()
     }
@@ -261,6 +269,7 @@ mod tests {
                     vip: "web".into(),
                     addr: B1.parse().unwrap(),
                     weight: None,
+                    tier: None,
                 },
                 "VIP 10.0.0.1:80/tcp already has backend 10.0.0.2",
             ),
@@ -284,6 +293,7 @@ mod tests {
                     vip: "web".into(),
                     addr: "2001:db8::2".parse().unwrap(),
                     weight: None,
+                    tier: None,
                 },
                 "ipip forwarding keeps the family",
             ),

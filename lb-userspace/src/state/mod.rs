@@ -37,6 +37,9 @@ pub struct BackendDesired {
     pub addr: IpAddr,
     /// The operator's weight; kept while drained so undrain restores it.
     pub weight: u32,
+    /// 0 = local; higher = farther away (`model::tier`).
+    #[serde(default)]
+    pub tier: u8,
     #[serde(default)]
     pub drained: bool,
     /// The backend's own health check (resolved: merged over the VIP's in
@@ -230,6 +233,7 @@ impl VipDesired {
             .map(|b| BackendSpec {
                 addr: b.addr,
                 weight: b.effective_weight(),
+                tier: b.tier,
             })
             .collect()
     }
@@ -245,6 +249,7 @@ mod tests {
         let b = |addr: &str, health: Option<HealthSpec>| BackendDesired {
             addr: addr.parse().unwrap(),
             weight: 1,
+            tier: 0,
             drained: false,
             health,
         };

@@ -100,6 +100,7 @@ mod tests {
             BackendDesired {
                 addr: "10.0.0.2".parse().unwrap(),
                 weight: 5,
+                tier: 0,
                 drained: true,
                 health: None,
             },
@@ -115,6 +116,7 @@ mod tests {
             BackendDesired {
                 addr: "10.0.0.3".parse().unwrap(),
                 weight: 1,
+                tier: 0,
                 drained: false,
                 health: Some(tcp(8080)),
             },

@@ -144,6 +144,7 @@ mod tests {
                 .map(|(a, w)| BackendDesired {
                     addr: a.parse().unwrap(),
                     weight: *w,
+                    tier: 0,
                     drained: false,
                     health: None,
                 })
@@ -170,6 +171,7 @@ mod tests {
         av.backends.push(BackendDesired {
             addr: "10.1.0.3".parse().unwrap(),
             weight: 1,
+            tier: 0,
             drained: false,
             health: None,
         });
@@ -233,6 +235,7 @@ mod tests {
         v.backends.push(BackendDesired {
             addr: "10.1.0.3".parse().unwrap(),
             weight: 1,
+            tier: 0,
             drained: false,
             health: Some(HealthSpec::new(HealthKind::None)),
         });

@@ -133,6 +133,7 @@ fn one_change(opts: &Opts) -> Result<Table> {
             .map(|i| BackendSpec {
                 addr: backend_addr(i),
                 weight: 100,
+                tier: 0,
             })
             .collect();
         let start = Instant::now();
@@ -155,6 +156,7 @@ fn one_change(opts: &Opts) -> Result<Table> {
                 set.push(BackendSpec {
                     addr: backend_addr(n + c),
                     weight: 100,
+                    tier: 0,
                 });
             }
             // The same build the change does, timed on its own.

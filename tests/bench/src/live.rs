@@ -500,6 +500,7 @@ fn measure(plan: &Plan) -> Result<Vec<Table>> {
         .map(|a| BackendSpec {
             addr: a.parse().expect("backend address"),
             weight: 100,
+            tier: 0,
         })
         .collect();
     for b in &backends {

@@ -261,6 +261,7 @@ fn add_vips(t: &mut TestLb, all: bool) {
                     IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8))
                 },
                 weight: 100,
+                tier: 0,
             })
             .collect()
     };
@@ -308,6 +309,7 @@ fn add_vips(t: &mut TestLb, all: bool) {
         .map(|i| BackendSpec {
             addr: IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)),
             weight: 100,
+            tier: 0,
         })
         .collect();
     t.add_vip(

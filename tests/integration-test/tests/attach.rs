@@ -152,6 +152,7 @@ fn setup() -> anyhow::Result<Net> {
             &[BackendSpec {
                 addr: backend_addr,
                 weight: 1,
+                tier: 0,
             }],
         )?;
         balancer.set_next_hop(backend_addr, Some(next_hop))?;

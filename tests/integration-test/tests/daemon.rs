@@ -454,6 +454,32 @@ fn changes_through_lbctl() {
         ],
     );
 
+    // A backend of a farther tier: status shows the tiers and their shares
+    // (tier 0 healthy: tier 1 takes nothing); it goes again.
+    assert!(vip_of(&lab.status(), WEB).get("tiers").arr().is_empty());
+    lab.lbctl_ok(&["backend", "add", WEB, "10.99.0.1", "--tier", "1"]);
+    let status = lab.status();
+    let v = vip_of(&status, WEB);
+    assert_eq!(v.get("tier_policy").get("mode").str(), "spill");
+    let tiers: Vec<(f64, f64)> = v
+        .get("tiers")
+        .arr()
+        .iter()
+        .map(|t| {
+            (
+                t.get("tier").as_f64().unwrap(),
+                t.get("share").as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tiers, [(0.0, 100.0), (1.0, 0.0)]);
+    let text = lab.lbctl_ok(&["backend", "list", WEB]);
+    assert!(
+        text.contains("tiers (spill, overprovisioning 1.4): 0: 4/4 up 100%, 1: 1/1 up 0%"),
+        "{text}"
+    );
+    lab.lbctl_ok(&["backend", "del", WEB, "10.99.0.1"]);
+
     // 8. A VIP made at run time carries traffic, and goes away again.
     let before = counts(&[&main, &on_z]);
     let extra = SocketAddr::from((VIP_EXTRA, 80));
@@ -513,7 +539,7 @@ fn changes_through_lbctl() {
         .lines()
         .filter(|l| l.contains("\"result\":\"ok\""))
         .count();
-    assert_eq!(ok, 13, "audit log:\n{audit}");
+    assert_eq!(ok, 15, "audit log:\n{audit}");
     println!("changes_through_lbctl passed in {elapsed:?}");
 }
 

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use lb::model::{BackendSpec, Proto, Scheduler, VipSettings};
+use lb::model::{BackendSpec, Proto, Scheduler, TierMode, TierPolicy, VipSettings};
 use lb_common::FlowKey;
 use lb_lab::{
     frame::{self, Frame},
@@ -69,6 +69,7 @@ fn ten_equal_backends_share_evenly() {
         .map(|i| BackendSpec {
             addr: format!("10.0.0.{i}").parse().unwrap(),
             weight: 100,
+            tier: 0,
         })
         .collect();
     check_spread("equal", &set, 0x5eed_0001);
@@ -80,6 +81,7 @@ fn weights_one_two_three_share_proportionally() {
         .map(|i| BackendSpec {
             addr: format!("10.0.0.{}", i + 1).parse().unwrap(),
             weight: i,
+            tier: 0,
         })
         .collect();
     check_spread("1:2:3", &set, 0x5eed_0002);
@@ -92,12 +94,14 @@ fn user_space_predicts_every_choice() {
         .map(|i| BackendSpec {
             addr: format!("10.0.0.{i}").parse().unwrap(),
             weight: i,
+            tier: 0,
         })
         .collect();
     let v6: Vec<BackendSpec> = (2..9)
         .map(|i| BackendSpec {
             addr: format!("2001:db8:b::{i}").parse().unwrap(),
             weight: 10,
+            tier: 0,
         })
         .collect();
     let stateless = VipSettings {
@@ -196,6 +200,7 @@ fn explain_agrees_with_the_data_path_as_backends_change() {
     let spec = |a: &str, weight: u32| BackendSpec {
         addr: a.parse().unwrap(),
         weight,
+        tier: 0,
     };
     let a = vip("10.100.0.1", 80, Proto::Tcp);
     let b = vip("10.100.0.2", 80, Proto::Tcp);
@@ -322,6 +327,100 @@ fn explain_agrees_with_the_data_path_as_backends_change() {
         assert!(
             by_source.get(s).copied().unwrap_or(0) > 0,
             "no flow took {s:?}"
+        );
+    }
+}
+
+/// `n` backends of `tier`, weight 100, at 10.0.<tier>.2 and up.
+fn tier_set(tier: u8, n: u8) -> Vec<BackendSpec> {
+    (0..n)
+        .map(|i| BackendSpec {
+            addr: format!("10.0.{tier}.{}", i + 2).parse().unwrap(),
+            weight: 100,
+            tier,
+        })
+        .collect()
+}
+
+/// Takes tier 0's four backends down one by one and measures, over random
+/// new flows through the program, the share that reaches tier 1 (four
+/// healthy backends); returns (tier-0 backends healthy, tier-1 percent).
+fn spill_to_tier_one(settings: VipSettings, seed: u64) -> Vec<(usize, f64)> {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    let mut set = tier_set(0, 4);
+    set.extend(tier_set(1, 4));
+    t.add_vip(v, settings, &set);
+    let mut rng = Rng(seed);
+    let n = 20_000;
+    let mut seen = Vec::new();
+    for down in 0..=4 {
+        if down > 0 {
+            t.lb.set_backend_down(&v, set[down - 1].addr, true).unwrap();
+        }
+        let counts = spread(&mut t, n, &mut rng);
+        for b in &set[..down] {
+            assert!(!counts.contains_key(&b.addr), "{} is down", b.addr);
+        }
+        let far: usize = set[4..]
+            .iter()
+            .map(|b| counts.get(&b.addr).unwrap_or(&0))
+            .sum();
+        let percent = far as f64 * 100.0 / n as f64;
+        let shares = t.lb.tier_shares(&v);
+        println!(
+            "{} mode, tier 0 {}/4 healthy: tier 1 takes {percent:.2}% of {n} new flows (status: {}%)",
+            settings.tiers.mode.name(),
+            4 - down,
+            shares[1].share
+        );
+        // What status reports is what the table does.
+        assert!((percent - f64::from(shares[1].share)).abs() <= 1.5);
+        seen.push((4 - down, percent));
+    }
+    seen
+}
+
+#[test]
+fn new_flows_spill_to_the_next_tier_as_envoy_computes() {
+    let stateless = VipSettings {
+        stateless: true,
+        ..Default::default()
+    };
+    for (healthy, percent) in spill_to_tier_one(stateless, 0x5eed_0004) {
+        // Envoy: tier 0 takes min(100, 1.4 × 100 × healthy / total); tier
+        // 1 (all healthy) the rest.
+        let local = (140 * healthy as u32 / 4).min(100);
+        let expected = f64::from(100 - local);
+        assert!(
+            (percent - expected).abs() <= 1.5,
+            "tier 0 {healthy}/4 healthy: tier 1 took {percent:.2}%, expected {expected}%"
+        );
+    }
+}
+
+#[test]
+fn strict_tiers_spill_only_below_min_healthy() {
+    let strict = VipSettings {
+        stateless: true,
+        tiers: TierPolicy {
+            mode: TierMode::Strict,
+            min_healthy: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for (healthy, percent) in spill_to_tier_one(strict, 0x5eed_0005) {
+        // Two or more local backends keep everything; below that the
+        // healthy ones of both tiers share by weight (1 + 4: 80% far).
+        let expected = match healthy {
+            2.. => 0.0,
+            1 => 80.0,
+            _ => 100.0,
+        };
+        assert!(
+            (percent - expected).abs() <= 1.5,
+            "tier 0 {healthy}/4 healthy: tier 1 took {percent:.2}%, expected {expected}%"
         );
     }
 }

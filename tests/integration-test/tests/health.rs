@@ -735,7 +735,7 @@ fn all_down_fails_open() {
 // ---------------------------------------------------------------- metrics
 
 /// The documented families and their types.
-const FAMILIES: [(&str, &str); 17] = [
+const FAMILIES: [(&str, &str); 19] = [
     ("lb_vip_packets_total", "counter"),
     ("lb_vip_bytes_total", "counter"),
     ("lb_backend_packets_total", "counter"),
@@ -743,6 +743,8 @@ const FAMILIES: [(&str, &str); 17] = [
     ("lb_backend_up", "gauge"),
     ("lb_backend_weight", "gauge"),
     ("lb_vip_fail_open", "gauge"),
+    ("lb_tier_share_percent", "gauge"),
+    ("lb_tier_backends_healthy", "gauge"),
     ("lb_xdp_actions_total", "counter"),
     ("lb_drops_total", "counter"),
     ("lb_conntrack_lookups_total", "counter"),
@@ -799,6 +801,10 @@ fn metrics() {
     }
     for vip in [WEB, DNS] {
         assert_eq!(before.get("lb_vip_fail_open", &[("vip", vip)]), Some(0.0));
+        // No tiers: tier 0 takes every new flow, with both backends up.
+        let tier0 = [("vip", vip), ("tier", "0")];
+        assert_eq!(before.get("lb_tier_share_percent", &tier0), Some(100.0));
+        assert_eq!(before.get("lb_tier_backends_healthy", &tier0), Some(2.0));
         for b in names {
             let a = v4(&lab, b);
             let l = [("vip", vip), ("backend", a.as_str())];

@@ -336,6 +336,7 @@ fn ten_backends_v4() -> Vec<BackendSpec> {
         .map(|i| BackendSpec {
             addr: ip(&format!("10.0.0.{i}")),
             weight: 100,
+            tier: 0,
         })
         .collect()
 }
@@ -528,6 +529,7 @@ fn icmp_errors_reach_the_flows_backend() {
         .map(|i| BackendSpec {
             addr: ip(&format!("2001:db8:b::{i}")),
             weight: 100,
+            tier: 0,
         })
         .collect();
     t.add_vip(
@@ -850,6 +852,7 @@ fn empty_vip_drops_and_counts() {
     let zero = [BackendSpec {
         addr: ip("10.0.0.2"),
         weight: 0,
+        tier: 0,
     }];
     t.lb.set_backends(v, &zero).unwrap();
     assert_eq!(

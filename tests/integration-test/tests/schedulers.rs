@@ -28,6 +28,7 @@ fn weighted(weights: &[u32]) -> Vec<BackendSpec> {
         .map(|(w, a)| BackendSpec {
             addr: a.parse().unwrap(),
             weight: *w,
+            tier: 0,
         })
         .collect()
 }
@@ -273,6 +274,7 @@ fn above_the_bound_the_best_of_two_samples_still_evens_out() {
         .map(|i| BackendSpec {
             addr: format!("10.0.1.{}", i + 1).parse().unwrap(),
             weight: 100,
+            tier: 0,
         })
         .collect();
     t.add_vip(v, with(Scheduler::LeastConnections), &set);

@@ -56,6 +56,7 @@ pub fn backends(addrs: &[&str]) -> Vec<BackendSpec> {
         .map(|a| BackendSpec {
             addr: a.parse().expect("backend address"),
             weight: 100,
+            tier: 0,
         })
         .collect()
 }

@@ -303,7 +303,11 @@ http {{
                     mtu: 0,
                 }),
             )?;
-            specs.push(BackendSpec { addr, weight: 100 });
+            specs.push(BackendSpec {
+                addr,
+                weight: 100,
+                tier: 0,
+            });
         }
         let vip = VipId {
             addr: IpAddr::V4(VIP),
