@@ -8,6 +8,8 @@
 //! - [`balancer`]: the loaded XDP program and its maps (the only writer);
 //! - [`host`]: namespaces, interfaces, bpffs pins, next hops;
 //! - [`decap`]: the backend-side program;
+//! - [`discovery`]: what of a discovery source's answers is applied (fail
+//!   static);
 //! - [`announce`]: which VIP addresses to announce, lbd's routing table,
 //!   the node's drain flag;
 //! - [`daemon`]: lbd's core over a [`daemon::DataPath`], and its views;
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decap;
+pub mod discovery;
 pub mod health;
 pub mod host;
 pub mod lbd;

@@ -65,6 +65,15 @@ pub const OVERPROVISIONING_RANGE: RangeInclusive<u32> = 100..=1000;
 pub const DEFAULT_MIN_HEALTHY: u32 = 1;
 pub const MIN_HEALTHY_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_BACKENDS;
 
+// --- Discovery (fail static) ----------------------------------------------
+
+/// An empty answer replaces a non-empty set only after persisting this long.
+pub const DEFAULT_HOLD_EMPTY: Duration = Duration::from_secs(30);
+/// One answer may remove at most this share of a set at once...
+pub const DEFAULT_MAX_REMOVE_PERCENT: u32 = 50;
+/// ...unless it persists this long.
+pub const DEFAULT_HOLD_REMOVAL: Duration = Duration::from_secs(30);
+
 // --- Health checks --------------------------------------------------------
 
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
