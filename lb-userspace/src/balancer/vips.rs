@@ -158,11 +158,7 @@ impl Balancer {
         // mode). Health checks may be wrong; a black hole is always wrong.
         let members: Vec<TierMember> = assigned
             .iter()
-            .map(|(b, _)| TierMember {
-                tier: b.tier,
-                weight: b.weight,
-                up: !state.down.contains(&b.addr),
-            })
+            .map(|(b, _)| TierMember::new(b, !state.down.contains(&b.addr)))
             .collect();
         let plan = tier::plan(&state.settings.tiers, &members);
         let fail_open = plan.fail_open;

@@ -136,11 +136,7 @@ impl DataPath for FakeDataPath {
         };
         let members: Vec<TierMember> = backends
             .iter()
-            .map(|b| TierMember {
-                tier: b.tier,
-                weight: b.weight,
-                up: !self.is_down(vip, &b.addr),
-            })
+            .map(|b| TierMember::new(b, !self.is_down(vip, &b.addr)))
             .collect();
         tier::plan(&settings.tiers, &members).shares
     }

@@ -14,9 +14,14 @@
 //! The result is a weight per backend for the ordinary table builders: the
 //! data path knows nothing of tiers.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::defaults::{DEFAULT_MIN_HEALTHY, DEFAULT_OVERPROVISIONING};
+use super::{
+    backend::BackendSpec,
+    defaults::{DEFAULT_MIN_HEALTHY, DEFAULT_OVERPROVISIONING},
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +75,16 @@ pub struct TierMember {
     pub up: bool,
 }
 
+impl TierMember {
+    pub fn new(spec: &BackendSpec, up: bool) -> TierMember {
+        TierMember {
+            tier: spec.tier,
+            weight: spec.weight,
+            up,
+        }
+    }
+}
+
 /// A tier's part of a VIP's new flows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierShare {
@@ -103,31 +118,26 @@ const SPILL_SCALE: u64 = 1000;
 /// backends keep their configured weights, so a VIP without tiers builds
 /// exactly the table it built before tiers existed.
 pub fn plan(policy: &TierPolicy, members: &[TierMember]) -> TierPlan {
-    let mut shares: Vec<TierShare> = Vec::new();
+    // Each tier's counts and the weight of its healthy backends, nearest first.
+    let mut tiers: BTreeMap<u8, (TierShare, u64)> = BTreeMap::new();
     for m in members.iter().filter(|m| m.weight > 0) {
-        let i = match shares.iter().position(|s| s.tier == m.tier) {
-            Some(i) => i,
-            None => {
-                shares.push(TierShare {
-                    tier: m.tier,
-                    total: 0,
-                    healthy: 0,
-                    share: 0,
-                });
-                shares.len() - 1
-            }
-        };
-        shares[i].total += 1;
-        shares[i].healthy += u32::from(m.up);
+        let (s, healthy_weight) = tiers.entry(m.tier).or_insert((
+            TierShare {
+                tier: m.tier,
+                total: 0,
+                healthy: 0,
+                share: 0,
+            },
+            0,
+        ));
+        s.total += 1;
+        if m.up {
+            s.healthy += 1;
+            *healthy_weight += u64::from(m.weight);
+        }
     }
-    shares.sort_by_key(|s| s.tier);
-    let healthy_weight = |tier: u8| -> u64 {
-        members
-            .iter()
-            .filter(|m| m.tier == tier && m.up)
-            .map(|m| u64::from(m.weight))
-            .sum()
-    };
+    let mut shares: Vec<TierShare> = tiers.values().map(|(s, _)| *s).collect();
+    let healthy_weight = |tier: u8| tiers.get(&tier).map_or(0, |t| t.1);
 
     if shares.iter().all(|s| s.healthy == 0) {
         // Nothing healthy: the nearest tier fails open (every one of its

@@ -66,6 +66,20 @@ pub fn vip_of<'a>(status: &'a Json, vip: &str) -> &'a Json {
         .unwrap_or_else(|| panic!("no VIP {vip} in status"))
 }
 
+/// Each tier of `vip` and its share of new flows in percent, nearest
+/// first (empty for a VIP without tiers).
+pub fn tiers_of(status: &Json, vip: &str) -> Vec<(u64, u64)> {
+    vip_of(status, vip)
+        .get("tiers")
+        .arr()
+        .iter()
+        .map(|t| {
+            let n = |k: &str| t.get(k).as_f64().unwrap_or(-1.0) as u64;
+            (n("tier"), n("share"))
+        })
+        .collect()
+}
+
 /// The health of each backend of `vip`: address → "up", "down" or
 /// "unchecked".
 pub fn health_of(status: &Json, vip: &str) -> BTreeMap<String, String> {
