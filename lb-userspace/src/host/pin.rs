@@ -54,9 +54,14 @@ impl PinPlace {
         })
     }
 
+    /// `lb`: every balancer's pins, by namespace.
+    fn balancer_root(&self) -> PathBuf {
+        self.bpffs.join("lb")
+    }
+
     /// `lb/netns-<cookie>`: every balancer of this namespace.
     fn netns_dir(&self) -> PathBuf {
-        self.bpffs.join("lb").join(self.netns.to_string())
+        self.balancer_root().join(self.netns.to_string())
     }
 
     /// `lb/netns-<cookie>/<interface>`: the balancer's pins of every layout.
@@ -69,8 +74,12 @@ impl PinPlace {
         self.interface_dir().join(format!("v{MAP_LAYOUT_VERSION}"))
     }
 
+    fn decap_root(&self) -> PathBuf {
+        self.bpffs.join("lb-decap")
+    }
+
     fn decap_netns_dir(&self) -> PathBuf {
-        self.bpffs.join("lb-decap").join(self.netns.to_string())
+        self.decap_root().join(self.netns.to_string())
     }
 
     /// Where the decap program's link is pinned.
@@ -115,6 +124,7 @@ impl PinPlace {
     pub fn remove_balancer(&self) -> anyhow::Result<bool> {
         let removed = remove_dir(&self.interface_dir())?;
         remove_if_empty(&self.netns_dir());
+        remove_if_empty(&self.balancer_root());
         Ok(removed)
     }
 
@@ -122,6 +132,7 @@ impl PinPlace {
     pub fn remove_decap(&self) -> anyhow::Result<bool> {
         let removed = remove_dir(&self.decap_dir())?;
         remove_if_empty(&self.decap_netns_dir());
+        remove_if_empty(&self.decap_root());
         Ok(removed)
     }
 }
@@ -218,7 +229,7 @@ fn remove_dir(dir: &Path) -> anyhow::Result<bool> {
 }
 
 fn remove_if_empty(dir: &Path) {
-    // Fails harmlessly when another interface of the namespace still has pins.
+    // Fails harmlessly when another interface (or namespace) still has pins.
     let _ = fs::remove_dir(dir);
 }
 
@@ -300,6 +311,27 @@ mod tests {
             netns: NetnsId(ns),
             interface: interface.into(),
         }
+    }
+
+    #[test]
+    fn removing_the_last_pins_leaves_no_directory_behind() {
+        let root = std::env::temp_dir().join(format!("lb-pin-removal-test-{}", std::process::id()));
+        let at = |ns: u64, interface: &str| PinPlace {
+            bpffs: root.clone(),
+            ..place(ns, interface)
+        };
+        let (a, b) = (at(7, "eth0"), at(8, "eth0"));
+        for p in [&a, &b] {
+            fs::create_dir_all(p.balancer_dir()).unwrap();
+            fs::create_dir_all(p.decap_dir()).unwrap();
+        }
+        assert!(a.remove_balancer().unwrap() && a.remove_decap().unwrap());
+        // Another namespace still has pins: only a's own directories go.
+        assert!(!a.netns_dir().exists() && !a.decap_netns_dir().exists());
+        assert!(b.balancer_dir().exists() && b.decap_dir().exists());
+        assert!(b.remove_balancer().unwrap() && b.remove_decap().unwrap());
+        assert!(!root.join("lb").exists() && !root.join("lb-decap").exists());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
