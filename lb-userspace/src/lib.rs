@@ -8,6 +8,7 @@
 //! - [`balancer`]: the loaded XDP program and its maps (the only writer);
 //! - [`host`]: namespaces, interfaces, bpffs pins, next hops;
 //! - [`decap`]: the backend-side program;
+//! - [`store`]: the cluster's desired state in etcd: keys, reports, requests;
 //! - [`discovery`]: what of a discovery source's answers is applied (fail
 //!   static);
 //! - [`announce`]: which VIP addresses to announce, lbd's routing table,
@@ -32,4 +33,5 @@ pub mod metrics;
 pub mod model;
 pub mod objects;
 pub mod state;
+pub mod store;
 pub mod trace;

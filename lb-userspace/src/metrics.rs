@@ -241,6 +241,7 @@ impl Collector for MapCollector {
             })
             .collect();
         let node = d.node_status();
+        let store = d.store_status();
         // Per tier, for every VIP (a VIP without tiers has one, tier 0).
         let mut share = Vec::new();
         let mut healthy = Vec::new();
@@ -281,6 +282,31 @@ impl Collector for MapCollector {
             "Routes lbd added to or removed from its routing table",
             &[(labels(&[]), node.changes)],
         )?;
+        if let Some(s) = store {
+            gauge_family(
+                &mut enc,
+                "lb_store_reachable",
+                "1 if the store answered lbd's last request ([store]); 0: cut off, forwarding \
+                 the applied revision as it is",
+                &[(labels(&[]), s.reachable as i64)],
+            )?;
+            gauge_family(
+                &mut enc,
+                "lb_store_applied_revision",
+                "The store's desired-state revision the maps hold",
+                &[(labels(&[]), s.applied_revision)],
+            )?;
+            let since = humantime::parse_rfc3339(&s.since)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            gauge_family(
+                &mut enc,
+                "lb_store_state_since_seconds",
+                "When lb_store_reachable last changed (Unix time)",
+                &[(labels(&[]), since)],
+            )?;
+        }
         gauge_family(
             &mut enc,
             "lb_drained",

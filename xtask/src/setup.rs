@@ -7,7 +7,9 @@
 //! - the preinstalled nightly toolchain with `rust-src` (`build-std = core`);
 //! - iproute2's `ip`, which the namespace tests drive;
 //! - BIRD 2 and keepalived, which the cluster tests start in their
-//!   namespaces (the BGP speaker and the VRRP daemon lb is run with).
+//!   namespaces (the BGP speaker and the VRRP daemon lb is run with);
+//! - etcd, the store the cluster tests share their desired state through,
+//!   and protoc, which the `etcd-client` crate compiles etcd's API with.
 
 use std::env;
 use std::ffi::OsString;
@@ -50,6 +52,16 @@ fn debian_packages() -> Result<()> {
         ("nft", "nftables"),
     ] {
         if find_program(program, &sbin).is_none() {
+            missing.push(package);
+        }
+    }
+    let bin = [PathBuf::from("/usr/bin")];
+    for (program, package) in [
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
+        ("protoc", "protobuf-compiler"),
+    ] {
+        if find_program(program, &bin).is_none() {
             missing.push(package);
         }
     }

@@ -36,6 +36,9 @@ pub enum Reason {
     Never,
     /// The balancer is not attached (yet).
     NotAttached,
+    /// lbd has not read the store since it started: what it forwards may
+    /// be out of date ([store] announce_before_read = false).
+    StoreNotRead,
     /// `lbctl node drain`.
     Drained,
     /// Every VIP on the address has all its backends down and fails open:
@@ -55,6 +58,9 @@ impl Reason {
             Reason::Always => "announce when = \"always\"",
             Reason::Never => "announce when = \"never\"",
             Reason::NotAttached => "the balancer is not attached",
+            Reason::StoreNotRead => {
+                "lbd has not read the store since it started (announce_before_read = false)"
+            }
             Reason::Drained => "the node is drained (lbctl node undrain announces again)",
             Reason::FailOpen => "its VIPs fail open: every backend is down",
             Reason::NoHealthyBackend => "no VIP on it has a healthy backend with weight",
@@ -84,6 +90,7 @@ pub struct VipView {
 pub fn decide(
     when: AnnounceWhen,
     attached: bool,
+    store_unread: bool,
     drained: bool,
     vips: &[VipView],
 ) -> BTreeMap<IpAddr, Reason> {
@@ -93,6 +100,8 @@ pub fn decide(
             Reason::Never
         } else if !attached {
             Reason::NotAttached
+        } else if store_unread {
+            Reason::StoreNotRead
         } else if drained {
             Reason::Drained
         } else if when == AnnounceWhen::Always {
@@ -155,7 +164,7 @@ mod tests {
             vip("10.0.0.3", false, false),
             vip("fd00::1", true, false),
         ];
-        let d = decide(AnnounceWhen::Healthy, true, false, &vips);
+        let d = decide(AnnounceWhen::Healthy, true, false, false, &vips);
         assert_eq!(one(&d, "10.0.0.1"), (true, Reason::Healthy));
         assert_eq!(one(&d, "10.0.0.2"), (false, Reason::FailOpen));
         assert_eq!(one(&d, "10.0.0.3"), (false, Reason::NoHealthyBackend));
@@ -169,6 +178,7 @@ mod tests {
             AnnounceWhen::Healthy,
             true,
             false,
+            false,
             &[vip("10.0.0.1", true, true)],
         );
         assert_eq!(one(&d, "10.0.0.1"), (false, Reason::FailOpen));
@@ -177,15 +187,21 @@ mod tests {
     #[test]
     fn drain_attach_and_when_override_health() {
         let vips = [vip("10.0.0.1", true, false), vip("10.0.0.2", false, false)];
-        let d = decide(AnnounceWhen::Healthy, true, true, &vips);
+        let d = decide(AnnounceWhen::Healthy, true, false, true, &vips);
         assert_eq!(one(&d, "10.0.0.1"), (false, Reason::Drained));
-        let d = decide(AnnounceWhen::Healthy, false, false, &vips);
+        let d = decide(AnnounceWhen::Healthy, false, false, false, &vips);
         assert_eq!(one(&d, "10.0.0.1"), (false, Reason::NotAttached));
-        let d = decide(AnnounceWhen::Always, true, false, &vips);
+        let d = decide(AnnounceWhen::Always, true, false, false, &vips);
         assert_eq!(one(&d, "10.0.0.2"), (true, Reason::Always));
-        let d = decide(AnnounceWhen::Always, true, true, &vips);
+        let d = decide(AnnounceWhen::Always, true, false, true, &vips);
         assert_eq!(one(&d, "10.0.0.2"), (false, Reason::Drained));
-        let d = decide(AnnounceWhen::Never, true, false, &vips);
+        let d = decide(AnnounceWhen::Never, true, false, false, &vips);
         assert_eq!(one(&d, "10.0.0.1"), (false, Reason::Never));
+        // A node that has not read its store yet announces nothing, even
+        // with when = "always"; a drain still says it is drained after.
+        let d = decide(AnnounceWhen::Always, true, true, false, &vips);
+        assert_eq!(one(&d, "10.0.0.2"), (false, Reason::StoreNotRead));
+        let d = decide(AnnounceWhen::Healthy, true, true, true, &vips);
+        assert_eq!(one(&d, "10.0.0.1"), (false, Reason::StoreNotRead));
     }
 }

@@ -22,7 +22,15 @@ use super::{
     audit::{AuditLog, Peer},
     types::{self as control, Change, ErrorBody, ReloadRequest},
 };
-use crate::daemon::{ApplyError, Daemon, Shared as SharedDaemon};
+use crate::{
+    daemon::{ApplyError, Daemon, Shared as SharedDaemon},
+    model::defaults::STORE_APPLY_WAIT,
+    store::{
+        etcd::{CommitError, Etcd},
+        layout::{ChangeNote, StoredVip},
+        report,
+    },
+};
 
 #[derive(Clone)]
 struct Api {
@@ -40,6 +48,8 @@ pub struct Hooks {
     /// new backends at once.
     pub nexthops: Arc<tokio::sync::Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `[store]`: where changes are committed.
+    pub store: Option<Etcd>,
 }
 
 impl Hooks {
@@ -79,7 +89,7 @@ impl From<ApplyError> for ApiError {
             ApplyError::NotFound(_) => StatusCode::NOT_FOUND,
             ApplyError::Conflict(_) => StatusCode::CONFLICT,
             ApplyError::Kernel(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApplyError::Pending(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApplyError::Pending(_) | ApplyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -114,6 +124,27 @@ impl Api {
                 "peer credentials unavailable".into(),
             )),
         }
+    }
+
+    /// The store, or why there is none.
+    fn store(&self) -> Result<&Etcd, ApiError> {
+        self.hooks.store.as_ref().ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "this lbd has no [store]: its VIPs are its config file's".into(),
+            )
+        })
+    }
+
+    /// A failed request to the store, with how long it has been so.
+    fn store_unreachable(&self, e: anyhow::Error) -> ApplyError {
+        let since = self
+            .daemon()
+            .store_status()
+            .filter(|s| !s.reachable)
+            .map(|s| format!(" (unreachable since {})", s.since))
+            .unwrap_or_default();
+        ApplyError::Unavailable(format!("the store{since}: {e:#}"))
     }
 
     fn daemon(&self) -> std::sync::MutexGuard<'_, Daemon> {
@@ -221,6 +252,9 @@ pub async fn serve(
         .route(control::PATH_RELOAD, post(reload))
         .route(control::PATH_DEBUG, get(debug_view))
         .route(control::PATH_NODE, get(node))
+        .route(control::PATH_CLUSTER, get(cluster))
+        .route(control::PATH_STORE_IMPORT, post(store_import))
+        .route(control::PATH_STORE_EXPORT, get(store_export))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(api);
     axum::serve(
@@ -317,10 +351,12 @@ async fn change(
             return Err(e);
         }
     };
-    let result = match change {
-        Change::NodeDrain => set_drained(&api, true).await,
-        Change::NodeUndrain => set_drained(&api, false).await,
-        _ => api.daemon().change(&change),
+    let result = match (&change, &api.hooks.store) {
+        (Change::NodeDrain, _) => set_drained(&api, true).await,
+        (Change::NodeUndrain, _) => set_drained(&api, false).await,
+        // The node's own: not part of the cluster's state.
+        (Change::DebugOn { .. } | Change::DebugOff, _) | (_, None) => api.daemon().change(&change),
+        (_, Some(etcd)) => store_change(&api, etcd, &change, &raw).await,
     };
     match result {
         Ok(summary) => {
@@ -338,6 +374,165 @@ async fn change(
             Err(e.into())
         }
     }
+}
+
+/// A change with a store: planned here on the revision the maps hold,
+/// committed only if the store is still at that revision, then waited for
+/// until this node has applied it (every node applies it from its watch).
+async fn store_change(
+    api: &Api,
+    etcd: &Etcd,
+    change: &Change,
+    raw: &serde_json::Value,
+) -> Result<String, ApplyError> {
+    let (planned, node) = {
+        let d = api.daemon();
+        let node = d
+            .store_settings()
+            .map(|s| s.node.clone())
+            .unwrap_or_default();
+        (d.plan_store_change(change)?, node)
+    };
+    if planned.lines.is_empty() {
+        return Ok("no change".into());
+    }
+    let note = ChangeNote::now(node, raw.to_string());
+    let revision = etcd
+        .commit(planned.planned, &planned.from, &planned.to, &note)
+        .await
+        .map_err(refused_commit)?;
+    let mut applied = planned.applied;
+    let waited = tokio::time::timeout(STORE_APPLY_WAIT, applied.wait_for(|r| *r >= revision)).await;
+    let lines = planned.lines.join("\n");
+    match waited {
+        Ok(Ok(_)) => Ok(format!(
+            "{lines}\n(store revision {revision}, applied on this node)"
+        )),
+        _ => Err(ApplyError::Pending(format!(
+            "{lines}\ncommitted to the store at revision {revision}, but this node has not \
+             applied it yet: see lbctl status"
+        ))),
+    }
+}
+
+/// A commit that did not happen: a lost race (409) or no store (503).
+fn refused_commit(e: CommitError) -> ApplyError {
+    match e {
+        CommitError::Conflict { .. } => ApplyError::Conflict(e.to_string()),
+        CommitError::Store(_) => ApplyError::Unavailable(format!("{e}; nothing was changed")),
+    }
+}
+
+async fn cluster(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+) -> Result<Response, ApiError> {
+    api.allow_read(&peer)?;
+    let etcd = api.store()?;
+    let unreachable = |e: anyhow::Error| ApiError::from(api.store_unreachable(e));
+    let snap = etcd.snapshot().await.map_err(unreachable)?;
+    let reports = etcd.reports().await.map_err(unreachable)?;
+    Ok(Json(report::analyse(snap.revision, reports)).into_response())
+}
+
+async fn store_export(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+) -> Result<Response, ApiError> {
+    api.allow_read(&peer)?;
+    let etcd = api.store()?;
+    let snap = etcd
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::from(api.store_unreachable(e)))?;
+    let vips = snap
+        .state
+        .vips
+        .into_iter()
+        .map(|(vip, desired)| StoredVip { vip, desired })
+        .collect();
+    Ok(Json(control::StoreExport {
+        revision: snap.revision,
+        vips,
+    })
+    .into_response())
+}
+
+/// `lbctl store import`: the store holds exactly the file's VIPs after it,
+/// in one transaction against the revision read (or the diff, dry run).
+async fn store_import(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let reader = api.allow_read(&peer)?;
+    let (req, _) = match parse_body::<control::StoreImport>(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let what = serde_json::json!({"op": "store-import"});
+            api.audit
+                .record(&reader, &what, &format!("refused: {}", e.1));
+            return Err(e);
+        }
+    };
+    let what = serde_json::json!({
+        "op": "store-import",
+        "dry_run": req.dry_run,
+        "vips": req.state.vips.keys().map(|v| v.to_string()).collect::<Vec<_>>(),
+    });
+    let who = if req.dry_run {
+        reader
+    } else {
+        api.allow_change(&peer, &what)?
+    };
+    let result = import(&api, &req).await;
+    if !req.dry_run {
+        let outcome = match &result {
+            Ok(r) => format!("ok (revision {})", r.revision),
+            Err(e) => format!("refused: {e}"),
+        };
+        api.audit.record(&who, &what, &outcome);
+    }
+    Ok(Json(result?).into_response())
+}
+
+async fn import(
+    api: &Api,
+    req: &control::StoreImport,
+) -> Result<control::StoreImportResult, ApplyError> {
+    let etcd = api.store().map_err(|e| ApplyError::Invalid(e.1))?;
+    let node = {
+        let d = api.daemon();
+        d.check_state(&req.state)?;
+        d.store_settings()
+            .map(|s| s.node.clone())
+            .unwrap_or_default()
+    };
+    let snap = etcd
+        .snapshot()
+        .await
+        .map_err(|e| api.store_unreachable(e))?;
+    let diff = crate::state::plan::diff(&snap.state, &req.state).lines;
+    if req.dry_run || diff.is_empty() {
+        return Ok(control::StoreImportResult {
+            diff,
+            applied: false,
+            revision: snap.revision,
+        });
+    }
+    let note = ChangeNote::now(
+        node,
+        format!("store-import of {} VIPs", req.state.vips.len()),
+    );
+    let revision = etcd
+        .commit(snap.revision, &snap.state, &req.state, &note)
+        .await
+        .map_err(refused_commit)?;
+    Ok(control::StoreImportResult {
+        diff,
+        applied: true,
+        revision,
+    })
 }
 
 /// How long a drain or undrain waits for the announcer to update the table.

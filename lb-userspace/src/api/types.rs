@@ -24,6 +24,13 @@ pub const PATH_CHANGE: &str = "/v1/change";
 pub const PATH_RELOAD: &str = "/v1/reload";
 /// `GET`: the node's announcements and drain ([`NodeStatus`]).
 pub const PATH_NODE: &str = "/v1/node";
+/// `GET`: every node's report from the store, and the drift among them
+/// ([`crate::store::report::ClusterView`]).
+pub const PATH_CLUSTER: &str = "/v1/cluster";
+/// `POST` a [`StoreImport`]: make the store hold these VIPs.
+pub const PATH_STORE_IMPORT: &str = "/v1/store/import";
+/// `GET`: the store's VIPs ([`StoreExport`]).
+pub const PATH_STORE_EXPORT: &str = "/v1/store/export";
 /// `GET /v1/debug?after=N`: the decision trace's state and its lines
 /// numbered N and later ([`TraceView`]).
 pub const PATH_DEBUG: &str = "/v1/debug";
@@ -84,7 +91,58 @@ pub struct Status {
     pub program_id: u32,
     pub uptime_secs: u64,
     pub pin_dir: String,
+    /// `[store]`: the link to the cluster's desired state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
     pub vips: Vec<VipStatus>,
+}
+
+/// A node's link to the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub node: String,
+    /// The desired state's revision the maps hold.
+    pub applied_revision: i64,
+    /// The store has been read since lbd started.
+    pub read: bool,
+    pub reachable: bool,
+    /// Since when the store has been reachable (or not), RFC 3339.
+    pub since: String,
+    /// The last failure to reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A later revision this node refused, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Nothing is announced until the store has been read.
+    pub announcing_held: bool,
+}
+
+/// `lbctl store import`: the VIPs the store should hold (all of them:
+/// VIPs in the store and not here are removed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreImport {
+    pub state: crate::state::DesiredState,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an import did (or would do).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreImportResult {
+    pub diff: Vec<String>,
+    pub applied: bool,
+    /// The desired state's revision after it (before it, for a dry run).
+    pub revision: i64,
+}
+
+/// `lbctl store export`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreExport {
+    pub revision: i64,
+    pub vips: Vec<crate::store::layout::StoredVip>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -54,6 +54,13 @@ pub enum Command {
     /// forwarding what still arrives), undrain, status.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The shared desired state ([store] in lbd's config).
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Every node sharing the store: its revision, whether it is current,
+    /// and any drift.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Re-read the config file and apply the difference.
     Reload {
         /// Only show what would change.
@@ -74,6 +81,27 @@ pub enum NodeCommand {
     /// Announce again what this node should announce.
     Undrain,
     /// Each VIP address: announced or not, and why.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Make the store hold exactly the VIPs of FILE (an lbd config, or a
+    /// file of [[vip]] tables, or what `store export` printed), in one
+    /// transaction.
+    Import {
+        file: PathBuf,
+        /// Only show the difference with what the store holds.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the store's VIPs (JSON that `store import` reads back).
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// One line per node: applied revision, current or not, drift.
     Status,
 }
 

@@ -11,16 +11,17 @@ use serde::de::DeserializeOwned;
 
 use super::{
     args::{
-        BackendCommand, Cli, Command, DebugAction, ExplainArgs, HealthArgs, NodeCommand, StatsArgs,
-        VipAddArgs, VipCommand,
+        BackendCommand, Cli, ClusterCommand, Command, DebugAction, ExplainArgs, HealthArgs,
+        NodeCommand, StatsArgs, StoreCommand, VipAddArgs, VipCommand,
     },
     client::{decode, with_query, Client},
     output, CliError,
 };
 use crate::{
     api::types::{
-        Change, ReloadRequest, ReloadResult, Stats, Status, TraceView, PATH_CHANGE, PATH_DEBUG,
-        PATH_EXPLAIN, PATH_NODE, PATH_RELOAD, PATH_STATS, PATH_STATUS,
+        Change, ReloadRequest, ReloadResult, Stats, Status, StoreExport, StoreImport,
+        StoreImportResult, TraceView, PATH_CHANGE, PATH_CLUSTER, PATH_DEBUG, PATH_EXPLAIN,
+        PATH_NODE, PATH_RELOAD, PATH_STATS, PATH_STATUS, PATH_STORE_EXPORT, PATH_STORE_IMPORT,
     },
     model::HealthKind,
 };
@@ -56,6 +57,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(NodeCommand::Status) => {
             let raw = client.get(PATH_NODE).await?;
             print_answer(&raw, json, output::render_node)
+        }
+        Command::Store(StoreCommand::Import { file, dry_run }) => {
+            let state = read_vips(&file)?;
+            let raw = client
+                .post(PATH_STORE_IMPORT, &StoreImport { state, dry_run })
+                .await?;
+            print_answer(&raw, json, |r: &StoreImportResult| {
+                output::render_import(r, dry_run)
+            })
+        }
+        Command::Store(StoreCommand::Export) => {
+            let raw = client.get(PATH_STORE_EXPORT).await?;
+            let export: StoreExport = decode(&raw)?;
+            print_value(&export)
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            let raw = client.get(PATH_CLUSTER).await?;
+            print_answer(&raw, json, output::render_cluster)
         }
         Command::Debug {
             action: Some(DebugAction::On { vip, seconds }),
@@ -343,6 +362,29 @@ async fn debug_follow(client: &Client, json: bool) -> Result<(), CliError> {
             _ = &mut ctrl_c => return Ok(()),
         }
     }
+}
+
+/// The VIPs of a file for `store import`: JSON as `store export` prints
+/// it, else TOML as lbd's config has them.
+fn read_vips(file: &std::path::Path) -> Result<crate::state::DesiredState, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Other(format!("{}: {e}", file.display())))?;
+    if text.trim_start().starts_with('{') {
+        let export: StoreExport = serde_json::from_str(&text)
+            .map_err(|e| CliError::Other(format!("{}: not a store export: {e}", file.display())))?;
+        let state = crate::state::DesiredState {
+            vips: export
+                .vips
+                .into_iter()
+                .map(|v| (v.vip, v.desired))
+                .collect(),
+        };
+        state
+            .validate()
+            .map_err(|e| CliError::Other(format!("{}: {e}", file.display())))?;
+        return Ok(state);
+    }
+    crate::config::load_vips(file).map_err(|e| CliError::Other(e.to_string()))
 }
 
 async fn reload(client: &Client, json: bool, dry_run: bool) -> Result<(), CliError> {

@@ -6,11 +6,12 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 use lb_common::counters::{Counter, CounterKind};
 
 use crate::api::types::{
-    BackendStatus, ChangeResult, Explain, NodeStatus, ReloadResult, Stats, Status, TrafficRow,
-    VipStatus,
+    BackendStatus, ChangeResult, Explain, NodeStatus, ReloadResult, Stats, Status,
+    StoreImportResult, StoreStatus, TrafficRow, VipStatus,
 };
 use crate::model::{Forwarding, Scheduler, TierMode, VipId};
 use crate::model::{HealthKind, HealthSpec};
+use crate::store::report::ClusterView;
 
 /// The loud line of a VIP whose backends are all down.
 pub const FAIL_OPEN_LINE: &str = "ALL BACKENDS DOWN: failing open, sending to all";
@@ -232,6 +233,12 @@ pub fn render_status(s: &Status) -> String {
     ] {
         let _ = writeln!(out, "{k:<12}{v}");
     }
+    if let Some(st) = &s.store {
+        let _ = writeln!(out, "{:<12}{}", "Store:", store_line(st));
+        if let Some(r) = &st.refused {
+            let _ = writeln!(out, "{:<12}REFUSED {r}", "");
+        }
+    }
     out.push('\n');
     if s.vips.is_empty() {
         out.push_str("No VIPs.\n");
@@ -241,6 +248,113 @@ pub fn render_status(s: &Status) -> String {
             out.push('\n');
         }
         out.push_str(&render_vip(v));
+    }
+    out
+}
+
+/// The store's state in one line: what an operator checks first when a
+/// node is cut off.
+fn store_line(st: &StoreStatus) -> String {
+    let mut line = format!(
+        "etcd {} {} as {}: revision {}",
+        st.endpoints.join(","),
+        st.prefix,
+        st.node,
+        st.applied_revision
+    );
+    if st.reachable {
+        let _ = write!(line, ", reachable since {}", st.since);
+    } else {
+        let _ = write!(
+            line,
+            ", UNREACHABLE since {} ({}); forwarding revision {} as it is",
+            st.since,
+            st.error.as_deref().unwrap_or("connecting"),
+            st.applied_revision
+        );
+    }
+    if st.announcing_held {
+        line.push_str("; not announcing until the store is read");
+    }
+    line
+}
+
+/// `lbctl store import`.
+pub fn render_import(r: &StoreImportResult, dry_run: bool) -> String {
+    let mut out = String::new();
+    if r.diff.is_empty() {
+        let _ = writeln!(
+            out,
+            "No changes: the store holds these VIPs (revision {}).",
+            r.revision
+        );
+        return out;
+    }
+    for line in &r.diff {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        if dry_run {
+            format!(
+                "Dry run: nothing written (the store is at revision {}).",
+                r.revision
+            )
+        } else {
+            format!("Written to the store: revision {}.", r.revision)
+        }
+    );
+    out
+}
+
+/// `lbctl cluster status`: one line per node, then what disagrees.
+pub fn render_cluster(c: &ClusterView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Desired state: revision {}\n", c.revision);
+    if c.nodes.is_empty() {
+        out.push_str("No node reports (none reaches the store).\n");
+        return out;
+    }
+    let mut t = Table::new(&[
+        ("NODE", Left),
+        ("REVISION", Right),
+        ("CURRENT", Left),
+        ("VIPS", Right),
+        ("DOWN", Right),
+        ("ANNOUNCED", Right),
+        ("VERSION", Left),
+    ]);
+    for n in &c.nodes {
+        let r = &n.report;
+        t.row(vec![
+            r.node.clone(),
+            r.applied_revision.to_string(),
+            if n.current { "yes" } else { "NO" }.to_string(),
+            r.tables.len().to_string(),
+            r.down.len().to_string(),
+            if r.drained {
+                "drained".to_string()
+            } else {
+                r.announced.len().to_string()
+            },
+            r.version.clone(),
+        ]);
+    }
+    out.push_str(&t.render(""));
+    for n in &c.nodes {
+        if let Some(r) = &n.report.refused {
+            let _ = writeln!(out, "{}: refused {r}", n.report.node);
+        }
+        for d in &n.drift {
+            let _ = writeln!(out, "{}: {d}", n.report.node);
+        }
+    }
+    if c.bug {
+        out.push_str(
+            "\nDRIFT: nodes at the same revision with the same health view build different \
+             tables. This is a bug in lb: please report it with `lbctl status --json` of each.\n",
+        );
     }
     out
 }
@@ -823,6 +937,7 @@ mod tests {
             program_id: 42,
             uptime_secs: 3 * 3600 + 12 * 60,
             pin_dir: "/sys/fs/bpf/lb".into(),
+            store: None,
             vips: vec![web()],
         };
         let expected = "\

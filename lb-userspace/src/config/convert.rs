@@ -15,7 +15,7 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    raw::{HealthLayer, RawAnnounce, RawConfig, RawEncap, RawLimits, RawTiers, RawVip},
+    raw::{HealthLayer, RawAnnounce, RawConfig, RawEncap, RawLimits, RawStore, RawTiers, RawVip},
     spans::{Index, Seg},
     Config, ConfigError, VipConfig, VipLines,
 };
@@ -25,7 +25,17 @@ use crate::{
         HealthError, HealthKind, HealthSpec, Limits, TierMode, TierPolicy, VipId, VipSettings,
     },
     state::{BackendDesired, VipDesired},
+    store::{StoreSettings, StoreTls},
 };
+
+/// The kernel's host name: a node's default name in the store.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
 
 pub(super) struct Source<'a> {
     pub(super) path: &'a Path,
@@ -138,8 +148,46 @@ impl Source<'_> {
         ConfigError::new(self.path, line, message)
     }
 
+    /// lbd's config: `interface` required; with `[store]`, no `[[vip]]`.
     pub(super) fn convert(&self, raw: RawConfig) -> Checked<Config> {
-        let interface = self.interface(&raw.interface)?;
+        let interface = match &raw.interface {
+            Some(i) => self.interface(i)?,
+            None => {
+                return Err(ConfigError::new(
+                    self.path,
+                    Some(1),
+                    "key `interface` is required",
+                ))
+            }
+        };
+        if let (Some(store), Some(first)) = (&raw.store, raw.vip.first()) {
+            let (line, _) = self.line_col(first.span().start);
+            let (store_line, _) = self.line_col(store.span().start);
+            return Err(ConfigError::new(
+                self.path,
+                Some(line),
+                format!(
+                    "[[vip]]: with [store] (line {store_line}) the VIPs come from the store, not \
+                     from this file: write them there with `lbctl store import FILE` and remove \
+                     them here"
+                ),
+            ));
+        }
+        self.convert_with(raw, interface)
+    }
+
+    /// A file of VIPs for `lbctl store import`: `interface` and the rest
+    /// of a node's keys are allowed (an lbd config may be imported as it
+    /// is) but only its VIPs are used.
+    pub(super) fn convert_vips(&self, raw: RawConfig) -> Checked<Config> {
+        let interface = match &raw.interface {
+            Some(i) => self.interface(i)?,
+            None => String::new(),
+        };
+        self.convert_with(raw, interface)
+    }
+
+    fn convert_with(&self, raw: RawConfig, interface: String) -> Checked<Config> {
         let path = |v: &Option<Spanned<String>>, key: &str, default: &str| -> Checked<PathBuf> {
             match v {
                 None => Ok(PathBuf::from(default)),
@@ -226,6 +274,10 @@ impl Source<'_> {
             None => None,
             Some(a) => Some(self.announce(a)?),
         };
+        let store = match &raw.store {
+            None => None,
+            Some(s) => Some(self.store(s)?),
+        };
         let vips = raw
             .vip
             .iter()
@@ -246,7 +298,113 @@ impl Source<'_> {
             limits,
             too_big_per_second,
             announce,
+            store,
             vips,
+        })
+    }
+
+    /// `[store]`: etcd's endpoints and how to reach them.
+    pub(super) fn store(&self, st: &Spanned<RawStore>) -> Checked<StoreSettings> {
+        let ctx = "[store]";
+        let r = st.get_ref();
+        if r.kind.get_ref() != "etcd" {
+            return Err(self.at(
+                r.kind.span(),
+                ctx,
+                format!(
+                    "key `kind`: {:?} is not a store lb knows (\"etcd\")",
+                    r.kind.get_ref()
+                ),
+            ));
+        }
+        if r.endpoints.get_ref().is_empty() {
+            return Err(self.at(
+                r.endpoints.span(),
+                ctx,
+                "key `endpoints`: name at least one etcd client URL (e.g. \"http://10.0.0.1:2379\")",
+            ));
+        }
+        let tls_wanted = r.tls_ca.is_some();
+        let mut endpoints = Vec::new();
+        for e in r.endpoints.get_ref() {
+            let url = e.get_ref().trim();
+            let scheme_ok = match url.split_once("://") {
+                Some(("http", rest)) => !tls_wanted && !rest.is_empty(),
+                Some(("https", rest)) => tls_wanted && !rest.is_empty(),
+                _ => false,
+            };
+            if !scheme_ok {
+                let want = if tls_wanted { "https" } else { "http" };
+                return Err(self.at(
+                    e.span(),
+                    ctx,
+                    format!(
+                        "key `endpoints`: {url:?} is not a {want}:// URL (https:// goes with \
+                         tls_ca, http:// without it)"
+                    ),
+                ));
+            }
+            endpoints.push(url.to_string());
+        }
+        let prefix = match &r.prefix {
+            None => DEFAULT_STORE_PREFIX.to_string(),
+            Some(p) => {
+                let v = p.get_ref().trim_end_matches('/');
+                if !v.starts_with('/') || v.len() < 2 {
+                    return Err(self.at(
+                        p.span(),
+                        ctx,
+                        format!(
+                            "key `prefix`: {:?} is not a key prefix like \"/lb/v1\"",
+                            p.get_ref()
+                        ),
+                    ));
+                }
+                v.to_string()
+            }
+        };
+        let node = match &r.node_name {
+            Some(n) => {
+                let v = n.get_ref().trim();
+                if v.is_empty() || v.contains('/') || v.chars().any(char::is_whitespace) {
+                    return Err(self.at(
+                        n.span(),
+                        ctx,
+                        format!(
+                            "key `node_name`: {:?}: a name without '/' or spaces",
+                            n.get_ref()
+                        ),
+                    ));
+                }
+                v.to_string()
+            }
+            None => host_name(),
+        };
+        let path = |v: &Spanned<String>| PathBuf::from(v.get_ref());
+        let tls = match (&r.tls_ca, &r.tls_cert, &r.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), None, None) => Some(StoreTls {
+                ca: path(ca),
+                identity: None,
+            }),
+            (Some(ca), Some(cert), Some(key)) => Some(StoreTls {
+                ca: path(ca),
+                identity: Some((path(cert), path(key))),
+            }),
+            _ => {
+                return Err(self.at(
+                    st.span(),
+                    ctx,
+                    "tls_cert and tls_key go together, and with tls_ca",
+                ))
+            }
+        };
+        Ok(StoreSettings {
+            endpoints,
+            prefix,
+            node,
+            tls,
+            announce_before_read: r.announce_before_read.unwrap_or(false),
         })
     }
 

@@ -40,6 +40,7 @@ use toml::de::DeTable;
 use crate::{
     model::{self, Announce, AttachMode, BackendSpec, EncapSources, Limits, SpecError, VipId},
     state::{DesiredState, StateError, VipDesired},
+    store::StoreSettings,
 };
 use convert::Source;
 use raw::RawConfig;
@@ -68,6 +69,8 @@ pub struct Config {
     pub too_big_per_second: Option<u32>,
     /// `[announce]`; `None`: lbd writes no routes.
     pub announce: Option<Announce>,
+    /// `[store]`; `None`: the VIPs are this file's.
+    pub store: Option<StoreSettings>,
     /// In file order.
     pub vips: Vec<VipConfig>,
 }
@@ -159,6 +162,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let config = src.convert(raw)?;
     config.desired_state()?;
     Ok(config)
+}
+
+/// Reads the VIPs of a file for `lbctl store import`: an lbd config (its
+/// node keys are read, not used) or a file of `[[vip]]` tables only. The
+/// VIPs are checked as a set, but not against this file's `[encap]`: each
+/// node checks its own when it applies them.
+pub fn load_vips(path: &Path) -> Result<DesiredState, ConfigError> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, None, format!("cannot read: {e}")))?;
+    let src = Source { path, text: &text };
+    let table = DeTable::parse(&text).map_err(|e| src.syntax_error(&e))?;
+    let index = Index::new(&table);
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(table))
+        .map_err(|e| src.shape_error(&index, &e))?;
+    let mut config = src.convert_vips(raw)?;
+    // Every family has a source here, so only the VIPs' own rules apply.
+    config.encap = EncapSources {
+        v4: Some((std::net::Ipv4Addr::UNSPECIFIED, 32)),
+        v6: Some((std::net::Ipv6Addr::UNSPECIFIED, 128)),
+    };
+    config.desired_state()
 }
 
 impl Config {

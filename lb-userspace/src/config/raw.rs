@@ -11,7 +11,9 @@ use crate::model::{AnnounceWhen, AttachMode, Forwarding, HealthKind, Proto, Sche
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    pub(super) interface: Spanned<String>,
+    /// Required of lbd's config; a file given to `lbctl store import` may
+    /// hold VIPs only.
+    pub(super) interface: Option<Spanned<String>>,
     pub(super) xdp_mode: Option<AttachMode>,
     pub(super) control_socket: Option<Spanned<String>>,
     pub(super) metrics_listen: Option<Spanned<String>>,
@@ -23,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) limits: Option<RawLimits>,
     pub(super) icmp: Option<RawIcmp>,
     pub(super) announce: Option<Spanned<RawAnnounce>>,
+    pub(super) store: Option<Spanned<RawStore>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
 }
@@ -32,6 +35,20 @@ pub(super) struct RawConfig {
 pub(super) struct RawAnnounce {
     pub(super) table: Option<Spanned<i64>>,
     pub(super) when: Option<AnnounceWhen>,
+}
+
+/// `[store]`: the shared desired state.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) kind: Spanned<String>,
+    pub(super) endpoints: Spanned<Vec<Spanned<String>>>,
+    pub(super) prefix: Option<Spanned<String>>,
+    pub(super) node_name: Option<Spanned<String>>,
+    pub(super) tls_ca: Option<Spanned<String>>,
+    pub(super) tls_cert: Option<Spanned<String>>,
+    pub(super) tls_key: Option<Spanned<String>>,
+    pub(super) announce_before_read: Option<bool>,
 }
 
 #[derive(Deserialize)]

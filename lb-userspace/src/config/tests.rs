@@ -1109,3 +1109,111 @@ fn announce_names_a_table_of_lbds_own() {
         &["protocol"],
     );
 }
+
+const STORE: &str = "interface = \"eth0\"\n\n[store]\nkind = \"etcd\"\n\
+                     endpoints = [\"http://10.30.0.31:2379\", \"http://10.30.0.32:2379\"]\n";
+
+#[test]
+fn a_store_takes_endpoints_and_defaults_the_rest() {
+    let c = ok(STORE);
+    let s = c.store.expect("[store]");
+    assert_eq!(s.endpoints.len(), 2);
+    assert_eq!(s.prefix, DEFAULT_STORE_PREFIX);
+    assert!(!s.node.is_empty(), "the host name by default");
+    assert!(s.tls.is_none() && !s.announce_before_read);
+    let c = ok(&format!(
+        "{STORE}prefix = \"/edge/lb/\"\nnode_name = \"lb-a\"\nannounce_before_read = true\n"
+    ));
+    let s = c.store.unwrap();
+    assert_eq!((s.prefix.as_str(), s.node.as_str()), ("/edge/lb", "lb-a"));
+    assert!(s.announce_before_read);
+    let tls = "interface = \"eth0\"\n[store]\nkind = \"etcd\"\nendpoints = [\"https://etcd:2379\"]\n\
+               tls_ca = \"/etc/lb/ca.pem\"\ntls_cert = \"/etc/lb/n.pem\"\ntls_key = \"/etc/lb/n.key\"\n";
+    let s = ok(tls).store.unwrap();
+    assert_eq!(
+        s.tls.unwrap().identity.unwrap().0,
+        PathBuf::from("/etc/lb/n.pem")
+    );
+}
+
+#[test]
+fn store_mistakes_are_named() {
+    bad(
+        "interface = \"eth0\"\n[store]\nkind = \"consul\"\nendpoints = [\"http://a:2379\"]\n",
+        3,
+        &["[store]", "key `kind`", "\"etcd\""],
+    );
+    bad(
+        "interface = \"eth0\"\n[store]\nkind = \"etcd\"\nendpoints = []\n",
+        4,
+        &["key `endpoints`", "at least one"],
+    );
+    bad(
+        "interface = \"eth0\"\n[store]\nkind = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\n",
+        4,
+        &["key `endpoints`", "http://"],
+    );
+    // https goes with a CA; http without one.
+    bad(
+        "interface = \"eth0\"\n[store]\nkind = \"etcd\"\nendpoints = [\"https://a:2379\"]\n",
+        4,
+        &["https:// goes with tls_ca"],
+    );
+    bad(
+        &format!("{STORE}tls_cert = \"/c.pem\"\n"),
+        3,
+        &["tls_cert and tls_key go together"],
+    );
+    bad(&format!("{STORE}prefix = \"lb\"\n"), 6, &["key `prefix`"]);
+    bad(
+        &format!("{STORE}node_name = \"a/b\"\n"),
+        6,
+        &["key `node_name`"],
+    );
+    bad(
+        &format!("{STORE}endpoint = \"x\"\n"),
+        6,
+        &["key `endpoint` is not allowed"],
+    );
+}
+
+#[test]
+fn with_a_store_the_vips_are_not_the_files() {
+    let text =
+        format!("{STORE}\n[[vip]]\naddress = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"\n");
+    bad(
+        &text,
+        7,
+        &["[[vip]]", "(line 3)", "lbctl store import FILE"],
+    );
+}
+
+#[test]
+fn a_vip_file_for_import_needs_no_interface_and_no_encap() {
+    let dir = std::env::temp_dir().join(format!("lb-vips-test-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vips.toml");
+    // ipip without [encap]: each node checks its own sources.
+    fs::write(
+        &file,
+        "[[vip]]\nname = \"web\"\naddress = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"\n\
+         backends = [ { address = \"10.0.0.2\" } ]\n",
+    )
+    .unwrap();
+    let s = load_vips(&file).unwrap();
+    assert_eq!(s.vips.len(), 1);
+    // An lbd config imports as it is.
+    fs::write(&file, EXAMPLE).unwrap();
+    assert_eq!(load_vips(&file).unwrap().vips.len(), 1);
+    // A VIP's own mistakes are still refused.
+    fs::write(
+        &file,
+        "[[vip]]\naddress = \"10.100.0.1\"\nport = 80\nprotocol = \"sctp\"\n",
+    )
+    .unwrap();
+    assert!(load_vips(&file).is_err());
+    // And lbd itself still needs its interface.
+    let e = parse(Path::new(PATH), "[encap]\nsource_v4 = \"192.0.2.1\"\n").unwrap_err();
+    assert!(e.to_string().contains("key `interface` is required"), "{e}");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -78,6 +78,7 @@ impl<D: DataPath> Daemon<D> {
             announce::decide(
                 when,
                 self.program_id != 0,
+                self.store_unread(),
                 self.announcing.node.drained,
                 &vips,
             ),

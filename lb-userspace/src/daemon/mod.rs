@@ -14,11 +14,13 @@ mod data_path;
 #[cfg(test)]
 mod fake;
 pub mod lock;
+mod store;
 #[cfg(test)]
 mod tests;
 mod views;
 
 pub use data_path::DataPath;
+pub use store::PlannedChange;
 
 use std::{
     net::IpAddr,
@@ -60,6 +62,10 @@ pub enum ApplyError {
     /// Accepted and saved, but not in effect yet: lbd keeps trying (503).
     #[error("{0}")]
     Pending(String),
+    /// Not done because something it needs (the store) cannot be reached;
+    /// nothing was changed (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StateError> for ApplyError {
@@ -94,6 +100,8 @@ pub struct Daemon<D = Balancer> {
     pin_dir: PathBuf,
     trace: TraceLog,
     announcing: announce::Announcing,
+    /// `[store]`: the revision the maps hold and the link's state.
+    store: Option<store::StoreLink>,
 }
 
 impl<D: DataPath> Daemon<D> {
@@ -124,6 +132,7 @@ impl<D: DataPath> Daemon<D> {
             pin_dir: PathBuf::new(),
             trace: TraceLog::default(),
             announcing: announce::Announcing::default(),
+            store: None,
         };
         daemon.reconcile(&desired)?;
         daemon.desired = desired;
@@ -228,10 +237,11 @@ impl<D: DataPath> Daemon<D> {
         }
         self.desired = next;
         self.announce_changed();
-        if let Err(e) = crate::state::persist::save(
+        if let Err(e) = crate::state::persist::save_with_revision(
             &self.config.state_dir,
             &self.config.interface,
             &self.desired,
+            self.store_revision(),
         ) {
             tracing::error!("persisting state: {e:#}");
         }
@@ -310,9 +320,14 @@ impl<D: DataPath> Daemon<D> {
     pub fn reload(&mut self, dry_run: bool) -> Result<ReloadResult, ApplyError> {
         let config =
             config::load(&self.config_path).map_err(|e| ApplyError::Invalid(e.to_string()))?;
-        let next = config
-            .desired_state()
-            .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        // With a store, the file holds no VIPs: the running ones stay.
+        let next = if self.store.is_some() {
+            self.desired.clone()
+        } else {
+            config
+                .desired_state()
+                .map_err(|e| ApplyError::Invalid(e.to_string()))?
+        };
         let restart_only = restart_only_changes(&self.config, &config);
         if !restart_only.is_empty() {
             return Err(ApplyError::Invalid(format!(
@@ -497,6 +512,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.announce != new.announce {
         v.push("[announce]");
+    }
+    if old.store != new.store {
+        v.push("[store]");
     }
     v
 }

@@ -492,3 +492,102 @@ fn tiers_reach_the_data_path_and_follow_health() {
         .is_err());
     assert_eq!(d.data_path(), &before);
 }
+
+/// A daemon with `[store]`, holding `TWO_VIPS` as revision 3 (as after a
+/// start from its persisted state).
+fn with_store(scratch: &Scratch) -> Daemon<FakeDataPath> {
+    scratch.write_config(HEAD, "");
+    let path = scratch.config_path();
+    let mut text = fs::read_to_string(&path).unwrap();
+    text.push_str(
+        "\n[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nnode_name = \"a\"\n",
+    );
+    scratch.write_config(HEAD, TWO_VIPS);
+    let state = config::load(&path).unwrap().desired_state().unwrap();
+    fs::write(&path, text).unwrap();
+    let cfg = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let settings = cfg.store.clone().unwrap();
+    let mut d = Daemon::new(&path, cfg, FakeDataPath::default(), state).unwrap();
+    d.use_store(settings, 3);
+    d
+}
+
+fn snapshot(revision: i64, state: DesiredState) -> crate::store::layout::Snapshot {
+    crate::store::layout::Snapshot {
+        revision,
+        store_revision: revision + 1,
+        state,
+        last_change: None,
+    }
+}
+
+#[test]
+fn a_node_that_has_not_read_its_store_plans_no_change_and_announces_nothing() {
+    let s = Scratch::new("store-unread");
+    let mut d = with_store(&s);
+    let change = Change::BackendSet {
+        vip: "web".into(),
+        addr: "10.0.0.2".parse().unwrap(),
+        weight: 9,
+    };
+    let e = d.plan_store_change(&change).err().expect("refused");
+    assert!(matches!(e, ApplyError::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    assert!(d.store_unread());
+    // Read (the same revision): planning works, against revision 3.
+    let same = d.desired().clone();
+    assert_eq!(d.apply_snapshot(&snapshot(3, same)).unwrap(), Some(vec![]));
+    assert!(!d.store_unread());
+    let p = d.plan_store_change(&change).unwrap();
+    assert_eq!(p.planned, 3);
+    assert_eq!(p.lines.len(), 1, "{:?}", p.lines);
+    // Planning changes nothing here: the store's revision does.
+    assert_eq!(d.desired(), &p.from);
+}
+
+#[test]
+fn a_revision_this_node_cannot_apply_is_refused_whole() {
+    let s = Scratch::new("store-refused");
+    let mut d = with_store(&s);
+    let before = d.desired().clone();
+    // An ipip VIP of a family this node has no outer source for.
+    let mut next = before.clone();
+    let mut v6 = next.vips.values().next().unwrap().clone();
+    v6.name = "web6".into();
+    v6.backends = vec![];
+    next.vips.insert(id("[2001:db8::1]:80/tcp"), v6);
+    let e = d.apply_snapshot(&snapshot(7, next)).unwrap_err();
+    assert!(e.to_string().contains("[encap] has no source_v6"), "{e}");
+    assert_eq!(d.desired(), &before, "nothing of revision 7 applied");
+    let st = d.store_status().unwrap();
+    assert_eq!(st.applied_revision, 3);
+    assert!(st.refused.unwrap().starts_with("revision 7:"));
+    // A later, good revision is applied and clears the refusal.
+    let mut good = before.clone();
+    good.vips.remove(&id("10.100.0.2:53/udp"));
+    assert!(d
+        .apply_snapshot(&snapshot(8, good.clone()))
+        .unwrap()
+        .is_some());
+    assert_eq!(d.desired(), &good);
+    let st = d.store_status().unwrap();
+    assert_eq!((st.applied_revision, st.refused), (8, None));
+    // The same revision again changes nothing.
+    assert_eq!(d.apply_snapshot(&snapshot(8, good)).unwrap(), None);
+}
+
+#[test]
+fn losing_the_store_keeps_the_state_and_says_since_when() {
+    let s = Scratch::new("store-lost");
+    let mut d = with_store(&s);
+    let state = d.desired().clone();
+    d.apply_snapshot(&snapshot(3, state.clone())).unwrap();
+    d.store_lost("no answer within 2s".into());
+    let st = d.store_status().unwrap();
+    assert!(!st.reachable && st.read && !st.announcing_held);
+    assert_eq!(st.error.as_deref(), Some("no answer within 2s"));
+    assert_eq!(d.desired(), &state);
+    // A reload keeps the store's VIPs (the file has none).
+    d.reload(false).unwrap();
+    assert_eq!(d.desired(), &state);
+}

@@ -234,6 +234,7 @@ impl Daemon<Balancer> {
             program_id: self.program_id,
             uptime_secs: self.started.elapsed().as_secs(),
             pin_dir: self.pin_dir.display().to_string(),
+            store: self.store_status(),
             vips,
         }
     }

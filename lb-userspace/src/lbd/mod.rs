@@ -5,6 +5,7 @@
 mod announce;
 mod oneshot;
 mod start;
+mod store;
 mod tasks;
 
 pub use oneshot::{check_config, decap, detach};

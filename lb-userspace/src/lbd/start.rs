@@ -13,7 +13,7 @@ use tokio::{
     sync::Notify,
 };
 
-use super::{announce::Announcer, tasks};
+use super::{announce::Announcer, store, tasks};
 use crate::{
     announce::{
         node,
@@ -34,6 +34,7 @@ use crate::{
     },
     metrics::{self, Metrics},
     state::persist,
+    store::etcd::Etcd,
 };
 
 /// Removes a file when dropped: the control socket, on every way out.
@@ -77,6 +78,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let listener = server::bind(&socket_path, read_gid)?;
         let _socket = RemoveOnDrop(socket_path.clone());
         let metrics_listener = metrics::bind(cfg.metrics_listen).await?;
+        // Lazy: this reads the TLS files and checks the URLs, and reaches
+        // nothing (a node starts, and forwards, without its store).
+        let etcd = match &cfg.store {
+            Some(s) => Some(Etcd::connect(s).await?),
+            None => None,
+        };
         let interface = iface::require(&cfg.interface).await?;
         pin::ensure_bpffs(&place.bpffs)?;
         pin::report_legacy(
@@ -132,6 +139,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             changed: changed.clone(),
             nexthops: nexthops_changed.clone(),
             metrics: metrics.clone(),
+            store: etcd.clone(),
         });
 
         let mut tasks = vec![
@@ -167,6 +175,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         if let Some(a) = announcer {
             tasks.push(tokio::spawn(a.run()));
             names.push("announcer");
+        }
+        if let Some(etcd) = etcd {
+            tasks.push(tokio::spawn(store::follow(
+                shared.clone(),
+                hooks.clone(),
+                etcd,
+            )));
+            names.push("store follower");
         }
         let server = server::serve(listener, shared.clone(), audit, read_gid, hooks);
 
@@ -262,16 +278,32 @@ fn load_and_attach(
         limits: config.limits,
         pin_dir: Some(pin_dir.clone()),
     };
-    let desired = match persist::load(&config.state_dir, &config.interface)? {
-        Some(saved) => {
-            tracing::info!(
-                "using runtime state from {} (config file changes apply on reload)",
-                persist::state_file(&config.state_dir).display()
-            );
-            saved
+    let (desired, revision) = match persist::load_with_revision(
+        &config.state_dir,
+        &config.interface,
+    )? {
+        Some((saved, revision)) => {
+            match (&config.store, revision) {
+                (Some(_), Some(r)) => tracing::info!(
+                    revision = r,
+                    "forwarding the store's revision {r} as persisted in {} until the store is read",
+                    persist::state_file(&config.state_dir).display()
+                ),
+                (Some(_), None) => tracing::info!(
+                    "forwarding the state persisted in {} (from before [store]) until the store \
+                     is read",
+                    persist::state_file(&config.state_dir).display()
+                ),
+                (None, _) => tracing::info!(
+                    "using runtime state from {} (config file changes apply on reload)",
+                    persist::state_file(&config.state_dir).display()
+                ),
+            }
+            (saved, revision)
         }
-        None => from_config,
+        None => (from_config, None),
     };
+    let store_settings = config.store.clone();
     check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
     let balancer = Balancer::load(&opts).context("loading the balancer")?;
     if balancer.adopted() {
@@ -279,6 +311,9 @@ fn load_and_attach(
     }
     let mut daemon = Daemon::new(config_path, config, balancer, desired)
         .context("writing the settings and the desired state to the maps")?;
+    if let Some(s) = store_settings {
+        daemon.use_store(s, revision.unwrap_or(0));
+    }
     let iface = daemon.config().interface.clone();
     daemon
         .balancer_mut()
@@ -292,7 +327,12 @@ fn load_and_attach(
     let program_id = daemon.balancer_mut().program_id().unwrap_or(0);
     daemon.attached(mode, program_id, pin_dir);
     let (cfg, desired) = (daemon.config(), daemon.desired());
-    persist::save(&cfg.state_dir, &cfg.interface, desired)?;
+    persist::save_with_revision(
+        &cfg.state_dir,
+        &cfg.interface,
+        desired,
+        daemon.store_revision(),
+    )?;
     tracing::info!(
         interface = %iface,
         mode = mode_name(mode),

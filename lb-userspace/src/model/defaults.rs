@@ -74,6 +74,24 @@ pub const DEFAULT_MAX_REMOVE_PERCENT: u32 = 50;
 /// ...unless it persists this long.
 pub const DEFAULT_HOLD_REMOVAL: Duration = Duration::from_secs(30);
 
+// --- The shared store (`[store]`) ----------------------------------------
+
+/// Where lb's keys live in etcd; the `v1` names the key layout's version.
+pub const DEFAULT_STORE_PREFIX: &str = "/lb/v1";
+/// A node's status key lives this long without a keep-alive: a node cut
+/// off from the store disappears from `lbctl cluster status` after it.
+pub const STORE_NODE_TTL: Duration = Duration::from_secs(10);
+/// How often a node proves its link to the store (a keep-alive of its
+/// status lease); a failure marks the store unreachable.
+pub const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one request to the store may take before the store counts as
+/// unreachable: short, because a node cut off should say so quickly (it
+/// keeps forwarding meanwhile).
+pub const STORE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a change through lbctl waits for this node to apply the
+/// revision it committed before answering "committed, not yet applied".
+pub const STORE_APPLY_WAIT: Duration = Duration::from_secs(5);
+
 // --- Health checks --------------------------------------------------------
 
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);

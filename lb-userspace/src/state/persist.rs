@@ -22,12 +22,24 @@ pub fn state_file(state_dir: &Path) -> PathBuf {
 struct Persisted<'a> {
     #[serde(default)]
     interface: std::borrow::Cow<'a, str>,
+    /// With a store: the desired state's revision this state is of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_revision: Option<i64>,
     #[serde(flatten)]
     state: std::borrow::Cow<'a, DesiredState>,
 }
 
 /// Reads the runtime state persisted by the daemon of `interface`, if any.
 pub fn load(state_dir: &Path, interface: &str) -> anyhow::Result<Option<DesiredState>> {
+    Ok(load_with_revision(state_dir, interface)?.map(|(s, _)| s))
+}
+
+/// [`load`], with the store revision the state was saved at (`None`: not
+/// from a store).
+pub fn load_with_revision(
+    state_dir: &Path,
+    interface: &str,
+) -> anyhow::Result<Option<(DesiredState, Option<i64>)>> {
     let path = state_file(state_dir);
     match fs::read(&path) {
         Ok(bytes) => {
@@ -45,7 +57,7 @@ pub fn load(state_dir: &Path, interface: &str) -> anyhow::Result<Option<DesiredS
             let s = p.state.into_owned();
             s.validate()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok(Some(s))
+            Ok(Some((s, p.store_revision)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
@@ -55,12 +67,23 @@ pub fn load(state_dir: &Path, interface: &str) -> anyhow::Result<Option<DesiredS
 /// Writes the state atomically: a temporary file, fsync, then rename over
 /// the old one, so a crash leaves either the old or the new state.
 pub fn save(state_dir: &Path, interface: &str, state: &DesiredState) -> anyhow::Result<()> {
+    save_with_revision(state_dir, interface, state, None)
+}
+
+/// [`save`], recording the store revision the state is of.
+pub fn save_with_revision(
+    state_dir: &Path,
+    interface: &str,
+    state: &DesiredState,
+    store_revision: Option<i64>,
+) -> anyhow::Result<()> {
     fs::create_dir_all(state_dir)?;
     let path = state_file(state_dir);
     let tmp = state_dir.join(".state.json.tmp");
     let mut f = fs::File::create(&tmp)?;
     let p = Persisted {
         interface: interface.into(),
+        store_revision,
         state: std::borrow::Cow::Borrowed(state),
     };
     f.write_all(&serde_json::to_vec_pretty(&p)?)?;

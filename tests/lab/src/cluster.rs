@@ -26,6 +26,7 @@
 //! also when a test panics (the daemons' logs are printed first).
 
 mod bird;
+pub mod etcd;
 mod fleet;
 mod keepalived;
 
@@ -117,6 +118,8 @@ pub struct Cluster {
     servers: Vec<Server>,
     stopped: Vec<Server>,
     router_bird: Option<Child>,
+    /// The store's members, when a test started them ([`Cluster::start_etcd`]).
+    etcd: Vec<etcd::Member>,
 }
 
 fn fabric(n: u8) -> Ipv4Addr {
@@ -284,6 +287,7 @@ impl Cluster {
             servers: Vec::new(),
             stopped: Vec::new(),
             router_bird: None,
+            etcd: Vec::new(),
         };
         c.start_backends()?;
         Ok(c)
@@ -638,6 +642,9 @@ impl Drop for Cluster {
             for n in &self.nodes {
                 eprintln!("{}", self.logs(&n.name, 40));
             }
+            if !self.etcd.is_empty() {
+                eprintln!("{}", self.etcd_logs(20));
+            }
             eprintln!("{}", self.routing_diagnostics());
         }
         for s in self.servers.drain(..).chain(self.stopped.drain(..)) {
@@ -660,6 +667,7 @@ impl Drop for Cluster {
                 k.kill();
             }
         }
+        self.stop_etcd();
         // Unpin (lbd detach removes the pins and lbd's routes) on every
         // node and backend, as an operator would.
         let places: Vec<String> = self

@@ -1,0 +1,134 @@
+//! Following the store: read the desired state, apply it whole, watch for
+//! the next revision; keep this node's report alive under its lease, which
+//! doubles as the probe of the link. Any failure ends the session: the
+//! daemon is told the store is unreachable (it keeps forwarding and
+//! announcing what it has), and the next session lists the state again —
+//! which also covers a watch that fell behind a compaction.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+
+use crate::{
+    api::server::Hooks,
+    daemon::Shared,
+    model::defaults::{STORE_NODE_TTL, STORE_PROBE_INTERVAL},
+    store::{etcd::Etcd, layout::Snapshot, report::NodeReport},
+};
+
+/// The pause between sessions after a failure.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Runs for as long as lbd does.
+pub(super) async fn follow(daemon: Shared, hooks: Arc<Hooks>, etcd: Etcd) -> anyhow::Result<()> {
+    let mut publisher = Publisher::default();
+    loop {
+        let Err(e) = session(&daemon, &hooks, &etcd, &mut publisher).await;
+        lock(&daemon).store_lost(format!("{e:#}"));
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+fn lock(daemon: &Shared) -> std::sync::MutexGuard<'_, crate::daemon::Daemon> {
+    daemon.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One connected stretch: list, apply, then watch and probe until a failure.
+async fn session(
+    daemon: &Shared,
+    hooks: &Hooks,
+    etcd: &Etcd,
+    publisher: &mut Publisher,
+) -> Result<std::convert::Infallible, anyhow::Error> {
+    let snap = etcd.snapshot().await?;
+    apply(daemon, hooks, &snap);
+    let mut watch = etcd.watch(snap.store_revision + 1).await?;
+    publisher.tick(daemon, etcd).await?;
+    let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
+    loop {
+        tokio::select! {
+            m = watch.message() => {
+                let resp = m.context("the watch failed")?.context("the watch ended")?;
+                if resp.canceled() {
+                    anyhow::bail!(
+                        "the watch was cancelled ({}; compacted at revision {}): listing again",
+                        resp.cancel_reason(),
+                        resp.compact_revision()
+                    );
+                }
+                if !resp.events().is_empty() {
+                    // Events of one transaction come in one response; the
+                    // read after them is a whole, later revision.
+                    let snap = etcd.snapshot().await?;
+                    apply(daemon, hooks, &snap);
+                    publisher.tick(daemon, etcd).await?;
+                }
+            }
+            _ = probe.tick() => publisher.tick(daemon, etcd).await?,
+        }
+    }
+}
+
+fn apply(daemon: &Shared, hooks: &Hooks, snap: &Snapshot) {
+    let result = lock(daemon).apply_snapshot(snap);
+    match result {
+        Ok(None) => {}
+        Ok(Some(lines)) => {
+            tracing::info!(
+                revision = snap.revision,
+                changes = lines.len(),
+                by = snap
+                    .last_change
+                    .as_ref()
+                    .map(|n| n.node.as_str())
+                    .unwrap_or(""),
+                "applied the store's desired state"
+            );
+            for line in &lines {
+                tracing::info!(revision = snap.revision, "{line}");
+            }
+            hooks.notify_changed();
+        }
+        Err(e) => tracing::error!(
+            revision = snap.revision,
+            "refused the store's desired state (the maps keep the revision they hold): {e}"
+        ),
+    }
+}
+
+/// The node's report under its lease: renewed every probe, rewritten when
+/// it changed; a lease that expired (the node was cut off longer than its
+/// TTL) is replaced.
+#[derive(Default)]
+struct Publisher {
+    lease: Option<i64>,
+    last: Option<NodeReport>,
+}
+
+impl Publisher {
+    async fn tick(&mut self, daemon: &Shared, etcd: &Etcd) -> anyhow::Result<()> {
+        let alive = match self.lease {
+            Some(l) => etcd.keep_alive(l).await?,
+            None => false,
+        };
+        let lease = match (alive, self.lease) {
+            (true, Some(l)) => l,
+            _ => {
+                let l = etcd.grant(STORE_NODE_TTL).await?;
+                self.lease = Some(l);
+                self.last = None;
+                l
+            }
+        };
+        let report = {
+            let mut d = lock(daemon);
+            d.store_reached();
+            d.store_report()
+        };
+        if self.last.as_ref() != Some(&report) {
+            etcd.publish(lease, &report).await?;
+            self.last = Some(report);
+        }
+        Ok(())
+    }
+}
