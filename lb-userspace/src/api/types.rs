@@ -118,6 +118,10 @@ pub struct StoreStatus {
     pub refused: Option<String>,
     /// Nothing is announced until the store has been read.
     pub announcing_held: bool,
+    /// How backend health is decided now (`local`, `quorum of N live
+    /// nodes`, or the local fallback while the store is unreachable).
+    #[serde(default)]
+    pub health_decision: String,
 }
 
 /// `lbctl store import`: the VIPs the store should hold (all of them:

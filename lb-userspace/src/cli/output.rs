@@ -235,6 +235,9 @@ pub fn render_status(s: &Status) -> String {
     }
     if let Some(st) = &s.store {
         let _ = writeln!(out, "{:<12}{}", "Store:", store_line(st));
+        if !st.health_decision.is_empty() {
+            let _ = writeln!(out, "{:<12}{}", "Health:", st.health_decision);
+        }
         if let Some(r) = &st.refused {
             let _ = writeln!(out, "{:<12}REFUSED {r}", "");
         }

@@ -22,7 +22,8 @@ use super::{
 use crate::{
     model::{
         announce, defaults::*, is_prime, Announce, AnnounceWhen, AttachMode, EncapSources,
-        HealthError, HealthKind, HealthSpec, Limits, TierMode, TierPolicy, VipId, VipSettings,
+        HealthDecision, HealthError, HealthKind, HealthSpec, Limits, TierMode, TierPolicy, VipId,
+        VipSettings,
     },
     state::{BackendDesired, VipDesired},
     store::{StoreSettings, StoreTls},
@@ -278,6 +279,19 @@ impl Source<'_> {
             None => None,
             Some(s) => Some(self.store(s)?),
         };
+        let health_decision = match (&raw.health_decision, &store) {
+            (None, Some(_)) => HealthDecision::Quorum,
+            (None, None) => HealthDecision::Local,
+            (Some(h), None) if *h.get_ref() == HealthDecision::Quorum => {
+                return Err(self.at(
+                    h.span(),
+                    "",
+                    "key `health_decision`: \"quorum\" needs a [store] the nodes share their \
+                     observations through",
+                ))
+            }
+            (Some(h), _) => *h.get_ref(),
+        };
         let vips = raw
             .vip
             .iter()
@@ -299,6 +313,7 @@ impl Source<'_> {
             too_big_per_second,
             announce,
             store,
+            health_decision,
             vips,
         })
     }

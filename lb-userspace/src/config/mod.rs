@@ -38,7 +38,10 @@ use serde::Deserialize;
 use toml::de::DeTable;
 
 use crate::{
-    model::{self, Announce, AttachMode, BackendSpec, EncapSources, Limits, SpecError, VipId},
+    model::{
+        self, Announce, AttachMode, BackendSpec, EncapSources, HealthDecision, Limits, SpecError,
+        VipId,
+    },
     state::{DesiredState, StateError, VipDesired},
     store::StoreSettings,
 };
@@ -71,6 +74,8 @@ pub struct Config {
     pub announce: Option<Announce>,
     /// `[store]`; `None`: the VIPs are this file's.
     pub store: Option<StoreSettings>,
+    /// `health_decision`: `quorum` by default with a store, else `local`.
+    pub health_decision: HealthDecision,
     /// In file order.
     pub vips: Vec<VipConfig>,
 }

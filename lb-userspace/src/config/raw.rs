@@ -6,7 +6,9 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{AnnounceWhen, AttachMode, Forwarding, HealthKind, Proto, Scheduler, TierMode};
+use crate::model::{
+    AnnounceWhen, AttachMode, Forwarding, HealthDecision, HealthKind, Proto, Scheduler, TierMode,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,7 @@ pub(super) struct RawConfig {
     pub(super) icmp: Option<RawIcmp>,
     pub(super) announce: Option<Spanned<RawAnnounce>>,
     pub(super) store: Option<Spanned<RawStore>>,
+    pub(super) health_decision: Option<Spanned<HealthDecision>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
 }

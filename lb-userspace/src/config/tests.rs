@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::{
-    model::{defaults::*, Forwarding, HealthKind, HealthSpec, Scheduler, VipSettings},
+    model::{
+        defaults::*, Forwarding, HealthDecision, HealthKind, HealthSpec, Scheduler, VipSettings,
+    },
     state::BackendDesired,
 };
 
@@ -1216,4 +1218,25 @@ fn a_vip_file_for_import_needs_no_interface_and_no_encap() {
     let e = parse(Path::new(PATH), "[encap]\nsource_v4 = \"192.0.2.1\"\n").unwrap_err();
     assert!(e.to_string().contains("key `interface` is required"), "{e}");
     fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn health_is_decided_by_quorum_with_a_store_and_locally_without() {
+    assert_eq!(ok(STORE).health_decision, HealthDecision::Quorum);
+    assert_eq!(
+        ok("interface = \"eth0\"\n").health_decision,
+        HealthDecision::Local
+    );
+    let local = format!("health_decision = \"local\"\n{STORE}");
+    assert_eq!(ok(&local).health_decision, HealthDecision::Local);
+    bad(
+        "interface = \"eth0\"\nhealth_decision = \"quorum\"\n",
+        2,
+        &["key `health_decision`", "needs a [store]"],
+    );
+    bad(
+        "interface = \"eth0\"\nhealth_decision = \"vote\"\n",
+        2,
+        &["health_decision", "local", "quorum"],
+    );
 }

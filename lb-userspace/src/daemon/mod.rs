@@ -14,12 +14,14 @@ mod data_path;
 #[cfg(test)]
 mod fake;
 pub mod lock;
+mod quorum;
 mod store;
 #[cfg(test)]
 mod tests;
 mod views;
 
 pub use data_path::DataPath;
+pub use quorum::{vote_key, Deciding};
 pub use store::PlannedChange;
 
 use std::{
@@ -102,6 +104,8 @@ pub struct Daemon<D = Balancer> {
     announcing: announce::Announcing,
     /// `[store]`: the revision the maps hold and the link's state.
     store: Option<store::StoreLink>,
+    /// This node's health observations and the other nodes' (quorum).
+    votes: quorum::Votes,
 }
 
 impl<D: DataPath> Daemon<D> {
@@ -133,6 +137,7 @@ impl<D: DataPath> Daemon<D> {
             trace: TraceLog::default(),
             announcing: announce::Announcing::default(),
             store: None,
+            votes: quorum::Votes::default(),
         };
         daemon.reconcile(&desired)?;
         daemon.desired = desired;
@@ -401,8 +406,13 @@ impl<D: DataPath> Daemon<D> {
         if !up && !still_checked {
             return Ok(());
         }
+        self.observe(vip, addr, up)
+    }
+
+    /// Marks a backend down or up in the maps.
+    fn mark(&mut self, vip: &VipId, addr: IpAddr, down: bool) -> Result<(), ApplyError> {
         self.data_path
-            .set_backend_down(vip, addr, !up)
+            .set_backend_down(vip, addr, down)
             .map_err(|e| ApplyError::Kernel(format!("VIP {vip} backend {addr}: {e}")))?;
         self.announce_changed();
         Ok(())
@@ -515,6 +525,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.store != new.store {
         v.push("[store]");
+    }
+    if old.health_decision != new.health_decision {
+        v.push("health_decision");
     }
     v
 }

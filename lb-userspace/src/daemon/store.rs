@@ -140,6 +140,12 @@ impl<D: DataPath> Daemon<D> {
             link.reachable = false;
             link.error = Some(error);
         }
+        // Under quorum: this node's own checks decide until it is back
+        // (and has read the others' reports again).
+        self.votes.peers.clear();
+        if let Err(e) = self.decide_health() {
+            tracing::error!("applying this node's own health view: {e}");
+        }
     }
 
     /// A change through lbctl, planned against the revision the maps hold.
@@ -155,6 +161,14 @@ impl<D: DataPath> Daemon<D> {
                 link.error.as_deref().unwrap_or("connecting")
             )));
         }
+        if !link.reachable {
+            return Err(ApplyError::Unavailable(format!(
+                "the store has been unreachable since {} ({}): changes are made through the \
+                 store, so nothing was changed; make it through a node that reaches the store",
+                rfc3339(link.since),
+                link.error.as_deref().unwrap_or("no answer")
+            )));
+        }
         let to = self.desired.with_change(change)?;
         self.check_state(&to)?;
         Ok(PlannedChange {
@@ -164,6 +178,17 @@ impl<D: DataPath> Daemon<D> {
             to,
             applied: link.applied_tx.subscribe(),
         })
+    }
+
+    /// How health is decided now, for people.
+    pub fn deciding_text(&self) -> String {
+        match self.deciding() {
+            super::Deciding::Local => "local".into(),
+            super::Deciding::Quorum(n) => format!("quorum of {n} live nodes"),
+            super::Deciding::LocalFallback => {
+                "local (fallback: the store is unreachable, quorum resumes when it is back)".into()
+            }
+        }
     }
 
     /// The checks a state must pass on this node before it is applied.
@@ -199,6 +224,7 @@ impl<D: DataPath> Daemon<D> {
             error: link.error.clone(),
             refused: link.refused.clone(),
             announcing_held: self.store_unread(),
+            health_decision: self.deciding_text(),
         })
     }
 }
@@ -226,6 +252,8 @@ impl Daemon {
                 .map(|v| (v.vip.to_string(), v.table_checksum.clone()))
                 .collect(),
             down,
+            observed_down: self.observed_down(),
+            health: self.deciding_text(),
             announced: node
                 .addresses
                 .iter()

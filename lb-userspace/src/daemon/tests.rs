@@ -496,13 +496,17 @@ fn tiers_reach_the_data_path_and_follow_health() {
 /// A daemon with `[store]`, holding `TWO_VIPS` as revision 3 (as after a
 /// start from its persisted state).
 fn with_store(scratch: &Scratch) -> Daemon<FakeDataPath> {
+    with_store_holding(scratch, TWO_VIPS)
+}
+
+fn with_store_holding(scratch: &Scratch, vips: &str) -> Daemon<FakeDataPath> {
     scratch.write_config(HEAD, "");
     let path = scratch.config_path();
     let mut text = fs::read_to_string(&path).unwrap();
     text.push_str(
         "\n[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nnode_name = \"a\"\n",
     );
-    scratch.write_config(HEAD, TWO_VIPS);
+    scratch.write_config(HEAD, vips);
     let state = config::load(&path).unwrap().desired_state().unwrap();
     fs::write(&path, text).unwrap();
     let cfg = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -586,8 +590,69 @@ fn losing_the_store_keeps_the_state_and_says_since_when() {
     let st = d.store_status().unwrap();
     assert!(!st.reachable && st.read && !st.announcing_held);
     assert_eq!(st.error.as_deref(), Some("no answer within 2s"));
+    let change = Change::BackendSet {
+        vip: "web".into(),
+        addr: "10.0.0.2".parse().unwrap(),
+        weight: 9,
+    };
+    let e = d.plan_store_change(&change).err().expect("refused");
+    assert!(e.to_string().contains("unreachable since"), "{e}");
     assert_eq!(d.desired(), &state);
     // A reload keeps the store's VIPs (the file has none).
     d.reload(false).unwrap();
     assert_eq!(d.desired(), &state);
+}
+
+#[test]
+fn under_quorum_a_backend_is_down_when_most_live_nodes_see_it_down() {
+    let s = Scratch::new("quorum");
+    let checked = format!("{TWO_VIPS}[vip.health]\nkind = \"tcp\"\nport = 53\n");
+    let mut d = with_store_holding(&s, &checked);
+    let dns = id("10.100.0.2:53/udp");
+    let b: IpAddr = "10.0.0.4".parse().unwrap();
+    // Starts down (new under checks) until it passes; read the store.
+    let state = d.desired().clone();
+    d.apply_snapshot(&snapshot(3, state)).unwrap();
+    d.set_backend_health(&dns, b, true).unwrap();
+    assert!(
+        !d.data_path().is_down(&dns, &b),
+        "alone, its own view decides"
+    );
+    let peer = |node: &str, down: &[&str]| crate::store::report::NodeReport {
+        node: node.into(),
+        observed_down: down.iter().map(|k| k.to_string()).collect(),
+        ..Default::default()
+    };
+    let key = super::vote_key(&dns, &b);
+    d.set_peer_reports(&[peer("a", &[]), peer("b", &[]), peer("c", &[])])
+        .unwrap();
+    assert_eq!(
+        d.deciding(),
+        super::Deciding::Quorum(3),
+        "its own report is not a peer"
+    );
+    // This node alone sees it down: it stays in the table.
+    d.set_backend_health(&dns, b, false).unwrap();
+    assert!(!d.data_path().is_down(&dns, &b), "one vote of three");
+    assert!(d.observed_down().contains(&key), "but it says what it sees");
+    // A second node sees it down: out of the table.
+    d.set_peer_reports(&[peer("b", &[&key]), peer("c", &[])])
+        .unwrap();
+    assert!(d.data_path().is_down(&dns, &b), "two of three");
+    // This node's check passes again: one of three, back in.
+    d.set_backend_health(&dns, b, true).unwrap();
+    assert!(!d.data_path().is_down(&dns, &b));
+    // Cut off from the store: its own view decides, and it says so.
+    d.set_peer_reports(&[peer("b", &[]), peer("c", &[])])
+        .unwrap();
+    d.set_backend_health(&dns, b, false).unwrap();
+    assert!(!d.data_path().is_down(&dns, &b));
+    d.store_lost("no answer".into());
+    assert_eq!(d.deciding(), super::Deciding::LocalFallback);
+    assert!(d.data_path().is_down(&dns, &b), "its own checks decide");
+    assert!(d
+        .store_status()
+        .unwrap()
+        .health_decision
+        .contains("fallback"));
 }

@@ -99,9 +99,10 @@ impl Checker {
             if self.checked.contains_key(&key) {
                 continue;
             }
-            // Start from what the maps say: a new backend was added down,
-            // one adopted from a previous lbd keeps its state.
-            let up = !d.balancer().is_down(&key.0, &key.1);
+            // Start from what this node saw last, else what the maps say: a
+            // new backend was added down, one adopted from a previous lbd
+            // keeps its state.
+            let up = !d.locally_down(&key.0, &key.1);
             self.metrics.start_checking(&key.0, &key.1);
             let task = spawn_task(key.0, key.1, spec.clone(), self.tx.clone());
             self.checked.insert(

@@ -44,9 +44,22 @@ async fn session(
     apply(daemon, hooks, &snap);
     let mut watch = etcd.watch(snap.store_revision + 1).await?;
     publisher.tick(daemon, etcd).await?;
+    let mut reports = etcd.watch_reports(snap.store_revision + 1).await?;
+    read_reports(daemon, etcd).await?;
+    let votes_changed = lock(daemon).votes_changed();
     let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
     loop {
         tokio::select! {
+            m = reports.message() => {
+                let resp = m.context("the report watch failed")?.context("the report watch ended")?;
+                if resp.canceled() {
+                    anyhow::bail!("the report watch was cancelled ({})", resp.cancel_reason());
+                }
+                if !resp.events().is_empty() {
+                    read_reports(daemon, etcd).await?;
+                }
+            }
+            _ = votes_changed.notified() => publisher.tick(daemon, etcd).await?,
             m = watch.message() => {
                 let resp = m.context("the watch failed")?.context("the watch ended")?;
                 if resp.canceled() {
@@ -67,6 +80,15 @@ async fn session(
             _ = probe.tick() => publisher.tick(daemon, etcd).await?,
         }
     }
+}
+
+/// The other nodes' reports: their health votes.
+async fn read_reports(daemon: &Shared, etcd: &Etcd) -> anyhow::Result<()> {
+    let reports = etcd.reports().await?;
+    if let Err(e) = lock(daemon).set_peer_reports(&reports) {
+        tracing::error!("applying the nodes' health decision: {e}");
+    }
+    Ok(())
 }
 
 fn apply(daemon: &Shared, hooks: &Hooks, snap: &Snapshot) {

@@ -270,6 +270,27 @@ impl fmt::Display for HealthKind {
     }
 }
 
+/// Who decides that a backend is down (`health_decision`): this node's
+/// checks alone, or a majority of the live nodes sharing the store (each
+/// publishes what its checks see), so every node builds the same table even
+/// when one node's path to a backend fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthDecision {
+    #[default]
+    Local,
+    Quorum,
+}
+
+impl fmt::Display for HealthDecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthDecision::Local => "local",
+            HealthDecision::Quorum => "quorum",
+        })
+    }
+}
+
 /// Durations as humantime strings (`"1s 500ms"`) in serde.
 mod humantime_str {
     use std::time::Duration;

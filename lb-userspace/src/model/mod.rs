@@ -16,7 +16,7 @@ pub mod vip;
 pub use announce::{Announce, AnnounceWhen};
 pub use backend::{is_prime, validate_backends, validate_vip, BackendSpec, SpecError};
 pub use change::Change;
-pub use health::{HealthError, HealthKind, HealthSpec};
+pub use health::{HealthDecision, HealthError, HealthKind, HealthSpec};
 pub use host::{mac_text, AttachMode, EncapSources, Limits, NextHop};
 pub use tier::{TierMode, TierPolicy, TierShare};
 pub use vip::{parse_vip, Forwarding, Proto, Scheduler, VipId, VipSettings};

@@ -153,6 +153,23 @@ impl Etcd {
         .context("watching the desired state")
     }
 
+    /// Watches the node reports from `store_revision` on.
+    pub async fn watch_reports(&self, store_revision: i64) -> anyhow::Result<WatchStream> {
+        let mut c = self.client.clone();
+        within(
+            c.watch(
+                self.layout.nodes(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(store_revision),
+                ),
+            ),
+        )
+        .await
+        .context("watching the node reports")
+    }
+
     /// A lease of `ttl` for the node's report.
     pub async fn grant(&self, ttl: Duration) -> anyhow::Result<i64> {
         let mut c = self.client.clone();

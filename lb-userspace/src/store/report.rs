@@ -20,8 +20,17 @@ pub struct NodeReport {
     /// Per VIP (`ADDR[:PORT]/PROTO`): the live table's checksum (`None`:
     /// no backend in it).
     pub tables: BTreeMap<String, Option<String>>,
-    /// The node's health view: the backends it has down, as `VIP BACKEND`.
+    /// The node's health view: the backends its table has down, as `VIP
+    /// BACKEND`.
     pub down: BTreeSet<String>,
+    /// What its own checks see down (its votes under quorum; the same as
+    /// `down` when it decides alone).
+    #[serde(default)]
+    pub observed_down: BTreeSet<String>,
+    /// How it decides health: `local`, `quorum (N nodes)`, or `local
+    /// (fallback: ...)`.
+    #[serde(default)]
+    pub health: String,
     /// The addresses it announces now.
     pub announced: BTreeSet<String>,
     pub drained: bool,
