@@ -138,36 +138,22 @@ impl Etcd {
 
     /// Watches the desired state from `store_revision` on.
     pub async fn watch(&self, store_revision: i64) -> anyhow::Result<WatchStream> {
-        let mut c = self.client.clone();
-        within(
-            c.watch(
-                self.layout.desired(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(store_revision),
-                ),
-            ),
-        )
-        .await
-        .context("watching the desired state")
+        self.watch_prefix(self.layout.desired(), store_revision)
+            .await
+            .context("watching the desired state")
     }
 
     /// Watches the node reports from `store_revision` on.
     pub async fn watch_reports(&self, store_revision: i64) -> anyhow::Result<WatchStream> {
+        self.watch_prefix(self.layout.nodes(), store_revision)
+            .await
+            .context("watching the node reports")
+    }
+
+    async fn watch_prefix(&self, prefix: String, from: i64) -> anyhow::Result<WatchStream> {
         let mut c = self.client.clone();
-        within(
-            c.watch(
-                self.layout.nodes(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(store_revision),
-                ),
-            ),
-        )
-        .await
-        .context("watching the node reports")
+        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+        within(c.watch(prefix, Some(opts))).await
     }
 
     /// A lease of `ttl` for the node's report.
