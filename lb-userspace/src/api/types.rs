@@ -180,12 +180,47 @@ pub struct VipStatus {
     pub tier_policy: Option<TierPolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<TierShare>,
+    /// `backends_from`: the source and how it is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
     pub backends: Vec<BackendStatus>,
+}
+
+/// A VIP's discovery source, for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    /// `dns_srv NAME` or `dns NAME`.
+    pub source: String,
+    pub refresh: String,
+    /// Backends it lists (as the fail-static rules let through).
+    pub found: usize,
+    /// Backends it no longer lists, draining before they leave.
+    pub draining: usize,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_answer: Option<String>,
+    /// Lookups fail since then: the set is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the fail-static rules hold back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// Records of the last answer that were left out, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+    /// The last answer could not be applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub addr: IpAddr,
+    /// From the VIP's source (`backends_from`), not its list.
+    #[serde(default)]
+    pub discovered: bool,
     /// The configured weight (kept while drained).
     pub weight: u32,
     /// 0 = local; higher = farther away.

@@ -6,7 +6,7 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 use lb_common::counters::{Counter, CounterKind};
 
 use crate::api::types::{
-    BackendStatus, ChangeResult, Explain, NodeStatus, ReloadResult, Stats, Status,
+    BackendStatus, ChangeResult, DiscoveryStatus, Explain, NodeStatus, ReloadResult, Stats, Status,
     StoreImportResult, StoreStatus, TrafficRow, VipStatus,
 };
 use crate::model::{Forwarding, Scheduler, TierMode, VipId};
@@ -282,6 +282,39 @@ fn store_line(st: &StoreStatus) -> String {
     line
 }
 
+/// A VIP's source: what it found, and anything held back or failing, in
+/// capitals where the operator must look.
+fn describe_discovery(d: &DiscoveryStatus) -> String {
+    let mut out = format!(
+        "  backends from {} (every {}): {} found",
+        d.source, d.refresh, d.found
+    );
+    if d.draining > 0 {
+        let _ = write!(out, ", {} draining (no longer listed)", d.draining);
+    }
+    if let Some(t) = &d.last_answer {
+        let _ = write!(out, ", last answer {t}");
+    }
+    out.push('\n');
+    if let Some(since) = &d.stale_since {
+        let _ = writeln!(
+            out,
+            "  STALE since {since}: {}; the last set is kept",
+            d.error.as_deref().unwrap_or("lookups fail")
+        );
+    }
+    if let Some(h) = &d.held {
+        let _ = writeln!(out, "  HELD: {h}");
+    }
+    if let Some(r) = &d.refused {
+        let _ = writeln!(out, "  REFUSED: {r}");
+    }
+    for l in &d.left_out {
+        let _ = writeln!(out, "  left out: {l}");
+    }
+    out
+}
+
 /// `lbctl store import`.
 pub fn render_import(r: &StoreImportResult, dry_run: bool) -> String {
     let mut out = String::new();
@@ -442,6 +475,9 @@ pub fn render_vip(v: &VipStatus) -> String {
     }
     if let Some(line) = describe_tiers(v) {
         let _ = writeln!(out, "  {line}");
+    }
+    if let Some(d) = &v.discovery {
+        out.push_str(&describe_discovery(d));
     }
     if v.backends.is_empty() {
         out.push_str("  (no backends)\n");
@@ -832,6 +868,7 @@ mod tests {
     fn backend(addr: &str, weight: u32, health: &str, drained: bool) -> BackendStatus {
         BackendStatus {
             addr: addr.parse().unwrap(),
+            discovered: false,
             weight,
             tier: 0,
             health: health.into(),
@@ -864,6 +901,7 @@ mod tests {
             table_checksum: None,
             tier_policy: None,
             tiers: Vec::new(),
+            discovery: None,
             backends: vec![
                 BackendStatus {
                     packets: 1_200,

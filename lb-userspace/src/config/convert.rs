@@ -5,7 +5,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
     str::FromStr,
@@ -15,15 +15,20 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    raw::{HealthLayer, RawAnnounce, RawConfig, RawEncap, RawLimits, RawStore, RawTiers, RawVip},
+    raw::{
+        HealthLayer, RawAnnounce, RawBackendsFrom, RawConfig, RawDiscovery, RawEncap, RawLimits,
+        RawStore, RawTiers, RawVip,
+    },
     spans::{Index, Seg},
     Config, ConfigError, VipConfig, VipLines,
 };
 use crate::{
     model::{
-        announce, defaults::*, is_prime, Announce, AnnounceWhen, AttachMode, EncapSources,
-        HealthDecision, HealthError, HealthKind, HealthSpec, Limits, TierMode, TierPolicy, VipId,
-        VipSettings,
+        announce,
+        defaults::*,
+        discovery::{BackendsFrom, Source as DiscoverySource},
+        is_prime, Announce, AnnounceWhen, AttachMode, EncapSources, HealthDecision, HealthError,
+        HealthKind, HealthSpec, Limits, TierMode, TierPolicy, VipId, VipSettings,
     },
     state::{BackendDesired, VipDesired},
     store::{StoreSettings, StoreTls},
@@ -279,6 +284,10 @@ impl Source<'_> {
             None => None,
             Some(s) => Some(self.store(s)?),
         };
+        let nameservers = match &raw.discovery {
+            None => Vec::new(),
+            Some(d) => self.nameservers(d)?,
+        };
         let health_decision = match (&raw.health_decision, &store) {
             (None, Some(_)) => HealthDecision::Quorum,
             (None, None) => HealthDecision::Local,
@@ -314,8 +323,92 @@ impl Source<'_> {
             announce,
             store,
             health_decision,
+            nameservers,
             vips,
         })
+    }
+
+    /// A VIP's `backends_from`: one source, its refresh and fail-static
+    /// rules.
+    fn backends_from(
+        &self,
+        ctx: &str,
+        bf: &Spanned<RawBackendsFrom>,
+        vip: &VipId,
+    ) -> Checked<BackendsFrom> {
+        let r = bf.get_ref();
+        let source =
+            match (&r.dns_srv, &r.dns) {
+                (Some(n), None) => {
+                    if let Some(p) = &r.port {
+                        return Err(self.at(
+                            p.span(),
+                            ctx,
+                            "key `port` goes with `dns`: SRV records carry their own ports",
+                        ));
+                    }
+                    DiscoverySource::DnsSrv(n.get_ref().trim().trim_end_matches('.').to_string())
+                }
+                (None, Some(n)) => {
+                    if let Some(p) = &r.port {
+                        let port: u16 = self.int(p, ctx, "port", 1..=u16::MAX)?;
+                        if port != vip.port {
+                            return Err(self.at(
+                                p.span(),
+                                ctx,
+                                format!(
+                                    "key `port`: {port} is not the VIP's port ({}): lb does not \
+                                 translate ports, backends receive the VIP's",
+                                    vip.port
+                                ),
+                            ));
+                        }
+                    }
+                    DiscoverySource::Dns(n.get_ref().trim().trim_end_matches('.').to_string())
+                }
+                _ => return Err(self.at(
+                    bf.span(),
+                    ctx,
+                    "name exactly one source: dns_srv = \"_service._tcp.name\" or dns = \"name\"",
+                )),
+            };
+        let mut out = BackendsFrom::new(source);
+        let dur = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => self.duration(v, ctx, key),
+        };
+        out.refresh = dur(&r.refresh, "refresh", out.refresh)?;
+        out.hold_empty = dur(&r.hold_empty, "hold_empty", out.hold_empty)?;
+        out.hold_removal = dur(&r.hold_removal, "hold_removal", out.hold_removal)?;
+        out.drain = dur(&r.drain, "drain", out.drain)?;
+        if let Some(m) = &r.max_remove {
+            out.max_remove_percent = self.int(m, ctx, "max_remove", 0..=100)?;
+        }
+        out.validate(vip).map_err(|e| self.at(bf.span(), "", e))?;
+        Ok(out)
+    }
+
+    /// `[discovery] nameservers`: `ADDRESS` or `ADDRESS:PORT` (IPv6 in
+    /// brackets with a port).
+    fn nameservers(&self, d: &RawDiscovery) -> Checked<Vec<SocketAddr>> {
+        let Some(list) = &d.nameservers else {
+            return Ok(Vec::new());
+        };
+        list.get_ref()
+            .iter()
+            .map(|v| {
+                let t = v.get_ref().trim();
+                t.parse::<SocketAddr>()
+                    .or_else(|_| t.parse::<IpAddr>().map(|a| SocketAddr::new(a, 53)))
+                    .map_err(|_| {
+                        self.at(
+                            v.span(),
+                            "[discovery]",
+                            format!("key `nameservers`: {t:?} is not ADDRESS or ADDRESS:PORT"),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// `[store]`: etcd's endpoints and how to reach them.
@@ -754,6 +847,10 @@ impl Source<'_> {
             }
         }
 
+        let backends_from = match &v.backends_from {
+            None => None,
+            Some(bf) => Some(self.backends_from(&format!("{ctx}: backends_from"), bf, &id)?),
+        };
         Ok(VipConfig {
             id,
             desired: VipDesired {
@@ -761,6 +858,7 @@ impl Source<'_> {
                 settings,
                 backends,
                 health,
+                backends_from,
             },
             lines: VipLines {
                 entry,

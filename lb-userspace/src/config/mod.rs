@@ -76,6 +76,8 @@ pub struct Config {
     pub store: Option<StoreSettings>,
     /// `health_decision`: `quorum` by default with a store, else `local`.
     pub health_decision: HealthDecision,
+    /// `[discovery] nameservers`; empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
     /// In file order.
     pub vips: Vec<VipConfig>,
 }

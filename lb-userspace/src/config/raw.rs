@@ -29,6 +29,7 @@ pub(super) struct RawConfig {
     pub(super) announce: Option<Spanned<RawAnnounce>>,
     pub(super) store: Option<Spanned<RawStore>>,
     pub(super) health_decision: Option<Spanned<HealthDecision>>,
+    pub(super) discovery: Option<RawDiscovery>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
 }
@@ -95,6 +96,30 @@ pub(super) struct RawVip {
     pub(super) backends: Vec<Spanned<RawBackend>>,
     pub(super) health: Option<Spanned<RawHealth>>,
     pub(super) tiers: Option<Spanned<RawTiers>>,
+    pub(super) backends_from: Option<Spanned<RawBackendsFrom>>,
+}
+
+/// `backends_from = { dns_srv = "...", refresh = "10s" }` or
+/// `{ dns = "...", port = 80 }`, with the fail-static rules.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackendsFrom {
+    pub(super) dns_srv: Option<Spanned<String>>,
+    pub(super) dns: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<i64>>,
+    pub(super) refresh: Option<Spanned<String>>,
+    pub(super) hold_empty: Option<Spanned<String>>,
+    /// Percent.
+    pub(super) max_remove: Option<Spanned<i64>>,
+    pub(super) hold_removal: Option<Spanned<String>>,
+    pub(super) drain: Option<Spanned<String>>,
+}
+
+/// `[discovery]`: how this node asks discovery sources.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscovery {
+    pub(super) nameservers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[vip.tiers]`: how new flows spill to farther tiers.

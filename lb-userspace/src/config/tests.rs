@@ -196,6 +196,7 @@ fn example_parses() {
                     rise: 2,
                     fall: 3,
                 }),
+                backends_from: None,
             },
         )]
         .into(),
@@ -1238,5 +1239,76 @@ fn health_is_decided_by_quorum_with_a_store_and_locally_without() {
         "interface = \"eth0\"\nhealth_decision = \"vote\"\n",
         2,
         &["health_decision", "local", "quorum"],
+    );
+}
+
+const FROM: &str =
+    "interface = \"eth0\"\n[encap]\nsource_v4 = \"192.0.2.1\"\n\n[[vip]]\nname = \"web\"\n\
+                    address = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"\n";
+
+#[test]
+fn backends_from_takes_one_source_and_its_rules() {
+    let c = ok(&format!(
+        "{FROM}backends_from = {{ dns_srv = \"_web._tcp.svc.example.\", refresh = \"5s\", hold_empty = \"1m\", max_remove = 25 }}\n"
+    ));
+    let from = c.vips[0].desired.backends_from.clone().unwrap();
+    assert_eq!(
+        from.source,
+        model::discovery::Source::DnsSrv("_web._tcp.svc.example".into())
+    );
+    assert_eq!(from.refresh, Duration::from_secs(5));
+    assert_eq!(from.hold_empty, Duration::from_secs(60));
+    assert_eq!(from.max_remove_percent, 25);
+    assert_eq!(from.hold_removal, DEFAULT_HOLD_REMOVAL);
+    let c = ok(&format!(
+        "{FROM}backends_from = {{ dns = \"web.svc.example\", port = 80 }}\n[discovery]\nnameservers = [\"10.0.0.53\", \"[fd00::53]:5353\"]\n"
+    ));
+    assert!(c.vips[0].desired.backends_from.is_some());
+    assert_eq!(
+        c.nameservers,
+        [
+            "10.0.0.53:53".parse().unwrap(),
+            "[fd00::53]:5353".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn backends_from_mistakes_are_named() {
+    let line = 10;
+    bad(
+        &format!("{FROM}backends_from = {{ dns = \"web.svc.example\", port = 8080 }}\n"),
+        line,
+        &["backends_from", "key `port`", "does not translate ports"],
+    );
+    bad(
+        &format!("{FROM}backends_from = {{ dns_srv = \"_w._tcp.x\", port = 80 }}\n"),
+        line,
+        &["key `port` goes with `dns`"],
+    );
+    bad(
+        &format!("{FROM}backends_from = {{ dns = \"a.x\", dns_srv = \"_w._tcp.x\" }}\n"),
+        line,
+        &["exactly one source"],
+    );
+    bad(
+        &format!("{FROM}backends_from = {{ dns = \"a b\" }}\n"),
+        line,
+        &["is not a DNS name"],
+    );
+    bad(
+        &format!("{FROM}backends_from = {{ dns = \"a.x\", refresh = \"1ms\" }}\n"),
+        line,
+        &["refresh", "out of range"],
+    );
+    bad(
+        &format!("{FROM}backends_from = {{ dns = \"a.x\", max_remove = 101 }}\n"),
+        line,
+        &["max_remove"],
+    );
+    bad(
+        &format!("{FROM}[discovery]\nnameservers = [\"ns1\"]\n"),
+        11,
+        &["key `nameservers`", "ADDRESS:PORT"],
     );
 }

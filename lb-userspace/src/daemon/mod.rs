@@ -11,6 +11,7 @@
 
 mod announce;
 mod data_path;
+mod discovered;
 #[cfg(test)]
 mod fake;
 pub mod lock;
@@ -21,6 +22,7 @@ mod tests;
 mod views;
 
 pub use data_path::DataPath;
+pub use discovered::{ago, Round, SourceStatus, SourceView};
 pub use quorum::{vote_key, Deciding};
 pub use store::PlannedChange;
 
@@ -95,7 +97,13 @@ pub struct Daemon<D = Balancer> {
     config_path: PathBuf,
     config: Config,
     data_path: D,
+    /// What the maps hold: `declared` and what the VIPs' sources found.
     desired: DesiredState,
+    /// What the config file, the store or lbctl declared: what changes
+    /// are planned on and what the store holds.
+    declared: DesiredState,
+    /// Per VIP with `backends_from`: what its source found.
+    discovered: std::collections::BTreeMap<VipId, SourceView>,
     started: Instant,
     xdp_mode: XdpMode,
     program_id: u32,
@@ -115,8 +123,20 @@ impl<D: DataPath> Daemon<D> {
     pub fn new(
         config_path: &Path,
         config: Config,
+        data_path: D,
+        desired: DesiredState,
+    ) -> Result<Self, ApplyError> {
+        Self::new_with_discovered(config_path, config, data_path, desired, Default::default())
+    }
+
+    /// [`Daemon::new`], with what the VIPs' sources last found (persisted
+    /// by an earlier lbd): forwarded to until the sources answer.
+    pub fn new_with_discovered(
+        config_path: &Path,
+        config: Config,
         mut data_path: D,
         desired: DesiredState,
+        discovered: std::collections::BTreeMap<VipId, crate::model::discovery::Set>,
     ) -> Result<Self, ApplyError> {
         check_sources(&config, &desired).map_err(ApplyError::Invalid)?;
         let kernel = |e: D::Error| ApplyError::Kernel(chain(e));
@@ -130,6 +150,17 @@ impl<D: DataPath> Daemon<D> {
             config,
             data_path,
             desired: DesiredState::default(),
+            declared: DesiredState::default(),
+            discovered: discovered
+                .into_iter()
+                .map(|(id, set)| {
+                    let view = SourceView {
+                        set,
+                        ..Default::default()
+                    };
+                    (id, view)
+                })
+                .collect(),
             started: Instant::now(),
             xdp_mode: XdpMode::Driver,
             program_id: 0,
@@ -139,8 +170,10 @@ impl<D: DataPath> Daemon<D> {
             store: None,
             votes: quorum::Votes::default(),
         };
-        daemon.reconcile(&desired)?;
-        daemon.desired = desired;
+        let effective = daemon.effective_of(&desired);
+        daemon.reconcile(&effective)?;
+        daemon.desired = effective;
+        daemon.declared = desired;
         Ok(daemon)
     }
 
@@ -148,8 +181,14 @@ impl<D: DataPath> Daemon<D> {
         &self.config
     }
 
+    /// What the maps hold (the declared state and what sources found).
     pub fn desired(&self) -> &DesiredState {
         &self.desired
+    }
+
+    /// What the config file, the store or lbctl declared.
+    pub fn declared(&self) -> &DesiredState {
+        &self.declared
     }
 
     /// Records where the data path was attached (for status).
@@ -216,7 +255,9 @@ impl<D: DataPath> Daemon<D> {
 
     /// Applies a whole new desired state: validated first; on a kernel
     /// failure midway the VIPs already changed are put back.
-    pub fn apply(&mut self, next: DesiredState) -> Result<plan::Plan, ApplyError> {
+    pub fn apply(&mut self, declared: DesiredState) -> Result<plan::Plan, ApplyError> {
+        declared.validate()?;
+        let next = self.effective_of(&declared);
         next.validate()?;
         next.check_capacity(&self.config.limits)?;
         check_sources(&self.config, &next).map_err(ApplyError::Invalid)?;
@@ -241,16 +282,29 @@ impl<D: DataPath> Daemon<D> {
             return Err(e);
         }
         self.desired = next;
+        self.declared = declared;
         self.announce_changed();
-        if let Err(e) = crate::state::persist::save_with_revision(
-            &self.config.state_dir,
-            &self.config.interface,
-            &self.desired,
-            self.store_revision(),
-        ) {
+        if let Err(e) = self.persist() {
             tracing::error!("persisting state: {e:#}");
         }
         Ok(plan)
+    }
+
+    /// Saves the declared state, its store revision and what the sources
+    /// found.
+    pub(crate) fn persist(&self) -> anyhow::Result<()> {
+        let discovered = self
+            .discovered_to_save()
+            .iter()
+            .map(|(id, v)| (*id, v.set.clone()))
+            .collect();
+        crate::state::persist::save_all(
+            &self.config.state_dir,
+            &self.config.interface,
+            &self.declared,
+            self.store_revision(),
+            &discovered,
+        )
     }
 
     /// Applies one operator change; returns what changed.
@@ -262,7 +316,7 @@ impl<D: DataPath> Daemon<D> {
             Change::NodeUndrain => return self.set_drained(false).map(|(s, _)| s),
             _ => {}
         }
-        let next = self.desired.with_change(change)?;
+        let next = self.declared.with_change(change)?;
         let plan = self.apply(next)?;
         Ok(if plan.lines.is_empty() {
             "no change".into()
@@ -327,7 +381,7 @@ impl<D: DataPath> Daemon<D> {
             config::load(&self.config_path).map_err(|e| ApplyError::Invalid(e.to_string()))?;
         // With a store, the file holds no VIPs: the running ones stay.
         let next = if self.store.is_some() {
-            self.desired.clone()
+            self.declared.clone()
         } else {
             config
                 .desired_state()
@@ -341,7 +395,7 @@ impl<D: DataPath> Daemon<D> {
                 self.config_path.display()
             )));
         }
-        let mut diff = plan::diff(&self.desired, &next).lines;
+        let mut diff = plan::diff(&self.declared, &next).lines;
         if config.encap != self.config.encap {
             diff.insert(
                 0,

@@ -169,12 +169,12 @@ impl<D: DataPath> Daemon<D> {
                 link.error.as_deref().unwrap_or("no answer")
             )));
         }
-        let to = self.desired.with_change(change)?;
+        let to = self.declared.with_change(change)?;
         self.check_state(&to)?;
         Ok(PlannedChange {
             planned: link.applied,
-            from: self.desired.clone(),
-            lines: plan::diff(&self.desired, &to).lines,
+            from: self.declared.clone(),
+            lines: plan::diff(&self.declared, &to).lines,
             to,
             applied: link.applied_tx.subscribe(),
         })

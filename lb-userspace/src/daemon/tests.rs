@@ -656,3 +656,84 @@ fn under_quorum_a_backend_is_down_when_most_live_nodes_see_it_down() {
         .health_decision
         .contains("fallback"));
 }
+
+#[test]
+fn discovered_backends_join_the_maps_drain_when_gone_and_never_reach_the_declared_state() {
+    let s = Scratch::new("discovered");
+    let body = "[[vip]]\nname = \"web\"\naddress = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"\n\
+                table_size = 7\nbackends = [ { address = \"10.0.0.2\" } ]\n\
+                backends_from = { dns_srv = \"_web._tcp.svc.test\", drain = \"1s\" }\n\
+                [vip.health]\nkind = \"tcp\"\n";
+    let mut d = start(&s, HEAD, body);
+    let web = id("10.100.0.1:80/tcp");
+    let found = |addrs: &[(&str, u32, u8)]| -> crate::model::discovery::Set {
+        addrs
+            .iter()
+            .map(|(a, w, t)| {
+                let f = crate::model::discovery::Found {
+                    weight: *w,
+                    tier: *t,
+                };
+                (a.parse().unwrap(), f)
+            })
+            .collect()
+    };
+    let round = |set| super::Round {
+        apply: Some(set),
+        status: Default::default(),
+    };
+    // The listed backend is not doubled; the new ones join, down (checked).
+    let set = found(&[("10.0.0.2", 5, 0), ("10.0.0.7", 20, 0), ("10.0.0.8", 10, 1)]);
+    assert!(d.set_discovered(&web, round(set)).unwrap());
+    let addrs: Vec<String> = d.desired().vips[&web]
+        .backends
+        .iter()
+        .map(|b| format!("{} {} {}", b.addr, b.weight, b.tier))
+        .collect();
+    assert_eq!(addrs, ["10.0.0.2 100 0", "10.0.0.7 20 0", "10.0.0.8 10 1"]);
+    let seven: IpAddr = "10.0.0.7".parse().unwrap();
+    assert!(d.data_path().is_down(&web, &seven), "new ones start down");
+    assert_eq!(
+        d.declared().vips[&web].backends.len(),
+        1,
+        "declared unchanged"
+    );
+    // A change plans on the declared state only.
+    let e = d
+        .change(&Change::BackendSet {
+            vip: "web".into(),
+            addr: seven,
+            weight: 1,
+        })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::NotFound(_)), "{e}");
+    // Persisted beside the declared state, for a restart.
+    let saved = crate::state::persist::load_saved(&d.config().state_dir, "eth0")
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved.state, *d.declared());
+    assert_eq!(saved.discovered[&web].len(), 3);
+    // 10.0.0.7 is no longer listed: it drains, then leaves.
+    let set = found(&[("10.0.0.2", 5, 0), ("10.0.0.8", 10, 1)]);
+    assert!(d.set_discovered(&web, round(set)).unwrap());
+    let b7 = d.desired().vips[&web]
+        .backends
+        .iter()
+        .find(|b| b.addr == seven)
+        .cloned()
+        .expect("still there");
+    assert!(b7.drained, "draining, not gone");
+    assert!(!d.expire_discovered(std::time::SystemTime::now()).unwrap());
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    assert!(d.expire_discovered(later).unwrap());
+    assert!(!d.desired().vips[&web]
+        .backends
+        .iter()
+        .any(|b| b.addr == seven));
+    // No set to apply: nothing changes.
+    let unchanged = super::Round {
+        apply: None,
+        status: Default::default(),
+    };
+    assert!(!d.set_discovered(&web, unchanged).unwrap());
+}

@@ -10,10 +10,11 @@ use super::{checked, mode_name, monotonic_ns, ApplyError, Daemon};
 use crate::balancer::NextChoice;
 use crate::{
     api::types::{
-        BackendStatus, Explain, Stats, Status, TraceLine, TraceView, TrafficRow, VipStatus,
+        BackendStatus, DiscoveryStatus, Explain, Stats, Status, TraceLine, TraceView, TrafficRow,
+        VipStatus,
     },
     balancer::{Balancer, Counters, EntryCheck, Route},
-    model::{Forwarding, Proto, VipId},
+    model::{BackendsFrom, Forwarding, Proto, VipId},
     state::VipDesired,
 };
 
@@ -153,6 +154,28 @@ impl Daemon<Balancer> {
         self.rates.last = Some((at, now));
     }
 
+    fn discovery_status(&self, id: &VipId, from: &BackendsFrom) -> DiscoveryStatus {
+        let view = self.source_view(id).cloned().unwrap_or_default();
+        let st = view.status;
+        let rfc = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        DiscoveryStatus {
+            source: from.source.to_string(),
+            refresh: humantime::format_duration(from.refresh).to_string(),
+            found: view.set.len(),
+            draining: view
+                .gone
+                .keys()
+                .filter(|a| !view.set.contains_key(a))
+                .count(),
+            last_answer: st.last_answer.map(rfc),
+            stale_since: st.stale.as_ref().map(|(t, _)| rfc(*t)),
+            error: st.stale.map(|(_, e)| e),
+            held: st.held,
+            left_out: st.left_out,
+            refused: st.refused,
+        }
+    }
+
     pub fn status(&self) -> Status {
         let counters = self.data_path.counters().unwrap_or_default();
         let vips = self
@@ -175,6 +198,11 @@ impl Daemon<Balancer> {
                         let nh = self.data_path.next_hop(&b.addr);
                         let mtu = nh.map(|n| n.mtu).filter(|m| *m != 0);
                         BackendStatus {
+                            discovered: !self
+                                .declared
+                                .vips
+                                .get(id)
+                                .is_some_and(|d| d.backends.iter().any(|x| x.addr == b.addr)),
                             addr: b.addr,
                             weight: b.weight,
                             tier: b.tier,
@@ -224,6 +252,10 @@ impl Daemon<Balancer> {
                     } else {
                         Vec::new()
                     },
+                    discovery: v
+                        .backends_from
+                        .as_ref()
+                        .map(|from| self.discovery_status(id, from)),
                     backends,
                 }
             })

@@ -11,25 +11,12 @@
 //! different answer, or a failed lookup, starts the wait again. The guard is
 //! pure (the caller passes the time), so every rule is unit-tested.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use crate::model::defaults::{
     DEFAULT_HOLD_EMPTY, DEFAULT_HOLD_REMOVAL, DEFAULT_MAX_REMOVE_PERCENT,
 };
-
-/// What a source reports for one backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Found {
-    pub weight: u32,
-    pub tier: u8,
-}
-
-/// A set of backends by address.
-pub type Set = BTreeMap<IpAddr, Found>;
+pub use crate::model::discovery::{Found, Set};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuardPolicy {
@@ -88,6 +75,16 @@ impl Guard {
     pub fn new(policy: GuardPolicy) -> Guard {
         Guard {
             policy,
+            ..Default::default()
+        }
+    }
+
+    /// A guard that starts from `set` as applied (what a restarted lbd
+    /// persisted): the first answer is then held to the same rules as any.
+    pub fn seeded(policy: GuardPolicy, set: Set) -> Guard {
+        Guard {
+            policy,
+            applied: Some(set),
             ..Default::default()
         }
     }
@@ -170,6 +167,8 @@ impl Guard {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn set(addrs: &[u8]) -> Set {

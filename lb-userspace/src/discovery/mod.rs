@@ -5,6 +5,7 @@
 //! (resolvers time out, answers go empty during incidents), and the desired
 //! state then flows to the maps like every other change.
 
+pub mod dns;
 pub mod guard;
 
-pub use guard::{Found, Guard, GuardPolicy, Held, Verdict};
+pub use guard::{Found, Guard, GuardPolicy, Held, Set, Verdict};

@@ -3,6 +3,7 @@
 //! `decap`). `bin/lbd.rs` only parses arguments and sets up logging.
 
 mod announce;
+mod discovery;
 mod oneshot;
 mod start;
 mod store;

@@ -13,7 +13,7 @@ use tokio::{
     sync::Notify,
 };
 
-use super::{announce::Announcer, store, tasks};
+use super::{announce::Announcer, discovery, store, tasks};
 use crate::{
     announce::{
         node,
@@ -102,6 +102,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         };
 
         let cfg_interface = cfg.interface.clone();
+        let cfg_nameservers = cfg.nameservers.clone();
         let mut daemon = start_daemon(config_path, cfg, &place, interface.mac)?;
         daemon.set_node_state(node);
         if node.drained {
@@ -176,6 +177,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(a.run()));
             names.push("announcer");
         }
+        tasks.push(tokio::spawn(discovery::follow(
+            shared.clone(),
+            hooks.clone(),
+            cfg_nameservers,
+        )));
+        names.push("discovery");
         if let Some(etcd) = etcd {
             tasks.push(tokio::spawn(store::follow(
                 shared.clone(),
@@ -278,11 +285,15 @@ fn load_and_attach(
         limits: config.limits,
         pin_dir: Some(pin_dir.clone()),
     };
-    let (desired, revision) = match persist::load_with_revision(
+    let (desired, revision, discovered) = match persist::load_saved(
         &config.state_dir,
         &config.interface,
     )? {
-        Some((saved, revision)) => {
+        Some(persist::Saved {
+            state: saved,
+            store_revision: revision,
+            discovered,
+        }) => {
             match (&config.store, revision) {
                 (Some(_), Some(r)) => tracing::info!(
                     revision = r,
@@ -299,9 +310,9 @@ fn load_and_attach(
                     persist::state_file(&config.state_dir).display()
                 ),
             }
-            (saved, revision)
+            (saved, revision, discovered)
         }
-        None => (from_config, None),
+        None => (from_config, None, Default::default()),
     };
     let store_settings = config.store.clone();
     check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
@@ -309,8 +320,9 @@ fn load_and_attach(
     if balancer.adopted() {
         tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
     }
-    let mut daemon = Daemon::new(config_path, config, balancer, desired)
-        .context("writing the settings and the desired state to the maps")?;
+    let mut daemon =
+        Daemon::new_with_discovered(config_path, config, balancer, desired, discovered)
+            .context("writing the settings and the desired state to the maps")?;
     if let Some(s) = store_settings {
         daemon.use_store(s, revision.unwrap_or(0));
     }
@@ -326,13 +338,7 @@ fn load_and_attach(
         .with_context(|| format!("attaching to {iface}"))?;
     let program_id = daemon.balancer_mut().program_id().unwrap_or(0);
     daemon.attached(mode, program_id, pin_dir);
-    let (cfg, desired) = (daemon.config(), daemon.desired());
-    persist::save_with_revision(
-        &cfg.state_dir,
-        &cfg.interface,
-        desired,
-        daemon.store_revision(),
-    )?;
+    daemon.persist()?;
     tracing::info!(
         interface = %iface,
         mode = mode_name(mode),

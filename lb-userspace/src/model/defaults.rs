@@ -73,6 +73,16 @@ pub const DEFAULT_HOLD_EMPTY: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_REMOVE_PERCENT: u32 = 50;
 /// ...unless it persists this long.
 pub const DEFAULT_HOLD_REMOVAL: Duration = Duration::from_secs(30);
+/// How often a source is asked unless configured otherwise.
+pub const DEFAULT_DISCOVERY_REFRESH: Duration = Duration::from_secs(10);
+pub const DISCOVERY_REFRESH_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+/// A backend its source no longer lists drains this long, then leaves:
+/// long enough for most requests in flight to finish.
+pub const DEFAULT_DISCOVERY_DRAIN: Duration = Duration::from_secs(300);
+/// One DNS query may take this long; then the source counts as failed
+/// (stale) for this round.
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 // --- The shared store (`[store]`) ----------------------------------------
 

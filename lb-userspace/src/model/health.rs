@@ -292,7 +292,7 @@ impl fmt::Display for HealthDecision {
 }
 
 /// Durations as humantime strings (`"1s 500ms"`) in serde.
-mod humantime_str {
+pub(super) mod humantime_str {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -41,6 +41,7 @@ impl DesiredState {
                         settings,
                         backends: Vec::new(),
                         health: None,
+                        backends_from: None,
                     },
                 )?;
             }

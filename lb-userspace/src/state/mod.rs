@@ -14,7 +14,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    self, parse_vip, BackendSpec, HealthError, HealthSpec, Limits, SpecError, VipId, VipSettings,
+    self, parse_vip, BackendSpec, BackendsFrom, HealthError, HealthSpec, Limits, SpecError, VipId,
+    VipSettings,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +31,10 @@ pub struct VipDesired {
     /// Health-check settings (`[vip.health]`); a backend may have its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
+    /// Where more backends come from (`backends_from`): what the source
+    /// lists joins `backends` on each node (`discovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends_from: Option<BackendsFrom>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +86,8 @@ pub enum StateError {
          holds {max} ([limits] table_pool): use smaller table_size values or a larger pool"
     )]
     TablePool { need: u64, max: u32 },
+    #[error("{0}")]
+    Discovery(String),
     #[error("VIP {vip}{}: health check: {error}", backend.map(|b| format!(" backend {b}")).unwrap_or_default())]
     Health {
         vip: VipId,
@@ -125,6 +132,9 @@ impl DesiredState {
             }
             model::validate_vip(id, &v.settings)?;
             model::validate_backends(id, &v.settings, &v.backend_specs())?;
+            if let Some(from) = &v.backends_from {
+                from.validate(id).map_err(StateError::Discovery)?;
+            }
             let checks = std::iter::once((None, &v.health))
                 .chain(v.backends.iter().map(|b| (Some(b.addr), &b.health)));
             for (backend, spec) in checks {
@@ -262,6 +272,7 @@ mod tests {
                 b("10.0.0.4", Some(HealthSpec::new(HealthKind::None))),
             ],
             health: None,
+            backends_from: None,
         };
         let kinds = |v: &VipDesired| {
             v.backends

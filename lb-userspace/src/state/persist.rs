@@ -2,6 +2,7 @@
 //! lbd takes over instead of the config file, written atomically.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::Write,
     path::{Path, PathBuf},
@@ -10,6 +11,15 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::DesiredState;
+use crate::model::{discovery::Set, VipId};
+
+/// A state file's contents.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Saved {
+    pub state: DesiredState,
+    pub store_revision: Option<i64>,
+    pub discovered: BTreeMap<VipId, Set>,
+}
 
 /// Where the daemon keeps its runtime state.
 pub fn state_file(state_dir: &Path) -> PathBuf {
@@ -25,21 +35,22 @@ struct Persisted<'a> {
     /// With a store: the desired state's revision this state is of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     store_revision: Option<i64>,
+    /// What each VIP's source (`backends_from`) last brought: a restarted
+    /// lbd forwards to them until its sources answer (fail static).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    discovered: std::borrow::Cow<'a, BTreeMap<VipId, Set>>,
     #[serde(flatten)]
     state: std::borrow::Cow<'a, DesiredState>,
 }
 
 /// Reads the runtime state persisted by the daemon of `interface`, if any.
 pub fn load(state_dir: &Path, interface: &str) -> anyhow::Result<Option<DesiredState>> {
-    Ok(load_with_revision(state_dir, interface)?.map(|(s, _)| s))
+    Ok(load_saved(state_dir, interface)?.map(|s| s.state))
 }
 
 /// [`load`], with the store revision the state was saved at (`None`: not
-/// from a store).
-pub fn load_with_revision(
-    state_dir: &Path,
-    interface: &str,
-) -> anyhow::Result<Option<(DesiredState, Option<i64>)>> {
+/// from a store) and the sources' last sets.
+pub fn load_saved(state_dir: &Path, interface: &str) -> anyhow::Result<Option<Saved>> {
     let path = state_file(state_dir);
     match fs::read(&path) {
         Ok(bytes) => {
@@ -57,7 +68,11 @@ pub fn load_with_revision(
             let s = p.state.into_owned();
             s.validate()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok(Some((s, p.store_revision)))
+            Ok(Some(Saved {
+                state: s,
+                store_revision: p.store_revision,
+                discovered: p.discovered.into_owned(),
+            }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
@@ -67,15 +82,17 @@ pub fn load_with_revision(
 /// Writes the state atomically: a temporary file, fsync, then rename over
 /// the old one, so a crash leaves either the old or the new state.
 pub fn save(state_dir: &Path, interface: &str, state: &DesiredState) -> anyhow::Result<()> {
-    save_with_revision(state_dir, interface, state, None)
+    save_all(state_dir, interface, state, None, &BTreeMap::new())
 }
 
-/// [`save`], recording the store revision the state is of.
-pub fn save_with_revision(
+/// [`save`], recording the store revision the state is of and the
+/// sources' last sets.
+pub fn save_all(
     state_dir: &Path,
     interface: &str,
     state: &DesiredState,
     store_revision: Option<i64>,
+    discovered: &BTreeMap<VipId, Set>,
 ) -> anyhow::Result<()> {
     fs::create_dir_all(state_dir)?;
     let path = state_file(state_dir);
@@ -84,6 +101,7 @@ pub fn save_with_revision(
     let p = Persisted {
         interface: interface.into(),
         store_revision,
+        discovered: std::borrow::Cow::Borrowed(discovered),
         state: std::borrow::Cow::Borrowed(state),
     };
     f.write_all(&serde_json::to_vec_pretty(&p)?)?;
@@ -115,6 +133,7 @@ mod tests {
                 settings: VipSettings::default(),
                 backends: vec![],
                 health: None,
+                backends_from: None,
             },
         )
         .unwrap();

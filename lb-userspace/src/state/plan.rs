@@ -150,6 +150,7 @@ mod tests {
                 })
                 .collect(),
             health: None,
+            backends_from: None,
         }
     }
 

@@ -225,6 +225,7 @@ mod tests {
                 })
                 .collect(),
             health: None,
+            backends_from: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod frame;
 pub mod harness;
 pub mod interrupt;
+pub mod knot;
 pub mod lab;
 pub mod netns;
 pub mod process;
