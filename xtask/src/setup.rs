@@ -9,7 +9,8 @@
 //! - BIRD 2 and keepalived, which the cluster tests start in their
 //!   namespaces (the BGP speaker and the VRRP daemon lb is run with);
 //! - etcd, the store the cluster tests share their desired state through,
-//!   and protoc, which the `etcd-client` crate compiles etcd's API with.
+//!   and protoc, which the `etcd-client` crate compiles etcd's API with;
+//! - Knot DNS, the server the discovery tests change records on.
 
 use std::env;
 use std::ffi::OsString;
@@ -50,6 +51,7 @@ fn debian_packages() -> Result<()> {
         ("bird", "bird2"),
         ("keepalived", "keepalived"),
         ("nft", "nftables"),
+        ("knotd", "knot"),
     ] {
         if find_program(program, &sbin).is_none() {
             missing.push(package);

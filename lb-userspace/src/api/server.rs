@@ -24,7 +24,10 @@ use super::{
 };
 use crate::{
     daemon::{ApplyError, Daemon, Shared as SharedDaemon},
-    model::defaults::STORE_APPLY_WAIT,
+    model::{
+        defaults::{DEFAULT_WEIGHT, MAX_TIER, STORE_APPLY_WAIT, WEIGHT_RANGE},
+        discovery::{Found, Source},
+    },
     store::{
         etcd::{CommitError, Etcd},
         layout::{ChangeNote, StoredVip},
@@ -255,6 +258,8 @@ pub async fn serve(
         .route(control::PATH_CLUSTER, get(cluster))
         .route(control::PATH_STORE_IMPORT, post(store_import))
         .route(control::PATH_STORE_EXPORT, get(store_export))
+        .route(control::PATH_STORE_REGISTER, post(store_register))
+        .route(control::PATH_STORE_RENEW, post(store_renew))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(api);
     axum::serve(
@@ -533,6 +538,90 @@ async fn import(
         applied: true,
         revision,
     })
+}
+
+/// `lbctl backend register`: a backend of a VIP that takes registrations,
+/// under a new lease; audited like a change.
+async fn store_register(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let raw_for_audit = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let who = api.allow_change(&peer, &raw_for_audit)?;
+    let result = register(&api, &body).await;
+    let outcome = match &result {
+        Ok(lease) => format!("ok (lease {lease:x})"),
+        Err(e) => format!("refused: {}", e.1),
+    };
+    api.audit.record(&who, &raw_for_audit, &outcome);
+    Ok(Json(control::StoreLease { lease: result? }).into_response())
+}
+
+async fn register(api: &Api, body: &Bytes) -> Result<i64, ApiError> {
+    let (req, _) = parse_body::<control::StoreRegister>(body)?;
+    let etcd = api.store()?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    if !(1..=3600).contains(&req.ttl_secs) {
+        return Err(bad(format!(
+            "ttl: {}s is out of range 1s..=1h",
+            req.ttl_secs
+        )));
+    }
+    let (vip, found) = {
+        let d = api.daemon();
+        let id = d.declared().resolve(&req.vip).map_err(ApplyError::from)?;
+        let v = &d.declared().vips[&id];
+        let takes = v
+            .backends_from
+            .as_ref()
+            .is_some_and(|b| b.source == Source::Registered);
+        if !takes {
+            return Err(bad(format!(
+                "VIP {id} takes no registrations (it needs backends_from = {{ registered = true }})"
+            )));
+        }
+        if req.addr.is_ipv4() != id.addr.is_ipv4() {
+            return Err(bad(format!(
+                "backend {} is not of VIP {id}'s family",
+                req.addr
+            )));
+        }
+        let weight = req.weight.unwrap_or(DEFAULT_WEIGHT);
+        if !WEIGHT_RANGE.contains(&weight) {
+            return Err(bad(format!("weight: {weight} is out of range 0..=65535")));
+        }
+        let tier = req.tier.unwrap_or(0);
+        if tier > MAX_TIER {
+            return Err(bad(format!("tier: {tier} is out of range 0..=15")));
+        }
+        (id, Found { weight, tier })
+    };
+    etcd.register(
+        &vip,
+        &req.addr,
+        found,
+        std::time::Duration::from_secs(req.ttl_secs),
+    )
+    .await
+    .map_err(|e| ApiError::from(api.store_unreachable(e)))
+}
+
+/// Renews a registration's lease once (not audited: it is the heartbeat).
+async fn store_renew(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    api.allow_change(&peer, &serde_json::json!({"op": "store-renew"}))?;
+    let (req, _) = parse_body::<control::StoreLease>(&body)?;
+    let alive = api
+        .store()?
+        .keep_alive(req.lease)
+        .await
+        .map_err(|e| ApiError::from(api.store_unreachable(e)))?;
+    Ok(Json(control::StoreRenewed { alive }).into_response())
 }
 
 /// How long a drain or undrain waits for the announcer to update the table.

@@ -29,6 +29,10 @@ pub const PATH_NODE: &str = "/v1/node";
 pub const PATH_CLUSTER: &str = "/v1/cluster";
 /// `POST` a [`StoreImport`]: make the store hold these VIPs.
 pub const PATH_STORE_IMPORT: &str = "/v1/store/import";
+/// `POST` a [`StoreRegister`]: a backend under a new lease ([`StoreLease`]).
+pub const PATH_STORE_REGISTER: &str = "/v1/store/register";
+/// `POST` a [`StoreLease`]: renews it once ([`StoreRenewed`]).
+pub const PATH_STORE_RENEW: &str = "/v1/store/renew";
 /// `GET`: the store's VIPs ([`StoreExport`]).
 pub const PATH_STORE_EXPORT: &str = "/v1/store/export";
 /// `GET /v1/debug?after=N`: the decision trace's state and its lines
@@ -140,6 +144,29 @@ pub struct StoreImportResult {
     pub applied: bool,
     /// The desired state's revision after it (before it, for a dry run).
     pub revision: i64,
+}
+
+/// `lbctl backend register`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRegister {
+    pub vip: String,
+    pub addr: IpAddr,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub tier: Option<u8>,
+    pub ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreLease {
+    pub lease: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRenewed {
+    /// False: the lease had expired (its backend is gone); register again.
+    pub alive: bool,
 }
 
 /// `lbctl store export`.

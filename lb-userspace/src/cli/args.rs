@@ -235,6 +235,21 @@ pub enum BackendCommand {
         #[arg(long, conflicts_with = "HealthArgs")]
         clear: bool,
     },
+    /// Register a backend in the store (a VIP with backends_from
+    /// registered = true) and keep its lease alive until stopped: the
+    /// heartbeat of a script or an agent. Stopped, the lease expires after
+    /// --ttl and the backend drains, then leaves.
+    Register {
+        #[command(flatten)]
+        target: BackendTarget,
+        #[arg(long, value_name = "N", value_parser = weight_parser())]
+        weight: Option<u32>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_TIER)))]
+        tier: Option<u8>,
+        /// The lease: how long the backend stays after the last renewal.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        ttl: Duration,
+    },
 }
 
 /// A health check's settings; what is left out takes the config file's

@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, IsTerminal, Write},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use clap::{error::ErrorKind, CommandFactory};
@@ -20,8 +20,9 @@ use super::{
 use crate::{
     api::types::{
         Change, ReloadRequest, ReloadResult, Stats, Status, StoreExport, StoreImport,
-        StoreImportResult, TraceView, PATH_CHANGE, PATH_CLUSTER, PATH_DEBUG, PATH_EXPLAIN,
-        PATH_NODE, PATH_RELOAD, PATH_STATS, PATH_STATUS, PATH_STORE_EXPORT, PATH_STORE_IMPORT,
+        StoreImportResult, StoreLease, StoreRegister, StoreRenewed, TraceView, PATH_CHANGE,
+        PATH_CLUSTER, PATH_DEBUG, PATH_EXPLAIN, PATH_NODE, PATH_RELOAD, PATH_STATS, PATH_STATUS,
+        PATH_STORE_EXPORT, PATH_STORE_IMPORT, PATH_STORE_REGISTER, PATH_STORE_RENEW,
     },
     model::HealthKind,
 };
@@ -47,6 +48,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             change(&client, json, vip_health(vip, &check)?).await
         }
         Command::Backend(BackendCommand::List { vip }) => backend_list(&client, json, &vip).await,
+        Command::Backend(BackendCommand::Register {
+            target,
+            weight,
+            tier,
+            ttl,
+        }) => {
+            let req = StoreRegister {
+                vip: target.vip,
+                addr: target.addr,
+                weight,
+                tier,
+                ttl_secs: ttl.as_secs(),
+            };
+            register(&client, &req).await
+        }
         Command::Backend(b) => change(&client, json, backend_change(b)?).await,
         Command::Stats(a) if a.watch => stats_watch(&client, json, &a).await,
         Command::Stats(_) => stats(&client, json).await,
@@ -190,7 +206,9 @@ fn usage(group: &str) -> impl Fn(String) -> CliError + '_ {
 
 fn backend_change(b: BackendCommand) -> Result<Change, CliError> {
     Ok(match b {
-        BackendCommand::List { .. } => unreachable!("listed, not changed"),
+        BackendCommand::List { .. } | BackendCommand::Register { .. } => {
+            unreachable!("not a change of the desired state")
+        }
         BackendCommand::Add {
             target,
             weight,
@@ -310,7 +328,7 @@ async fn explain(client: &Client, json: bool, a: &ExplainArgs) -> Result<(), Cli
 }
 
 /// How often `lbctl debug` asks for new trace lines.
-const DEBUG_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+const DEBUG_POLL: Duration = Duration::from_millis(200);
 
 /// Prints the trace's lines as they come, until the trace ends (or Ctrl-C);
 /// with `--json`, one JSON object per line.
@@ -361,6 +379,49 @@ async fn debug_follow(client: &Client, json: bool) -> Result<(), CliError> {
             _ = tokio::time::sleep(DEBUG_POLL) => {}
             _ = &mut ctrl_c => return Ok(()),
         }
+    }
+}
+
+/// Registers, then renews the lease every third of its TTL until killed;
+/// a lease found expired (lbd or the store was away too long) is taken
+/// again. Failures are said and retried, never fatal: the loop is the
+/// heartbeat.
+async fn register(client: &Client, req: &StoreRegister) -> Result<(), CliError> {
+    let every = Duration::from_secs(req.ttl_secs.max(1)).div_f64(3.0);
+    let mut lease: Option<i64> = None;
+    loop {
+        match lease {
+            None => match client.post(PATH_STORE_REGISTER, req).await {
+                Ok(raw) => {
+                    let r: StoreLease = decode(&raw)?;
+                    write_out(&format!(
+                        "registered {} in {} (lease {:x}, {}s); renewing every {:?} until stopped\n",
+                        req.addr, req.vip, r.lease, req.ttl_secs, every
+                    ))?;
+                    lease = Some(r.lease);
+                }
+                // A refusal (no such VIP, not taking registrations) is final.
+                Err(CliError::Daemon { status, message }) if status.is_client_error() => {
+                    return Err(CliError::Daemon { status, message })
+                }
+                Err(e) => eprintln!("lbctl: registering: {e}; retrying"),
+            },
+            Some(l) => match client
+                .post(PATH_STORE_RENEW, &StoreLease { lease: l })
+                .await
+            {
+                Ok(raw) => {
+                    let alive: StoreRenewed = decode(&raw)?;
+                    if !alive.alive {
+                        eprintln!("lbctl: lease {l:x} expired; registering again");
+                        lease = None;
+                        continue;
+                    }
+                }
+                Err(e) => eprintln!("lbctl: renewing lease {l:x}: {e}; retrying"),
+            },
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

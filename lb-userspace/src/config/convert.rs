@@ -179,6 +179,23 @@ impl Source<'_> {
                 ),
             ));
         }
+        // Registrations live in the store: without one they could never come.
+        if raw.store.is_none() {
+            if let Some(v) = raw.vip.iter().find(|v| {
+                v.get_ref()
+                    .backends_from
+                    .as_ref()
+                    .is_some_and(|b| b.get_ref().registered == Some(true))
+            }) {
+                let (line, _) = self.line_col(v.span().start);
+                return Err(ConfigError::new(
+                    self.path,
+                    Some(line),
+                    "[[vip]]: backends_from registered = true needs a [store]: registrations \
+                     are leases in it",
+                ));
+            }
+        }
         self.convert_with(raw, interface)
     }
 
@@ -337,8 +354,22 @@ impl Source<'_> {
         vip: &VipId,
     ) -> Checked<BackendsFrom> {
         let r = bf.get_ref();
+        let registered = r.registered.unwrap_or(false);
         let source =
             match (&r.dns_srv, &r.dns) {
+                (None, None) if registered => {
+                    if let Some(p) = &r.port {
+                        return Err(self.at(p.span(), ctx, "key `port` goes with `dns`"));
+                    }
+                    DiscoverySource::Registered
+                }
+                (Some(_), _) | (_, Some(_)) if registered => {
+                    return Err(self.at(
+                        bf.span(),
+                        ctx,
+                        "name exactly one source: dns_srv, dns or registered = true",
+                    ))
+                }
                 (Some(n), None) => {
                     if let Some(p) = &r.port {
                         return Err(self.at(
@@ -369,7 +400,8 @@ impl Source<'_> {
                 _ => return Err(self.at(
                     bf.span(),
                     ctx,
-                    "name exactly one source: dns_srv = \"_service._tcp.name\" or dns = \"name\"",
+                    "name exactly one source: dns_srv = \"_service._tcp.name\", dns = \"name\" \
+                     or registered = true",
                 )),
             };
         let mut out = BackendsFrom::new(source);

@@ -106,6 +106,8 @@ pub(super) struct RawVip {
 pub(super) struct RawBackendsFrom {
     pub(super) dns_srv: Option<Spanned<String>>,
     pub(super) dns: Option<Spanned<String>>,
+    /// Backends registered in the store (with leases).
+    pub(super) registered: Option<bool>,
     pub(super) port: Option<Spanned<i64>>,
     pub(super) refresh: Option<Spanned<String>>,
     pub(super) hold_empty: Option<Spanned<String>>,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApplyError, Daemon, DataPath};
 use crate::{
     model::{
-        discovery::{Found, Set},
+        discovery::{Found, Set, Source},
         BackendsFrom, VipId,
     },
     state::{BackendDesired, DesiredState},
@@ -93,13 +93,50 @@ impl<D: DataPath> Daemon<D> {
         out
     }
 
-    /// Every VIP's source, for the discovery task.
+    /// Every VIP's DNS source, for the discovery task.
     pub fn discovery_sources(&self) -> Vec<(VipId, BackendsFrom)> {
         self.declared
             .vips
             .iter()
             .filter_map(|(id, v)| Some((*id, v.backends_from.clone()?)))
+            .filter(|(_, from)| from.source != Source::Registered)
             .collect()
+    }
+
+    /// The backends registered in the store, by VIP (all of them, as just
+    /// read): each VIP that takes registrations gets its own. They pass no
+    /// hold: a lease that expired is its agent's word, not a flaky answer
+    /// (and a store that cannot be reached changes nothing here).
+    pub fn set_registered(
+        &mut self,
+        registered: &BTreeMap<VipId, Set>,
+    ) -> Result<bool, ApplyError> {
+        let vips: Vec<VipId> = self
+            .declared
+            .vips
+            .iter()
+            .filter(|(_, v)| {
+                v.backends_from
+                    .as_ref()
+                    .is_some_and(|b| b.source == Source::Registered)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut changed = false;
+        for id in vips {
+            let set = registered.get(&id).cloned().unwrap_or_default();
+            let same = self.discovered.get(&id).is_some_and(|v| v.set == set);
+            let status = SourceStatus {
+                last_answer: Some(SystemTime::now()),
+                ..SourceStatus::default()
+            };
+            let round = Round {
+                apply: (!same).then_some(set),
+                status,
+            };
+            changed |= self.set_discovered(&id, round)?;
+        }
+        Ok(changed)
     }
 
     /// The set a VIP's source last brought (to seed its guard after a

@@ -83,6 +83,7 @@ impl Dns {
                 Ok(a)
             }
             Source::DnsSrv(name) => self.srv(name, vip).await,
+            Source::Registered => Err("registrations come from the store, not DNS".into()),
         }
     }
 

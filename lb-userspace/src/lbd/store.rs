@@ -44,22 +44,13 @@ async fn session(
     apply(daemon, hooks, &snap);
     let mut watch = etcd.watch(snap.store_revision + 1).await?;
     publisher.tick(daemon, etcd).await?;
-    let mut reports = etcd.watch_reports(snap.store_revision + 1).await?;
     read_reports(daemon, etcd).await?;
+    read_registrations(daemon, hooks, etcd).await?;
     let votes_changed = lock(daemon).votes_changed();
+    let layout = &etcd.layout;
     let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
     loop {
         tokio::select! {
-            m = reports.message() => {
-                let resp = m.context("the report watch failed")?.context("the report watch ended")?;
-                if resp.canceled() {
-                    anyhow::bail!("the report watch was cancelled ({})", resp.cancel_reason());
-                }
-                if !resp.events().is_empty() {
-                    read_reports(daemon, etcd).await?;
-                }
-            }
-            _ = votes_changed.notified() => publisher.tick(daemon, etcd).await?,
             m = watch.message() => {
                 let resp = m.context("the watch failed")?.context("the watch ended")?;
                 if resp.canceled() {
@@ -69,14 +60,26 @@ async fn session(
                         resp.compact_revision()
                     );
                 }
-                if !resp.events().is_empty() {
-                    // Events of one transaction come in one response; the
-                    // read after them is a whole, later revision.
+                let under = |prefix: String| {
+                    resp.events()
+                        .iter()
+                        .any(|e| e.kv().is_some_and(|kv| kv.key().starts_with(prefix.as_bytes())))
+                };
+                // Events of one transaction come in one response; the read
+                // after them is a whole, later revision.
+                if under(layout.desired()) {
                     let snap = etcd.snapshot().await?;
                     apply(daemon, hooks, &snap);
                     publisher.tick(daemon, etcd).await?;
                 }
+                if under(layout.nodes()) {
+                    read_reports(daemon, etcd).await?;
+                }
+                if under(layout.registrations()) {
+                    read_registrations(daemon, hooks, etcd).await?;
+                }
             }
+            _ = votes_changed.notified() => publisher.tick(daemon, etcd).await?,
             _ = probe.tick() => publisher.tick(daemon, etcd).await?,
         }
     }
@@ -87,6 +90,21 @@ async fn read_reports(daemon: &Shared, etcd: &Etcd) -> anyhow::Result<()> {
     let reports = etcd.reports().await?;
     if let Err(e) = lock(daemon).set_peer_reports(&reports) {
         tracing::error!("applying the nodes' health decision: {e}");
+    }
+    Ok(())
+}
+
+/// The backends registered under leases, to the VIPs that take them.
+async fn read_registrations(daemon: &Shared, hooks: &Hooks, etcd: &Etcd) -> anyhow::Result<()> {
+    let (registered, bad) = etcd.registrations().await?;
+    for b in bad {
+        tracing::warn!("a registration lb cannot read, left out: {b}");
+    }
+    let result = lock(daemon).set_registered(&registered);
+    match result {
+        Ok(true) => hooks.notify_changed(),
+        Ok(false) => {}
+        Err(e) => tracing::error!("applying the registered backends: {e}"),
     }
     Ok(())
 }

@@ -33,6 +33,9 @@ pub enum Source {
     /// A or AAAA records (the VIP's family), every address at the default
     /// weight, tier 0.
     Dns(String),
+    /// Backends registered in the store under a lease their agent keeps
+    /// alive (`lbctl backend register`); gone when the lease expires.
+    Registered,
 }
 
 impl fmt::Display for Source {
@@ -40,6 +43,7 @@ impl fmt::Display for Source {
         match self {
             Source::DnsSrv(n) => write!(f, "dns_srv {n}"),
             Source::Dns(n) => write!(f, "dns {n}"),
+            Source::Registered => f.write_str("registrations in the store"),
         }
     }
 }
@@ -79,7 +83,8 @@ impl BackendsFrom {
     /// The rules a VIP's source must follow.
     pub fn validate(&self, vip: &VipId) -> Result<(), String> {
         let name = match &self.source {
-            Source::DnsSrv(n) | Source::Dns(n) => n,
+            Source::DnsSrv(n) | Source::Dns(n) => n.as_str(),
+            Source::Registered => "registered",
         };
         if name.is_empty()
             || name.len() > 253

@@ -16,7 +16,15 @@ use super::{
     report::NodeReport,
     StoreSettings,
 };
-use crate::{model::defaults::STORE_REQUEST_TIMEOUT, state::DesiredState};
+use crate::{
+    model::{
+        defaults::STORE_REQUEST_TIMEOUT,
+        discovery::{Found, Set},
+        VipId,
+    },
+    state::DesiredState,
+};
+use std::{collections::BTreeMap, net::IpAddr};
 
 /// A connection to etcd (made lazily: creating it does not reach the
 /// store) and the key layout.
@@ -136,24 +144,49 @@ impl Etcd {
         Err(CommitError::Conflict { planned, now })
     }
 
-    /// Watches the desired state from `store_revision` on.
+    /// Watches everything of lb's from `store_revision` on.
     pub async fn watch(&self, store_revision: i64) -> anyhow::Result<WatchStream> {
-        self.watch_prefix(self.layout.desired(), store_revision)
-            .await
-            .context("watching the desired state")
-    }
-
-    /// Watches the node reports from `store_revision` on.
-    pub async fn watch_reports(&self, store_revision: i64) -> anyhow::Result<WatchStream> {
-        self.watch_prefix(self.layout.nodes(), store_revision)
-            .await
-            .context("watching the node reports")
-    }
-
-    async fn watch_prefix(&self, prefix: String, from: i64) -> anyhow::Result<WatchStream> {
         let mut c = self.client.clone();
-        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
-        within(c.watch(prefix, Some(opts))).await
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(store_revision);
+        within(c.watch(self.layout.all(), Some(opts)))
+            .await
+            .context("watching the store")
+    }
+
+    /// Registers a backend of `vip` under a new lease of `ttl`; returns it.
+    pub async fn register(
+        &self,
+        vip: &VipId,
+        backend: &IpAddr,
+        found: Found,
+        ttl: Duration,
+    ) -> anyhow::Result<i64> {
+        let lease = self.grant(ttl).await?;
+        let mut c = self.client.clone();
+        let value = serde_json::to_vec(&found).expect("a registration always serialises");
+        within(c.put(
+            self.layout.registration(vip, backend),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        ))
+        .await
+        .context("writing the registration")?;
+        Ok(lease)
+    }
+
+    /// Every registration, by VIP, and the keys that could not be read.
+    pub async fn registrations(&self) -> anyhow::Result<(BTreeMap<VipId, Set>, Vec<String>)> {
+        let mut c = self.client.clone();
+        let resp = within(c.get(
+            self.layout.registrations(),
+            Some(GetOptions::new().with_prefix()),
+        ))
+        .await
+        .context("reading the registrations")?;
+        let kvs: Vec<(&[u8], &[u8])> = resp.kvs().iter().map(|kv| (kv.key(), kv.value())).collect();
+        Ok(self.layout.decode_registrations(&kvs))
     }
 
     /// A lease of `ttl` for the node's report.
@@ -161,7 +194,7 @@ impl Etcd {
         let mut c = self.client.clone();
         let resp = within(c.lease_grant(ttl.as_secs() as i64, None))
             .await
-            .context("granting the node's lease")?;
+            .context("granting a lease")?;
         Ok(resp.id())
     }
 
@@ -171,13 +204,11 @@ impl Etcd {
         let mut c = self.client.clone();
         let (mut keeper, mut stream) = within(c.lease_keep_alive(lease))
             .await
-            .context("renewing the node's lease")?;
+            .context("renewing a lease")?;
         within(keeper.keep_alive())
             .await
-            .context("renewing the node's lease")?;
-        let resp = within(stream.message())
-            .await
-            .context("renewing the node's lease")?;
+            .context("renewing a lease")?;
+        let resp = within(stream.message()).await.context("renewing a lease")?;
         Ok(resp.is_some_and(|r| r.ttl() > 0))
     }
 

@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use std::net::IpAddr;
+
 use crate::{
-    model::{Proto, VipId},
+    model::{
+        discovery::{Found, Set},
+        Proto, VipId,
+    },
     state::{DesiredState, VipDesired},
 };
 
@@ -47,6 +52,61 @@ impl Layout {
             Proto::Udp => "udp",
         };
         format!("{}{proto}/{}/{}", self.vips(), id.addr, id.port)
+    }
+
+    /// Everything of lb's: one watch covers it.
+    pub fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// Backends registered under leases (`lbctl backend register`).
+    pub fn registrations(&self) -> String {
+        format!("{}/registered/", self.prefix)
+    }
+
+    pub fn registration(&self, vip: &VipId, backend: &IpAddr) -> String {
+        let vip_key = self.vip(vip);
+        let rest = vip_key.strip_prefix(&self.vips()).expect("a VIP key");
+        format!("{}{rest}/{backend}", self.registrations())
+    }
+
+    /// The VIP and backend a registration key names.
+    fn registration_of(&self, key: &str) -> Option<(VipId, IpAddr)> {
+        let rest = key.strip_prefix(&self.registrations())?;
+        let (vip, backend) = rest.rsplit_once('/')?;
+        Some((
+            self.vip_of(&format!("{}{vip}", self.vips()))?,
+            backend.parse().ok()?,
+        ))
+    }
+
+    /// The registrations of a range read of [`Layout::registrations`], by
+    /// VIP. A key or value lb cannot read is left out and returned, so it
+    /// is reported (it never touches the desired state).
+    pub fn decode_registrations(
+        &self,
+        kvs: &[(&[u8], &[u8])],
+    ) -> (BTreeMap<VipId, Set>, Vec<String>) {
+        let mut out: BTreeMap<VipId, Set> = BTreeMap::new();
+        let mut bad = Vec::new();
+        for (key, value) in kvs {
+            let key = String::from_utf8_lossy(key).into_owned();
+            let found = self
+                .registration_of(&key)
+                .ok_or("not a registration key")
+                .and_then(|k| {
+                    serde_json::from_slice::<Found>(value)
+                        .map(|f| (k, f))
+                        .map_err(|_| "not a registration lb can read")
+                });
+            match found {
+                Ok(((vip, addr), f)) => {
+                    out.entry(vip).or_default().insert(addr, f);
+                }
+                Err(why) => bad.push(format!("{key}: {why}")),
+            }
+        }
+        (out, bad)
     }
 
     pub fn nodes(&self) -> String {
@@ -270,6 +330,18 @@ mod tests {
         );
         assert_eq!(l.revision(), "/lb/v1/desired/revision");
         assert_eq!(l.node("lb-a"), "/lb/v1/nodes/lb-a");
+        let web = parse_vip("10.0.0.1:80/tcp").unwrap();
+        let b: IpAddr = "10.1.0.9".parse().unwrap();
+        let key = l.registration(&web, &b);
+        assert_eq!(key, "/lb/v1/registered/tcp/10.0.0.1/80/10.1.0.9");
+        let value = br#"{"weight":5,"tier":1}"#;
+        let (regs, bad) = l.decode_registrations(&[
+            (key.as_bytes(), value),
+            (b"/lb/v1/registered/tcp/10.0.0.1/80/x", value),
+            (key.as_bytes(), b"nonsense"),
+        ]);
+        assert_eq!(regs[&web][&b], Found { weight: 5, tier: 1 });
+        assert_eq!(bad.len(), 2, "{bad:?}");
         for id in ["10.0.0.1/tcp", "[2001:db8::1]:443/tcp", "10.0.0.9:53/udp"] {
             let id = parse_vip(id).unwrap();
             assert_eq!(l.vip_of(&l.vip(&id)), Some(id));

@@ -96,7 +96,9 @@ fn vips_file(c: &Cluster) -> String {
          \n[[vip]]\nname = \"api\"\naddress = \"203.0.113.20\"\nport = 80\nprotocol = \"tcp\"\n\
          backends = [{{ address = \"{0}\" }}, {{ address = \"{1}\" }}]\n\
          [vip.health]\nkind = \"tcp\"\nport = 8080\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\
-         rise = 1\nfall = 2\n",
+         rise = 1\nfall = 2\n\
+         \n[[vip]]\nname = \"reg\"\naddress = \"203.0.113.40\"\nport = 80\nprotocol = \"tcp\"\n\
+         backends_from = {{ registered = true }}\n",
         b[0], b[1], b[2]
     )
 }
@@ -235,6 +237,7 @@ fn three_nodes_share_one_store() {
     assert_eq!(view.get("bug").as_bool(), Some(false), "{cluster}");
 
     quorum_health(&c);
+    registration(&c);
     racing_changes(&c, &b3);
     partition(&mut c, &b3);
     cold_start_without_the_store(&mut c);
@@ -351,6 +354,83 @@ fn quorum_health(c: &Cluster) {
         "quorum health: n1 alone saw {b2} down {one_view:?} after its checks were blocked, and \
          it stayed in all three tables; with n2 too it left all three {majority:?} later (same \
          checksums); back in {back:?} after the paths returned"
+    );
+}
+
+/// The `reg` VIP's backends on a node: address → (weight, drained).
+fn registered_on(c: &Cluster, node: &str) -> std::collections::BTreeMap<String, (u64, bool)> {
+    let s = c.lbctl_json(node, &["status"]);
+    vip_of(&s, "reg")
+        .get("backends")
+        .arr()
+        .iter()
+        .map(|b| {
+            (
+                b.get("addr").str().to_string(),
+                (
+                    b.get("weight").as_f64().unwrap_or(0.0) as u64,
+                    b.get("drained").as_bool().unwrap_or(false),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn wait_registered(
+    c: &Cluster,
+    want: impl Fn(Option<&(u64, bool)>) -> bool,
+    b: &str,
+    what: &str,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let seen: Vec<_> = NODES.iter().map(|n| registered_on(c, n)).collect();
+        if seen.iter().all(|m| want(m.get(b))) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{what}: {seen:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A backend registered by `lbctl backend register` (its lease kept alive
+/// while it runs) joins the VIP on every node; stopped, its lease expires
+/// and it drains everywhere.
+fn registration(c: &Cluster) {
+    let b3 = c.backend("b3").v4.to_string();
+    let mut heartbeat = std::process::Command::new(lb_lab::process::lbctl_bin())
+        .arg("--socket")
+        .arg(c.node("n1").socket())
+        .args([
+            "backend", "register", "reg", &b3, "--weight", "30", "--ttl", "2s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("lbctl backend register");
+    let joined = wait_registered(c, |b| b == Some(&(30, false)), &b3, "registered");
+    // Renewed while it runs: still there after several TTLs.
+    thread::sleep(Duration::from_secs(5));
+    assert!(
+        NODES
+            .iter()
+            .all(|n| registered_on(c, n).get(&b3) == Some(&(30, false))),
+        "the heartbeat keeps it"
+    );
+    let _ = heartbeat.kill();
+    let _ = heartbeat.wait();
+    let expired = wait_registered(
+        c,
+        |b| b.is_some_and(|(_, drained)| *drained),
+        &b3,
+        "lease expiry",
+    );
+    println!(
+        "registration: a registered backend joined all three nodes {joined:?} after lbctl \
+         started; its heartbeat stopped, it drained everywhere {expired:?} later (TTL 2s)"
     );
 }
 
