@@ -62,6 +62,8 @@ fn debian_packages() -> Result<()> {
         ("etcd", "etcd-server"),
         ("etcdctl", "etcd-client"),
         ("protoc", "protobuf-compiler"),
+        // The TLS API tests make their CAs and certificates with it.
+        ("openssl", "openssl"),
     ] {
         if find_program(program, &bin).is_none() {
             missing.push(package);

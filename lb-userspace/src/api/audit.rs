@@ -15,12 +15,36 @@ use std::{
 
 use serde::Serialize;
 
-/// Who asked, from the socket's peer credentials.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Who asked: a local process (the socket's peer credentials) or a TLS
+/// client (its address and the identity its certificate gives it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
+    /// A TLS client: uid, gid and pid are 0 and mean nothing then.
+    pub tls: Option<(std::net::SocketAddr, String)>,
+}
+
+impl Peer {
+    pub fn local(uid: u32, gid: u32, pid: i32) -> Self {
+        Peer {
+            uid,
+            gid,
+            pid,
+            tls: None,
+        }
+    }
+
+    /// A TLS client; `identity` empty: it gave none lb knows.
+    pub fn remote(addr: std::net::SocketAddr, identity: String) -> Self {
+        Peer {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+            tls: Some((addr, identity)),
+        }
+    }
 }
 
 /// How much of a request (and of a result) one audit entry keeps.
@@ -54,8 +78,15 @@ fn cut(s: &str, max: usize) -> &str {
 struct Record<'a> {
     /// RFC 3339, UTC.
     time: String,
-    uid: u32,
-    pid: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    /// A TLS client's address and certificate identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<&'a str>,
     change: &'a serde_json::Value,
     result: &'a str,
 }
@@ -86,14 +117,24 @@ impl AuditLog {
         } else {
             result
         };
+        let local = peer.tls.is_none();
         let rec = Record {
             time,
-            uid: peer.uid,
-            pid: peer.pid,
+            uid: local.then_some(peer.uid),
+            pid: local.then_some(peer.pid),
+            from: peer.tls.as_ref().map(|(a, _)| a.to_string()),
+            identity: peer.tls.as_ref().map(|(_, i)| i.as_str()),
             change,
             result,
         };
-        tracing::info!(uid = peer.uid, pid = peer.pid, change = %change, result, "audit");
+        match &peer.tls {
+            None => {
+                tracing::info!(uid = peer.uid, pid = peer.pid, change = %change, result, "audit")
+            }
+            Some((addr, identity)) => {
+                tracing::info!(from = %addr, identity, change = %change, result, "audit")
+            }
+        }
         let line = match serde_json::to_string(&rec) {
             Ok(l) => l,
             Err(e) => return tracing::error!("audit record: {e}"),
@@ -118,11 +159,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-audit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = AuditLog::new(&dir);
-        let peer = Peer {
-            uid: 0,
-            gid: 0,
-            pid: 1,
-        };
+        let peer = Peer::local(0, 0, 1);
         let small = serde_json::json!({"op": "vip-del", "vip": "web"});
         log.record(&peer, &small, "ok");
         let garbage = serde_json::Value::String("é".repeat(50_000));

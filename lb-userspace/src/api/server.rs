@@ -20,6 +20,7 @@ use tokio::net::UnixListener;
 
 use super::{
     audit::{AuditLog, Peer},
+    tls,
     types::{self as control, Change, ErrorBody, ReloadRequest},
 };
 use crate::{
@@ -27,6 +28,7 @@ use crate::{
     model::{
         defaults::{DEFAULT_WEIGHT, MAX_TIER, STORE_APPLY_WAIT, WEIGHT_RANGE},
         discovery::{Found, Source},
+        Role,
     },
     store::{
         etcd::{CommitError, Etcd},
@@ -62,18 +64,38 @@ impl Hooks {
     }
 }
 
-/// The peer's credentials, taken when the connection is accepted.
-#[derive(Clone, Copy, Debug)]
-struct PeerCred(Option<Peer>);
+/// Who is on the other end, taken when the connection is accepted: a
+/// local process (its credentials) or a TLS client (its certificate's
+/// identity and role).
+#[derive(Clone, Debug)]
+enum PeerCred {
+    Local(Option<Peer>),
+    Tls(tls::Client),
+}
 
 impl Connected<IncomingStream<'_, UnixListener>> for PeerCred {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        PeerCred(stream.io().peer_cred().ok().map(|c| Peer {
-            uid: c.uid(),
-            gid: c.gid(),
-            pid: c.pid().unwrap_or(0),
-        }))
+        PeerCred::Local(
+            stream
+                .io()
+                .peer_cred()
+                .ok()
+                .map(|c| Peer::local(c.uid(), c.gid(), c.pid().unwrap_or(0))),
+        )
     }
+}
+
+impl Connected<IncomingStream<'_, tls::TlsListener>> for PeerCred {
+    fn connect_info(stream: IncomingStream<'_, tls::TlsListener>) -> Self {
+        PeerCred::Tls(stream.remote_addr().clone())
+    }
+}
+
+fn no_role(c: &tls::Client) -> String {
+    format!(
+        "client {:?} ({}) has no role in [api_roles]",
+        c.identity, c.addr
+    )
 }
 
 /// An error answer: status plus `{"error": "..."}`.
@@ -100,32 +122,66 @@ impl From<ApplyError> for ApiError {
 
 impl Api {
     fn allow_read(&self, peer: &PeerCred) -> Result<Peer, ApiError> {
-        match peer.0 {
-            Some(p) if p.uid == 0 => Ok(p),
-            Some(p) if self.read_gid.is_some_and(|g| in_group(p.uid, p.gid, g)) => Ok(p),
-            Some(p) => Err(ApiError(
+        match peer {
+            PeerCred::Local(Some(p)) if p.uid == 0 => Ok(p.clone()),
+            PeerCred::Local(Some(p))
+                if self.read_gid.is_some_and(|g| in_group(p.uid, p.gid, g)) =>
+            {
+                Ok(p.clone())
+            }
+            PeerCred::Local(Some(p)) => Err(ApiError(
                 StatusCode::FORBIDDEN,
                 format!("uid {} may not read lbd's state", p.uid),
             )),
-            None => Err(ApiError(
+            PeerCred::Local(None) => Err(ApiError(
                 StatusCode::FORBIDDEN,
                 "peer credentials unavailable".into(),
             )),
+            PeerCred::Tls(c) => {
+                let who = Peer::remote(c.addr, c.identity.clone());
+                if c.role.is_some() {
+                    return Ok(who);
+                }
+                let msg = no_role(c);
+                self.audit.record(
+                    &who,
+                    &serde_json::json!({"op": "read"}),
+                    &format!("refused: {msg}"),
+                );
+                Err(ApiError(StatusCode::FORBIDDEN, msg))
+            }
         }
     }
 
-    fn allow_change(&self, peer: &PeerCred, what: &serde_json::Value) -> Result<Peer, ApiError> {
-        match peer.0 {
-            Some(p) if p.uid == 0 => Ok(p),
-            Some(p) => {
+    /// Whether `peer` may make a change that needs `need`: local root, or
+    /// a TLS client whose role is at least `need`. Refusals are audited.
+    fn allow_change(
+        &self,
+        peer: &PeerCred,
+        what: &serde_json::Value,
+        need: Role,
+    ) -> Result<Peer, ApiError> {
+        match peer {
+            PeerCred::Local(Some(p)) if p.uid == 0 => Ok(p.clone()),
+            PeerCred::Local(Some(p)) => {
                 let msg = format!("uid {} may not change lbd's state (only root may)", p.uid);
-                self.audit.record(&p, what, &format!("refused: {msg}"));
+                self.audit.record(p, what, &format!("refused: {msg}"));
                 Err(ApiError(StatusCode::FORBIDDEN, msg))
             }
-            None => Err(ApiError(
+            PeerCred::Local(None) => Err(ApiError(
                 StatusCode::FORBIDDEN,
                 "peer credentials unavailable".into(),
             )),
+            PeerCred::Tls(c) => {
+                let who = Peer::remote(c.addr, c.identity.clone());
+                let msg = match c.role {
+                    Some(r) if r >= need => return Ok(who),
+                    Some(r) => format!("client {:?} has role {r}: this needs {need}", c.identity),
+                    None => no_role(c),
+                };
+                self.audit.record(&who, what, &format!("refused: {msg}"));
+                Err(ApiError(StatusCode::FORBIDDEN, msg))
+            }
         }
     }
 
@@ -233,9 +289,11 @@ pub fn bind(path: &Path, read_gid: Option<u32>) -> anyhow::Result<UnixListener> 
     Ok(listener)
 }
 
-/// Serves the API until the future is dropped.
+/// Serves the API until the future is dropped: on the Unix socket, and
+/// over TLS when `tls` is given (the same requests, authorised by role).
 pub async fn serve(
     listener: UnixListener,
+    tls: Option<tls::TlsListener>,
     daemon: SharedDaemon,
     audit: Arc<AuditLog>,
     read_gid: Option<u32>,
@@ -262,11 +320,21 @@ pub async fn serve(
         .route(control::PATH_STORE_RENEW, post(store_renew))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API endpoint".into()) })
         .with_state(api);
-    axum::serve(
+    let local = axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<PeerCred>(),
-    )
-    .await?;
+        app.clone()
+            .into_make_service_with_connect_info::<PeerCred>(),
+    );
+    match tls {
+        None => local.await?,
+        Some(tls) => {
+            let remote = axum::serve(tls, app.into_make_service_with_connect_info::<PeerCred>());
+            tokio::select! {
+                r = local => r?,
+                r = remote => r?,
+            }
+        }
+    }
     Ok(())
 }
 
@@ -347,7 +415,8 @@ async fn change(
 ) -> Result<Response, ApiError> {
     let raw_for_audit = serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
-    let who = api.allow_change(&peer, &raw_for_audit)?;
+    // Every change needs at least `operate`; which one, the change says.
+    let who = api.allow_change(&peer, &raw_for_audit, Role::Operate)?;
     let (change, raw) = match parse_body::<Change>(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -356,6 +425,7 @@ async fn change(
             return Err(e);
         }
     };
+    let who = api.allow_change(&peer, &raw, change.role())?;
     let result = match (&change, &api.hooks.store) {
         (Change::NodeDrain, _) => set_drained(&api, true).await,
         (Change::NodeUndrain, _) => set_drained(&api, false).await,
@@ -488,7 +558,7 @@ async fn store_import(
     let who = if req.dry_run {
         reader
     } else {
-        api.allow_change(&peer, &what)?
+        api.allow_change(&peer, &what, Role::Admin)?
     };
     let result = import(&api, &req).await;
     if !req.dry_run {
@@ -549,7 +619,7 @@ async fn store_register(
 ) -> Result<Response, ApiError> {
     let raw_for_audit = serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
-    let who = api.allow_change(&peer, &raw_for_audit)?;
+    let who = api.allow_change(&peer, &raw_for_audit, Role::Admin)?;
     let result = register(&api, &body).await;
     let outcome = match &result {
         Ok(lease) => format!("ok (lease {lease:x})"),
@@ -614,7 +684,11 @@ async fn store_renew(
     ConnectInfo(peer): ConnectInfo<PeerCred>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    api.allow_change(&peer, &serde_json::json!({"op": "store-renew"}))?;
+    api.allow_change(
+        &peer,
+        &serde_json::json!({"op": "store-renew"}),
+        Role::Admin,
+    )?;
     let (req, _) = parse_body::<control::StoreLease>(&body)?;
     let alive = api
         .store()?
@@ -712,7 +786,7 @@ async fn reload(
     let who = if req.dry_run {
         reader
     } else {
-        api.allow_change(&peer, &audit_what)?
+        api.allow_change(&peer, &audit_what, Role::Admin)?
     };
     let result = api.daemon().reload(req.dry_run);
     match result {

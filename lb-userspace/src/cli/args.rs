@@ -23,6 +23,19 @@ pub struct Cli {
     /// lbd's control socket.
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// lbd's TLS API (`https://HOST:PORT`, its api_listen) instead of the
+    /// socket; with --ca, and --cert and --key for the client certificate.
+    #[arg(long, global = true, value_name = "URL", requires = "ca")]
+    pub server: Option<String>,
+    /// The CA lbd's API certificate is signed by.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (its SAN or CN is its identity in lbd's
+    /// [api_roles]).
+    #[arg(long, global = true, value_name = "PATH", requires = "key")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "PATH", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Print the daemon's JSON response (pretty) instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

@@ -1,5 +1,6 @@
-//! The control API client: HTTP/1.1 over lbd's Unix socket, one connection
-//! per request.
+//! The control API client: HTTP/1.1 over lbd's Unix socket, or over TLS
+//! 1.3 with a client certificate (`--server https://HOST:PORT`), one
+//! connection per request.
 
 use std::{
     io,
@@ -21,19 +22,104 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Client {
     socket: PathBuf,
+    /// `--server`: lbd's TLS API instead of the socket.
+    tls: Option<Remote>,
     timeout: Duration,
+}
+
+/// lbd's API over TLS: where, the name its certificate must carry, and our
+/// side of the handshake.
+struct Remote {
+    url: String,
+    addr: String,
+    name: rustls::pki_types::ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
+}
+
+/// `--server`'s files: the CA lbd's certificate is signed by, and this
+/// client's certificate and key (without them lbd refuses the handshake).
+pub struct TlsFiles<'a> {
+    pub ca: &'a Path,
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client {
             socket: socket.into(),
+            tls: None,
             timeout: REQUEST_TIMEOUT,
         }
     }
 
+    /// A client of lbd's TLS API at `url` (`https://HOST:PORT`).
+    pub fn remote(url: &str, files: TlsFiles<'_>) -> Result<Self, CliError> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+        let bad = |m: String| CliError::Other(m);
+        let Some(addr) = url.strip_prefix("https://") else {
+            return Err(bad(format!(
+                "--server {url:?}: give https://HOST:PORT (lbd offers no plaintext TCP)"
+            )));
+        };
+        let addr = addr.trim_end_matches('/').to_string();
+        let host = match addr.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => {
+                h.trim_start_matches('[').trim_end_matches(']')
+            }
+            _ => return Err(bad(format!("--server {url:?}: give https://HOST:PORT"))),
+        };
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| bad(format!("--server {url:?}: {e}")))?;
+        let read_certs = |p: &Path| -> Result<Vec<CertificateDer<'static>>, CliError> {
+            CertificateDer::pem_file_iter(p)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad(format!("{}: {e}", p.display())))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in read_certs(files.ca)? {
+            roots
+                .add(c)
+                .map_err(|e| bad(format!("--ca {}: {e}", files.ca.display())))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots);
+        let config = match (files.cert, files.key) {
+            (Some(cert), Some(key)) => {
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| bad(format!("--key {}: {e}", key.display())))?;
+                builder
+                    .with_client_auth_cert(read_certs(cert)?, key)
+                    .map_err(|e| bad(format!("--cert and --key: {e}")))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err(bad("--cert and --key go together".into())),
+        };
+        Ok(Client {
+            socket: PathBuf::new(),
+            tls: Some(Remote {
+                url: url.to_string(),
+                addr,
+                name,
+                connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            }),
+            timeout: REQUEST_TIMEOUT,
+        })
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Where requests go, for messages.
+    pub fn target(&self) -> String {
+        match &self.tls {
+            Some(r) => r.url.clone(),
+            None => format!("socket {}", self.socket.display()),
+        }
     }
 
     /// `GET path_and_query`; the raw body of a 2xx answer.
@@ -62,9 +148,9 @@ impl Client {
         {
             Ok(r) => r,
             Err(_) => Err(CliError::Other(format!(
-                "lbd did not answer {what} within {}s (socket {})",
+                "lbd did not answer {what} within {}s ({})",
                 self.timeout.as_secs(),
-                self.socket.display()
+                self.target()
             ))),
         }
     }
@@ -75,12 +161,40 @@ impl Client {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, CliError> {
+        if let Some(r) = &self.tls {
+            let cannot =
+                |e: io::Error| CliError::Other(format!("cannot connect to lbd at {}: {e}", r.url));
+            let tcp = tokio::net::TcpStream::connect(&r.addr)
+                .await
+                .map_err(cannot)?;
+            let tls = r
+                .connector
+                .connect(r.name.clone(), tcp)
+                .await
+                .map_err(cannot)?;
+            return send(tls, method, path_and_query, body).await;
+        }
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| CliError::Connect {
                 socket: self.socket.clone(),
                 error: e,
             })?;
+        send(stream, method, path_and_query, body).await
+    }
+}
+
+/// One request and its answer on a fresh connection.
+async fn send<S>(
+    stream: S,
+    method: Method,
+    path_and_query: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Bytes, CliError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    {
         let broken = |e: hyper::Error| CliError::Other(format!("talking to lbd: {e}"));
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -14,7 +14,7 @@ use super::{
         BackendCommand, Cli, ClusterCommand, Command, DebugAction, ExplainArgs, HealthArgs,
         NodeCommand, StatsArgs, StoreCommand, VipAddArgs, VipCommand,
     },
-    client::{decode, with_query, Client},
+    client::{decode, with_query, Client, TlsFiles},
     output, CliError,
 };
 use crate::{
@@ -28,7 +28,17 @@ use crate::{
 };
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let client = Client::new(&cli.socket);
+    let client = match &cli.server {
+        None => Client::new(&cli.socket),
+        Some(url) => Client::remote(
+            url,
+            TlsFiles {
+                ca: cli.ca.as_deref().expect("clap requires --ca with --server"),
+                cert: cli.cert.as_deref(),
+                key: cli.key.as_deref(),
+            },
+        )?,
+    };
     let json = cli.json;
     match cli.command {
         Command::Status => status(&client, json).await,
@@ -290,7 +300,7 @@ async fn stats_watch(client: &Client, json: bool, a: &StatsArgs) -> Result<(), C
             screen.push_str(&format!(
                 "Every {}: lbd stats on {} (Ctrl-C to quit)\n\n",
                 humantime::format_duration(a.interval),
-                client.socket().display()
+                client.target()
             ));
             screen.push_str(&output::render_stats(&cur, Some(&rates)));
             write_out(&screen)?;

@@ -20,7 +20,7 @@ use super::{
         RawStore, RawTiers, RawVip,
     },
     spans::{Index, Seg},
-    Config, ConfigError, VipConfig, VipLines,
+    ApiTls, Config, ConfigError, VipConfig, VipLines,
 };
 use crate::{
     model::{
@@ -305,6 +305,7 @@ impl Source<'_> {
             None => Vec::new(),
             Some(d) => self.nameservers(d)?,
         };
+        let api_tls = self.api_tls(&raw)?;
         let health_decision = match (&raw.health_decision, &store) {
             (None, Some(_)) => HealthDecision::Quorum,
             (None, None) => HealthDecision::Local,
@@ -341,6 +342,7 @@ impl Source<'_> {
             store,
             health_decision,
             nameservers,
+            api_tls,
             vips,
         })
     }
@@ -418,6 +420,70 @@ impl Source<'_> {
         }
         out.validate(vip).map_err(|e| self.at(bf.span(), "", e))?;
         Ok(out)
+    }
+
+    /// `api_listen` with `api_tls_cert`, `api_tls_key`, `api_client_ca`
+    /// and `[api_roles]`: all of them or none (plaintext TCP is not
+    /// offered).
+    fn api_tls(&self, raw: &RawConfig) -> Checked<Option<ApiTls>> {
+        let keys = [
+            ("api_listen", &raw.api_listen),
+            ("api_tls_cert", &raw.api_tls_cert),
+            ("api_tls_key", &raw.api_tls_key),
+            ("api_client_ca", &raw.api_client_ca),
+        ];
+        let given: Vec<_> = keys.iter().filter(|(_, v)| v.is_some()).collect();
+        if given.is_empty() {
+            if let Some(r) = &raw.api_roles {
+                return Err(self.at(r.span(), "[api_roles]", "goes with api_listen"));
+            }
+            return Ok(None);
+        }
+        if let Some((missing, _)) = keys.iter().find(|(_, v)| v.is_none()) {
+            let (first, v) = given[0];
+            let span = v.as_ref().expect("given").span();
+            return Err(self.at(
+                span,
+                "",
+                format!(
+                    "key `{first}` needs `{missing}` too: the TCP API is TLS with client \
+                     certificates only (api_listen, api_tls_cert, api_tls_key, api_client_ca)"
+                ),
+            ));
+        }
+        let get = |i: usize| keys[i].1.as_ref().expect("all given");
+        let listen_v = get(0);
+        let listen: SocketAddr = listen_v.get_ref().trim().parse().map_err(|_| {
+            self.at(
+                listen_v.span(),
+                "",
+                format!(
+                    "key `api_listen`: {:?} is not ADDRESS:PORT",
+                    listen_v.get_ref()
+                ),
+            )
+        })?;
+        let roles =
+            match &raw.api_roles {
+                None => return Err(ConfigError::new(
+                    self.path,
+                    Some(self.line_col(listen_v.span().start).0),
+                    "api_listen needs [api_roles]: which client identities (certificate SAN or \
+                     subject CN) may read, operate or admin",
+                )),
+                Some(r) => r
+                    .get_ref()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v.get_ref()))
+                    .collect(),
+            };
+        Ok(Some(ApiTls {
+            listen,
+            cert: PathBuf::from(get(1).get_ref()),
+            key: PathBuf::from(get(2).get_ref()),
+            client_ca: PathBuf::from(get(3).get_ref()),
+            roles,
+        }))
     }
 
     /// `[discovery] nameservers`: `ADDRESS` or `ADDRESS:PORT` (IPv6 in

@@ -78,8 +78,23 @@ pub struct Config {
     pub health_decision: HealthDecision,
     /// `[discovery] nameservers`; empty: the system's (`/etc/resolv.conf`).
     pub nameservers: Vec<SocketAddr>,
+    /// `api_listen` and its TLS settings; `None`: the Unix socket only.
+    pub api_tls: Option<ApiTls>,
     /// In file order.
     pub vips: Vec<VipConfig>,
+}
+
+/// The API over TCP: TLS 1.3, client certificates required.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTls {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA client certificates must be signed by.
+    pub client_ca: PathBuf,
+    /// Identity (SAN or subject CN) → role; a client whose certificate
+    /// names none of them is refused.
+    pub roles: std::collections::BTreeMap<String, model::Role>,
 }
 
 /// One `[[vip]]` entry.

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::{
-    AnnounceWhen, AttachMode, Forwarding, HealthDecision, HealthKind, Proto, Scheduler, TierMode,
+    AnnounceWhen, AttachMode, Forwarding, HealthDecision, HealthKind, Proto, Role, Scheduler,
+    TierMode,
 };
 
 #[derive(Deserialize)]
@@ -30,6 +31,12 @@ pub(super) struct RawConfig {
     pub(super) store: Option<Spanned<RawStore>>,
     pub(super) health_decision: Option<Spanned<HealthDecision>>,
     pub(super) discovery: Option<RawDiscovery>,
+    pub(super) api_listen: Option<Spanned<String>>,
+    pub(super) api_tls_cert: Option<Spanned<String>>,
+    pub(super) api_tls_key: Option<Spanned<String>>,
+    pub(super) api_client_ca: Option<Spanned<String>>,
+    /// Client identity (a certificate's SAN or subject CN) → role.
+    pub(super) api_roles: Option<Spanned<std::collections::BTreeMap<String, Spanned<Role>>>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
 }

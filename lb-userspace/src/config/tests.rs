@@ -1312,3 +1312,33 @@ fn backends_from_mistakes_are_named() {
         &["key `nameservers`", "ADDRESS:PORT"],
     );
 }
+
+#[test]
+fn the_tcp_api_is_tls_with_client_certificates_and_roles() {
+    let head =
+        "interface = \"eth0\"\napi_listen = \"0.0.0.0:9470\"\napi_tls_cert = \"/etc/lb/api.pem\"\n\
+                api_tls_key = \"/etc/lb/api.key\"\napi_client_ca = \"/etc/lb/ca.pem\"\n";
+    let c = ok(&format!(
+        "{head}[api_roles]\n\"admin.ops.example\" = \"admin\"\n\"monitor\" = \"read\"\n"
+    ));
+    let tls = c.api_tls.unwrap();
+    assert_eq!(tls.listen, "0.0.0.0:9470".parse().unwrap());
+    assert_eq!(tls.roles["admin.ops.example"], model::Role::Admin);
+    // Without roles nobody could use it; without TLS it is not offered.
+    bad(head, 2, &["api_listen needs [api_roles]"]);
+    bad(
+        "interface = \"eth0\"\napi_listen = \"0.0.0.0:9470\"\n[api_roles]\n\"a\" = \"read\"\n",
+        2,
+        &["needs `api_tls_cert`", "TLS with client certificates only"],
+    );
+    bad(
+        &format!("{head}[api_roles]\n\"a\" = \"root\"\n"),
+        7,
+        &["api_roles", "read", "operate", "admin"],
+    );
+    bad(
+        "interface = \"eth0\"\n[api_roles]\n\"a\" = \"read\"\n",
+        2,
+        &["[api_roles]", "goes with api_listen"],
+    );
+}

@@ -583,6 +583,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.health_decision != new.health_decision {
         v.push("health_decision");
     }
+    if old.api_tls != new.api_tls {
+        v.push("api_listen and its TLS settings");
+    }
     v
 }
 

@@ -244,9 +244,5 @@ async fn apply(
 fn own_peer() -> Peer {
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    Peer {
-        uid,
-        gid,
-        pid: std::process::id() as i32,
-    }
+    Peer::local(uid, gid, std::process::id() as i32)
 }

@@ -78,6 +78,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let listener = server::bind(&socket_path, read_gid)?;
         let _socket = RemoveOnDrop(socket_path.clone());
         let metrics_listener = metrics::bind(cfg.metrics_listen).await?;
+        // Before anything touches the data path: a bad certificate or a
+        // port in use fails the start with the host as it was.
+        let audit_early = Arc::new(AuditLog::new(&cfg.state_dir));
+        let tls_listener = match &cfg.api_tls {
+            Some(t) => {
+                let l = crate::api::tls::TlsListener::bind(t, audit_early.clone()).await?;
+                tracing::info!(listen = %t.listen, "API over TLS ready (client certificates required)");
+                Some(l)
+            }
+            None => None,
+        };
         // Lazy: this reads the TLS files and checks the URLs, and reaches
         // nothing (a node starts, and forwards, without its store).
         let etcd = match &cfg.store {
@@ -108,7 +119,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         if node.drained {
             tracing::warn!("the node is drained: nothing is announced until `lbctl node undrain`");
         }
-        let audit = Arc::new(AuditLog::new(&daemon.config().state_dir));
+        let audit = audit_early;
         let shared = Arc::new(Mutex::new(daemon));
         let announcer = table.map(|t| Arc::new(Announcer::new(t, shared.clone(), audit.clone())));
         match &announcer {
@@ -191,7 +202,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             )));
             names.push("store follower");
         }
-        let server = server::serve(listener, shared.clone(), audit, read_gid, hooks);
+        let server = server::serve(listener, tls_listener, shared.clone(), audit, read_gid, hooks);
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

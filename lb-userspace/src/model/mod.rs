@@ -4,6 +4,7 @@
 //! the data path shares), so the config file, the desired state, the CLI
 //! and the API all build on it without building on each other.
 
+pub mod access;
 pub mod announce;
 pub mod backend;
 pub mod change;
@@ -14,6 +15,7 @@ pub mod host;
 pub mod tier;
 pub mod vip;
 
+pub use access::Role;
 pub use announce::{Announce, AnnounceWhen};
 pub use backend::{is_prime, validate_backends, validate_vip, BackendSpec, SpecError};
 pub use change::Change;

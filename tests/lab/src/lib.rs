@@ -5,6 +5,7 @@
 //! the cluster lab (`cluster`): a router, balancer nodes with BIRD or
 //! keepalived, backends.
 
+pub mod certs;
 pub mod clients;
 pub mod cluster;
 pub mod cpu;
