@@ -9,8 +9,8 @@
 //! - [`host`]: namespaces, interfaces, bpffs pins, next hops;
 //! - [`decap`]: the backend-side program;
 //! - [`store`]: the cluster's desired state in etcd: keys, reports, requests;
-//! - [`discovery`]: what of a discovery source's answers is applied (fail
-//!   static);
+//! - [`discovery`]: asking DNS for a VIP's backends, and what of a source's
+//!   answers is applied (fail static);
 //! - [`announce`]: which VIP addresses to announce, lbd's routing table,
 //!   the node's drain flag;
 //! - [`daemon`]: lbd's core over a [`daemon::DataPath`], and its views;

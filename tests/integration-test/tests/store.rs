@@ -10,7 +10,8 @@
 //! nothing, says "unreachable" in status and metrics, and catches up when
 //! its link returns; a restarted node that cannot reach the store forwards
 //! its persisted revision and announces nothing until it has read the
-//! store.
+//! store. [`a_node_reaches_a_tls_store_with_its_client_certificate`]:
+//! `[store] tls_*` against an etcd that requires client certificates.
 //!
 //! Times are printed and bounded only loosely: speed is the bench's
 //! business.
@@ -25,6 +26,10 @@ use lb_lab::{
     cluster::{etcd, *},
     status::{vip_of, Json},
 };
+
+/// One cluster at a time: two would share the two CPUs with their etcd
+/// and BFD timers.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const FLEET: usize = 300;
 const SOURCES: u8 = 100;
@@ -105,6 +110,7 @@ fn vips_file(c: &Cluster) -> String {
 
 #[test]
 fn three_nodes_share_one_store() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     assert!(
         etcd::installed(),
         "etcd is not installed: run `cargo xtask setup`"
@@ -596,4 +602,82 @@ fn cold_start_without_the_store(c: &mut Cluster) {
         .wait_router(VIP_WEB, &NODES, Duration::from_secs(20))
         .unwrap();
     println!("cold start without the store: announced again {took:?} after the store returned");
+}
+
+/// `[store] tls_*`: a node with a client certificate of the store's CA
+/// reads and writes it over TLS; one with a certificate of another CA
+/// does not get in (and says why), forwarding what it has.
+#[test]
+fn a_node_reaches_a_tls_store_with_its_client_certificate() {
+    use lb_lab::certs;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::build(2, 1, 1).expect("cluster");
+    let pki = c.dir.join("pki");
+    let ca = certs::ca(&pki, "store-ca").unwrap();
+    let other = certs::ca(&pki, "other-ca").unwrap();
+    let sans = etcd::member_sans(1);
+    let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
+    let server = certs::issue(&pki, &ca, "etcd", "etcd", &sans, "serverAuth").unwrap();
+    let etcdctl = certs::issue(&pki, &ca, "etcdctl", "etcdctl", &[], "clientAuth").unwrap();
+    let n1 = certs::issue(&pki, &ca, "n1", "lb-n1", &[], "clientAuth").unwrap();
+    let n2 = certs::issue(&pki, &other, "n2", "lb-n2", &[], "clientAuth").unwrap();
+    c.start_etcd_with(
+        1,
+        Some(etcd::EtcdTls {
+            ca: ca.cert.clone(),
+            server,
+            client: etcdctl,
+        }),
+    )
+    .expect("etcd over TLS");
+    for (n, pair) in [("n1", &n1), ("n2", &n2)] {
+        let cfg = c.lbd_config(n, "never", "")
+            + &c.store_toml(n)
+            + &format!(
+                "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                ca.cert.display(),
+                pair.cert.display(),
+                pair.key.display()
+            );
+        assert!(cfg.contains("https://"), "{cfg}");
+        c.start_lbd(n, &cfg).expect("lbd");
+    }
+    let start = Instant::now();
+    while !store_of(&c, "n1").get("read").as_bool().unwrap_or(false) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "n1 never read its TLS store: {:?}",
+            store_of(&c, "n1")
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let file = c.dir.join("vips.toml");
+    let b1 = c.backend("b1").v4.to_string();
+    fs::write(
+        &file,
+        format!(
+            "[[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\n\
+             backends = [{{ address = \"{b1}\" }}]\n"
+        ),
+    )
+    .unwrap();
+    c.lbctl_ok("n1", &["store", "import", file.to_str().unwrap()]);
+    let rev = store_revision(&c, "n1");
+    wait_applied(&c, &["n1"], rev, Duration::from_secs(5));
+    let keys = c
+        .etcdctl(&["get", "--prefix", "--keys-only", "/lb/v1/desired/"])
+        .unwrap();
+    assert!(
+        keys.contains("/lb/v1/desired/vips/tcp/203.0.113.10/80"),
+        "{keys}"
+    );
+    // n2's certificate is of another CA: no way in, and it says so.
+    thread::sleep(Duration::from_secs(3));
+    let st = store_of(&c, "n2");
+    assert_eq!(st.get("read").as_bool(), Some(false), "{st:?}");
+    assert_eq!(st.get("reachable").as_bool(), Some(false), "{st:?}");
+    println!(
+        "TLS store: n1 read and wrote it (revision {rev}); n2, with another CA's certificate: {}",
+        st.get("error").str()
+    );
 }

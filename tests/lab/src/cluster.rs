@@ -120,6 +120,7 @@ pub struct Cluster {
     router_bird: Option<Child>,
     /// The store's members, when a test started them ([`Cluster::start_etcd`]).
     etcd: Vec<etcd::Member>,
+    etcd_tls: Option<etcd::EtcdTls>,
 }
 
 fn fabric(n: u8) -> Ipv4Addr {
@@ -288,6 +289,7 @@ impl Cluster {
             stopped: Vec::new(),
             router_bird: None,
             etcd: Vec::new(),
+            etcd_tls: None,
         };
         c.start_backends()?;
         Ok(c)

@@ -36,6 +36,22 @@ fn mgmt(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 30, 0, n)
 }
 
+/// etcd's TLS: the CA both sides trust, the members' certificate (its
+/// SANs: every member's address) and a client certificate for etcdctl.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub server: crate::certs::Pair,
+    pub client: crate::certs::Pair,
+}
+
+/// The members' addresses, for a server certificate's SANs.
+pub fn member_sans(members: usize) -> Vec<String> {
+    (0..members)
+        .map(|i| format!("IP:{}", mgmt(31 + i as u8)))
+        .collect()
+}
+
 /// One etcd member: its namespace and process.
 pub struct Member {
     pub name: String,
@@ -48,6 +64,12 @@ impl Cluster {
     /// Builds the management network, plugs every node into it and starts
     /// an etcd cluster of `members`; returns once it answers.
     pub fn start_etcd(&mut self, members: usize) -> Result<()> {
+        self.start_etcd_with(members, None)
+    }
+
+    /// [`Cluster::start_etcd`], its clients on TLS with client
+    /// certificates required when `tls` is given (peers stay plain).
+    pub fn start_etcd_with(&mut self, members: usize, tls: Option<EtcdTls>) -> Result<()> {
         self.topo.add_bridge(&self.switch_ns, MGMT_BRIDGE)?;
         for (i, n) in self.nodes.iter().enumerate() {
             let port = format!("m-{}", n.name);
@@ -93,7 +115,8 @@ impl Cluster {
             let dir = self.dir.join(&m.name);
             fs::create_dir_all(&dir)?;
             let log = fs::File::create(dir.join("etcd.log"))?;
-            let client = format!("http://{}:2379", m.addr);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client = format!("{scheme}://{}:2379", m.addr);
             let peer = format!("http://{}:2380", m.addr);
             let mut cmd = nsenter(&m.ns, Path::new("etcd"));
             cmd.args(["--name", &m.name])
@@ -105,8 +128,17 @@ impl Cluster {
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &initial.join(",")])
                 .args(["--initial-cluster-token", &token])
-                .args(["--initial-cluster-state", "new"])
-                .stdin(Stdio::null())
+                .args(["--initial-cluster-state", "new"]);
+            if let Some(t) = &tls {
+                cmd.arg("--cert-file")
+                    .arg(&t.server.cert)
+                    .arg("--key-file")
+                    .arg(&t.server.key)
+                    .arg("--trusted-ca-file")
+                    .arg(&t.ca)
+                    .arg("--client-cert-auth");
+            }
+            cmd.stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
             die_with_parent(&mut cmd);
@@ -116,6 +148,7 @@ impl Cluster {
             );
         }
         self.etcd = list;
+        self.etcd_tls = tls;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.etcdctl(&["endpoint", "health", "--cluster"]);
@@ -137,9 +170,14 @@ impl Cluster {
 
     /// The client URLs of every member.
     pub fn etcd_endpoints(&self) -> Vec<String> {
+        let scheme = if self.etcd_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.etcd
             .iter()
-            .map(|m| format!("http://{}:2379", m.addr))
+            .map(|m| format!("{scheme}://{}:2379", m.addr))
             .collect()
     }
 
@@ -162,8 +200,16 @@ impl Cluster {
         let m = self.etcd.first().context("no etcd member")?;
         let mut cmd = nsenter(&m.ns, Path::new("etcdctl"));
         cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.etcd_endpoints().join(",")))
-            .args(args);
+            .arg(format!("--endpoints={}", self.etcd_endpoints().join(",")));
+        if let Some(t) = &self.etcd_tls {
+            cmd.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.client.cert)
+                .arg("--key")
+                .arg(&t.client.key);
+        }
+        cmd.args(args);
         let out = run_bounded(&mut cmd, Duration::from_secs(10))?;
         anyhow::ensure!(out.ok(), "etcdctl {args:?}: {out}");
         Ok(out.stdout + &out.stderr)
