@@ -314,6 +314,7 @@ pub async fn serve(
         .route(control::PATH_DEBUG, get(debug_view))
         .route(control::PATH_NODE, get(node))
         .route(control::PATH_CLUSTER, get(cluster))
+        .route(control::PATH_CLUSTER_FORGET, post(cluster_forget))
         .route(control::PATH_STORE_IMPORT, post(store_import))
         .route(control::PATH_STORE_EXPORT, get(store_export))
         .route(control::PATH_STORE_REGISTER, post(store_register))
@@ -507,7 +508,45 @@ async fn cluster(
     let unreachable = |e: anyhow::Error| ApiError::from(api.store_unreachable(e));
     let snap = etcd.snapshot().await.map_err(unreachable)?;
     let reports = etcd.reports().await.map_err(unreachable)?;
-    Ok(Json(report::analyse(snap.revision, reports)).into_response())
+    let members = etcd.members().await.map_err(unreachable)?;
+    Ok(Json(report::analyse(snap.revision, reports, &members)).into_response())
+}
+
+/// `lbctl cluster forget NODE`: a member gone for good stops showing as
+/// missing. Refused while it still reports.
+async fn cluster_forget(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<PeerCred>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let raw = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let who = api.allow_change(&peer, &raw, Role::Admin)?;
+    let result = async {
+        let (req, _) = parse_body::<control::ClusterForget>(&body)?;
+        let etcd = api.store()?;
+        let forgotten = etcd
+            .forget(&req.node)
+            .await
+            .map_err(|e| ApiError::from(api.store_unreachable(e)))?;
+        if !forgotten {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "node {:?} still reports (it is alive: stop it first) or is not a member",
+                    req.node
+                ),
+            ));
+        }
+        Ok(format!("forgot node {}", req.node))
+    }
+    .await;
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("refused: {}", e.1),
+    };
+    api.audit.record(&who, &raw, &outcome);
+    Ok(Json(control::ChangeResult { summary: result? }).into_response())
 }
 
 async fn store_export(

@@ -27,6 +27,8 @@ pub const PATH_NODE: &str = "/v1/node";
 /// `GET`: every node's report from the store, and the drift among them
 /// ([`crate::store::report::ClusterView`]).
 pub const PATH_CLUSTER: &str = "/v1/cluster";
+/// `POST` a [`ClusterForget`].
+pub const PATH_CLUSTER_FORGET: &str = "/v1/cluster/forget";
 /// `POST` a [`StoreImport`]: make the store hold these VIPs.
 pub const PATH_STORE_IMPORT: &str = "/v1/store/import";
 /// `POST` a [`StoreRegister`]: a backend under a new lease ([`StoreLease`]).
@@ -144,6 +146,12 @@ pub struct StoreImportResult {
     pub applied: bool,
     /// The desired state's revision after it (before it, for a dry run).
     pub revision: i64,
+}
+
+/// `lbctl cluster forget NODE`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterForget {
+    pub node: String,
 }
 
 /// `lbctl backend register`.

@@ -114,8 +114,12 @@ pub enum StoreCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// One line per node: applied revision, current or not, drift.
+    /// One line per node: applied revision, current or not, drift; and
+    /// the members that no longer report.
     Status,
+    /// Stop listing a member that is gone for good as missing (refused
+    /// while it still reports).
+    Forget { node: String },
 }
 
 #[derive(Debug, Subcommand)]

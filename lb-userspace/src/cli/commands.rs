@@ -19,10 +19,11 @@ use super::{
 };
 use crate::{
     api::types::{
-        Change, ReloadRequest, ReloadResult, Stats, Status, StoreExport, StoreImport,
-        StoreImportResult, StoreLease, StoreRegister, StoreRenewed, TraceView, PATH_CHANGE,
-        PATH_CLUSTER, PATH_DEBUG, PATH_EXPLAIN, PATH_NODE, PATH_RELOAD, PATH_STATS, PATH_STATUS,
-        PATH_STORE_EXPORT, PATH_STORE_IMPORT, PATH_STORE_REGISTER, PATH_STORE_RENEW,
+        Change, ClusterForget, ReloadRequest, ReloadResult, Stats, Status, StoreExport,
+        StoreImport, StoreImportResult, StoreLease, StoreRegister, StoreRenewed, TraceView,
+        PATH_CHANGE, PATH_CLUSTER, PATH_CLUSTER_FORGET, PATH_DEBUG, PATH_EXPLAIN, PATH_NODE,
+        PATH_RELOAD, PATH_STATS, PATH_STATUS, PATH_STORE_EXPORT, PATH_STORE_IMPORT,
+        PATH_STORE_REGISTER, PATH_STORE_RENEW,
     },
     model::HealthKind,
 };
@@ -97,6 +98,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let raw = client.get(PATH_STORE_EXPORT).await?;
             let export: StoreExport = decode(&raw)?;
             print_value(&export)
+        }
+        Command::Cluster(ClusterCommand::Forget { node }) => {
+            let raw = client
+                .post(PATH_CLUSTER_FORGET, &ClusterForget { node })
+                .await?;
+            print_answer(&raw, json, output::render_change)
         }
         Command::Cluster(ClusterCommand::Status) => {
             let raw = client.get(PATH_CLUSTER).await?;

@@ -350,7 +350,6 @@ pub fn render_cluster(c: &ClusterView) -> String {
     let _ = writeln!(out, "Desired state: revision {}\n", c.revision);
     if c.nodes.is_empty() {
         out.push_str("No node reports (none reaches the store).\n");
-        return out;
     }
     let mut t = Table::new(&[
         ("NODE", Left),
@@ -385,6 +384,13 @@ pub fn render_cluster(c: &ClusterView) -> String {
         for d in &n.drift {
             let _ = writeln!(out, "{}: {d}", n.report.node);
         }
+    }
+    for m in &c.missing {
+        let _ = writeln!(
+            out,
+            "MISSING {m}: a member with no live report (cut off from the store, stopped, or gone \
+             for good: `lbctl cluster forget {m}`)"
+        );
     }
     if c.bug {
         out.push_str(

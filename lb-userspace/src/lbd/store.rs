@@ -154,6 +154,11 @@ impl Publisher {
         let lease = match (alive, self.lease) {
             (true, Some(l)) => l,
             _ => {
+                let node = lock(daemon)
+                    .store_settings()
+                    .map(|s| s.node.clone())
+                    .unwrap_or_default();
+                etcd.join(&node).await?;
                 let l = etcd.grant(STORE_NODE_TTL).await?;
                 self.lease = Some(l);
                 self.last = None;

@@ -231,6 +231,52 @@ impl Etcd {
         Ok(())
     }
 
+    /// Records the node as a member of the cluster (no lease: it stays
+    /// when the node goes, so `cluster status` can say it is missing).
+    pub async fn join(&self, node: &str) -> anyhow::Result<()> {
+        let mut c = self.client.clone();
+        within(c.put(self.layout.member(node), node.as_bytes().to_vec(), None))
+            .await
+            .context("recording the node as a member")?;
+        Ok(())
+    }
+
+    /// Every node that ever joined.
+    pub async fn members(&self) -> anyhow::Result<Vec<String>> {
+        let mut c = self.client.clone();
+        let prefix = self.layout.members();
+        let resp = within(c.get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        ))
+        .await
+        .context("reading the members")?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned())
+            .collect())
+    }
+
+    /// Forgets a member that no longer reports (a node gone for good);
+    /// false when it still reports (then it stays) or was never one.
+    pub async fn forget(&self, node: &str) -> anyhow::Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::version(
+                self.layout.node(node),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::delete(self.layout.member(node), None)]);
+        let mut c = self.client.clone();
+        let resp = within(c.txn(txn)).await.context("forgetting the node")?;
+        let deleted = resp
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
+        Ok(resp.succeeded() && deleted)
+    }
+
     /// Every live node's report; one that cannot be read is listed by its
     /// key with the problem as its refusal, so it is seen, not hidden.
     pub async fn reports(&self) -> anyhow::Result<Vec<NodeReport>> {

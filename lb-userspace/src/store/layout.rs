@@ -109,6 +109,16 @@ impl Layout {
         (out, bad)
     }
 
+    /// Every node that ever reported, without a lease: a node whose report
+    /// is gone shows as missing until it is forgotten.
+    pub fn members(&self) -> String {
+        format!("{}/members/", self.prefix)
+    }
+
+    pub fn member(&self, name: &str) -> String {
+        format!("{}{name}", self.members())
+    }
+
     pub fn nodes(&self) -> String {
         format!("{}/nodes/", self.prefix)
     }

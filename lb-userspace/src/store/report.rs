@@ -55,13 +55,22 @@ pub struct ClusterView {
     /// True when nodes at one revision with one health view build
     /// different tables: that is a bug, never an expected state.
     pub bug: bool,
+    /// Members with no live report: cut off from the store, stopped, or
+    /// gone for good (`lbctl cluster forget`).
+    #[serde(default)]
+    pub missing: Vec<String>,
 }
 
 /// Compares every node with the others at its revision. Different tables
 /// are expected while health views differ (each node decides health
 /// itself); with the same view they must be the same, and a difference is
 /// flagged as a bug.
-pub fn analyse(revision: i64, reports: Vec<NodeReport>) -> ClusterView {
+pub fn analyse(revision: i64, reports: Vec<NodeReport>, members: &[String]) -> ClusterView {
+    let missing = members
+        .iter()
+        .filter(|m| !reports.iter().any(|r| &r.node == *m))
+        .cloned()
+        .collect();
     let mut bug = false;
     let nodes = reports
         .iter()
@@ -109,6 +118,7 @@ pub fn analyse(revision: i64, reports: Vec<NodeReport>) -> ClusterView {
         revision,
         nodes,
         bug,
+        missing,
     }
 }
 
@@ -138,7 +148,9 @@ mod tests {
                 report("b", 7, &[("10.0.0.1:80/tcp", "ab")], &[]),
                 report("c", 6, &[("10.0.0.1:80/tcp", "cd")], &[]),
             ],
+            &["a".into(), "b".into(), "c".into(), "d".into()],
         );
+        assert_eq!(v.missing, ["d"], "a member without a report");
         let current: Vec<bool> = v.nodes.iter().map(|n| n.current).collect();
         assert_eq!(current, [true, true, false]);
         assert!(v.nodes.iter().all(|n| n.drift.is_empty()), "{v:?}");
@@ -153,6 +165,7 @@ mod tests {
                 report("a", 7, &[("10.0.0.1:80/tcp", "ab")], &[]),
                 report("b", 7, &[("10.0.0.1:80/tcp", "ff")], &[]),
             ],
+            &[],
         );
         assert!(v.bug);
         assert!(v.nodes[0].drift[0].starts_with("BUG"), "{v:?}");
@@ -171,6 +184,7 @@ mod tests {
                 ),
                 report("b", 7, &[("10.0.0.1:80/tcp", "ff")], &[]),
             ],
+            &[],
         );
         assert!(!v.bug);
         assert!(v.nodes[1].drift[0].contains("health views differ"), "{v:?}");

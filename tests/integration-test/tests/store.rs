@@ -247,6 +247,42 @@ fn three_nodes_share_one_store() {
     racing_changes(&c, &b3);
     partition(&mut c, &b3);
     cold_start_without_the_store(&mut c);
+    a_node_gone_for_good(&mut c);
+}
+
+/// n3 stops for good: once its lease expires `cluster status` lists it as
+/// missing, until it is forgotten; a live node cannot be forgotten.
+fn a_node_gone_for_good(c: &mut Cluster) {
+    c.kill_lbd("n3");
+    let start = Instant::now();
+    let missing = |c: &Cluster| -> Vec<String> {
+        c.lbctl_json("n1", &["cluster", "status"])
+            .get("missing")
+            .arr()
+            .iter()
+            .map(|m| m.str().to_string())
+            .collect()
+    };
+    while missing(c) != ["n3"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "n3 never missing"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let took = start.elapsed();
+    let text = c.lbctl_ok("n1", &["cluster", "status"]);
+    assert!(text.contains("MISSING n3"), "{text}");
+    let alive = c.lbctl("n1", &["cluster", "forget", "n2"]);
+    assert!(
+        !alive.ok() && alive.stderr.contains("still reports"),
+        "{alive}"
+    );
+    c.lbctl_ok("n1", &["cluster", "forget", "n3"]);
+    assert!(missing(c).is_empty());
+    println!(
+        "a node gone: listed as missing {took:?} after it stopped (lease 10s), then forgotten"
+    );
 }
 
 /// Each node's view of `backend` of the api VIP ("up" or "down").
