@@ -495,7 +495,12 @@ async fn store_change(
 fn refused_commit(e: CommitError) -> ApplyError {
     match e {
         CommitError::Conflict { .. } => ApplyError::Conflict(e.to_string()),
-        CommitError::Store(_) => ApplyError::Unavailable(format!("{e}; nothing was changed")),
+        CommitError::TooLarge(_) => ApplyError::Invalid(e.to_string()),
+        // A request that timed out may have reached etcd all the same.
+        CommitError::Store(_) => ApplyError::Unavailable(format!(
+            "{e}; the store did not confirm the change, so it may or may not have been made: \
+             check `lbctl store export` before retrying"
+        )),
     }
 }
 
@@ -731,9 +736,15 @@ async fn store_renew(
     let (req, _) = parse_body::<control::StoreLease>(&body)?;
     let alive = api
         .store()?
-        .keep_alive(req.lease)
+        .renew_registration(req.lease)
         .await
-        .map_err(|e| ApiError::from(api.store_unreachable(e)))?;
+        .map_err(|e| ApiError::from(api.store_unreachable(e)))?
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::FORBIDDEN,
+                format!("lease {:x} is not a registration's", req.lease),
+            )
+        })?;
     Ok(Json(control::StoreRenewed { alive }).into_response())
 }
 

@@ -23,6 +23,10 @@ use crate::{config::ApiTls, model::Role};
 
 /// How long a client has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at most; more connections wait to be accepted,
+/// so a flood cannot take the file descriptors health checks and the
+/// store need.
+const MAX_HANDSHAKES: usize = 64;
 
 /// A TLS client as the API sees it: where from, who its certificate says
 /// it is, and the role that gives it (`None`: no identity of it is in
@@ -128,8 +132,12 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(config);
         let roles = Arc::new(tls.roles.clone());
         let (tx, rx) = mpsc::channel(64);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, addr) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -143,6 +151,7 @@ impl TlsListener {
                 tokio::spawn(async move {
                     let shaken =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    drop(slot);
                     let tls = match shaken {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return refused(&audit, addr, &format!("TLS handshake: {e}")),

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::{ApplyError, Daemon, DataPath};
 use crate::{
     model::{
+        backend::usable,
+        defaults::{MAX_TIER, MAX_WEIGHT},
         discovery::{Found, Set, Source},
         BackendsFrom, VipId,
     },
@@ -78,13 +80,15 @@ impl<D: DataPath> Daemon<D> {
                 .filter(|(a, _)| !view.set.contains_key(a))
                 .map(|(a, (f, _))| (a, f, true));
             for (addr, f, drained) in found.chain(gone) {
-                if listed.contains(addr) || addr.is_ipv4() != family {
+                // What a source says is checked here, one backend at a
+                // time, so one bad entry cannot hold up the rest.
+                if listed.contains(addr) || addr.is_ipv4() != family || !usable(addr) {
                     continue;
                 }
                 v.backends.push(BackendDesired {
                     addr: *addr,
-                    weight: f.weight,
-                    tier: f.tier,
+                    weight: f.weight.min(MAX_WEIGHT),
+                    tier: f.tier.min(MAX_TIER),
                     drained,
                     health: None,
                 });
@@ -134,7 +138,10 @@ impl<D: DataPath> Daemon<D> {
                 apply: (!same).then_some(set),
                 status,
             };
-            changed |= self.set_discovered(&id, round)?;
+            match self.set_discovered(&id, round) {
+                Ok(c) => changed |= c,
+                Err(e) => tracing::error!(vip = %id, "registered backends not applied: {e}"),
+            }
         }
         Ok(changed)
     }
@@ -163,7 +170,9 @@ impl<D: DataPath> Daemon<D> {
         let Some(set) = round.apply else {
             return Ok(false);
         };
-        let until = SystemTime::now() + drain;
+        let until = SystemTime::now()
+            .checked_add(drain)
+            .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX as u64 * 8));
         for (addr, f) in &view.set {
             if !set.contains_key(addr) {
                 view.gone.insert(*addr, (*f, until));

@@ -39,6 +39,14 @@ pub(super) struct Votes {
     pub(super) changed: Arc<Notify>,
 }
 
+/// Cut off from the store for less than a node report's lease: the
+/// others' last votes are as alive as their reports would be.
+fn recent(link: &super::store::StoreLink) -> bool {
+    link.since
+        .elapsed()
+        .is_ok_and(|e| e < crate::model::defaults::STORE_NODE_TTL)
+}
+
 /// How this node decides health right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Deciding {
@@ -52,7 +60,9 @@ pub enum Deciding {
 impl<D: DataPath> Daemon<D> {
     pub fn deciding(&self) -> Deciding {
         match (self.config.health_decision, &self.store) {
-            (HealthDecision::Quorum, Some(link)) if link.reachable && link.read => {
+            (HealthDecision::Quorum, Some(link))
+                if link.read && (link.reachable || recent(link)) =>
+            {
                 Deciding::Quorum(self.votes.peers.len() + 1)
             }
             (HealthDecision::Quorum, Some(_)) => Deciding::LocalFallback,

@@ -32,6 +32,8 @@ pub(super) struct StoreLink {
     /// A later revision this node refused, and why.
     pub(super) refused: Option<String>,
     pub(super) applied_tx: watch::Sender<i64>,
+    /// Started on maps a running lbd left (see [`Daemon::use_store`]).
+    pub(super) warm: bool,
 }
 
 impl StoreLink {
@@ -45,6 +47,7 @@ impl StoreLink {
             error: None,
             refused: None,
             applied_tx: watch::channel(applied).0,
+            warm: false,
         }
     }
 }
@@ -67,9 +70,15 @@ fn rfc3339(t: SystemTime) -> String {
 
 impl<D: DataPath> Daemon<D> {
     /// Called at start when `[store]` is configured: the maps hold the
-    /// persisted state of `revision` (0: none).
-    pub fn use_store(&mut self, settings: StoreSettings, revision: i64) {
-        self.store = Some(StoreLink::new(settings, revision));
+    /// persisted state of `revision` (0: none). `warm`: lbd took over maps
+    /// a running lbd left pinned (a restart, an upgrade), so the node was
+    /// forwarding and announcing this state a moment ago and goes on; only
+    /// a cold start (nothing pinned: a reboot, a first start) holds its
+    /// announcements until the store is read.
+    pub fn use_store(&mut self, settings: StoreSettings, revision: i64, warm: bool) {
+        let mut link = StoreLink::new(settings, revision);
+        link.warm = warm;
+        self.store = Some(link);
     }
 
     pub fn store_settings(&self) -> Option<&StoreSettings> {
@@ -79,18 +88,29 @@ impl<D: DataPath> Daemon<D> {
     /// The store's revision `snap` read: applied whole, or refused whole
     /// (the maps keep the revision they hold, and status says why). Returns
     /// what changed, `None` when the maps already hold it.
+    ///
+    /// A store where nothing was ever written (revision 0: a new cluster, a
+    /// wrong `prefix`) does not wipe the VIPs this node has: it keeps them
+    /// and says how to write them there.
     pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<Option<Vec<String>>, ApplyError> {
         self.store_reached();
+        let holds_vips = !self.declared.vips.is_empty();
         let Some(link) = self.store.as_mut() else {
             return Err(ApplyError::Invalid("no [store] is configured".into()));
         };
         let first_read = !link.read;
-        link.read = true;
-        if first_read {
-            // Announcing may start now.
-            self.announce_changed();
+        if snap.revision == 0 && holds_vips {
+            let why = format!(
+                "the store holds no desired state (nothing was ever written under {}): this node \
+                 keeps its {} VIPs; write them there with `lbctl store import FILE`",
+                link.settings.prefix,
+                self.declared.vips.len()
+            );
+            link.refused = Some(why.clone());
+            // Read, and found nothing newer than what this node has.
+            self.mark_read();
+            return Err(ApplyError::Invalid(why));
         }
-        let link = self.store.as_mut().expect("checked above");
         if snap.revision == link.applied && !first_read {
             return Ok(None);
         }
@@ -100,13 +120,35 @@ impl<D: DataPath> Daemon<D> {
                 let link = self.store.as_mut().expect("checked above");
                 link.refused = None;
                 link.applied_tx.send_replace(snap.revision);
+                self.mark_read();
                 Ok(Some(plan.lines))
             }
             Err(e) => {
+                // Not read: a node holding back its announcements goes on
+                // holding them (what it has may be stale).
                 let link = self.store.as_mut().expect("checked above");
                 link.applied = old;
                 link.refused = Some(format!("revision {}: {e}", snap.revision));
                 Err(e)
+            }
+        }
+    }
+
+    /// What the store holds could not be read (a key or value lb does not
+    /// write): the node keeps what it has and says why.
+    pub fn refuse_store_contents(&mut self, why: String) {
+        self.store_reached();
+        if let Some(link) = self.store.as_mut() {
+            link.refused = Some(why);
+        }
+    }
+
+    fn mark_read(&mut self) {
+        if let Some(link) = self.store.as_mut() {
+            if !link.read {
+                link.read = true;
+                // Announcing may start now.
+                self.announce_changed();
             }
         }
     }
@@ -140,9 +182,9 @@ impl<D: DataPath> Daemon<D> {
             link.reachable = false;
             link.error = Some(error);
         }
-        // Under quorum: this node's own checks decide until it is back
-        // (and has read the others' reports again).
-        self.votes.peers.clear();
+        // Under quorum: the others' last votes stand while their leases
+        // would (a short hiccup flips nothing); then this node's own checks
+        // decide until it is back.
         if let Err(e) = self.decide_health() {
             tracing::error!("applying this node's own health view: {e}");
         }
@@ -203,7 +245,7 @@ impl<D: DataPath> Daemon<D> {
     pub(super) fn store_unread(&self) -> bool {
         self.store
             .as_ref()
-            .is_some_and(|s| !s.read && !s.settings.announce_before_read)
+            .is_some_and(|s| !s.read && !s.warm && !s.settings.announce_before_read)
     }
 
     pub(crate) fn store_revision(&self) -> Option<i64> {

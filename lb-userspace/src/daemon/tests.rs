@@ -512,7 +512,7 @@ fn with_store_holding(scratch: &Scratch, vips: &str) -> Daemon<FakeDataPath> {
     let cfg = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let settings = cfg.store.clone().unwrap();
     let mut d = Daemon::new(&path, cfg, FakeDataPath::default(), state).unwrap();
-    d.use_store(settings, 3);
+    d.use_store(settings, 3, false);
     d
 }
 
@@ -642,11 +642,21 @@ fn under_quorum_a_backend_is_down_when_most_live_nodes_see_it_down() {
     // This node's check passes again: one of three, back in.
     d.set_backend_health(&dns, b, true).unwrap();
     assert!(!d.data_path().is_down(&dns, &b));
-    // Cut off from the store: its own view decides, and it says so.
+    // Cut off from the store: the others' last votes stand while their
+    // leases would (a hiccup flips nothing)...
     d.set_peer_reports(&[peer("b", &[]), peer("c", &[])])
         .unwrap();
     d.set_backend_health(&dns, b, false).unwrap();
     assert!(!d.data_path().is_down(&dns, &b));
+    d.store_lost("no answer".into());
+    assert_eq!(d.deciding(), super::Deciding::Quorum(3));
+    assert!(
+        !d.data_path().is_down(&dns, &b),
+        "a short loss changes nothing"
+    );
+    // ...then its own view decides, and it says so.
+    let link = d.store.as_mut().unwrap();
+    link.since -= crate::model::defaults::STORE_NODE_TTL;
     d.store_lost("no answer".into());
     assert_eq!(d.deciding(), super::Deciding::LocalFallback);
     assert!(d.data_path().is_down(&dns, &b), "its own checks decide");
@@ -736,4 +746,23 @@ fn discovered_backends_join_the_maps_drain_when_gone_and_never_reach_the_declare
         status: Default::default(),
     };
     assert!(!d.set_discovered(&web, unchanged).unwrap());
+}
+
+#[test]
+fn a_store_never_written_does_not_wipe_the_vips_a_node_has() {
+    let s = Scratch::new("store-empty");
+    let mut d = with_store(&s);
+    let before = d.desired().clone();
+    let e = d
+        .apply_snapshot(&snapshot(0, DesiredState::default()))
+        .unwrap_err();
+    assert!(e.to_string().contains("lbctl store import"), "{e}");
+    assert_eq!(d.desired(), &before, "nothing removed");
+    assert!(!d.store_unread(), "the store was read: announcing goes on");
+    // Written since (even with no VIPs, deliberately): followed.
+    assert!(d
+        .apply_snapshot(&snapshot(4, DesiredState::default()))
+        .unwrap()
+        .is_some());
+    assert!(d.desired().vips.is_empty());
 }

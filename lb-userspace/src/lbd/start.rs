@@ -328,6 +328,7 @@ fn load_and_attach(
     let store_settings = config.store.clone();
     check_sources(&config, &desired).map_err(anyhow::Error::msg)?;
     let balancer = Balancer::load(&opts).context("loading the balancer")?;
+    let warm = balancer.adopted();
     if balancer.adopted() {
         tracing::info!(pin_dir = %pin_dir.display(), "adopted pinned maps (connection table kept)");
     }
@@ -335,7 +336,7 @@ fn load_and_attach(
         Daemon::new_with_discovered(config_path, config, balancer, desired, discovered)
             .context("writing the settings and the desired state to the maps")?;
     if let Some(s) = store_settings {
-        daemon.use_store(s, revision.unwrap_or(0));
+        daemon.use_store(s, revision.unwrap_or(0), warm);
     }
     let iface = daemon.config().interface.clone();
     daemon

@@ -13,7 +13,11 @@ use crate::{
     api::server::Hooks,
     daemon::Shared,
     model::defaults::{STORE_NODE_TTL, STORE_PROBE_INTERVAL},
-    store::{etcd::Etcd, layout::Snapshot, report::NodeReport},
+    store::{
+        etcd::Etcd,
+        layout::{ContentError, Snapshot},
+        report::NodeReport,
+    },
 };
 
 /// The pause between sessions after a failure.
@@ -40,9 +44,8 @@ async fn session(
     etcd: &Etcd,
     publisher: &mut Publisher,
 ) -> Result<std::convert::Infallible, anyhow::Error> {
-    let snap = etcd.snapshot().await?;
-    apply(daemon, hooks, &snap);
-    let mut watch = etcd.watch(snap.store_revision + 1).await?;
+    let from = read_desired(daemon, hooks, etcd).await?;
+    let mut watch = etcd.watch(from).await?;
     publisher.tick(daemon, etcd).await?;
     read_reports(daemon, etcd).await?;
     read_registrations(daemon, hooks, etcd).await?;
@@ -68,8 +71,7 @@ async fn session(
                 // Events of one transaction come in one response; the read
                 // after them is a whole, later revision.
                 if under(layout.desired()) {
-                    let snap = etcd.snapshot().await?;
-                    apply(daemon, hooks, &snap);
+                    read_desired(daemon, hooks, etcd).await?;
                     publisher.tick(daemon, etcd).await?;
                 }
                 if under(layout.nodes()) {
@@ -82,6 +84,25 @@ async fn session(
             _ = votes_changed.notified() => publisher.tick(daemon, etcd).await?,
             _ = probe.tick() => publisher.tick(daemon, etcd).await?,
         }
+    }
+}
+
+/// Reads the desired state and applies it; returns the revision a watch
+/// goes on from (0: from now). Contents lb cannot read are refused without
+/// ending the session: the store is reachable, what it holds is not
+/// usable, and the node keeps what it has and says so.
+async fn read_desired(daemon: &Shared, hooks: &Hooks, etcd: &Etcd) -> anyhow::Result<i64> {
+    match etcd.snapshot().await {
+        Ok(snap) => {
+            apply(daemon, hooks, &snap);
+            Ok(snap.store_revision + 1)
+        }
+        Err(e) if e.downcast_ref::<ContentError>().is_some() => {
+            tracing::error!("refused what the store holds (the maps keep what they have): {e:#}");
+            lock(daemon).refuse_store_contents(format!("{e:#}"));
+            Ok(0)
+        }
+        Err(e) => Err(e),
     }
 }
 

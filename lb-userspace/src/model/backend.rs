@@ -67,7 +67,9 @@ fn family(a: &IpAddr) -> &'static str {
     }
 }
 
-fn usable(a: &IpAddr) -> bool {
+/// An address a VIP or a backend may have (not 0.0.0.0, multicast or the
+/// broadcast address).
+pub fn usable(a: &IpAddr) -> bool {
     !(a.is_unspecified() || a.is_multicast() || *a == IpAddr::from([255, 255, 255, 255]))
 }
 

@@ -80,6 +80,8 @@ pub const DISCOVERY_REFRESH_RANGE: (Duration, Duration) =
 /// A backend its source no longer lists drains this long, then leaves:
 /// long enough for most requests in flight to finish.
 pub const DEFAULT_DISCOVERY_DRAIN: Duration = Duration::from_secs(300);
+/// The longest hold or drain a source may ask for.
+pub const DISCOVERY_HOLD_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// One DNS query may take this long; then the source counts as failed
 /// (stale) for this round.
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -98,6 +100,10 @@ pub const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// unreachable: short, because a node cut off should say so quickly (it
 /// keeps forwarding meanwhile).
 pub const STORE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// etcd's default `--max-txn-ops`: a change or an import writing more
+/// keys than this in one transaction is refused by etcd, so lb says so
+/// first.
+pub const STORE_MAX_TXN_OPS: usize = 128;
 /// How long a change through lbctl waits for this node to apply the
 /// revision it committed before answering "committed, not yet applied".
 pub const STORE_APPLY_WAIT: Duration = Duration::from_secs(5);

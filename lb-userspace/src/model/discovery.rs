@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     defaults::{
         DEFAULT_DISCOVERY_DRAIN, DEFAULT_DISCOVERY_REFRESH, DEFAULT_HOLD_EMPTY,
-        DEFAULT_HOLD_REMOVAL, DEFAULT_MAX_REMOVE_PERCENT, DISCOVERY_REFRESH_RANGE,
+        DEFAULT_HOLD_REMOVAL, DEFAULT_MAX_REMOVE_PERCENT, DISCOVERY_HOLD_MAX,
+        DISCOVERY_REFRESH_RANGE,
     },
     vip::VipId,
 };
@@ -104,6 +105,20 @@ impl BackendsFrom {
                 humantime::format_duration(min),
                 humantime::format_duration(max)
             ));
+        }
+        let longest = DISCOVERY_HOLD_MAX;
+        for (key, d) in [
+            ("hold_empty", self.hold_empty),
+            ("hold_removal", self.hold_removal),
+            ("drain", self.drain),
+        ] {
+            if d > longest {
+                return Err(format!(
+                    "VIP {vip}: backends_from: {key} {} is longer than {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(longest)
+                ));
+            }
         }
         if self.max_remove_percent > 100 {
             return Err(format!(

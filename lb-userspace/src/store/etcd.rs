@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     model::{
-        defaults::STORE_REQUEST_TIMEOUT,
+        defaults::{STORE_MAX_TXN_OPS, STORE_REQUEST_TIMEOUT},
         discovery::{Found, Set},
         VipId,
     },
@@ -46,6 +46,12 @@ pub enum CommitError {
     Conflict { planned: i64, now: i64 },
     #[error("the store: {0:#}")]
     Store(anyhow::Error),
+    #[error(
+        "the change writes {0} keys in one transaction, more than etcd's default --max-txn-ops \
+         ({STORE_MAX_TXN_OPS}): nothing was changed; import in parts, or raise --max-txn-ops \
+         on every etcd member"
+    )]
+    TooLarge(usize),
 }
 
 impl Etcd {
@@ -117,6 +123,9 @@ impl Etcd {
         );
         let note = serde_json::to_vec(note).expect("a change note always serialises");
         ops.push(TxnOp::put(self.layout.revision(), note, None));
+        if ops.len() > STORE_MAX_TXN_OPS {
+            return Err(CommitError::TooLarge(ops.len()));
+        }
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 self.layout.revision(),
@@ -210,6 +219,27 @@ impl Etcd {
             .context("renewing a lease")?;
         let resp = within(stream.message()).await.context("renewing a lease")?;
         Ok(resp.is_some_and(|r| r.ttl() > 0))
+    }
+
+    /// Renews a registration's lease once, only if every key it holds is
+    /// a registration (a node's report lease is not a client's to renew);
+    /// false when it has expired.
+    pub async fn renew_registration(&self, lease: i64) -> anyhow::Result<Option<bool>> {
+        let mut c = self.client.clone();
+        let ttl = within(c.lease_time_to_live(
+            lease,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        ))
+        .await
+        .context("looking up the lease")?;
+        if ttl.ttl() <= 0 {
+            return Ok(Some(false));
+        }
+        let prefix = self.layout.registrations();
+        if !ttl.keys().iter().all(|k| k.starts_with(prefix.as_bytes())) || ttl.keys().is_empty() {
+            return Ok(None);
+        }
+        self.keep_alive(lease).await.map(Some)
     }
 
     pub async fn revoke(&self, lease: i64) -> anyhow::Result<()> {

@@ -8,9 +8,9 @@
 //! with a retry message, never merged; a node cut off from the store while
 //! 300 long-lived connections run keeps forwarding and announcing, breaks
 //! nothing, says "unreachable" in status and metrics, and catches up when
-//! its link returns; a restarted node that cannot reach the store forwards
-//! its persisted revision and announces nothing until it has read the
-//! store. [`a_node_reaches_a_tls_store_with_its_client_certificate`]:
+//! its link returns; restarted on its pinned maps while cut off, it goes on
+//! announcing; started cold, it forwards its persisted revision and
+//! announces nothing until it has read the store. [`a_node_reaches_a_tls_store_with_its_client_certificate`]:
 //! `[store] tls_*` against an etcd that requires client certificates.
 //!
 //! Times are printed and bounded only loosely: speed is the bench's
@@ -618,9 +618,33 @@ fn partition(c: &mut Cluster, b3: &str) {
 /// persisted, announces nothing until it has read the store, then does.
 fn cold_start_without_the_store(c: &mut Cluster) {
     let rev = revision_of(c, "n3");
+    let cfg = c.lbd_config("n3", "healthy", "") + &c.store_toml("n3");
+    // A restart on the maps the last lbd left (kill -9, an upgrade) is
+    // warm: the node was announcing a moment ago and goes on.
     c.kill_lbd("n3");
     c.cut_store("n3").unwrap();
-    let cfg = c.lbd_config("n3", "healthy", "") + &c.store_toml("n3");
+    c.start_lbd("n3", &cfg).expect("lbd");
+    let st = store_of(c, "n3");
+    assert_eq!(st.get("announcing_held").as_bool(), Some(false), "{st:?}");
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.router_next_hops(VIP_WEB).len(),
+        3,
+        "a warm restart keeps announcing"
+    );
+    // A cold start (nothing pinned: a reboot) forwards the persisted
+    // revision and announces nothing until it has read the store.
+    c.kill_lbd("n3");
+    let detach = lb_lab::process::run_bounded(
+        lb_lab::process::nsenter(&c.node("n3").ns, &lb_lab::process::lbd_bin()).args([
+            "detach",
+            "--interface",
+            "eth0",
+        ]),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert!(detach.ok(), "{detach}");
     c.start_lbd("n3", &cfg).expect("lbd");
     let st = store_of(c, "n3");
     assert_eq!(
