@@ -394,6 +394,13 @@ async fn debug_view(
     Ok(Json(d.trace_view(q.after)).into_response())
 }
 
+/// A request body as the audit log records it: its JSON, or its text when
+/// it is not JSON (a refused request is recorded too).
+fn as_audited(body: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
 /// Parses a JSON body ourselves, so a garbled one gets our error format.
 fn parse_body<T: serde::de::DeserializeOwned>(
     body: &Bytes,
@@ -414,8 +421,7 @@ async fn change(
     ConnectInfo(peer): ConnectInfo<PeerCred>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let raw_for_audit = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let raw_for_audit = as_audited(&body);
     // Every change needs at least `operate`; which one, the change says.
     let who = api.allow_change(&peer, &raw_for_audit, Role::Operate)?;
     let (change, raw) = match parse_body::<Change>(&body) {
@@ -524,8 +530,7 @@ async fn cluster_forget(
     ConnectInfo(peer): ConnectInfo<PeerCred>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let raw = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let raw = as_audited(&body);
     let who = api.allow_change(&peer, &raw, Role::Admin)?;
     let result = async {
         let (req, _) = parse_body::<control::ClusterForget>(&body)?;
@@ -661,8 +666,7 @@ async fn store_register(
     ConnectInfo(peer): ConnectInfo<PeerCred>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let raw_for_audit = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let raw_for_audit = as_audited(&body);
     let who = api.allow_change(&peer, &raw_for_audit, Role::Admin)?;
     let result = register(&api, &body).await;
     let outcome = match &result {

@@ -208,13 +208,8 @@ pub enum BackendCommand {
     Add {
         #[command(flatten)]
         target: BackendTarget,
-        /// Relative weight, 0..=65535 (the daemon's default when omitted).
-        #[arg(long, value_name = "N", value_parser = weight_parser())]
-        weight: Option<u32>,
-        /// 0 = local (the default); higher = farther away: new flows spill
-        /// to it as nearer tiers lose healthy backends.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_TIER)))]
-        tier: Option<u8>,
+        #[command(flatten)]
+        place: Placement,
     },
     /// Remove a backend from a VIP.
     #[command(visible_alias = "rm")]
@@ -259,10 +254,8 @@ pub enum BackendCommand {
     Register {
         #[command(flatten)]
         target: BackendTarget,
-        #[arg(long, value_name = "N", value_parser = weight_parser())]
-        weight: Option<u32>,
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_TIER)))]
-        tier: Option<u8>,
+        #[command(flatten)]
+        place: Placement,
         /// The lease: how long the backend stays after the last renewal.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         ttl: Duration,
@@ -366,6 +359,18 @@ impl HealthArgs {
         })?;
         Ok(Some(h))
     }
+}
+
+/// A new backend's weight and tier (`backend add`, `backend register`).
+#[derive(Debug, Args)]
+pub struct Placement {
+    /// Relative weight, 0..=65535 (the daemon's default when omitted).
+    #[arg(long, value_name = "N", value_parser = weight_parser())]
+    pub weight: Option<u32>,
+    /// 0 = local (the default); higher = farther away: new flows spill
+    /// to it as nearer tiers lose healthy backends.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_TIER)))]
+    pub tier: Option<u8>,
 }
 
 #[derive(Debug, Args)]
@@ -724,7 +729,11 @@ mod tests {
         assert_eq!(weight, 65535);
 
         let c = parse(&["backend", "add", "10.100.0.1:80/tcp", "2001:db8::2"]).unwrap();
-        let Command::Backend(BackendCommand::Add { target, weight, .. }) = c.command else {
+        let Command::Backend(BackendCommand::Add {
+            target,
+            place: Placement { weight, .. },
+        }) = c.command
+        else {
             panic!("{c:?}")
         };
         assert_eq!(target.vip, "10.100.0.1:80/tcp");

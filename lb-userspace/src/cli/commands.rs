@@ -59,17 +59,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             change(&client, json, vip_health(vip, &check)?).await
         }
         Command::Backend(BackendCommand::List { vip }) => backend_list(&client, json, &vip).await,
-        Command::Backend(BackendCommand::Register {
-            target,
-            weight,
-            tier,
-            ttl,
-        }) => {
+        Command::Backend(BackendCommand::Register { target, place, ttl }) => {
             let req = StoreRegister {
                 vip: target.vip,
                 addr: target.addr,
-                weight,
-                tier,
+                weight: place.weight,
+                tier: place.tier,
                 ttl_secs: ttl.as_secs(),
             };
             register(&client, &req).await
@@ -226,15 +221,11 @@ fn backend_change(b: BackendCommand) -> Result<Change, CliError> {
         BackendCommand::List { .. } | BackendCommand::Register { .. } => {
             unreachable!("not a change of the desired state")
         }
-        BackendCommand::Add {
-            target,
-            weight,
-            tier,
-        } => Change::BackendAdd {
+        BackendCommand::Add { target, place } => Change::BackendAdd {
             vip: target.vip,
             addr: target.addr,
-            weight,
-            tier,
+            weight: place.weight,
+            tier: place.tier,
         },
         BackendCommand::Del { target } => Change::BackendDel {
             vip: target.vip,

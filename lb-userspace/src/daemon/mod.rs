@@ -256,7 +256,8 @@ impl<D: DataPath> Daemon<D> {
     /// Applies a whole new desired state: validated first; on a kernel
     /// failure midway the VIPs already changed are put back.
     pub fn apply(&mut self, declared: DesiredState) -> Result<plan::Plan, ApplyError> {
-        declared.validate()?;
+        // The maps' state holds every declared VIP and backend as it is:
+        // checking it checks the declared state too.
         let next = self.effective_of(&declared);
         next.validate()?;
         next.check_capacity(&self.config.limits)?;

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, time::SystemTime};
 
 use tokio::sync::watch;
 
-use super::{check_sources, ApplyError, Daemon, DataPath};
+use super::{check_sources, vote_key, ApplyError, Daemon, DataPath};
 use crate::{
     api::types::StoreStatus,
     model::Change,
@@ -272,15 +272,18 @@ impl<D: DataPath> Daemon<D> {
 }
 
 impl Daemon {
-    /// What this node publishes about itself.
+    /// What this node publishes about itself: read straight from the
+    /// desired state and the maps (not through `status`, which also reads
+    /// every counter, once a second for nothing).
     pub fn store_report(&self) -> NodeReport {
-        let status = self.status();
         let node = self.node_status();
         let link = self.store.as_ref();
         let mut down = BTreeSet::new();
-        for v in &status.vips {
-            for b in v.backends.iter().filter(|b| b.health == "down") {
-                down.insert(format!("{} {}", v.vip, b.addr));
+        for (id, v) in &self.desired.vips {
+            for b in &v.backends {
+                if super::checked(v, b) && self.data_path.is_down(id, &b.addr) {
+                    down.insert(vote_key(id, &b.addr));
+                }
             }
         }
         NodeReport {
@@ -288,10 +291,14 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_string(),
             applied_revision: link.map_or(0, |l| l.applied),
             refused: link.and_then(|l| l.refused.clone()),
-            tables: status
+            tables: self
+                .desired
                 .vips
-                .iter()
-                .map(|v| (v.vip.to_string(), v.table_checksum.clone()))
+                .keys()
+                .map(|id| {
+                    let sum = self.data_path.table_checksum(id);
+                    (id.to_string(), sum.map(|c| format!("{c:016x}")))
+                })
                 .collect(),
             down,
             observed_down: self.observed_down(),

@@ -24,7 +24,7 @@ use std::{
 
 use lb_lab::{
     cluster::{etcd, *},
-    status::{vip_of, Json},
+    status::{backends_of, vip_of, Json},
 };
 
 /// One cluster at a time: two would share the two CPUs with their etcd
@@ -81,13 +81,7 @@ fn checksums(c: &Cluster, node: &str) -> Vec<String> {
 
 fn weight_of(c: &Cluster, node: &str, vip: &str, backend: &str) -> u64 {
     let s = c.lbctl_json(node, &["status"]);
-    vip_of(&s, vip)
-        .get("backends")
-        .arr()
-        .iter()
-        .find(|b| b.get("addr").str() == backend)
-        .and_then(|b| b.get("weight").as_f64())
-        .unwrap_or(0.0) as u64
+    backends_of(&s, vip).get(backend).map_or(0, |b| b.0)
 }
 
 fn vips_file(c: &Cluster) -> String {
@@ -401,21 +395,7 @@ fn quorum_health(c: &Cluster) {
 
 /// The `reg` VIP's backends on a node: address → (weight, drained).
 fn registered_on(c: &Cluster, node: &str) -> std::collections::BTreeMap<String, (u64, bool)> {
-    let s = c.lbctl_json(node, &["status"]);
-    vip_of(&s, "reg")
-        .get("backends")
-        .arr()
-        .iter()
-        .map(|b| {
-            (
-                b.get("addr").str().to_string(),
-                (
-                    b.get("weight").as_f64().unwrap_or(0.0) as u64,
-                    b.get("drained").as_bool().unwrap_or(false),
-                ),
-            )
-        })
-        .collect()
+    backends_of(&c.lbctl_json(node, &["status"]), "reg")
 }
 
 fn wait_registered(

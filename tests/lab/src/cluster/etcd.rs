@@ -71,34 +71,20 @@ impl Cluster {
     /// certificates required when `tls` is given (peers stay plain).
     pub fn start_etcd_with(&mut self, members: usize, tls: Option<EtcdTls>) -> Result<()> {
         self.topo.add_bridge(&self.switch_ns, MGMT_BRIDGE)?;
-        for (i, n) in self.nodes.iter().enumerate() {
-            let port = format!("m-{}", n.name);
-            self.topo.plug(
-                (&n.ns, MGMT_IF),
-                &self.switch_ns,
-                &port,
-                MGMT_BRIDGE,
-                "1500",
-                false,
-            )?;
-            self.topo
-                .add_addr(&n.ns, MGMT_IF, &format!("{}/24", mgmt(21 + i as u8)))?;
+        let nodes: Vec<(String, String)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.ns.clone()))
+            .collect();
+        for (i, (name, ns)) in nodes.iter().enumerate() {
+            self.plug_mgmt(ns, MGMT_IF, name, mgmt(21 + i as u8))?;
         }
         let mut list = Vec::new();
         for i in 0..members {
             let name = format!("e{}", i + 1);
             let ns = self.topo.add_ns(&name)?;
-            let port = format!("m-{name}");
-            self.topo.plug(
-                (&ns, "eth0"),
-                &self.switch_ns,
-                &port,
-                MGMT_BRIDGE,
-                "1500",
-                false,
-            )?;
             let addr = mgmt(31 + i as u8);
-            self.topo.add_addr(&ns, "eth0", &format!("{addr}/24"))?;
+            self.plug_mgmt(&ns, "eth0", &name, addr)?;
             list.push(Member {
                 name,
                 ns,
@@ -166,6 +152,22 @@ impl Cluster {
             }
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Plugs `ifname` of `ns` into the management bridge (port `m-NAME`)
+    /// with `addr`.
+    fn plug_mgmt(&mut self, ns: &str, ifname: &str, name: &str, addr: Ipv4Addr) -> Result<()> {
+        let port = format!("m-{name}");
+        self.topo.plug(
+            (ns, ifname),
+            &self.switch_ns,
+            &port,
+            MGMT_BRIDGE,
+            "1500",
+            false,
+        )?;
+        self.topo.add_addr(ns, ifname, &format!("{addr}/24"))?;
+        Ok(())
     }
 
     /// The client URLs of every member.
