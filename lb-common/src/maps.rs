@@ -96,6 +96,23 @@ pub struct VipInfo {
 }
 const _: () = assert!(size_of::<VipInfo>() == 24);
 
+/// `VIP_BY_ID` value: the key a VIP id is under and the VIP's flags, or all
+/// zero (family 0 matches no flow) for an id no VIP has. It lets a packet
+/// whose connection-table entry is found skip the `VIPS` hash lookup: the
+/// entry names a backend, the backend its VIP id, and this entry says
+/// whether that VIP is the one the packet is for
+/// ([`crate::rules::owner_serves`]). User space writes it before the `VIPS`
+/// entry when a VIP appears or changes flags, and clears it before removing
+/// the `VIPS` entry, so it never names a VIP `VIPS` does not hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipById {
+    pub key: VipKey,
+    /// `VIP_F_*`, as in the VIP's `VipInfo`.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<VipById>() == 24);
+
 /// Do not use the connection table for this VIP.
 pub const VIP_F_STATELESS: u32 = 1 << 0;
 /// Hash the source address only ("IP hash").

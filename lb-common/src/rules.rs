@@ -7,7 +7,7 @@ use crate::{
     counters::Counter,
     hash::{maglev_slot, HashMode},
     maps::{
-        Addr, AddrKey, Backend, ConnCount, FlowKey, VipInfo, VipKey, BACKEND_F_ACTIVE,
+        Addr, AddrKey, Backend, ConnCount, FlowKey, VipById, VipInfo, VipKey, BACKEND_F_ACTIVE,
         BACKEND_F_DOWN, CONN_F_CLOSED, CONN_F_COUNTED, CONN_F_OPENING, FAMILY_V4, FAMILY_V6,
         LC_EXACT_MAX, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, VIP_F_LEAST_CONN,
         VIP_F_ROUND_ROBIN, VIP_F_SRC_HASH, VIP_F_STATELESS,
@@ -60,6 +60,32 @@ pub fn uses_conntrack(vip_flags: u32) -> bool {
 #[inline(always)]
 pub fn consults_conntrack(vip_flags: u32, tcp_syn: bool) -> bool {
     uses_conntrack(vip_flags) && (!tcp_syn || pick(vip_flags) != Pick::Hash)
+}
+
+/// Whether a packet looks up its connection-table entry before its VIP:
+/// every packet but a TCP SYN (which some schedulers place without the
+/// table, [`consults_conntrack`]). A packet of an established flow then
+/// finds its VIP through the entry ([`owner_serves`]) and needs no `VIPS`
+/// lookup; a miss is not looked up again once the VIP is known.
+#[inline(always)]
+pub fn entry_first(tcp_syn: bool) -> bool {
+    !tcp_syn
+}
+
+/// Whether the VIP that `owner` (a `VIP_BY_ID` entry) describes is the one
+/// [`find_vip`] would find for `flow`, and keeps flows in the connection
+/// table: its key is the flow's destination, port and protocol exactly,
+/// which is the key `find_vip` tries first. A port-less VIP serving other
+/// ports does not qualify (a VIP on the flow's own port may have come
+/// since); its packets take the `VIPS` lookup.
+#[inline(always)]
+pub fn owner_serves(owner: &VipById, flow: &FlowKey) -> bool {
+    let k = &owner.key;
+    k.port == flow.dport
+        && k.proto == flow.proto
+        && k.family == flow.family
+        && k.addr == flow.dst
+        && uses_conntrack(owner.flags)
 }
 
 /// Whether a TCP SYN that finds a live entry keeps it: only one made by a
@@ -423,6 +449,53 @@ mod tests {
         let only_portless = |k: &VipKey| (k.port == 0).then_some("any");
         assert_eq!(find_vip(&f, only_portless), Some("any"));
         assert_eq!(find_vip(&f, |_| None::<()>), None);
+    }
+
+    #[test]
+    fn an_owner_serves_only_the_flows_its_exact_key_names() {
+        let f = flow(80);
+        let key = VipKey {
+            addr: f.dst,
+            port: f.dport,
+            proto: f.proto,
+            family: f.family,
+        };
+        let owner = |key, flags| VipById { key, flags };
+        assert!(owner_serves(&owner(key, 0), &f));
+        // Where it says yes, the VIPS lookup finds that very key first.
+        assert_eq!(
+            find_vip(&f, |k: &VipKey| (*k == key).then_some(*k)),
+            Some(key)
+        );
+        // Stateless VIPs keep no entries to trust.
+        assert!(!owner_serves(&owner(key, VIP_F_STATELESS), &f));
+        // A port-less VIP may be shadowed by a VIP on the flow's port.
+        assert!(!owner_serves(&owner(VipKey { port: 0, ..key }, 0), &f));
+        // Any other field differing: another VIP.
+        for other in [
+            VipKey {
+                port: 81u16.to_be(),
+                ..key
+            },
+            VipKey {
+                proto: PROTO_UDP,
+                ..key
+            },
+            VipKey {
+                family: FAMILY_V6,
+                ..key
+            },
+            VipKey {
+                addr: [3, 0, 0, 0],
+                ..key
+            },
+        ] {
+            assert!(!owner_serves(&owner(other, 0), &f), "{other:?}");
+        }
+        // An id no VIP has (all zero) serves nothing.
+        assert!(!owner_serves(&VipById::default(), &f));
+        // SYNs find their VIP first; everything else its entry.
+        assert!(!entry_first(true) && entry_first(false));
     }
 
     #[test]

@@ -17,6 +17,7 @@ macro_rules! pod {
 pod!(
     VipKey,
     VipInfo,
+    VipById,
     AddrKey,
     Backend,
     FlowKey,

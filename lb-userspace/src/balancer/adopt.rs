@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    Backend, BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP, MAX_BACKENDS, VIP_F_L2DSR,
-    VIP_F_SRC_HASH, VIP_F_STATELESS,
+    Backend, VipById, BACKEND_F_ACTIVE, BACKEND_F_DOWN, BACKEND_F_NEXTHOP, MAX_BACKENDS,
+    VIP_F_L2DSR, VIP_F_SRC_HASH, VIP_F_STATELESS,
 };
 
 use super::{
@@ -35,6 +35,16 @@ impl Balancer {
                 backends_of.entry(b.vip_id).or_default().push((id, b));
             }
         }
+        let vips_by_id: BTreeMap<u32, VipById> = vips
+            .iter()
+            .map(|(key, info)| {
+                let by_id = VipById {
+                    key: *key,
+                    flags: info.flags,
+                };
+                (info.vip_id, by_id)
+            })
+            .collect();
         for (key, info) in vips {
             let proto = match key.proto {
                 lb_common::PROTO_TCP => crate::model::Proto::Tcp,
@@ -139,6 +149,21 @@ impl Balancer {
         for (_, orphans) in backends_of {
             for (bid, _) in orphans {
                 self.clear_backend(bid)?;
+            }
+        }
+        self.adopt_vip_by_id(&vips_by_id)
+    }
+
+    /// Makes `VIP_BY_ID` say what the adopted `VIPS` says: maps pinned by a
+    /// build without it get it filled here, before the new program runs.
+    fn adopt_vip_by_id(&mut self, vips: &BTreeMap<u32, VipById>) -> Result<()> {
+        for id in 0..self.max_vips {
+            let want = vips.get(&id).copied().unwrap_or_default();
+            let have = self.vip_by_id.get(&id, 0).map_err(map_err("VIP_BY_ID"))?;
+            if have != want {
+                self.vip_by_id
+                    .set(id, want, 0)
+                    .map_err(map_err("VIP_BY_ID"))?;
             }
         }
         Ok(())

@@ -7,8 +7,8 @@ use std::{
 };
 
 use lb_common::{
-    AddrKey, Backend, ConnCount, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo, VipKey,
-    MAX_BACKENDS,
+    AddrKey, Backend, ConnCount, ConnEntry, FlowKey, LbConfig, TrafficStats, VipById, VipInfo,
+    VipKey, MAX_BACKENDS,
 };
 
 use super::error::{map_err, MapsError, Result};
@@ -49,7 +49,7 @@ impl Default for LoadOptions {
 
 /// Every map of the balancer with its (key size, value size, capacity), to
 /// pin them and to check that pinned ones have the layout this build expects.
-pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 13] {
+pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 14] {
     use std::mem::size_of;
     [
         (
@@ -58,6 +58,7 @@ pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u3
             size_of::<VipInfo>(),
             opts.limits.max_vips,
         ),
+        ("VIP_BY_ID", 4, size_of::<VipById>(), opts.limits.max_vips),
         (
             "VIP_ADDRS",
             size_of::<AddrKey>(),

@@ -55,7 +55,8 @@ use aya::{
 };
 use lb_common::{
     debug::{DebugBucket, DebugConfig},
-    AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS,
+    AddrKey, Backend, ConnEntry, FlowKey, LbConfig, TrafficStats, VipById, VipInfo, VipKey,
+    MAX_BACKENDS,
 };
 
 use crate::model::{
@@ -125,6 +126,9 @@ impl VipState {
 pub struct Balancer {
     ebpf: Ebpf,
     vip_map: HashMap<MapData, VipKey, VipInfo>,
+    /// Each VIP id's key and flags, for packets that find their VIP through
+    /// their connection-table entry (`VipById`).
+    vip_by_id: Array<MapData, VipById>,
     vip_addrs: HashMap<MapData, AddrKey, VipKey>,
     /// Kept for its fd; tables are read and written through `tables`.
     _maglev: Array<MapData, u32>,
@@ -250,6 +254,7 @@ impl Balancer {
         let (conntrack, conntrack_fd) = take_with_fd(&mut ebpf, "CONNTRACK")?;
         let mut balancer = Balancer {
             vip_map: take!(ebpf, "VIPS"),
+            vip_by_id: take!(ebpf, "VIP_BY_ID"),
             vip_addrs: take!(ebpf, "VIP_ADDRS"),
             _maglev: maglev,
             tables,

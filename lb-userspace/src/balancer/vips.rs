@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use lb_common::{user::addr_words, AddrKey};
+use lb_common::{user::addr_words, AddrKey, VipById, VipInfo};
 
 use super::{
     error::{map_err, Result},
@@ -68,10 +68,10 @@ impl Balancer {
             self.pool.release(region.base, region.len());
             return Err(e);
         }
-        if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
+        if let Err(e) = self.write_vip(&vip, info) {
             self.free_vip_ids.push_front(vip_id);
             self.pool.release(region.base, region.len());
-            return Err(map_err("VIPS")(e));
+            return Err(e);
         }
         self.vips.insert(vip, state);
         self.sync_vip_addrs(&vip)
@@ -82,9 +82,19 @@ impl Balancer {
         let state = self.vips.get(vip).ok_or(MapsError::UnknownVip(*vip))?;
         let ids: Vec<u32> = state.backends.iter().map(|(_, id)| *id).collect();
         let (vip_id, region) = (state.vip_id, state.region);
-        self.vip_map
-            .remove(&vip_key(vip))
-            .map_err(map_err("VIPS"))?;
+        // Unvouched first, so no packet finds the VIP through an entry
+        // once it is gone.
+        let by_id = self
+            .vip_by_id
+            .get(&vip_id, 0)
+            .map_err(map_err("VIP_BY_ID"))?;
+        self.vip_by_id
+            .set(vip_id, VipById::default(), 0)
+            .map_err(map_err("VIP_BY_ID"))?;
+        if let Err(e) = self.vip_map.remove(&vip_key(vip)) {
+            let _ = self.vip_by_id.set(vip_id, by_id, 0);
+            return Err(map_err("VIPS")(e));
+        }
         self.vips.remove(vip);
         self.pool.release(region.base, region.len());
         for id in ids {
@@ -249,13 +259,13 @@ impl Balancer {
         state.live_slot = slot;
         state.live_size = live_len;
         let info = vip_info(state);
-        if let Err(e) = self.vip_map.insert(vip_key(&vip), info, 0) {
+        if let Err(e) = self.write_vip(&vip, info) {
             let state = self.vips.get_mut(&vip).expect("present");
             (state.region, state.tables, state.live_slot, state.live_size) = before;
             if resized {
                 release(&mut self.pool, region);
             }
-            return Err(map_err("VIPS")(e));
+            return Err(e);
         }
         if resized {
             release(&mut self.pool, old_region);
@@ -299,6 +309,30 @@ impl Balancer {
                 capacity: self.pool.capacity(),
             })?;
         Ok(Region { base, half: size })
+    }
+
+    /// Writes a VIP's entry: its `VIP_BY_ID` entry (key and flags) first,
+    /// then `VIPS`; if `VIPS` refuses, the `VIP_BY_ID` entry is put back, so
+    /// the two never disagree after a failed write.
+    fn write_vip(&mut self, vip: &VipId, info: VipInfo) -> Result<()> {
+        let id = info.vip_id;
+        let before = self.vip_by_id.get(&id, 0).map_err(map_err("VIP_BY_ID"))?;
+        let now = VipById {
+            key: vip_key(vip),
+            flags: info.flags,
+        };
+        if before != now {
+            self.vip_by_id
+                .set(id, now, 0)
+                .map_err(map_err("VIP_BY_ID"))?;
+        }
+        if let Err(e) = self.vip_map.insert(vip_key(vip), info, 0) {
+            if before != now {
+                let _ = self.vip_by_id.set(id, before, 0);
+            }
+            return Err(map_err("VIPS")(e));
+        }
+        Ok(())
     }
 
     /// Points `VIP_ADDRS` for the VIP's (address, protocol) at the VIP that

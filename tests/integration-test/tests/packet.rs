@@ -778,6 +778,119 @@ fn drained_backends_keep_established_flows() {
     }
 }
 
+// Packets of established flows find their VIP through their entry
+// (`VIP_BY_ID`) instead of `VIPS`: the next four tests hold that path to the
+// same answers as the `VIPS` one.
+
+#[test]
+fn established_flows_are_served_through_their_entry() {
+    let (mut t, _) = web_vip_over(&ten_backends_v4());
+    let flows: Vec<Frame> = (0..50)
+        .map(|i| Frame::tcp(V4_CLIENT, 31000 + i, "10.100.0.1", 80))
+        .collect();
+    for f in &flows {
+        t.run(&f.build());
+    }
+    let (hits, misses) = (t.counter(Counter::ConnHit), t.counter(Counter::ConnMiss));
+    for f in &flows {
+        let ack = f.clone().with_flags(TCP_ACK);
+        let want =
+            t.lb.route(&flow_of(f), lb::daemon::monotonic_ns(), u64::MAX);
+        let want = want.unwrap().backend;
+        let (action, out) = t.run(&ack.build());
+        assert_eq!((action, Some(frame::outer_dst(&out))), (XDP_TX, want));
+        assert_ipip(&out, &ack, LB_SRC_V4, &want.unwrap().to_string());
+    }
+    assert_eq!(t.counter(Counter::ConnHit), hits + 50);
+    assert_eq!(t.counter(Counter::ConnMiss), misses);
+}
+
+#[test]
+fn an_entry_never_serves_a_vip_that_is_gone() {
+    let mut t = TestLb::new();
+    let old = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(old, VipSettings::default(), &backends(&["10.0.0.2"]));
+    // The address stays a VIP's (another port), so the address filter does
+    // not decide for the tests below.
+    let other_port = vip("10.100.0.1", 443, Proto::Tcp);
+    t.add_vip(other_port, VipSettings::default(), &backends(&["10.0.0.4"]));
+    let f = Frame::tcp(V4_CLIENT, 4242, "10.100.0.1", 80).with_flags(TCP_ACK);
+    assert_eq!(t.run(&f.build()).0, XDP_TX);
+    let kept = t.lb.conntrack_entry(&flow_of(&f)).unwrap();
+    assert_ne!(kept.flow_hash, 0, "made by the program, hash kept");
+    t.lb.remove_vip(&old).unwrap();
+    let input = f.build();
+    assert_eq!(
+        t.run(&input),
+        (XDP_PASS, input.clone()),
+        "not a VIP any more"
+    );
+
+    // Another VIP takes the same backend address: the old flow's entry,
+    // pointed at the new VIP's backend, still does not make it a VIP flow.
+    let new = vip("10.100.0.7", 80, Proto::Tcp);
+    t.add_vip(new, VipSettings::default(), &backends(&["10.0.0.2"]));
+    let id = t.lb.backend_id(&new, ip("10.0.0.2")).unwrap();
+    let planted = ConnEntry {
+        backend_id: id,
+        last_seen_ns: lb::daemon::monotonic_ns(),
+        ..kept
+    };
+    t.lb.set_conntrack_entry(&flow_of(&f), planted).unwrap();
+    assert_eq!(t.run(&input), (XDP_PASS, input.clone()));
+    let g = Frame::tcp(V4_CLIENT, 4242, "10.100.0.7", 80).with_flags(TCP_ACK);
+    assert_eq!(frame::outer_dst(&t.run(&g.build()).1), ip("10.0.0.2"));
+}
+
+#[test]
+fn a_new_port_vip_takes_established_flows_of_the_portless_one() {
+    let mut t = TestLb::new();
+    t.add_vip(
+        vip("10.100.0.9", 0, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.2"]),
+    );
+    let f = Frame::tcp(V4_CLIENT, 7, "10.100.0.9", 443).with_flags(TCP_ACK);
+    assert_eq!(frame::outer_dst(&t.run(&f.build()).1), ip("10.0.0.2"));
+    assert_eq!(frame::outer_dst(&t.run(&f.build()).1), ip("10.0.0.2"));
+    t.add_vip(
+        vip("10.100.0.9", 443, Proto::Tcp),
+        VipSettings::default(),
+        &backends(&["10.0.0.3"]),
+    );
+    // As `VIPS` decides: the port's own VIP first, whose backend the entry
+    // does not name (stale), so the flow is placed on the new VIP.
+    let stale = t.counter(Counter::ConnStale);
+    assert_eq!(frame::outer_dst(&t.run(&f.build()).1), ip("10.0.0.3"));
+    assert_eq!(t.counter(Counter::ConnStale), stale + 1);
+    assert_eq!(frame::outer_dst(&t.run(&f.build()).1), ip("10.0.0.3"));
+}
+
+#[test]
+fn established_flows_follow_a_change_of_forwarding_and_of_state() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Tcp);
+    t.add_vip(v, VipSettings::default(), &backends(&["10.0.0.2"]));
+    let f = Frame::tcp(V4_CLIENT, 999, "10.100.0.1", 80).with_flags(TCP_ACK);
+    let input = f.build();
+    let (_, out) = t.run(&input);
+    assert_ipip(&out, &f, LB_SRC_V4, "10.0.0.2");
+    // L2 DSR from the next packet on: same length, the backend's MAC.
+    t.lb.upsert_vip(v, l2dsr()).unwrap();
+    let (action, out) = t.run(&input);
+    assert_eq!((action, out.len()), (XDP_TX, input.len()));
+    assert_eq!(out[..6], backend_mac(ip("10.0.0.2")));
+    // Stateless: the entry is no longer consulted (nor counted).
+    let stateless = VipSettings {
+        stateless: true,
+        ..l2dsr()
+    };
+    t.lb.upsert_vip(v, stateless).unwrap();
+    let hits = t.counter(Counter::ConnHit);
+    assert_eq!(t.run(&input).0, XDP_TX);
+    assert_eq!(t.counter(Counter::ConnHit), hits);
+}
+
 #[test]
 fn ipv4_fragments_of_a_datagram_share_a_backend() {
     let mut t = TestLb::new();

@@ -27,20 +27,81 @@ pub struct Life {
     pub records: bool,
 }
 
+/// What looking up a packet's entry before its VIP found
+/// (`rules::entry_first`).
+#[derive(Clone, Copy)]
+pub enum Seen {
+    /// Not looked up yet: a TCP SYN, which needs its VIP first.
+    NotYet,
+    /// No entry.
+    Missing,
+    /// An entry whose VIP it could not vouch for: checked once the VIP is
+    /// known.
+    Entry(*mut ConnEntry),
+    /// An entry found dead, un-counted and counted as such: the flow is
+    /// placed afresh.
+    Dead,
+}
+
+/// An established flow's VIP, backend and hash, from its entry alone: the
+/// entry's backend names the VIP id, and `VIP_BY_ID` says whether that VIP
+/// is the flow's ([`rules::owner_serves`]). Else what the lookup found, for
+/// the path through `VIPS`.
+#[inline(always)]
+pub fn established(flow: &FlowKey, life: Life) -> Result<(VipInfo, u32, u32), Seen> {
+    let Some(entry) = maps::CONNTRACK.get_ptr_mut(flow) else {
+        return Err(Seen::Missing);
+    };
+    // SAFETY: a pointer into the map's value (see `check`).
+    let (id, kept) = unsafe { ((*entry).backend_id, (*entry).flow_hash) };
+    let owner = maps::backend(id).and_then(|b| Some((b.vip_id, maps::vip_by_id(b.vip_id)?)));
+    let vip = match owner {
+        // An entry without its hash (written by user space) takes the
+        // `VIPS` path, which hashes the flow.
+        Some((vip_id, o)) if kept != 0 && rules::owner_serves(o, flow) => VipInfo {
+            vip_id,
+            flags: o.flags,
+            // No table: this VIP serves a hit, never a selection (an empty
+            // table drops rather than picks from another VIP's slots).
+            ..VipInfo::default()
+        },
+        _ => return Err(Seen::Entry(entry)),
+    };
+    match check(entry, flow, &vip, now_ns(), life) {
+        Some((id, hash)) => Ok((vip, id, hash)),
+        None => Err(Seen::Dead),
+    }
+}
+
 /// The flow's backend: its table entry when that is live and still valid,
 /// else the scheduler's choice, recorded for the flow's next packets.
-/// Returns the backend, the flow hash and whether the connection table
-/// decided.
+/// `seen` is what an earlier lookup of the entry found. Returns the
+/// backend, the flow hash and whether the connection table decided.
 #[inline(always)]
 pub fn lookup_or_select(
     flow: &FlowKey,
     vip: &VipInfo,
     mode: HashMode,
     life: Life,
+    seen: Seen,
 ) -> Result<(u32, u32, bool), Out> {
     let now = now_ns();
     let hit = if rules::consults_conntrack(vip.flags, life.starts) {
-        lookup(flow, vip, now, life)
+        let seen = match seen {
+            Seen::NotYet => match maps::CONNTRACK.get_ptr_mut(flow) {
+                Some(entry) => Seen::Entry(entry),
+                None => Seen::Missing,
+            },
+            other => other,
+        };
+        match seen {
+            Seen::Entry(entry) => check(entry, flow, vip, now, life),
+            Seen::Missing => {
+                stats::count(Counter::ConnMiss);
+                None
+            }
+            Seen::NotYet | Seen::Dead => None,
+        }
     } else {
         stats::count(Counter::ConnMiss);
         None
@@ -109,16 +170,29 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The flow's live entry: its backend and the hash it recorded. An entry
-/// found dead (expired, stale, or an earlier connection a SYN replaces) is
-/// un-counted before the caller replaces it, and so is a live one when the
-/// packet ends the flow.
+/// The flow's live entry, looked up: its backend and the hash it recorded
+/// (see [`check`]).
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, life: Life) -> Option<(u32, u32)> {
     let Some(entry) = maps::CONNTRACK.get_ptr_mut(flow) else {
         stats::count(Counter::ConnMiss);
         return None;
     };
+    check(entry, flow, vip, now, life)
+}
+
+/// A found entry, if live and still valid: its backend and the hash it
+/// recorded. An entry found dead (expired, stale, or an earlier connection
+/// a SYN replaces) is un-counted before the caller replaces it, and so is a
+/// live one when the packet ends the flow.
+#[inline(always)]
+fn check(
+    entry: *mut ConnEntry,
+    flow: &FlowKey,
+    vip: &VipInfo,
+    now: u64,
+    life: Life,
+) -> Option<(u32, u32)> {
     // SAFETY: a pointer into the map's value; racing writers only ever store
     // whole u32/u64 fields, so a torn read cannot produce an invalid value.
     let entry = unsafe { &mut *entry };

@@ -3,7 +3,9 @@
 //! forwards the packet at the driver (IPIP/IP6IP6 or L2 DSR).
 //!
 //! Stages, each in its own module: `parse` → VIP lookup (here) → `conntrack`
-//! / `select` → `forward`; `icmp` is the path for ICMP errors about VIP flows.
+//! / `select` → `forward`, except that a packet of an established flow finds
+//! its connection-table entry before its VIP (`place`); `icmp` is the path
+//! for ICMP errors about VIP flows.
 //! Every packet ends in exactly one [`Out`], which `stats` counts, and which
 //! `debug` writes to the decision trace while one is on.
 #![no_std]
@@ -29,7 +31,7 @@ use lb_common::{
     rules, Counter, FlowKey, HashMode, VipInfo,
 };
 
-use crate::{debug::Trace, parse::Packet};
+use crate::{conntrack::Seen, debug::Trace, parse::Packet};
 
 /// How a packet leaves the program.
 #[derive(Clone, Copy)]
@@ -86,20 +88,8 @@ fn decide(ctx: &XdpContext, pkt: &Packet, frame_len: u64, trace: &mut Trace) -> 
     if rules::is_icmp(pkt.flow.family, pkt.flow.proto, pkt.fragment) {
         return icmp::handle(ctx, pkt, frame_len);
     }
-    let vip = find_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
+    let (vip, backend_id, hash, hit) = place(pkt)?;
     trace.vip_id = vip.vip_id;
-    let mode = rules::hash_mode(vip.flags, HashMode::FiveTuple);
-    let (backend_id, hash, hit) = if rules::uses_conntrack(vip.flags) {
-        let life = conntrack::Life {
-            starts: pkt.tcp_syn,
-            ends: pkt.tcp_fin || pkt.tcp_rst,
-            records: !pkt.tcp_rst,
-        };
-        conntrack::lookup_or_select(&pkt.flow, &vip, mode, life)?
-    } else {
-        let hash = lb_common::flow_hash(&pkt.flow, mode);
-        (select::new_flow(&vip, hash)?, hash, false)
-    };
     trace.backend_id = backend_id;
     trace.source = if hit {
         DEBUG_SOURCE_CONNTRACK
@@ -107,6 +97,35 @@ fn decide(ctx: &XdpContext, pkt: &Packet, frame_len: u64, trace: &mut Trace) -> 
         DEBUG_SOURCE_TABLE
     };
     forward::to_backend(ctx, pkt, &vip, backend_id, hash, frame_len)
+}
+
+/// A whole TCP or UDP packet's VIP and backend, the flow hash, and whether
+/// the connection table decided. A packet of an established flow finds its
+/// entry first, and through it its VIP (`conntrack::established`); the
+/// others, and entries that cannot vouch for their VIP, look the VIP up.
+#[inline(always)]
+fn place(pkt: &Packet) -> Result<(VipInfo, u32, u32, bool), Out> {
+    let life = conntrack::Life {
+        starts: pkt.tcp_syn,
+        ends: pkt.tcp_fin || pkt.tcp_rst,
+        records: !pkt.tcp_rst,
+    };
+    let mut seen = Seen::NotYet;
+    if rules::entry_first(pkt.tcp_syn) {
+        match conntrack::established(&pkt.flow, life) {
+            Ok((vip, id, hash)) => return Ok((vip, id, hash, true)),
+            Err(s) => seen = s,
+        }
+    }
+    let vip = find_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
+    let mode = rules::hash_mode(vip.flags, HashMode::FiveTuple);
+    let (id, hash, hit) = if rules::uses_conntrack(vip.flags) {
+        conntrack::lookup_or_select(&pkt.flow, &vip, mode, life, seen)?
+    } else {
+        let hash = lb_common::flow_hash(&pkt.flow, mode);
+        (select::new_flow(&vip, hash)?, hash, false)
+    };
+    Ok((vip, id, hash, hit))
 }
 
 /// An IPv4 fragment: later fragments carry no ports, so every fragment of a

@@ -3,8 +3,8 @@
 //! them); the program writes the connection table and the counters (user
 //! space reads them, and writes connection entries only in tests). The
 //! maps of the trace and of ICMP "too big" answers live beside their code
-//! (`debug.rs`, `toobig.rs`). The capacities of VIPS, VIP_ADDRS, MAGLEV,
-//! CONNTRACK, VIP_STATS and RR_CURSOR are defaults: lbd sets them at load time from
+//! (`debug.rs`, `toobig.rs`). The capacities of VIPS, VIP_BY_ID, VIP_ADDRS,
+//! MAGLEV, CONNTRACK, VIP_STATS and RR_CURSOR are defaults: lbd sets them at load time from
 //! `[limits]`; the others are fixed here.
 
 use aya_ebpf::{
@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counters::COUNTER_SLOTS, AddrKey, Backend, ConnCount, ConnEntry, FlowKey, LbConfig,
-    TrafficStats, VipInfo, VipKey, CONNTRACK_MAX, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL,
+    TrafficStats, VipById, VipInfo, VipKey, CONNTRACK_MAX, DEFAULT_MAX_VIPS, DEFAULT_TABLE_POOL,
     MAX_BACKENDS, MAX_TX_PORTS, VIP_FILTER_WORDS,
 };
 
@@ -24,6 +24,12 @@ use lb_common::{
 /// Maglev table is. A port-less VIP has port 0 and is looked up second.
 #[map]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// VIP id → the key it is under and its flags (`lb_common::VipById`): how a
+/// packet that finds its connection-table entry knows its VIP without a
+/// `VIPS` lookup.
+#[map]
+pub static VIP_BY_ID: Array<VipById> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 /// (address, protocol) of every VIP → the VIP that serves that address's IPv4
 /// fragments. Also answers "is this malformed packet for a VIP?".
@@ -136,6 +142,12 @@ pub fn udp_idle_timeout_ns() -> u64 {
 #[inline(always)]
 pub fn vip(key: &VipKey) -> Option<VipInfo> {
     unsafe { VIPS.get(key).copied() }
+}
+
+/// What `VIP_BY_ID` says about VIP id `id` (in place, no copy).
+#[inline(always)]
+pub fn vip_by_id(id: u32) -> Option<&'static VipById> {
+    VIP_BY_ID.get(id)
 }
 
 #[inline(always)]
