@@ -43,7 +43,27 @@ pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
 /// sees is the host's own traffic. Fibonacci hashing of the address words.
 #[inline(always)]
 pub fn vip_filter_bit(addr: &Addr) -> u32 {
-    let h = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    filter_bit(addr_fold(addr))
+}
+
+/// The bit of the entry filter (`ENTRY_FILTER`, as many bits as the VIP
+/// filter) that a VIP on `addr` and protocol `proto` sets when its
+/// established flows may be found through their connection-table entry
+/// ([`crate::rules::in_entry_filter`]). A clear bit spares the packets of
+/// stateless VIPs a connection-table lookup that could only miss.
+#[inline(always)]
+pub fn entry_filter_bit(addr: &Addr, proto: u8) -> u32 {
+    filter_bit(addr_fold(addr) ^ (proto as u32).rotate_left(28))
+}
+
+#[inline(always)]
+fn addr_fold(addr: &Addr) -> u32 {
+    addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24)
+}
+
+/// Fibonacci hashing down to a bit index of the filters.
+#[inline(always)]
+fn filter_bit(h: u32) -> u32 {
     h.wrapping_mul(0x9e37_79b1) >> (32 - VIP_FILTER_BITS.trailing_zeros())
 }
 /// A Maglev slot holding this value has no backend (empty VIP).
@@ -341,5 +361,22 @@ mod tests {
             other[w] ^= 0x0100;
             assert_ne!(vip_filter_bit(&v6), vip_filter_bit(&other), "word {w}");
         }
+    }
+
+    #[test]
+    fn entry_filter_bits_tell_protocols_apart() {
+        let mut differ = 0;
+        for i in 0..256u32 {
+            let addr = [u32::from_ne_bytes([10, 0, 0, i as u8]), 0, 0, 0];
+            let tcp = entry_filter_bit(&addr, 6);
+            let udp = entry_filter_bit(&addr, 17);
+            assert!(tcp < VIP_FILTER_BITS && udp < VIP_FILTER_BITS);
+            differ += usize::from(tcp != udp);
+        }
+        assert!(
+            differ > 250,
+            "TCP and UDP share the bit of {} addresses",
+            256 - differ
+        );
     }
 }

@@ -64,12 +64,25 @@ pub fn consults_conntrack(vip_flags: u32, tcp_syn: bool) -> bool {
 
 /// Whether a packet looks up its connection-table entry before its VIP:
 /// every packet but a TCP SYN (which some schedulers place without the
-/// table, [`consults_conntrack`]). A packet of an established flow then
-/// finds its VIP through the entry ([`owner_serves`]) and needs no `VIPS`
-/// lookup; a miss is not looked up again once the VIP is known.
+/// table, [`consults_conntrack`]) whose destination and protocol have
+/// their bit set in the entry filter (`filtered`, asked only then; see
+/// [`in_entry_filter`]). A packet of an established flow then finds its
+/// VIP through the entry ([`owner_serves`]) and needs no `VIPS` lookup; a
+/// miss is not looked up again once the VIP is known. The filter only
+/// saves work: a packet that skips this lookup takes the `VIPS` path,
+/// which consults the table itself, so a bit set or cleared late changes
+/// no decision.
 #[inline(always)]
-pub fn entry_first(tcp_syn: bool) -> bool {
-    !tcp_syn
+pub fn entry_first(tcp_syn: bool, filtered: impl FnOnce() -> bool) -> bool {
+    !tcp_syn && filtered()
+}
+
+/// Whether a VIP sets its address and protocol's bit in the entry filter
+/// (`lb_common::entry_filter_bit`): when it keeps flows in the connection
+/// table. A stateless VIP's packets would look up an entry only to miss.
+#[inline(always)]
+pub fn in_entry_filter(vip_flags: u32) -> bool {
+    uses_conntrack(vip_flags)
 }
 
 /// Whether the VIP that `owner` (a `VIP_BY_ID` entry) describes is the one
@@ -494,8 +507,21 @@ mod tests {
         }
         // An id no VIP has (all zero) serves nothing.
         assert!(!owner_serves(&VipById::default(), &f));
-        // SYNs find their VIP first; everything else its entry.
-        assert!(!entry_first(true) && entry_first(false));
+        // SYNs find their VIP first; everything else its entry, where the
+        // entry filter says a VIP there keeps entries (stateless ones not).
+        let asked = &core::cell::Cell::new(0);
+        let filter = |set| {
+            move || {
+                asked.set(asked.get() + 1);
+                set
+            }
+        };
+        assert!(!entry_first(true, filter(true)) && entry_first(false, filter(true)));
+        assert!(!entry_first(false, filter(false)) && !entry_first(true, filter(false)));
+        // SYNs do not read the filter.
+        assert_eq!(asked.get(), 2);
+        assert!(in_entry_filter(0) && in_entry_filter(VIP_F_SRC_HASH | crate::VIP_F_L2DSR));
+        assert!(!in_entry_filter(VIP_F_STATELESS));
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl Default for LoadOptions {
 
 /// Every map of the balancer with its (key size, value size, capacity), to
 /// pin them and to check that pinned ones have the layout this build expects.
-pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 14] {
+pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u32); 15] {
     use std::mem::size_of;
     [
         (
@@ -76,6 +76,7 @@ pub(super) fn map_layout(opts: &LoadOptions) -> [(&'static str, usize, usize, u3
         ("LB_CONFIG", 4, size_of::<LbConfig>(), 1),
         ("TX_PORTS", 4, 8, lb_common::MAX_TX_PORTS),
         ("VIP_FILTER", 4, 8, lb_common::VIP_FILTER_WORDS),
+        ("ENTRY_FILTER", 4, 8, lb_common::VIP_FILTER_WORDS),
         ("STATS", 4, 8, lb_common::counters::COUNTER_SLOTS),
         (
             "VIP_STATS",

@@ -144,6 +144,9 @@ pub struct Balancer {
     vip_filter: Array<MapData, u64>,
     /// What `vip_filter` holds.
     filter_words: Vec<u64>,
+    entry_filter: Array<MapData, u64>,
+    /// What `entry_filter` holds.
+    entry_filter_words: Vec<u64>,
     stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
@@ -266,6 +269,8 @@ impl Balancer {
             tx_ports: take!(ebpf, "TX_PORTS"),
             vip_filter: take!(ebpf, "VIP_FILTER"),
             filter_words: Vec::new(),
+            entry_filter: take!(ebpf, "ENTRY_FILTER"),
+            entry_filter_words: Vec::new(),
             stats: take!(ebpf, "STATS"),
             vip_stats: take!(ebpf, "VIP_STATS"),
             backend_stats: take!(ebpf, "BACKEND_STATS"),
@@ -298,6 +303,10 @@ impl Balancer {
             .map(|i| balancer.vip_filter.get(&i, 0))
             .collect::<std::result::Result<_, _>>()
             .map_err(map_err("VIP_FILTER"))?;
+        balancer.entry_filter_words = (0..lb_common::VIP_FILTER_WORDS)
+            .map(|i| balancer.entry_filter.get(&i, 0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err("ENTRY_FILTER"))?;
         if adopting {
             balancer.adopt()?;
             // The settings the running program uses (encap sources, the

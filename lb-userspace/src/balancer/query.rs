@@ -296,6 +296,18 @@ impl Balancer {
         })
     }
 
+    /// Whether the data path looks up the entry of an established flow to
+    /// `addr` and `proto` before its VIP: the entry-filter bit as the map
+    /// holds it (`rules::entry_first`).
+    pub fn entry_filtered(&self, addr: IpAddr, proto: crate::model::Proto) -> Result<bool> {
+        let bit = lb_common::entry_filter_bit(&lb_common::user::addr_words(addr).0, proto.number());
+        let word = self
+            .entry_filter
+            .get(&(bit / 64), 0)
+            .map_err(map_err("ENTRY_FILTER"))?;
+        Ok(word & (1 << (bit % 64)) != 0)
+    }
+
     /// The connection-table entry of a flow, if any.
     pub fn conntrack_entry(&self, flow: &FlowKey) -> Option<ConnEntry> {
         self.conntrack.get(flow, 0).ok()

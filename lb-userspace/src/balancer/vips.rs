@@ -1,8 +1,6 @@
 //! VIP entries and their Maglev tables: a backend set is switched by
 //! writing the idle half of the VIP's region, then flipping the VIP entry.
 
-use std::net::IpAddr;
-
 use lb_common::{user::addr_words, AddrKey, VipById, VipInfo};
 
 use super::{
@@ -39,8 +37,11 @@ impl Balancer {
             let result = self.set_backends(vip, &specs);
             if result.is_err() {
                 self.vips.get_mut(&vip).expect("present").settings = old;
+                return result;
             }
-            return result;
+            // A VIP that became stateless or stateful: its entry-filter bit
+            // (only ever a hint, see `write_filter`).
+            return self.write_filter(None);
         }
         if self.free_vip_ids.is_empty() {
             return Err(MapsError::TooManyVips(self.max_vips));
@@ -63,7 +64,7 @@ impl Balancer {
         let info = vip_info(&state);
         // The filter first: the data path must not pass the VIP's first
         // packets as "not a VIP" once its entry exists.
-        if let Err(e) = self.write_filter(Some(vip.addr)) {
+        if let Err(e) = self.write_filter(Some((&vip, info.flags))) {
             self.free_vip_ids.push_front(vip_id);
             self.pool.release(region.base, region.len());
             return Err(e);
@@ -361,23 +362,38 @@ impl Balancer {
         }
     }
 
-    /// Sets the filter bits of every VIP's address (and `extra`'s), clears
-    /// the rest; writes only the words that change.
-    pub(super) fn write_filter(&mut self, extra: Option<IpAddr>) -> Result<()> {
-        let mut want = vec![0u64; lb_common::VIP_FILTER_WORDS as usize];
-        for addr in self.vips.keys().map(|v| v.addr).chain(extra) {
-            let bit = lb_common::vip_filter_bit(&addr_words(addr).0);
-            want[(bit / 64) as usize] |= 1 << (bit % 64);
-        }
-        for (i, (w, have)) in want.iter().zip(self.filter_words.iter_mut()).enumerate() {
-            if w != have {
-                self.vip_filter
-                    .set(i as u32, *w, 0)
-                    .map_err(map_err("VIP_FILTER"))?;
-                *have = *w;
+    /// Sets the filter bits of every VIP (and of `extra`, one about to be
+    /// added, with its flags), clears the rest; writes only the words that
+    /// change. The VIP filter comes first: a bit it lacks passes a VIP's
+    /// packets. The entry filter only spares stateless VIPs a lookup (a
+    /// clear bit sends packets the `VIPS` way, which decides the same), so
+    /// its bits may lag.
+    pub(super) fn write_filter(&mut self, extra: Option<(&VipId, u32)>) -> Result<()> {
+        let words = lb_common::VIP_FILTER_WORDS as usize;
+        let (mut vips, mut entries) = (vec![0u64; words], vec![0u64; words]);
+        let all = self.vips.iter().map(|(v, s)| (v, vip_info(s).flags));
+        for (vip, flags) in all.chain(extra) {
+            let addr = addr_words(vip.addr).0;
+            set_bit(&mut vips, lb_common::vip_filter_bit(&addr));
+            if lb_common::rules::in_entry_filter(flags) {
+                set_bit(
+                    &mut entries,
+                    lb_common::entry_filter_bit(&addr, vip.proto.number()),
+                );
             }
         }
-        Ok(())
+        write_words(
+            &mut self.vip_filter,
+            &mut self.filter_words,
+            &vips,
+            "VIP_FILTER",
+        )?;
+        write_words(
+            &mut self.entry_filter,
+            &mut self.entry_filter_words,
+            &entries,
+            "ENTRY_FILTER",
+        )
     }
 
     /// Maglev slots the last backend-set switch wrote into the maps (the rest
@@ -385,6 +401,26 @@ impl Balancer {
     pub fn last_table_writes(&self) -> usize {
         self.last_table_writes
     }
+}
+
+fn set_bit(words: &mut [u64], bit: u32) {
+    words[(bit / 64) as usize] |= 1 << (bit % 64);
+}
+
+/// Writes the words of a filter map that differ from what it holds (`have`).
+fn write_words(
+    map: &mut aya::maps::Array<aya::maps::MapData, u64>,
+    have: &mut [u64],
+    want: &[u64],
+    name: &'static str,
+) -> Result<()> {
+    for (i, (w, h)) in want.iter().zip(have.iter_mut()).enumerate() {
+        if w != h {
+            map.set(i as u32, *w, 0).map_err(map_err(name))?;
+            *h = *w;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `table` from `base`, skipping entries that already hold the right

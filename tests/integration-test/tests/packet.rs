@@ -892,6 +892,40 @@ fn established_flows_follow_a_change_of_forwarding_and_of_state() {
 }
 
 #[test]
+fn the_entry_filter_names_the_addresses_of_stateful_vips() {
+    let mut t = TestLb::new();
+    let addr = ip("10.100.0.1");
+    let filtered = |t: &TestLb, proto| t.lb.entry_filtered(addr, proto).unwrap();
+    let (tcp, udp) = (
+        vip("10.100.0.1", 80, Proto::Tcp),
+        vip("10.100.0.1", 53, Proto::Udp),
+    );
+    assert!(!filtered(&t, Proto::Tcp) && !filtered(&t, Proto::Udp));
+    t.add_vip(tcp, VipSettings::default(), &backends(&["10.0.0.2"]));
+    let stateless = VipSettings {
+        stateless: true,
+        ..VipSettings::default()
+    };
+    t.add_vip(udp, stateless.clone(), &backends(&["10.0.0.3"]));
+    // The protocol counts: a stateless UDP VIP beside a stateful TCP one
+    // keeps its packets off the connection table.
+    assert!(filtered(&t, Proto::Tcp) && !filtered(&t, Proto::Udp));
+    t.lb.upsert_vip(tcp, stateless).unwrap();
+    assert!(!filtered(&t, Proto::Tcp));
+    t.lb.upsert_vip(tcp, VipSettings::default()).unwrap();
+    assert!(filtered(&t, Proto::Tcp));
+    // Established flows of the VIP made stateful again are served (through
+    // their entries) as before.
+    let f = Frame::tcp(V4_CLIENT, 4242, "10.100.0.1", 80).with_flags(TCP_ACK);
+    assert_eq!(frame::outer_dst(&t.run(&f.build()).1), ip("10.0.0.2"));
+    let hits = t.counter(Counter::ConnHit);
+    assert_eq!(frame::outer_dst(&t.run(&f.build()).1), ip("10.0.0.2"));
+    assert_eq!(t.counter(Counter::ConnHit), hits + 1);
+    t.lb.remove_vip(&tcp).unwrap();
+    assert!(!filtered(&t, Proto::Tcp));
+}
+
+#[test]
 fn ipv4_fragments_of_a_datagram_share_a_backend() {
     let mut t = TestLb::new();
     t.add_vip(

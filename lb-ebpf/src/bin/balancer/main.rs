@@ -111,7 +111,7 @@ fn place(pkt: &Packet) -> Result<(VipInfo, u32, u32, bool), Out> {
         records: !pkt.tcp_rst,
     };
     let mut seen = Seen::NotYet;
-    if rules::entry_first(pkt.tcp_syn) {
+    if rules::entry_first(pkt.tcp_syn, || maps::entry_filtered(&pkt.flow)) {
         match conntrack::established(&pkt.flow, life) {
             Ok((vip, id, hash)) => return Ok((vip, id, hash, true)),
             Err(s) => seen = s,

@@ -58,6 +58,12 @@ pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
+/// One bit per hash of the address and protocol of every VIP that keeps
+/// connection-table entries (`lb_common::entry_filter_bit`): whether a
+/// packet's entry is looked up before its VIP (`rules::entry_first`).
+#[map]
+pub static ENTRY_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
 /// Interfaces the balancer may redirect to, keyed by ifindex.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
@@ -117,6 +123,17 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
 pub fn maybe_vip(dst: &lb_common::Addr) -> bool {
     let bit = lb_common::vip_filter_bit(dst);
     match VIP_FILTER.get(bit / 64) {
+        Some(word) => word & (1u64 << (bit % 64)) != 0,
+        None => true,
+    }
+}
+
+/// Whether the entry filter has the bit of `flow`'s destination and
+/// protocol; a missing word counts as set (the lookup then decides).
+#[inline(always)]
+pub fn entry_filtered(flow: &FlowKey) -> bool {
+    let bit = lb_common::entry_filter_bit(&flow.dst, flow.proto);
+    match ENTRY_FILTER.get(bit / 64) {
         Some(word) => word & (1u64 << (bit % 64)) != 0,
         None => true,
     }
