@@ -906,7 +906,7 @@ fn the_entry_filter_names_the_addresses_of_stateful_vips() {
         stateless: true,
         ..VipSettings::default()
     };
-    t.add_vip(udp, stateless.clone(), &backends(&["10.0.0.3"]));
+    t.add_vip(udp, stateless, &backends(&["10.0.0.3"]));
     // The protocol counts: a stateless UDP VIP beside a stateful TCP one
     // keeps its packets off the connection table.
     assert!(filtered(&t, Proto::Tcp) && !filtered(&t, Proto::Udp));
