@@ -21,7 +21,7 @@ use lb_common::{
 };
 use lb_ebpf::{
     field32, ipv4_checksum_words, ptr_at, unaligned, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN,
-    IPV6_HLEN,
+    IPV6_HLEN, VLAN_HLEN,
 };
 
 use crate::{maps, parse::Packet, stats, Out};
@@ -203,20 +203,6 @@ fn write_macs(ctx: &XdpContext, nh: &NextHop, short: Out) -> Result<(), Out> {
     Ok(())
 }
 
-/// Writes header words to packet memory at `off`.
-#[inline(always)]
-fn write_words<const N: usize>(ctx: &XdpContext, off: usize, words: &[u32; N]) -> Result<(), Out> {
-    let dst: *mut [u32; N] = ptr_at(ctx, off).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
-    let p: *mut u8 = dst.cast();
-    let mut i = 0;
-    while i < N {
-        // SAFETY: `ptr_at` checked all N words are inside the frame.
-        unsafe { unaligned::store32(p.add(4 * i), words[i]) };
-        i += 1;
-    }
-    Ok(())
-}
-
 /// Drops Ethernet padding after the datagram, so the tunnel carries exactly
 /// the datagram and the outer length is right.
 #[inline(always)]
@@ -233,15 +219,21 @@ fn trim_padding(ctx: &XdpContext, pkt: &Packet) -> Result<(), Out> {
 }
 
 /// Makes room for an outer header of `len` bytes and writes the Ethernet
-/// header (and the VLAN tag the frame came with) in front of it.
+/// header (and the VLAN tag the frame came with) in front of it. Returns
+/// the frame's start, checked to hold `W` (the Ethernet header, a tag and
+/// as much of the outer header as the caller writes through it), and the
+/// outer header's offset. One bounds check for everything written in front
+/// of the datagram: each check is an exit the program must prepare for,
+/// and five of them cost more than the stores.
 #[inline(always)]
-pub fn push_outer(
+pub fn push_outer<W>(
     ctx: &XdpContext,
     pkt: &Packet,
     len: usize,
     ether_type: u16,
     nh: &NextHop,
-) -> Result<(), Out> {
+) -> Result<(*mut u8, usize), Out> {
+    const { assert!(size_of::<W>() >= ETH_HLEN + VLAN_HLEN) };
     let tagged = pkt.l2.l3_off > ETH_HLEN;
     let mut tag = 0u32;
     if tagged {
@@ -252,18 +244,48 @@ pub fn push_outer(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(len as i32)) } != 0 {
         return Err(Out::Drop(Counter::DropNoHeadroom));
     }
-    let no_room = Out::Drop(Counter::DropNoHeadroom);
-    write_macs(ctx, nh, no_room)?;
-    let type_off = if tagged {
-        write_words(ctx, ETH_HLEN - 2, &[tag])?;
-        ETH_HLEN + 2
-    } else {
-        ETH_HLEN - 2
-    };
-    let et: *mut [u8; 2] = ptr_at(ctx, type_off).ok_or(no_room)?;
-    // SAFETY: `ptr_at` checked the two bytes are inside the frame.
-    unsafe { unaligned::store16(et.cast(), ether_type.to_be()) };
-    Ok(())
+    let front: *mut W = ptr_at(ctx, 0).ok_or(Out::Drop(Counter::DropNoHeadroom))?;
+    let p: *mut u8 = front.cast();
+    let et = ether_type.to_be();
+    // SAFETY: `ptr_at` checked that `W`, at least the Ethernet header and
+    // a tag, is inside the frame.
+    unsafe {
+        unaligned::store32(p, nh.macs[0]);
+        unaligned::store32(p.add(4), nh.macs[1]);
+        unaligned::store32(p.add(8), nh.macs[2]);
+        if tagged {
+            unaligned::store32(p.add(ETH_HLEN - 2), tag);
+            unaligned::store16(p.add(ETH_HLEN + 2), et);
+            Ok((p, ETH_HLEN + VLAN_HLEN))
+        } else {
+            unaligned::store16(p.add(ETH_HLEN - 2), et);
+            Ok((p, ETH_HLEN))
+        }
+    }
+}
+
+/// The frame's front as far as an outer IPv4 (IPv6) header reaches with a
+/// VLAN tag: what `push_outer` checks for the encapsulations. Every frame
+/// that gets one is longer (the outer header precedes at least the inner
+/// one).
+type Front4 = [u8; ETH_HLEN + VLAN_HLEN + IPV4_HLEN];
+/// Only the Ethernet header and a tag, for callers that write the rest
+/// themselves.
+pub type FrontL2 = [u8; ETH_HLEN + VLAN_HLEN];
+type Front6 = [u8; ETH_HLEN + VLAN_HLEN + IPV6_HLEN];
+
+/// Stores header words at `p + off`.
+///
+/// # Safety
+/// `off + 4 * N` bytes from `p` must be inside the frame (`push_outer`'s
+/// window).
+#[inline(always)]
+unsafe fn store_words<const N: usize>(p: *mut u8, off: usize, words: &[u32; N]) {
+    let mut i = 0;
+    while i < N {
+        unsafe { unaligned::store32(p.add(off + 4 * i), words[i]) };
+        i += 1;
+    }
 }
 
 /// IPv4-in-IPv4 (RFC 2003): fresh TTL, the inner TOS and DF copied. Built
@@ -286,8 +308,10 @@ fn encap_v4(
         dst[0],
     ];
     h[2] |= (ipv4_checksum_words(&h) as u32) << 16;
-    push_outer(ctx, pkt, IPV4_HLEN, ETH_P_IP, nh)?;
-    write_words(ctx, pkt.l2.l3_off, &h)
+    let (p, l3) = push_outer::<Front4>(ctx, pkt, IPV4_HLEN, ETH_P_IP, nh)?;
+    // SAFETY: the header ends at most at `Front4`'s end.
+    unsafe { store_words(p, l3, &h) };
+    Ok(())
 }
 
 /// IPv6-in-IPv6 (RFC 2473): fresh hop limit, the inner traffic class copied,
@@ -313,8 +337,10 @@ fn encap_v6(
     h[7] = dst[1];
     h[8] = dst[2];
     h[9] = dst[3];
-    push_outer(ctx, pkt, IPV6_HLEN, ETH_P_IPV6, nh)?;
-    write_words(ctx, pkt.l2.l3_off, &h)
+    let (p, l3) = push_outer::<Front6>(ctx, pkt, IPV6_HLEN, ETH_P_IPV6, nh)?;
+    // SAFETY: the header ends at most at `Front6`'s end.
+    unsafe { store_words(p, l3, &h) };
+    Ok(())
 }
 
 /// Out of the interface it came in on, or redirected to another.

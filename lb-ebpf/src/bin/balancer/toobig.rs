@@ -192,7 +192,7 @@ fn frag_needed(ctx: &XdpContext, pkt: &Packet, fits: usize) -> Result<(), Out> {
     } & !3;
     let nh = reverse_l2(ctx)?;
     let (vip, client) = (pkt.flow.dst[0].to_ne_bytes(), pkt.flow.src[0].to_ne_bytes());
-    forward::push_outer(ctx, pkt, IPV4_HLEN + ICMP_HLEN, ETH_P_IP, &nh)?;
+    forward::push_outer::<forward::FrontL2>(ctx, pkt, IPV4_HLEN + ICMP_HLEN, ETH_P_IP, &nh)?;
     cut(ctx, l3 + IPV4_HLEN + ICMP_HLEN + quote)?;
 
     let mut ip = [0u8; IPV4_HLEN];
@@ -234,7 +234,7 @@ fn packet_too_big(ctx: &XdpContext, pkt: &Packet, fits: usize) -> Result<(), Out
     } & !3;
     let nh = reverse_l2(ctx)?;
     let (vip, client) = (pkt.flow.dst, pkt.flow.src);
-    forward::push_outer(ctx, pkt, IPV6_HLEN + ICMP_HLEN, ETH_P_IPV6, &nh)?;
+    forward::push_outer::<forward::FrontL2>(ctx, pkt, IPV6_HLEN + ICMP_HLEN, ETH_P_IPV6, &nh)?;
     cut(ctx, l3 + IPV6_HLEN + ICMP_HLEN + quote)?;
 
     let len = (ICMP_HLEN + quote) as u32;
