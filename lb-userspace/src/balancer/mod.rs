@@ -18,7 +18,8 @@
 //! `vips` (VIP entries and table switching, over `pool`, `table_mem` and
 //! `maglev`), `backends` (backend entries, down marks, next hops), `query`
 //! (reads), `schedule` (what a VIP's live array holds, by scheduler),
-//! `conns` (least-connections counters and their reconcile), `mapping`
+//! `conns` (least-connections counters and their reconcile), `filter` (the
+//! VIP and entry filters' bitmaps), `mapping`
 //! (mmap'ed arrays), `error`.
 
 mod adopt;
@@ -26,6 +27,7 @@ mod attach;
 mod backends;
 mod conns;
 mod error;
+mod filter;
 mod layout;
 pub mod maglev;
 mod mapping;
@@ -141,12 +143,8 @@ pub struct Balancer {
     /// What `config` holds.
     lb_config: LbConfig,
     tx_ports: DevMapHash<MapData>,
-    vip_filter: Array<MapData, u64>,
-    /// What `vip_filter` holds.
-    filter_words: Vec<u64>,
-    entry_filter: Array<MapData, u64>,
-    /// What `entry_filter` holds.
-    entry_filter_words: Vec<u64>,
+    vip_filter: filter::Filter,
+    entry_filter: filter::Filter,
     stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
@@ -267,10 +265,8 @@ impl Balancer {
             config: take!(ebpf, "LB_CONFIG"),
             lb_config: LbConfig::default(),
             tx_ports: take!(ebpf, "TX_PORTS"),
-            vip_filter: take!(ebpf, "VIP_FILTER"),
-            filter_words: Vec::new(),
-            entry_filter: take!(ebpf, "ENTRY_FILTER"),
-            entry_filter_words: Vec::new(),
+            vip_filter: filter::Filter::read(take!(ebpf, "VIP_FILTER"), "VIP_FILTER")?,
+            entry_filter: filter::Filter::read(take!(ebpf, "ENTRY_FILTER"), "ENTRY_FILTER")?,
             stats: take!(ebpf, "STATS"),
             vip_stats: take!(ebpf, "VIP_STATS"),
             backend_stats: take!(ebpf, "BACKEND_STATS"),
@@ -299,14 +295,6 @@ impl Balancer {
             pin_dir: opts.pin_dir.clone(),
             adopted: adopting,
         };
-        balancer.filter_words = (0..lb_common::VIP_FILTER_WORDS)
-            .map(|i| balancer.vip_filter.get(&i, 0))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(map_err("VIP_FILTER"))?;
-        balancer.entry_filter_words = (0..lb_common::VIP_FILTER_WORDS)
-            .map(|i| balancer.entry_filter.get(&i, 0))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(map_err("ENTRY_FILTER"))?;
         if adopting {
             balancer.adopt()?;
             // The settings the running program uses (encap sources, the

@@ -300,12 +300,9 @@ impl Balancer {
     /// `addr` and `proto` before its VIP: the entry-filter bit as the map
     /// holds it (`rules::entry_first`).
     pub fn entry_filtered(&self, addr: IpAddr, proto: crate::model::Proto) -> Result<bool> {
-        let bit = lb_common::entry_filter_bit(&lb_common::user::addr_words(addr).0, proto.number());
-        let word = self
-            .entry_filter
-            .get(&(bit / 64), 0)
-            .map_err(map_err("ENTRY_FILTER"))?;
-        Ok(word & (1 << (bit % 64)) != 0)
+        let addr = lb_common::user::addr_words(addr).0;
+        self.entry_filter
+            .has(lb_common::entry_filter_bit(&addr, proto.number()))
     }
 
     /// The connection-table entry of a flow, if any.

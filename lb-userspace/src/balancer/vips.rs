@@ -5,6 +5,7 @@ use lb_common::{user::addr_words, AddrKey, VipById, VipInfo};
 
 use super::{
     error::{map_err, Result},
+    filter::{set_bit, Filter},
     maglev::MaglevBackend,
     pool::TablePool,
     query::{vip_info, vip_key},
@@ -369,8 +370,7 @@ impl Balancer {
     /// clear bit sends packets the `VIPS` way, which decides the same), so
     /// its bits may lag.
     pub(super) fn write_filter(&mut self, extra: Option<(&VipId, u32)>) -> Result<()> {
-        let words = lb_common::VIP_FILTER_WORDS as usize;
-        let (mut vips, mut entries) = (vec![0u64; words], vec![0u64; words]);
+        let (mut vips, mut entries) = (Filter::empty(), Filter::empty());
         let all = self.vips.iter().map(|(v, s)| (v, vip_info(s).flags));
         for (vip, flags) in all.chain(extra) {
             let addr = addr_words(vip.addr).0;
@@ -382,18 +382,8 @@ impl Balancer {
                 );
             }
         }
-        write_words(
-            &mut self.vip_filter,
-            &mut self.filter_words,
-            &vips,
-            "VIP_FILTER",
-        )?;
-        write_words(
-            &mut self.entry_filter,
-            &mut self.entry_filter_words,
-            &entries,
-            "ENTRY_FILTER",
-        )
+        self.vip_filter.write(&vips)?;
+        self.entry_filter.write(&entries)
     }
 
     /// Maglev slots the last backend-set switch wrote into the maps (the rest
@@ -401,26 +391,6 @@ impl Balancer {
     pub fn last_table_writes(&self) -> usize {
         self.last_table_writes
     }
-}
-
-fn set_bit(words: &mut [u64], bit: u32) {
-    words[(bit / 64) as usize] |= 1 << (bit % 64);
-}
-
-/// Writes the words of a filter map that differ from what it holds (`have`).
-fn write_words(
-    map: &mut aya::maps::Array<aya::maps::MapData, u64>,
-    have: &mut [u64],
-    want: &[u64],
-    name: &'static str,
-) -> Result<()> {
-    for (i, (w, h)) in want.iter().zip(have.iter_mut()).enumerate() {
-        if w != h {
-            map.set(i as u32, *w, 0).map_err(map_err(name))?;
-            *h = *w;
-        }
-    }
-    Ok(())
 }
 
 /// Writes `table` from `base`, skipping entries that already hold the right

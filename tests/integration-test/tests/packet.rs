@@ -331,6 +331,13 @@ fn a_port_vip_wins_over_the_portless_one() {
     assert_eq!(frame::outer_dst(&out), ip("10.0.0.2"));
 }
 
+/// `n` TCP flows from the client to the web VIP, from source port `first` on.
+fn web_flows(first: u16, n: u16) -> Vec<Frame> {
+    (0..n)
+        .map(|i| Frame::tcp(V4_CLIENT, first + i, "10.100.0.1", 80))
+        .collect()
+}
+
 fn ten_backends_v4() -> Vec<BackendSpec> {
     (2..12)
         .map(|i| BackendSpec {
@@ -605,9 +612,7 @@ fn icmp_errors_follow_the_table_when_the_flow_has_no_entry() {
 #[test]
 fn flows_stick_to_their_backend_across_table_changes() {
     let (mut t, v) = web_vip_over(&backends(&["10.0.0.2", "10.0.0.3"]));
-    let flows: Vec<Frame> = (0..200)
-        .map(|i| Frame::tcp(V4_CLIENT, 20000 + i, "10.100.0.1", 80))
-        .collect();
+    let flows = web_flows(20000, 200);
     let first: Vec<IpAddr> = flows
         .iter()
         .map(|f| frame::outer_dst(&t.run(&f.build()).1))
@@ -711,9 +716,7 @@ fn tcp_rst_creates_no_entry() {
 #[test]
 fn removed_or_down_backends_lose_their_flows() {
     let (mut t, v) = web_vip_over(&ten_backends_v4());
-    let flows: Vec<Frame> = (0..100)
-        .map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80))
-        .collect();
+    let flows = web_flows(30000, 100);
     for f in &flows {
         t.run(&f.build());
     }
@@ -743,9 +746,7 @@ fn removed_or_down_backends_lose_their_flows() {
 #[test]
 fn drained_backends_keep_established_flows() {
     let (mut t, v) = web_vip_over(&ten_backends_v4());
-    let flows: Vec<Frame> = (0..200)
-        .map(|i| Frame::tcp(V4_CLIENT, 30000 + i, "10.100.0.1", 80))
-        .collect();
+    let flows = web_flows(30000, 200);
     let owners: Vec<IpAddr> = flows
         .iter()
         .map(|f| frame::outer_dst(&t.run(&f.build()).1))
@@ -785,9 +786,7 @@ fn drained_backends_keep_established_flows() {
 #[test]
 fn established_flows_are_served_through_their_entry() {
     let (mut t, _) = web_vip_over(&ten_backends_v4());
-    let flows: Vec<Frame> = (0..50)
-        .map(|i| Frame::tcp(V4_CLIENT, 31000 + i, "10.100.0.1", 80))
-        .collect();
+    let flows = web_flows(31000, 50);
     for f in &flows {
         t.run(&f.build());
     }

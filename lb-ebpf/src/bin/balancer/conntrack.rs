@@ -87,6 +87,8 @@ pub fn lookup_or_select(
 ) -> Result<(u32, u32, bool), Out> {
     let now = now_ns();
     let hit = if rules::consults_conntrack(vip.flags, life.starts) {
+        // The lookup if none was done yet, then one `check` for both
+        // (each inlined call of it is a copy in the program).
         let seen = match seen {
             Seen::NotYet => match maps::CONNTRACK.get_ptr_mut(flow) {
                 Some(entry) => Seen::Entry(entry),

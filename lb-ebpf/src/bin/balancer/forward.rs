@@ -264,14 +264,13 @@ pub fn push_outer<W>(
     }
 }
 
-/// The frame's front as far as an outer IPv4 (IPv6) header reaches with a
-/// VLAN tag: what `push_outer` checks for the encapsulations. Every frame
-/// that gets one is longer (the outer header precedes at least the inner
-/// one).
-type Front4 = [u8; ETH_HLEN + VLAN_HLEN + IPV4_HLEN];
-/// Only the Ethernet header and a tag, for callers that write the rest
-/// themselves.
+/// Only the Ethernet header and a tag: `push_outer`'s window for callers
+/// that write the rest themselves.
 pub type FrontL2 = [u8; ETH_HLEN + VLAN_HLEN];
+/// The frame's front as far as an outer IPv4 (IPv6) header reaches with a
+/// VLAN tag: the window for the encapsulations. Every frame that gets one
+/// is longer (the outer header precedes at least the inner one).
+type Front4 = [u8; ETH_HLEN + VLAN_HLEN + IPV4_HLEN];
 type Front6 = [u8; ETH_HLEN + VLAN_HLEN + IPV6_HLEN];
 
 /// Stores header words at `p + off`.

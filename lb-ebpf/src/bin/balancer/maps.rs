@@ -121,19 +121,24 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
 /// Whether `dst` may be a VIP's address; `false` means certainly not.
 #[inline(always)]
 pub fn maybe_vip(dst: &lb_common::Addr) -> bool {
-    let bit = lb_common::vip_filter_bit(dst);
-    match VIP_FILTER.get(bit / 64) {
-        Some(word) => word & (1u64 << (bit % 64)) != 0,
-        None => true,
-    }
+    has_bit(&VIP_FILTER, lb_common::vip_filter_bit(dst))
 }
 
 /// Whether the entry filter has the bit of `flow`'s destination and
-/// protocol; a missing word counts as set (the lookup then decides).
+/// protocol.
 #[inline(always)]
 pub fn entry_filtered(flow: &FlowKey) -> bool {
-    let bit = lb_common::entry_filter_bit(&flow.dst, flow.proto);
-    match ENTRY_FILTER.get(bit / 64) {
+    has_bit(
+        &ENTRY_FILTER,
+        lb_common::entry_filter_bit(&flow.dst, flow.proto),
+    )
+}
+
+/// Whether a filter bitmap has `bit` set; a word out of range counts as
+/// set (the filters only ever let the lookups after them decide).
+#[inline(always)]
+fn has_bit(filter: &Array<u64>, bit: u32) -> bool {
+    match filter.get(bit / 64) {
         Some(word) => word & (1u64 << (bit % 64)) != 0,
         None => true,
     }
