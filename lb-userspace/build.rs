@@ -1,5 +1,5 @@
 //! Embeds the eBPF objects into the library: the loader includes
-//! `$OUT_DIR/lb-balancer.o` and `$OUT_DIR/lb-decap.o`.
+//! `$OUT_DIR/lb-balancer.o`, `$OUT_DIR/lb-decap.o` and `$OUT_DIR/lb-clock.o`.
 //!
 //! `cargo xtask build` compiles them with the nightly toolchain into
 //! target/bpf (always release); this script only copies them, because a
@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::{env, fs};
 
-const OBJECTS: [&str; 2] = ["lb-balancer", "lb-decap"];
+const OBJECTS: [&str; 3] = ["lb-balancer", "lb-decap", "lb-clock"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());

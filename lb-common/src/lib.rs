@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod bucket;
+pub mod clock;
 pub mod counters;
 pub mod debug;
 pub mod hash;

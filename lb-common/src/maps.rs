@@ -228,9 +228,9 @@ pub struct ConnEntry {
     /// not compute it again; 0 = not known (an entry user space wrote), the
     /// data path then computes it.
     pub flow_hash: u32,
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, tick resolution) of the
-    /// last packet, refreshed at most once per `CONN_TOUCH_NS` to keep the
-    /// entry's cache line quiet.
+    /// CLOCK_MONOTONIC at tick resolution (`clock`) of the last packet,
+    /// refreshed at most once per `CONN_TOUCH_NS` to keep the entry's cache
+    /// line quiet.
     pub last_seen_ns: u64,
     /// `CONN_F_*`: whether the flow was counted as active on its backend
     /// (least-connections) and whether it has been un-counted since. Set

@@ -39,6 +39,8 @@ pub enum MapsError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("the balancer's clock: {0}")]
+    Clock(String),
     #[error("program: {0}")]
     Program(#[from] aya::programs::ProgramError),
 }

@@ -25,6 +25,7 @@
 mod adopt;
 mod attach;
 mod backends;
+mod clock;
 mod conns;
 mod error;
 mod filter;
@@ -205,10 +206,13 @@ impl Balancer {
         }
         let tcp = opts.tcp_idle_timeout.as_nanos() as u64;
         let udp = opts.udp_idle_timeout.as_nanos() as u64;
+        let (tick_ns, tick_offset_ns) = clock::measure()?;
         let mut loader = EbpfLoader::new();
         loader
             .override_global("TCP_IDLE_TIMEOUT_NS", &tcp, true)
-            .override_global("UDP_IDLE_TIMEOUT_NS", &udp, true);
+            .override_global("UDP_IDLE_TIMEOUT_NS", &udp, true)
+            .override_global("TICK_NS", &tick_ns, true)
+            .override_global("TICK_OFFSET_NS", &tick_offset_ns, true);
         for (name, _, _, max) in map_layout(opts) {
             loader.map_max_entries(name, max);
         }

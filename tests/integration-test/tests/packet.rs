@@ -688,6 +688,34 @@ fn idle_expired_entries_are_rehashed() {
     assert!(e.last_seen_ns > stale);
 }
 
+/// The data path's clock (the kernel's tick counter, calibrated by the
+/// loader) is CLOCK_MONOTONIC, the time user space writes entries with and
+/// measures idleness against: a new flow's entry is stamped between the
+/// readings taken around its packet, less the tick the clock lags by.
+#[test]
+fn a_new_entry_is_stamped_with_clock_monotonic() {
+    let mut t = TestLb::new();
+    let v = vip("10.100.0.1", 80, Proto::Udp);
+    t.add_vip(v, VipSettings::default(), &ten_backends_v4());
+    let f = Frame::udp(V4_CLIENT, 778, "10.100.0.1", 80);
+    let before = lb::daemon::monotonic_ns();
+    t.run(&f.build());
+    let after = lb::daemon::monotonic_ns();
+    let stamped = t.lb.conntrack_entry(&flow_of(&f)).unwrap().last_seen_ns;
+    // Slack: a tick is at most 1/24 s; the calibration may put the clock
+    // a reading's delay (µs) ahead.
+    const TICK_MAX_NS: u64 = 41_666_667;
+    const READING_NS: u64 = 1_000_000;
+    assert!(
+        stamped <= after + READING_NS,
+        "stamped {stamped} ns, after the packet {after} ns"
+    );
+    assert!(
+        stamped + TICK_MAX_NS >= before,
+        "stamped {stamped} ns, before the packet {before} ns"
+    );
+}
+
 /// The backend the table picks for `flow`, and another backend of `v`
 /// with its id (to plant a connection-table entry that disagrees).
 fn table_choice_and_another(t: &TestLb, v: &VipId, flow: &FlowKey) -> (IpAddr, IpAddr, u32) {

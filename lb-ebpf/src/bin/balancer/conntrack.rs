@@ -3,7 +3,7 @@
 //! flow as active on its backend from its first packet until its FIN or
 //! RST, or until its entry is found expired or stale.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::generated::bpf_jiffies64;
 use lb_common::{
     rules, ConnEntry, Counter, FlowKey, HashMode, VipInfo, CONN_F_CLOSED, CONN_F_COUNTED,
     CONN_F_OPENING, CONN_TOUCH_NS, PROTO_TCP,
@@ -164,12 +164,12 @@ fn add_count(id: u32, closed: bool) {
     }
 }
 
-/// CLOCK_MONOTONIC at tick resolution: idle timeouts are seconds, and the
-/// coarse clock is one memory read where the precise one reads the clock
-/// source on every packet.
+/// CLOCK_MONOTONIC at tick resolution, from the tick counter the verifier
+/// reads in place (`lb_common::clock`): no call on the packet path.
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    unsafe { bpf_ktime_get_coarse_ns() }
+    let (tick_ns, offset_ns) = maps::tick_clock();
+    lb_common::clock::tick_clock_ns(unsafe { bpf_jiffies64() }, tick_ns, offset_ns)
 }
 
 /// The flow's live entry, looked up: its backend and the hash it recorded

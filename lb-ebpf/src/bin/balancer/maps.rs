@@ -151,6 +151,24 @@ static TCP_IDLE_TIMEOUT_NS: u64 = 900 * 1_000_000_000;
 #[unsafe(no_mangle)]
 static UDP_IDLE_TIMEOUT_NS: u64 = 300 * 1_000_000_000;
 
+/// The tick length and offset of the balancer's clock
+/// (`lb_common::clock`), measured by the loader at load time. The defaults
+/// are never used: the loader always sets both.
+#[unsafe(no_mangle)]
+static TICK_NS: u64 = 4_000_000;
+#[unsafe(no_mangle)]
+static TICK_OFFSET_NS: u64 = 0;
+
+#[inline(always)]
+pub fn tick_clock() -> (u64, u64) {
+    unsafe {
+        (
+            core::ptr::read_volatile(&TICK_NS),
+            core::ptr::read_volatile(&TICK_OFFSET_NS),
+        )
+    }
+}
+
 #[inline(always)]
 pub fn tcp_idle_timeout_ns() -> u64 {
     unsafe { core::ptr::read_volatile(&TCP_IDLE_TIMEOUT_NS) }
