@@ -9,7 +9,7 @@ use lb_common::{
     CONN_F_OPENING, CONN_TOUCH_NS, PROTO_TCP,
 };
 
-use crate::{atomic, maps, select, stats, Out};
+use crate::{atomic, maps, maps::Chosen, select, stats, Out};
 
 /// What the packet says about its flow's life.
 #[derive(Clone, Copy)]
@@ -48,13 +48,16 @@ pub enum Seen {
 /// is the flow's ([`rules::owner_serves`]). Else what the lookup found, for
 /// the path through `VIPS`.
 #[inline(always)]
-pub fn established(flow: &FlowKey, life: Life) -> Result<(VipInfo, u32, u32), Seen> {
+pub fn established(flow: &FlowKey, life: Life) -> Result<(VipInfo, Chosen, u32), Seen> {
     let Some(entry) = maps::CONNTRACK.get_ptr_mut(flow) else {
         return Err(Seen::Missing);
     };
     // SAFETY: a pointer into the map's value (see `check`).
     let (id, kept) = unsafe { ((*entry).backend_id, (*entry).flow_hash) };
-    let owner = maps::backend(id).and_then(|b| Some((b.vip_id, maps::vip_by_id(b.vip_id)?)));
+    let backend = Chosen::read(id);
+    let owner = backend
+        .entry
+        .and_then(|b| Some((b.vip_id, maps::vip_by_id(b.vip_id)?)));
     let vip = match owner {
         // An entry without its hash (written by user space) takes the
         // `VIPS` path, which hashes the flow.
@@ -67,8 +70,8 @@ pub fn established(flow: &FlowKey, life: Life) -> Result<(VipInfo, u32, u32), Se
         },
         _ => return Err(Seen::Entry(entry)),
     };
-    match check(entry, flow, &vip, now_ns(), life) {
-        Some((id, hash)) => Ok((vip, id, hash)),
+    match check(entry, backend, flow, &vip, now_ns(), life) {
+        Some(hash) => Ok((vip, backend, hash)),
         None => Err(Seen::Dead),
     }
 }
@@ -84,7 +87,7 @@ pub fn lookup_or_select(
     mode: HashMode,
     life: Life,
     seen: Seen,
-) -> Result<(u32, u32, bool), Out> {
+) -> Result<(Chosen, u32, bool), Out> {
     let now = now_ns();
     let hit = if rules::consults_conntrack(vip.flags, life.starts) {
         // The lookup if none was done yet, then one `check` for both
@@ -97,7 +100,11 @@ pub fn lookup_or_select(
             other => other,
         };
         match seen {
-            Seen::Entry(entry) => check(entry, flow, vip, now, life),
+            Seen::Entry(entry) => {
+                // SAFETY: a pointer into the map's value (see `check`).
+                let backend = Chosen::read(unsafe { (*entry).backend_id });
+                check(entry, backend, flow, vip, now, life).map(|hash| (backend, hash))
+            }
             Seen::Missing => {
                 stats::count(Counter::ConnMiss);
                 None
@@ -116,14 +123,14 @@ pub fn lookup_or_select(
     } else {
         lb_common::flow_hash(flow, mode)
     };
-    if let Some((id, _)) = hit {
-        return Ok((id, hash, true));
+    if let Some((backend, _)) = hit {
+        return Ok((backend, hash, true));
     }
     let id = select::new_flow(vip, hash)?;
     if life.records {
         record(flow, vip, id, hash, now, life);
     }
-    Ok((id, hash, false))
+    Ok((Chosen::read(id), hash, false))
 }
 
 /// Records a new flow's entry; for least-connections, counts it as opened
@@ -180,21 +187,24 @@ pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, life: Life) -> Option<(u3
         stats::count(Counter::ConnMiss);
         return None;
     };
-    check(entry, flow, vip, now, life)
+    // SAFETY: a pointer into the map's value (see `check`).
+    let backend = Chosen::read(unsafe { (*entry).backend_id });
+    check(entry, backend, flow, vip, now, life).map(|hash| (backend.id, hash))
 }
 
-/// A found entry, if live and still valid: its backend and the hash it
-/// recorded. An entry found dead (expired, stale, or an earlier connection
+/// A found entry, if live and still valid (`backend`: the one it names, as
+/// read by the caller): the hash it recorded. An entry found dead (expired, stale, or an earlier connection
 /// a SYN replaces) is un-counted before the caller replaces it, and so is a
 /// live one when the packet ends the flow.
 #[inline(always)]
 fn check(
     entry: *mut ConnEntry,
+    backend: Chosen,
     flow: &FlowKey,
     vip: &VipInfo,
     now: u64,
     life: Life,
-) -> Option<(u32, u32)> {
+) -> Option<u32> {
     // SAFETY: a pointer into the map's value; racing writers only ever store
     // whole u32/u64 fields, so a torn read cannot produce an invalid value.
     let entry = unsafe { &mut *entry };
@@ -209,8 +219,9 @@ fn check(
         uncount(entry);
         return None;
     }
-    let id = entry.backend_id;
-    let valid = maps::backend(id).is_some_and(|b| rules::conn_backend_valid(b, vip.vip_id));
+    let valid = backend
+        .entry
+        .is_some_and(|b| rules::conn_backend_valid(b, vip.vip_id));
     if !valid {
         stats::count(Counter::ConnStale);
         uncount(entry);
@@ -237,7 +248,7 @@ fn check(
         count_late(entry);
     }
     stats::count(Counter::ConnHit);
-    Some((id, entry.flow_hash))
+    Some(entry.flow_hash)
 }
 
 /// Counts a flow that was placed before its VIP switched to

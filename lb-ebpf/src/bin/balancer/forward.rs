@@ -24,7 +24,7 @@ use lb_ebpf::{
     IPV6_HLEN, VLAN_HLEN,
 };
 
-use crate::{maps, parse::Packet, stats, Out};
+use crate::{maps, maps::Chosen, parse::Packet, stats, Out};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -69,18 +69,18 @@ impl NextHop {
     }
 }
 
-/// Sends the packet to backend `backend_id` of `vip`, counting it against
+/// Sends the packet to `chosen`, a backend of `vip`, counting it against
 /// both. `hash` is the flow hash (it picks the outer source in a prefix).
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
     pkt: &Packet,
     vip: &VipInfo,
-    backend_id: u32,
+    chosen: Chosen,
     hash: u32,
     frame_len: u64,
 ) -> Result<Out, Out> {
-    let backend = match maps::backend(backend_id) {
+    let backend = match chosen.entry {
         Some(b) if b.flags & BACKEND_F_ACTIVE != 0 => b,
         _ => return Err(Out::Drop(Counter::DropBadBackend)),
     };
@@ -97,7 +97,7 @@ pub fn to_backend(
         return Err(Out::TooBig(nh.mtu.saturating_sub(overhead as u32)));
     }
     stats::add_traffic(&maps::VIP_STATS, vip.vip_id, frame_len);
-    stats::add_traffic(&maps::BACKEND_STATS, backend_id, frame_len);
+    stats::add_traffic(&maps::BACKEND_STATS, chosen.id, frame_len);
     if l2dsr {
         set_macs(ctx, &nh)?;
     } else if pkt.flow.family == FAMILY_V4 {

@@ -9,7 +9,9 @@ use lb_common::{rules, Addr, Counter, FlowKey, HashMode, FAMILY_V4, PROTO_TCP, P
 use lb_ebpf::ptr_at;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use crate::{conntrack, find_vip, forward, maps, parse::words, parse::Packet, select, Out};
+use crate::{
+    conntrack, find_vip, forward, maps, maps::Chosen, parse::words, parse::Packet, select, Out,
+};
 
 const ICMP_HLEN: usize = 8;
 
@@ -34,7 +36,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out
         Some(id) => id,
         None => select::by_table(&vip, hash)?,
     };
-    forward::to_backend(ctx, pkt, &vip, backend_id, hash, frame_len)
+    forward::to_backend(ctx, pkt, &vip, Chosen::read(backend_id), hash, frame_len)
 }
 
 /// Which ICMP error this is; anything else (echo, ...) is the kernel's.

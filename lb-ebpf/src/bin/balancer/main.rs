@@ -31,7 +31,7 @@ use lb_common::{
     rules, Counter, FlowKey, HashMode, VipInfo,
 };
 
-use crate::{conntrack::Seen, debug::Trace, parse::Packet};
+use crate::{conntrack::Seen, debug::Trace, maps::Chosen, parse::Packet};
 
 /// How a packet leaves the program.
 #[derive(Clone, Copy)]
@@ -88,15 +88,15 @@ fn decide(ctx: &XdpContext, pkt: &Packet, frame_len: u64, trace: &mut Trace) -> 
     if rules::is_icmp(pkt.flow.family, pkt.flow.proto, pkt.fragment) {
         return icmp::handle(ctx, pkt, frame_len);
     }
-    let (vip, backend_id, hash, hit) = place(pkt)?;
+    let (vip, backend, hash, hit) = place(pkt)?;
     trace.vip_id = vip.vip_id;
-    trace.backend_id = backend_id;
+    trace.backend_id = backend.id;
     trace.source = if hit {
         DEBUG_SOURCE_CONNTRACK
     } else {
         DEBUG_SOURCE_TABLE
     };
-    forward::to_backend(ctx, pkt, &vip, backend_id, hash, frame_len)
+    forward::to_backend(ctx, pkt, &vip, backend, hash, frame_len)
 }
 
 /// A whole TCP or UDP packet's VIP and backend, the flow hash, and whether
@@ -104,7 +104,7 @@ fn decide(ctx: &XdpContext, pkt: &Packet, frame_len: u64, trace: &mut Trace) -> 
 /// entry first, and through it its VIP (`conntrack::established`); the
 /// others, and entries that cannot vouch for their VIP, look the VIP up.
 #[inline(always)]
-fn place(pkt: &Packet) -> Result<(VipInfo, u32, u32, bool), Out> {
+fn place(pkt: &Packet) -> Result<(VipInfo, Chosen, u32, bool), Out> {
     let life = conntrack::Life {
         starts: pkt.tcp_syn,
         ends: pkt.tcp_fin || pkt.tcp_rst,
@@ -113,7 +113,7 @@ fn place(pkt: &Packet) -> Result<(VipInfo, u32, u32, bool), Out> {
     let mut seen = Seen::NotYet;
     if rules::entry_first(pkt.tcp_syn, || maps::entry_filtered(&pkt.flow)) {
         match conntrack::established(&pkt.flow, life) {
-            Ok((vip, id, hash)) => return Ok((vip, id, hash, true)),
+            Ok((vip, backend, hash)) => return Ok((vip, backend, hash, true)),
             Err(s) => seen = s,
         }
     }
@@ -123,7 +123,7 @@ fn place(pkt: &Packet) -> Result<(VipInfo, u32, u32, bool), Out> {
         conntrack::lookup_or_select(&pkt.flow, &vip, mode, life, seen)?
     } else {
         let hash = lb_common::flow_hash(&pkt.flow, mode);
-        (select::new_flow(&vip, hash)?, hash, false)
+        (Chosen::read(select::new_flow(&vip, hash)?), hash, false)
     };
     Ok((vip, id, hash, hit))
 }
@@ -138,8 +138,8 @@ fn serve_fragment(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out,
     let vip_key = maps::fragment_vip(&pkt.flow).ok_or(Out::Pass(Counter::PassNotVip))?;
     let vip = maps::vip(&vip_key).ok_or(Out::Pass(Counter::PassNotVip))?;
     let hash = lb_common::flow_hash(&pkt.flow, rules::fragment_hash_mode(vip.flags));
-    let backend_id = select::by_table(&vip, hash)?;
-    forward::to_backend(ctx, pkt, &vip, backend_id, hash, frame_len)
+    let backend = Chosen::read(select::by_table(&vip, hash)?);
+    forward::to_backend(ctx, pkt, &vip, backend, hash, frame_len)
 }
 
 /// The VIP for a flow, in the order `lb_common::rules` sets.

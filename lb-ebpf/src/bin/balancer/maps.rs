@@ -215,6 +215,25 @@ pub fn backend(id: u32) -> Option<&'static Backend> {
     BACKENDS.get(id)
 }
 
+/// A packet's backend: its id (its counters' index) and its entry, read
+/// once and handed from stage to stage (each read is a lookup whose key
+/// makes a round trip through the stack).
+#[derive(Clone, Copy)]
+pub struct Chosen {
+    pub id: u32,
+    pub entry: Option<&'static Backend>,
+}
+
+impl Chosen {
+    #[inline(always)]
+    pub fn read(id: u32) -> Chosen {
+        Chosen {
+            id,
+            entry: backend(id),
+        }
+    }
+}
+
 /// The settings, read in place (an array lookup the kernel inlines; no copy).
 #[inline(always)]
 pub fn config() -> &'static LbConfig {
