@@ -28,8 +28,8 @@ pub struct DebugConfig {
     pub enabled: u32,
     /// Only this VIP's packets (`VipInfo::vip_id`), or [`DEBUG_ALL_VIPS`].
     pub vip_id: u32,
-    /// CLOCK_MONOTONIC (coarse) after which the program stops tracing even
-    /// if nobody switched it off.
+    /// CLOCK_MONOTONIC (the data path's clock, `clock`) after which the
+    /// program stops tracing even if nobody switched it off.
     pub until_ns: u64,
 }
 const _: () = assert!(size_of::<DebugConfig>() == 16);

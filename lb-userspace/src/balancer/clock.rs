@@ -12,13 +12,15 @@ use lb_common::clock::{calibrate, TickEdge};
 
 use super::error::{MapsError, Result};
 
-/// Ticks between the two edges: four ticks are 4 ms at 1000 Hz, 40 ms at
-/// 100 Hz; a reading a few µs late is then well inside the tolerance.
+/// Ticks between the two edges of the first attempt (4 ms at 1000 Hz, 40 ms
+/// at 100 Hz): an edge read a few µs late is then well inside the
+/// tolerance. Each further attempt doubles it, for a reader that was
+/// preempted at an edge (a busy VM).
 const SPAN_TICKS: u64 = 4;
-/// Attempts before giving up (a reader preempted at an edge).
-const ATTEMPTS: usize = 3;
-/// Longest wait for the edges of one attempt (four ticks at 24 Hz are 167 ms).
-const ATTEMPT_LIMIT: Duration = Duration::from_millis(500);
+const ATTEMPTS: u32 = 3;
+/// Longest wait for one attempt's edges (16 ticks at 24 Hz are 667 ms):
+/// reached only if the tick counter stands still.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
 
 /// The balancer clock's tick length and offset, in ns.
 pub(super) fn measure() -> Result<(u64, u64)> {
@@ -28,25 +30,23 @@ pub(super) fn measure() -> Result<(u64, u64)> {
         .ok_or_else(|| MapsError::Clock("the clock probe is missing".into()))?
         .try_into()?;
     prog.load()?;
-    let mut last_error = String::new();
-    for _ in 0..ATTEMPTS {
-        match attempt(prog) {
-            Ok(Some(clock)) => return Ok(clock),
-            Ok(None) => {
-                last_error = "the tick length is no kernel tick rate's (a reading was late)".into()
-            }
-            Err(e) => return Err(e),
+    for n in 0..ATTEMPTS {
+        if let Some(clock) = attempt(prog, SPAN_TICKS << n)? {
+            return Ok(clock);
         }
     }
-    Err(MapsError::Clock(last_error))
+    Err(MapsError::Clock(format!(
+        "{ATTEMPTS} measurements of the kernel's tick were no tick rate's \
+         (readings delayed: an overloaded machine?)"
+    )))
 }
 
-fn attempt(prog: &Xdp) -> Result<Option<(u64, u64)>> {
+fn attempt(prog: &Xdp, span: u64) -> Result<Option<(u64, u64)>> {
     let deadline = Instant::now() + ATTEMPT_LIMIT;
     let start = read(prog)?;
     let first = next_edge(prog, start.ticks, deadline)?;
     let mut last = first;
-    while last.ticks < first.ticks + SPAN_TICKS {
+    while last.ticks < first.ticks + span {
         last = next_edge(prog, last.ticks, deadline)?;
     }
     Ok(calibrate(first, last))
