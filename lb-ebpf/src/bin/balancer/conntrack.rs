@@ -100,11 +100,7 @@ pub fn lookup_or_select(
             other => other,
         };
         match seen {
-            Seen::Entry(entry) => {
-                // SAFETY: a pointer into the map's value (see `check`).
-                let backend = Chosen::read(unsafe { (*entry).backend_id });
-                check(entry, backend, flow, vip, now, life).map(|hash| (backend, hash))
-            }
+            Seen::Entry(entry) => check_found(entry, flow, vip, now, life),
             Seen::Missing => {
                 stats::count(Counter::ConnMiss);
                 None
@@ -179,23 +175,35 @@ pub fn now_ns() -> u64 {
     lb_common::clock::tick_clock_ns(unsafe { bpf_jiffies64() }, tick_ns, offset_ns)
 }
 
-/// The flow's live entry, looked up: its backend and the hash it recorded
-/// (see [`check`]).
+/// The flow's backend from its live entry, looked up (see [`check`]).
 #[inline(always)]
-pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, life: Life) -> Option<(u32, u32)> {
+pub fn lookup(flow: &FlowKey, vip: &VipInfo, now: u64, life: Life) -> Option<Chosen> {
     let Some(entry) = maps::CONNTRACK.get_ptr_mut(flow) else {
         stats::count(Counter::ConnMiss);
         return None;
     };
+    check_found(entry, flow, vip, now, life).map(|(backend, _)| backend)
+}
+
+/// A found entry's backend, read once, and the hash it recorded, if the
+/// entry is live and still valid ([`check`]).
+#[inline(always)]
+fn check_found(
+    entry: *mut ConnEntry,
+    flow: &FlowKey,
+    vip: &VipInfo,
+    now: u64,
+    life: Life,
+) -> Option<(Chosen, u32)> {
     // SAFETY: a pointer into the map's value (see `check`).
     let backend = Chosen::read(unsafe { (*entry).backend_id });
-    check(entry, backend, flow, vip, now, life).map(|hash| (backend.id, hash))
+    check(entry, backend, flow, vip, now, life).map(|hash| (backend, hash))
 }
 
 /// A found entry, if live and still valid (`backend`: the one it names, as
-/// read by the caller): the hash it recorded. An entry found dead (expired, stale, or an earlier connection
-/// a SYN replaces) is un-counted before the caller replaces it, and so is a
-/// live one when the packet ends the flow.
+/// read by the caller): the hash it recorded. An entry found dead (expired,
+/// stale, or an earlier connection a SYN replaces) is un-counted before the
+/// caller replaces it, and so is a live one when the packet ends the flow.
 #[inline(always)]
 fn check(
     entry: *mut ConnEntry,

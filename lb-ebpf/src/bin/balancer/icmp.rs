@@ -28,15 +28,15 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frame_len: u64) -> Result<Out, Out
             ends: false,
             records: false,
         };
-        conntrack::lookup(&flow, &vip, conntrack::now_ns(), about).map(|(id, _)| id)
+        conntrack::lookup(&flow, &vip, conntrack::now_ns(), about)
     } else {
         None
     };
-    let backend_id = match known {
-        Some(id) => id,
-        None => select::by_table(&vip, hash)?,
+    let backend = match known {
+        Some(backend) => backend,
+        None => Chosen::read(select::by_table(&vip, hash)?),
     };
-    forward::to_backend(ctx, pkt, &vip, Chosen::read(backend_id), hash, frame_len)
+    forward::to_backend(ctx, pkt, &vip, backend, hash, frame_len)
 }
 
 /// Which ICMP error this is; anything else (echo, ...) is the kernel's.

@@ -1,7 +1,7 @@
 //! The clock probe, for the loader only: reads the kernel's tick counter
 //! (`jiffies`) and CLOCK_MONOTONIC at one moment, so that user space can
 //! give the balancer the tick length and the offset that turn the one into
-//! the other (`lb_common::tick_clock_ns`). Run with `BPF_PROG_TEST_RUN` on a
+//! the other (`lb_common::clock::tick_clock_ns`). Run with `BPF_PROG_TEST_RUN` on a
 //! buffer of at least 16 bytes: the first eight get the tick count, the next
 //! eight the monotonic time in ns, both in host byte order.
 #![no_std]
