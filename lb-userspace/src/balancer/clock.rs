@@ -1,6 +1,8 @@
 //! Calibrates the balancer's clock (`lb_common::clock`) at load time: the
-//! clock probe reads the tick counter and CLOCK_MONOTONIC together, and two
-//! tick edges four ticks apart give the tick length and the offset.
+//! clock probe reads the tick counter and CLOCK_MONOTONIC together, readings
+//! `MIN_SPAN_TICKS` apart give the tick length, and the earliest reading in
+//! its tick gives the offset. A reader delayed (a loaded machine) only makes
+//! its readings later inside their ticks, which both allow for.
 
 use std::time::{Duration, Instant};
 
@@ -8,19 +10,13 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use lb_common::clock::{calibrate, TickEdge};
+use lb_common::clock::{calibrate_tick, earliest_offset, TickEdge, MIN_SPAN_TICKS};
 
 use super::error::{MapsError, Result};
 
-/// Ticks between the two edges of the first attempt (4 ms at 1000 Hz, 40 ms
-/// at 100 Hz): an edge read a few µs late is then well inside the
-/// tolerance. Each further attempt doubles it, for a reader that was
-/// preempted at an edge (a busy VM).
-const SPAN_TICKS: u64 = 4;
-const ATTEMPTS: u32 = 3;
-/// Longest wait for one attempt's edges (16 ticks at 24 Hz are 667 ms):
-/// reached only if the tick counter stands still.
-const ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
+/// Longest wait for the readings (16 ticks at 100 Hz are 160 ms): reached
+/// only if the tick counter stands still.
+const LIMIT: Duration = Duration::from_secs(2);
 
 /// The balancer clock's tick length and offset, in ns.
 pub(super) fn measure() -> Result<(u64, u64)> {
@@ -30,41 +26,31 @@ pub(super) fn measure() -> Result<(u64, u64)> {
         .ok_or_else(|| MapsError::Clock("the clock probe is missing".into()))?
         .try_into()?;
     prog.load()?;
-    for n in 0..ATTEMPTS {
-        if let Some(clock) = attempt(prog, SPAN_TICKS << n)? {
-            return Ok(clock);
-        }
-    }
-    Err(MapsError::Clock(format!(
-        "{ATTEMPTS} measurements of the kernel's tick were no tick rate's \
-         (readings delayed: an overloaded machine?)"
-    )))
-}
-
-fn attempt(prog: &Xdp, span: u64) -> Result<Option<(u64, u64)>> {
-    let deadline = Instant::now() + ATTEMPT_LIMIT;
-    let start = read(prog)?;
-    let first = next_edge(prog, start.ticks, deadline)?;
+    let deadline = Instant::now() + LIMIT;
+    let first = read(prog)?;
+    let mut readings = vec![first];
     let mut last = first;
-    while last.ticks < first.ticks + span {
-        last = next_edge(prog, last.ticks, deadline)?;
-    }
-    Ok(calibrate(first, last))
-}
-
-/// The first reading whose tick count is past `ticks`.
-fn next_edge(prog: &Xdp, ticks: u64, deadline: Instant) -> Result<TickEdge> {
-    loop {
-        let r = read(prog)?;
-        if r.ticks != ticks {
-            return Ok(r);
-        }
+    while last.ticks < first.ticks + MIN_SPAN_TICKS {
         if Instant::now() > deadline {
             return Err(MapsError::Clock(
                 "the kernel's tick counter did not move".into(),
             ));
         }
+        last = read(prog)?;
+        // The first reading in each tick: the one closest to its start.
+        if readings.last().is_some_and(|r| r.ticks != last.ticks) {
+            readings.push(last);
+        }
     }
+    let tick_ns = calibrate_tick(first, last).ok_or_else(|| {
+        MapsError::Clock(format!(
+            "{} ns per tick over {} ticks is no tick rate of this kernel's kind",
+            last.mono_ns.saturating_sub(first.mono_ns) / (last.ticks - first.ticks),
+            last.ticks - first.ticks
+        ))
+    })?;
+    let offset_ns = earliest_offset(tick_ns, readings).expect("at least one reading");
+    Ok((tick_ns, offset_ns))
 }
 
 fn read(prog: &Xdp) -> Result<TickEdge> {
